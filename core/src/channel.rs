@@ -1,0 +1,151 @@
+//! Typed channels: values in, values out, whatever carries them.
+//!
+//! A [`Channel<Out, In>`] wraps any [`Connection`](crate::Connection) and sends values of type
+//! `Out` and receives values of type `In` (both `In = Out` by default), encoded with postcard.
+//! It offers plain async [`send`](Channel::send) / [`recv`](Channel::recv) and implements
+//! `futures`' [`Sink<Out>`] and [`Stream<Item = Result<In>>`], so application code is the same
+//! for every endpoint.
+//!
+//! ```
+//! # async fn demo(conn: ductwork_core::BoxConnection) -> ductwork_core::Result<()> {
+//! use ductwork_core::Channel;
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Ping(u64);
+//! let mut ch: Channel<Ping> = Channel::new(conn);
+//! ch.send(&Ping(1)).await?;
+//! if let Some(Ping(n)) = ch.recv().await? {
+//!     println!("pong {n}");
+//! }
+//! ch.close().await?;
+//! # Ok(()) }
+//! ```
+
+use crate::{BoxConnection, ConnectionInfo, Error, Result};
+use bytes::Bytes;
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use serde::{de::DeserializeOwned, Serialize};
+use std::{
+    marker::PhantomData,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+/// A typed channel over one connection: sends `Out`, receives `In`.
+pub struct Channel<Out, In = Out> {
+    conn: BoxConnection,
+    _types: PhantomData<fn(Out) -> In>,
+}
+
+impl<Out, In> Channel<Out, In>
+where
+    Out: Serialize,
+    In: DeserializeOwned,
+{
+    /// Wraps a connection.
+    pub fn new(conn: BoxConnection) -> Self {
+        Channel {
+            conn,
+            _types: PhantomData,
+        }
+    }
+
+    /// Facts about the underlying connection (endpoint, peer, capabilities).
+    pub fn info(&self) -> &ConnectionInfo {
+        self.conn.info()
+    }
+
+    /// Encodes `msg` into a frame, checking the endpoint's size limit.
+    pub fn encode(&self, msg: &Out) -> Result<Bytes> {
+        let info = self.conn.info();
+        ductwork_codec::encode(msg, info.capabilities.max_message)
+            .map_err(|e| Error::codec(&info.endpoint, e))
+    }
+
+    /// Sends one message and waits until the transport accepted it (see the contract for what
+    /// that means). A message over the size limit fails with `FrameTooLarge` and the channel
+    /// stays usable.
+    pub async fn send(&mut self, msg: &Out) -> Result<()> {
+        let frame = self.encode(msg)?;
+        self.conn.send(frame).await
+    }
+
+    /// Queues one message without flushing; call [`flush`](Self::flush) after a batch. Useful
+    /// for throughput: stream transports then write many frames per system call.
+    pub async fn feed(&mut self, msg: &Out) -> Result<()> {
+        let frame = self.encode(msg)?;
+        self.conn.feed(frame).await
+    }
+
+    /// Flushes messages queued with [`feed`](Self::feed).
+    pub async fn flush(&mut self) -> Result<()> {
+        self.conn.flush().await
+    }
+
+    /// Receives the next message: `Ok(None)` once the peer closed cleanly. Cancel-safe.
+    ///
+    /// A frame that does not decode as `In` is a [`crate::ErrorKind::Decode`] error for that
+    /// frame; the channel stays usable.
+    pub async fn recv(&mut self) -> Result<Option<In>> {
+        match self.conn.next().await {
+            None => Ok(None),
+            Some(Err(e)) => Err(e),
+            Some(Ok(frame)) => self.decode(&frame).map(Some),
+        }
+    }
+
+    /// Closes the sending side after flushing; the peer receives everything sent, then `None`.
+    pub async fn close(&mut self) -> Result<()> {
+        self.conn.close().await
+    }
+
+    /// The underlying connection.
+    pub fn into_inner(self) -> BoxConnection {
+        self.conn
+    }
+
+    fn decode(&self, frame: &[u8]) -> Result<In> {
+        ductwork_codec::decode(frame).map_err(|e| Error::codec(&self.conn.info().endpoint, e))
+    }
+}
+
+impl<Out, In> std::fmt::Debug for Channel<Out, In> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("endpoint", &self.conn.info().endpoint)
+            .finish()
+    }
+}
+
+impl<Out: Serialize, In: DeserializeOwned> Sink<Out> for Channel<Out, In> {
+    type Error = Error;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.conn.poll_ready_unpin(cx)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: Out) -> Result<()> {
+        let frame = self.encode(&item)?;
+        self.conn.start_send_unpin(frame)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.conn.poll_flush_unpin(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.conn.poll_close_unpin(cx)
+    }
+}
+
+impl<Out: Serialize, In: DeserializeOwned> Stream for Channel<Out, In> {
+    type Item = Result<In>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<In>>> {
+        match self.conn.poll_next_unpin(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(self.decode(&frame))),
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! Endpoints: the one line of configuration that picks a transport.
+//!
+//! An endpoint is written `SCHEME://ADDRESS[?KEY=VALUE[&KEY=VALUE...]]`:
+//!
+//! | scheme | address | example |
+//! |---|---|---|
+//! | `tcp` | `host:port` | `tcp://10.0.0.5:7000` |
+//! | `udp` | `host:port` | `udp://127.0.0.1:7001` |
+//! | `unix` | a filesystem path | `unix:///run/orders.sock` |
+//! | `shm` | a name | `shm://orders?capacity=1MiB` |
+//! | `pipe` | a name, or `server/name` (Windows) | `pipe://orders` |
+//! | `mailslot` | a name, or `*/name` (Windows domain broadcast) | `mailslot://events` |
+//! | `copydata` | a name (Windows) | `copydata://ui` |
+//!
+//! Options every transport understands: `max_frame` (the largest message payload, in bytes or
+//! with a `KiB`/`MiB`/`GiB` suffix). Each transport documents its own further options and
+//! rejects options it does not know, so a typo is an error, not a silent default.
+
+use crate::error::{Error, ErrorKind, Result};
+use ductwork_codec::{DEFAULT_MAX_FRAME, MAX_CONFIGURABLE_FRAME};
+use std::{fmt, str::FromStr};
+
+/// The schemes ductwork knows, whether or not this build includes their transport.
+pub const KNOWN_SCHEMES: &[&str] = &["tcp", "udp", "unix", "shm", "pipe", "mailslot", "copydata"];
+
+/// The option every transport accepts.
+pub const OPT_MAX_FRAME: &str = "max_frame";
+
+/// A parsed endpoint: scheme, address and options.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    scheme: String,
+    address: String,
+    options: Vec<(String, String)>,
+}
+
+impl Endpoint {
+    /// Parses an endpoint string. See the [module docs](self) for the syntax.
+    pub fn parse(s: &str) -> Result<Endpoint> {
+        let bad = |why: &str| Error::new(ErrorKind::InvalidEndpoint, s, why.to_string());
+        let s_trim = s.trim();
+        let (scheme, rest) = s_trim
+            .split_once("://")
+            .ok_or_else(|| bad("expected SCHEME://ADDRESS, e.g. tcp://127.0.0.1:7000"))?;
+        let scheme = scheme.to_ascii_lowercase();
+        if !KNOWN_SCHEMES.contains(&scheme.as_str()) {
+            return Err(bad(&format!(
+                "unknown scheme `{scheme}` (known: {})",
+                KNOWN_SCHEMES.join(", ")
+            )));
+        }
+        let (address, query) = match rest.split_once('?') {
+            Some((a, q)) => (a, Some(q)),
+            None => (rest, None),
+        };
+        if address.is_empty() {
+            return Err(bad("the address is empty"));
+        }
+        if address.chars().any(|c| c.is_control()) {
+            return Err(bad("the address contains control characters"));
+        }
+        let mut options: Vec<(String, String)> = Vec::new();
+        if let Some(q) = query {
+            for pair in q.split('&').filter(|p| !p.is_empty()) {
+                let (k, v) = pair
+                    .split_once('=')
+                    .ok_or_else(|| bad(&format!("option `{pair}` is not KEY=VALUE")))?;
+                if k.is_empty() {
+                    return Err(bad(&format!("option `{pair}` has an empty key")));
+                }
+                if options.iter().any(|(ek, _)| ek == k) {
+                    return Err(bad(&format!("option `{k}` is given twice")));
+                }
+                options.push((k.to_string(), v.to_string()));
+            }
+        }
+        let ep = Endpoint {
+            scheme,
+            address: address.to_string(),
+            options,
+        };
+        ep.max_frame()?;
+        Ok(ep)
+    }
+
+    /// The scheme, lower-case (`tcp`, `shm`, ...).
+    pub fn scheme(&self) -> &str {
+        &self.scheme
+    }
+
+    /// The address part: everything between `://` and `?`.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// All options in the order given.
+    pub fn options(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.options.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// The raw value of option `key`, if given.
+    pub fn option(&self, key: &str) -> Option<&str> {
+        self.options
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Option `key` parsed with [`FromStr`]; an unparsable value is an
+    /// [`ErrorKind::InvalidEndpoint`] error naming the option.
+    pub fn parse_option<T: FromStr>(&self, key: &str) -> Result<Option<T>>
+    where
+        T::Err: fmt::Display,
+    {
+        match self.option(key) {
+            None => Ok(None),
+            Some(v) => v.parse::<T>().map(Some).map_err(|e| {
+                Error::new(
+                    ErrorKind::InvalidEndpoint,
+                    self,
+                    format!("option `{key}={v}`: {e}"),
+                )
+            }),
+        }
+    }
+
+    /// Option `key` as a byte size (`4096`, `64KiB`, `1MiB`, `2GiB`).
+    pub fn size_option(&self, key: &str) -> Result<Option<usize>> {
+        match self.option(key) {
+            None => Ok(None),
+            Some(v) => parse_size(v).map(Some).map_err(|e| {
+                Error::new(
+                    ErrorKind::InvalidEndpoint,
+                    self,
+                    format!("option `{key}={v}`: {e}"),
+                )
+            }),
+        }
+    }
+
+    /// The maximum message payload for this endpoint: the `max_frame` option, or
+    /// [`DEFAULT_MAX_FRAME`] (16 MiB).
+    pub fn max_frame(&self) -> Result<usize> {
+        let max = self.size_option(OPT_MAX_FRAME)?.unwrap_or(DEFAULT_MAX_FRAME);
+        if max > MAX_CONFIGURABLE_FRAME {
+            return Err(Error::new(
+                ErrorKind::InvalidEndpoint,
+                self,
+                format!("max_frame {max} is over the limit of {MAX_CONFIGURABLE_FRAME} bytes"),
+            ));
+        }
+        Ok(max)
+    }
+
+    /// Fails with [`ErrorKind::InvalidEndpoint`] if an option is not `max_frame` or one of
+    /// `allowed`. Transports call this so that typos are caught.
+    pub fn check_options(&self, allowed: &[&str]) -> Result<()> {
+        for (k, _) in &self.options {
+            if k != OPT_MAX_FRAME && !allowed.contains(&k.as_str()) {
+                let mut known = vec![OPT_MAX_FRAME];
+                known.extend_from_slice(allowed);
+                return Err(Error::new(
+                    ErrorKind::InvalidEndpoint,
+                    self,
+                    format!(
+                        "unknown option `{k}` for {}:// (known: {})",
+                        self.scheme,
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The same endpoint with another address (options kept), e.g. after binding port 0.
+    pub fn with_address(&self, address: impl Into<String>) -> Endpoint {
+        Endpoint {
+            scheme: self.scheme.clone(),
+            address: address.into(),
+            options: self.options.clone(),
+        }
+    }
+
+    /// The same endpoint with option `key` set to `value` (replacing any earlier value).
+    pub fn with_option(&self, key: &str, value: impl Into<String>) -> Endpoint {
+        let mut ep = self.clone();
+        let value = value.into();
+        match ep.options.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = value,
+            None => ep.options.push((key.to_string(), value)),
+        }
+        ep
+    }
+}
+
+/// Parses a byte size: a number with an optional `B`, `KiB`, `MiB`, `GiB` (or `K`, `M`, `G`,
+/// `KB`, `MB`, `GB`, all powers of 1024) suffix.
+pub fn parse_size(s: &str) -> std::result::Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (e.g. 4096, 64KiB, 1MiB)"))?;
+    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        u => return Err(format!("unknown size unit `{u}` (use B, KiB, MiB or GiB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.address)?;
+        for (i, (k, v)) in self.options.iter().enumerate() {
+            write!(f, "{}{k}={v}", if i == 0 { '?' } else { '&' })?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Endpoint({self})")
+    }
+}
+
+impl FromStr for Endpoint {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Endpoint> {
+        Endpoint::parse(s)
+    }
+}
+
+impl TryFrom<&str> for Endpoint {
+    type Error = Error;
+    fn try_from(s: &str) -> Result<Endpoint> {
+        Endpoint::parse(s)
+    }
+}
+
+impl TryFrom<String> for Endpoint {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Endpoint> {
+        Endpoint::parse(&s)
+    }
+}
+
+impl TryFrom<&String> for Endpoint {
+    type Error = Error;
+    fn try_from(s: &String) -> Result<Endpoint> {
+        Endpoint::parse(s)
+    }
+}
+
+impl TryFrom<&Endpoint> for Endpoint {
+    type Error = Error;
+    fn try_from(e: &Endpoint) -> Result<Endpoint> {
+        Ok(e.clone())
+    }
+}
+
+impl serde::Serialize for Endpoint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Endpoint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Endpoint, D::Error> {
+        let s = String::deserialize(d)?;
+        Endpoint::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_all_schemes() {
+        let cases = [
+            ("tcp://10.0.0.5:7000", "tcp", "10.0.0.5:7000"),
+            ("udp://[::1]:9", "udp", "[::1]:9"),
+            ("unix:///run/a.sock", "unix", "/run/a.sock"),
+            ("shm://orders", "shm", "orders"),
+            ("pipe://server/orders", "pipe", "server/orders"),
+            ("mailslot://*/events", "mailslot", "*/events"),
+            ("COPYDATA://ui", "copydata", "ui"),
+        ];
+        for (s, scheme, addr) in cases {
+            let e = Endpoint::parse(s).unwrap();
+            assert_eq!((e.scheme(), e.address()), (scheme, addr), "{s}");
+        }
+    }
+
+    #[test]
+    fn options_and_display_round_trip() {
+        let e = Endpoint::parse("shm://orders?capacity=1MiB&spin=200").unwrap();
+        assert_eq!(e.option("spin"), Some("200"));
+        assert_eq!(e.size_option("capacity").unwrap(), Some(1 << 20));
+        assert_eq!(e.parse_option::<u32>("spin").unwrap(), Some(200));
+        assert_eq!(e.to_string(), "shm://orders?capacity=1MiB&spin=200");
+        assert_eq!(Endpoint::parse(&e.to_string()).unwrap(), e);
+        assert!(e.check_options(&["capacity", "spin"]).is_ok());
+        let err = e.check_options(&["capacity"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidEndpoint);
+        assert!(err.to_string().contains("unknown option `spin`"), "{err}");
+    }
+
+    #[test]
+    fn max_frame_default_and_override() {
+        assert_eq!(
+            Endpoint::parse("tcp://a:1").unwrap().max_frame().unwrap(),
+            DEFAULT_MAX_FRAME
+        );
+        assert_eq!(
+            Endpoint::parse("tcp://a:1?max_frame=64KiB")
+                .unwrap()
+                .max_frame()
+                .unwrap(),
+            65536
+        );
+        assert!(Endpoint::parse("tcp://a:1?max_frame=4GiB").is_err());
+        assert!(Endpoint::parse("tcp://a:1?max_frame=lots").is_err());
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        for s in [
+            "",
+            "tcp:/x",
+            "ftp://x",
+            "tcp://",
+            "tcp://a?x",
+            "tcp://a?=1",
+            "tcp://a?k=1&k=2",
+            "shm://a\nb",
+        ] {
+            let e = Endpoint::parse(s).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidEndpoint, "{s}");
+        }
+        let e = Endpoint::parse("ftp://x").unwrap_err();
+        assert!(e.to_string().starts_with("ftp://x: invalid endpoint: unknown scheme"));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("1 MiB"), Ok(1 << 20));
+        assert!(parse_size("1TiB").is_err());
+        assert!(parse_size("99999999999999999999G").is_err());
+    }
+}

@@ -1,0 +1,226 @@
+//! The one error type of ductwork: what went wrong, on which endpoint, and why.
+//!
+//! Every error names the endpoint it happened on, so a log line such as
+//! `tcp://10.0.0.5:7000: connection lost: peer closed without a close marker` is enough to act on.
+//! Match on [`Error::kind`] to react programmatically.
+
+use ductwork_codec::CodecError;
+use std::{error::Error as StdError, fmt, io};
+
+/// A `Result` with ductwork's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The category of an [`Error`], for matching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The endpoint string is malformed or names an unknown option or value.
+    InvalidEndpoint,
+    /// The transport, or this operation on it, is not available in this build or on this
+    /// platform (for example `copydata://` on Linux, or receiving on a mailslot's sending side).
+    Unsupported,
+    /// The name or address is already taken by another listener.
+    AddrInUse,
+    /// Nothing is listening at the endpoint.
+    NotFound,
+    /// The operating system refused access.
+    PermissionDenied,
+    /// The peer went away without closing cleanly (killed, reset, or cut in the middle of a
+    /// frame). Frames sent before this may or may not have arrived.
+    ConnectionLost,
+    /// The connection was closed (by this side, or the peer closed and cannot receive).
+    Closed,
+    /// A message is larger than the endpoint's maximum frame size.
+    FrameTooLarge,
+    /// The peer broke the wire format (garbage bytes, bad header, data after close).
+    Protocol,
+    /// A frame arrived intact but does not hold a valid value of the expected type.
+    Decode,
+    /// A value could not be encoded.
+    Encode,
+    /// An operation did not complete in time.
+    Timeout,
+    /// Any other operating-system error.
+    Io,
+}
+
+impl ErrorKind {
+    fn describe(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidEndpoint => "invalid endpoint",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::AddrInUse => "address already in use",
+            ErrorKind::NotFound => "nothing listening",
+            ErrorKind::PermissionDenied => "permission denied",
+            ErrorKind::ConnectionLost => "connection lost",
+            ErrorKind::Closed => "connection closed",
+            ErrorKind::FrameTooLarge => "message too large",
+            ErrorKind::Protocol => "protocol violation",
+            ErrorKind::Decode => "cannot decode message",
+            ErrorKind::Encode => "cannot encode message",
+            ErrorKind::Timeout => "timed out",
+            ErrorKind::Io => "I/O error",
+        }
+    }
+}
+
+/// A ductwork error: a kind, the endpoint it concerns, a human detail and an optional cause.
+///
+/// Displayed as `ENDPOINT: KIND: DETAIL` (the cause follows as `: CAUSE`).
+pub struct Error {
+    kind: ErrorKind,
+    endpoint: String,
+    detail: String,
+    source: Option<Box<dyn StdError + Send + Sync + 'static>>,
+}
+
+impl Error {
+    /// A new error of `kind` on `endpoint`, with a human-readable `detail`.
+    pub fn new(kind: ErrorKind, endpoint: impl fmt::Display, detail: impl Into<String>) -> Self {
+        Error {
+            kind,
+            endpoint: endpoint.to_string(),
+            detail: detail.into(),
+            source: None,
+        }
+    }
+
+    /// Attaches an underlying cause.
+    pub fn with_source(mut self, source: impl StdError + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// An operating-system error while doing `context` on `endpoint`; the kind is derived
+    /// from the `io::ErrorKind`.
+    pub fn io(endpoint: impl fmt::Display, context: impl Into<String>, err: io::Error) -> Self {
+        let kind = match err.kind() {
+            io::ErrorKind::AddrInUse => ErrorKind::AddrInUse,
+            io::ErrorKind::NotFound
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::AddrNotAvailable => ErrorKind::NotFound,
+            io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::NotConnected => ErrorKind::ConnectionLost,
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ErrorKind::Timeout,
+            io::ErrorKind::InvalidInput => ErrorKind::InvalidEndpoint,
+            _ => ErrorKind::Io,
+        };
+        Error::new(kind, endpoint, context).with_source(err)
+    }
+
+    /// A codec failure on `endpoint`, mapped to the matching kind.
+    pub fn codec(endpoint: impl fmt::Display, err: CodecError) -> Self {
+        match err {
+            CodecError::Io(e) => Error::io(endpoint, "stream failed", e),
+            CodecError::FrameTooLarge { .. } => {
+                Error::new(ErrorKind::FrameTooLarge, endpoint, err.to_string())
+            }
+            CodecError::Truncated { .. } => {
+                Error::new(ErrorKind::ConnectionLost, endpoint, err.to_string())
+            }
+            CodecError::Protocol(_) => Error::new(ErrorKind::Protocol, endpoint, err.to_string()),
+            CodecError::Decode(_) => Error::new(ErrorKind::Decode, endpoint, err.to_string()),
+            CodecError::Encode(_) => Error::new(ErrorKind::Encode, endpoint, err.to_string()),
+            _ => Error::new(ErrorKind::Io, endpoint, err.to_string()),
+        }
+    }
+
+    /// The category, for matching.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The endpoint this error concerns, as the user wrote it (or as it was bound).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The human-readable detail.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.endpoint, self.kind.describe())?;
+        if !self.detail.is_empty() {
+            write!(f, ": {}", self.detail)?;
+        }
+        if let Some(s) = &self.source {
+            write!(f, ": {s}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("kind", &self.kind)
+            .field("endpoint", &self.endpoint)
+            .field("detail", &self.detail)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_ref()
+            .map(|s| s.as_ref() as &(dyn StdError + 'static))
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(e: Error) -> io::Error {
+        let kind = match e.kind {
+            ErrorKind::AddrInUse => io::ErrorKind::AddrInUse,
+            ErrorKind::NotFound => io::ErrorKind::NotFound,
+            ErrorKind::PermissionDenied => io::ErrorKind::PermissionDenied,
+            ErrorKind::ConnectionLost => io::ErrorKind::ConnectionReset,
+            ErrorKind::Timeout => io::ErrorKind::TimedOut,
+            ErrorKind::InvalidEndpoint => io::ErrorKind::InvalidInput,
+            ErrorKind::Unsupported => io::ErrorKind::Unsupported,
+            ErrorKind::Decode | ErrorKind::Protocol | ErrorKind::FrameTooLarge => {
+                io::ErrorKind::InvalidData
+            }
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_names_endpoint_kind_detail_and_cause() {
+        let e = Error::io(
+            "tcp://127.0.0.1:1",
+            "connect",
+            io::Error::from(io::ErrorKind::ConnectionRefused),
+        );
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        let s = e.to_string();
+        assert!(s.starts_with("tcp://127.0.0.1:1: nothing listening: connect: "), "{s}");
+    }
+
+    #[test]
+    fn codec_errors_map_to_kinds() {
+        let e = Error::codec("unix:///x", CodecError::FrameTooLarge { len: 9, max: 8 });
+        assert_eq!(e.kind(), ErrorKind::FrameTooLarge);
+        assert_eq!(
+            e.to_string(),
+            "unix:///x: message too large: frame of 9 bytes exceeds the limit of 8 bytes"
+        );
+        let e = Error::codec("unix:///x", CodecError::Truncated { expected: 9, got: 6 });
+        assert_eq!(e.kind(), ErrorKind::ConnectionLost);
+    }
+}
