@@ -25,6 +25,12 @@
 //!   send fail with [`ErrorKind::Timeout`]; that frame may still arrive later, and the sending
 //!   connection is broken afterwards (later sends fail), so order is never violated silently.
 //!
+//! - **Under Wine** (Wine 8) the receiving thread gets a copy of each message on its stack, so
+//!   the pump thread's stack is reserved at `max_frame` + 4 MiB (address space, not memory).
+//!   Found the hard way: with a default 2 MiB stack a cross-process message of about 2 MB
+//!   killed the receiving thread or crashed the process. A raw sender that ignores the
+//!   receiver's limit can still overflow it under Wine; Windows itself has no such problem.
+//!
 //! # Options
 //! - `max_frame`: the largest frame (both sides check it; the receiver refuses a larger one
 //!   and the sender reports [`ErrorKind::FrameTooLarge`], the connection stays usable).

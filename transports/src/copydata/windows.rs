@@ -59,6 +59,8 @@ use windows_sys::Win32::{
 const FRAME_OVERHEAD: usize = 64;
 /// The receiver's queue holds at least this many unread bytes (and always one largest frame).
 const MIN_BUDGET: usize = 4 << 20;
+/// Stack for the pump thread beyond the largest frame (see `bind`).
+const PUMP_STACK_SPARE: usize = 4 << 20;
 /// How long `connect` looks for the receiver's window before it reports `NotFound`.
 const FIND_DEADLINE: Duration = Duration::from_secs(1);
 
@@ -354,6 +356,10 @@ pub(super) async fn bind(cfg: Config, caps: Capabilities) -> Result<BoxListener>
         let stop = stop.clone();
         thread::Builder::new()
             .name(format!("copydata {}", cfg.name))
+            // Wine copies a received WM_COPYDATA block onto the receiving thread's stack: a
+            // frame larger than the stack kills the thread (or the process). This is only a
+            // reservation; pages are committed as used.
+            .stack_size(cfg.max.saturating_add(PUMP_STACK_SPARE))
             .spawn(move || pump(cfg, state, stop, ready_tx))
             .map_err(|e| Error::io(&endpoint, "start the window thread", e))?
     };
