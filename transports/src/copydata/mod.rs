@@ -24,6 +24,8 @@
 //!   `SendMessageTimeoutW` waits too. A receiver slower than `timeout_ms` per message makes the
 //!   send fail with [`ErrorKind::Timeout`]; that frame may still arrive later, and the sending
 //!   connection is broken afterwards (later sends fail), so order is never violated silently.
+//!   (Within one process Windows passes the sender's buffer by pointer, so a timed-out frame
+//!   to a receiver in the same process is deliberately leaked rather than freed under it.)
 //!
 //! - **Under Wine** (Wine 8) the receiving thread gets a copy of each message on its stack, so
 //!   the pump thread's stack is reserved at `max_frame` + 4 MiB (address space, not memory).
