@@ -3,6 +3,8 @@
 //! | scheme | module | cargo feature |
 //! |---|---|---|
 //! | `tcp`, `udp`, `unix` | [`socket`] | `socket` |
+//! | `pipe` | [`pipe`] | `pipe` (needs `socket`: on Unix a pipe is a Unix socket) |
+//! | `mailslot` | [`mailslot`] | `mailslot` |
 //!
 //! [`bind`] and [`connect`] pick the backend from the endpoint's scheme. A scheme whose backend
 //! this build lacks fails with [`ErrorKind::Unsupported`] naming the cargo feature; a backend
@@ -18,6 +20,12 @@ use std::sync::Arc;
 
 pub(crate) mod framed;
 
+#[cfg(any(feature = "pipe", feature = "mailslot"))]
+pub(crate) mod local;
+#[cfg(feature = "mailslot")]
+pub mod mailslot;
+#[cfg(feature = "pipe")]
+pub mod pipe;
 #[cfg(feature = "socket")]
 pub mod socket;
 
@@ -31,6 +39,10 @@ pub fn transports() -> Vec<Arc<dyn Transport>> {
         v.push(Arc::new(socket::Udp));
         v.push(Arc::new(socket::Unix));
     }
+    #[cfg(feature = "pipe")]
+    v.push(Arc::new(pipe::Pipe));
+    #[cfg(feature = "mailslot")]
+    v.push(Arc::new(mailslot::Mailslot));
     v
 }
 

@@ -54,6 +54,9 @@ impl Transport for Unix {
 }
 
 #[cfg(unix)]
+pub(crate) use imp::{bind_path, connect_path};
+
+#[cfg(unix)]
 mod imp {
     use crate::framed::{ByteStream, FramedConnection};
     use ductwork_core::{

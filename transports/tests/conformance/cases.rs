@@ -625,6 +625,9 @@ fn garbage(s: &Subject) -> Result<(), String> {
             .map_err(e2s)?;
         let ep = l.endpoint().clone();
         let caps = ductwork_transports::capabilities(&ep).map_err(e2s)?;
+        if caps.direction == Direction::OneWay {
+            return garbage_one_way(s, l).await;
+        }
         let mut outcomes = spawn_echo_acceptor(l);
         Peer::spawn("garbage", &ep, &[s.name.into()])?
             .finish()
@@ -640,6 +643,37 @@ fn garbage(s: &Subject) -> Result<(), String> {
             .finish()
             .await
     })
+}
+
+/// The one-way form of `garbage`: an echo cannot answer, so after the raw writer's garbage a
+/// well-behaved sender process's messages must still all arrive on the shared receiver. Garbage
+/// messages may surface as `Decode` or `FrameTooLarge` errors, which do not end the stream.
+async fn garbage_one_way(s: &Subject, mut l: ductwork_core::BoxListener) -> Result<(), String> {
+    const N: u64 = 20;
+    let ep = l.endpoint().clone();
+    let reliable = ductwork_transports::capabilities(&ep)
+        .map_err(e2s)?
+        .is_reliable();
+    let mut ch: Channel<Msg> = Channel::new(accept(&mut l).await?);
+    Peer::spawn("garbage", &ep, &[s.name.into()])?
+        .finish()
+        .await?;
+    let sender = Peer::spawn("send-close", &ep, &["7".into(), N.to_string(), "40".into()])?;
+    let mut next = 0;
+    while next < N {
+        match within("recv after garbage", PEER_DEADLINE, ch.recv()).await? {
+            Ok(Some(m)) if m.sender == 7 => {
+                if m != Msg::new(7, m.seq, 40) || (reliable && m.seq != next) {
+                    return Err(format!("expected #{next} from sender 7, got {m:?}"));
+                }
+                next = m.seq + 1;
+            }
+            Ok(Some(_)) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::Decode | ErrorKind::FrameTooLarge) => {}
+            other => return Err(format!("receiver after garbage: {other:?}")),
+        }
+    }
+    sender.finish().await
 }
 
 /// Connecting where nothing listens (any more) is NotFound, naming the endpoint, promptly.
