@@ -10,6 +10,8 @@ use ductwork_core::{Endpoint, Error, ErrorKind, Result};
 
 #[cfg(unix)]
 pub(crate) mod unix;
+#[cfg(windows)]
+pub(crate) mod windows;
 
 /// The longest name, in bytes. Unix socket paths are limited to 107 bytes, and the private
 /// directory plus prefix and suffix take about 30 of them.

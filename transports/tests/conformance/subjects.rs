@@ -127,7 +127,8 @@ fn win32_write_all(path: &str, bufs: &[&[u8]]) -> io::Result<()> {
     use windows_sys::Win32::{
         Foundation::{CloseHandle, GENERIC_WRITE, INVALID_HANDLE_VALUE},
         Storage::FileSystem::{
-            CreateFileW, WriteFile, FILE_ATTRIBUTE_NORMAL, FILE_SHARE_READ, OPEN_EXISTING,
+            CreateFileW, WriteFile, FILE_ATTRIBUTE_NORMAL, FILE_SHARE_READ, FILE_SHARE_WRITE,
+            OPEN_EXISTING,
         },
     };
     let wide: Vec<u16> = path.encode_utf16().chain(Some(0)).collect();
@@ -137,7 +138,7 @@ fn win32_write_all(path: &str, bufs: &[&[u8]]) -> io::Result<()> {
         CreateFileW(
             wide.as_ptr(),
             GENERIC_WRITE,
-            FILE_SHARE_READ,
+            FILE_SHARE_READ | FILE_SHARE_WRITE,
             std::ptr::null(),
             OPEN_EXISTING,
             FILE_ATTRIBUTE_NORMAL,
