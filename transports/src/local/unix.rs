@@ -10,7 +10,7 @@ use ductwork_core::{Endpoint, Error, ErrorKind, Result};
 use std::{
     io,
     os::unix::fs::{DirBuilderExt, MetadataExt},
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 /// `sockaddr_un.sun_path` holds 108 bytes including the terminating NUL.
@@ -31,6 +31,12 @@ fn dir_path() -> PathBuf {
 /// The private directory, created or checked (see the module docs).
 pub(crate) fn private_dir(ep: &Endpoint) -> Result<PathBuf> {
     let dir = dir_path();
+    check_dir(ep, &dir)?;
+    Ok(dir)
+}
+
+/// Creates `dir` with mode `0700`, or checks that the existing one is private to us.
+fn check_dir(ep: &Endpoint, dir: &Path) -> Result<()> {
     match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -42,7 +48,7 @@ pub(crate) fn private_dir(ep: &Endpoint) -> Result<PathBuf> {
             ))
         }
     }
-    let meta = std::fs::symlink_metadata(&dir).map_err(|e| {
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| {
         Error::io(
             ep,
             format!("inspect the private directory {}", dir.display()),
@@ -75,13 +81,17 @@ pub(crate) fn private_dir(ep: &Endpoint) -> Result<PathBuf> {
             meta.mode() & 0o777
         ));
     }
-    Ok(dir)
+    Ok(())
 }
 
 /// The socket path for `<prefix>-<name>.sock` in the private directory, checked against the
 /// Unix socket path limit. `name` must have passed [`super::check_name`].
 pub(crate) fn socket_path(ep: &Endpoint, prefix: &str, name: &str) -> Result<PathBuf> {
-    let path = private_dir(ep)?.join(format!("{prefix}-{name}.sock"));
+    socket_path_in(ep, &private_dir(ep)?, prefix, name)
+}
+
+fn socket_path_in(ep: &Endpoint, dir: &Path, prefix: &str, name: &str) -> Result<PathBuf> {
+    let path = dir.join(format!("{prefix}-{name}.sock"));
     let len = path.as_os_str().len();
     if len > MAX_SOCKET_PATH {
         return Err(Error::new(
@@ -95,4 +105,84 @@ pub(crate) fn socket_path(ep: &Endpoint, prefix: &str, name: &str) -> Result<Pat
         ));
     }
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("dw-dirtest-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let _ = std::fs::remove_file(&d);
+        d
+    }
+
+    fn ep() -> Endpoint {
+        Endpoint::parse("pipe://t").unwrap()
+    }
+
+    #[test]
+    fn creates_a_private_directory() {
+        let d = scratch("new");
+        check_dir(&ep(), &d).unwrap();
+        let mode = std::fs::metadata(&d).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        // A second check of our own private directory passes.
+        check_dir(&ep(), &d).unwrap();
+        std::fs::remove_dir(&d).unwrap();
+    }
+
+    #[test]
+    fn refuses_a_directory_open_to_others() {
+        let d = scratch("open");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = check_dir(&ep(), &d).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied);
+        assert!(e.to_string().contains("mode 755"), "{e}");
+        assert!(e.to_string().contains("pipe://t"), "{e}");
+        std::fs::remove_dir(&d).unwrap();
+    }
+
+    #[test]
+    fn refuses_a_symlink() {
+        let target = scratch("target");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&target)
+            .unwrap();
+        let link = scratch("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = check_dir(&ep(), &link).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied);
+        assert!(e.to_string().contains("not a directory"), "{e}");
+        std::fs::remove_file(&link).unwrap();
+        std::fs::remove_dir(&target).unwrap();
+    }
+
+    #[test]
+    fn refuses_a_directory_owned_by_someone_else() {
+        if euid() != 0 {
+            // Only root can give a directory away; the owner check runs in CI as root.
+            return;
+        }
+        let d = scratch("owner");
+        std::fs::DirBuilder::new().mode(0o700).create(&d).unwrap();
+        std::os::unix::fs::chown(&d, Some(4242), None).unwrap();
+        let e = check_dir(&ep(), &d).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied);
+        assert!(e.to_string().contains("belongs to uid 4242"), "{e}");
+        std::fs::remove_dir(&d).unwrap();
+    }
+
+    #[test]
+    fn socket_paths_are_limited() {
+        let long = PathBuf::from(format!("/tmp/{}", "d".repeat(80)));
+        let e = socket_path_in(&ep(), &long, "pipe", &"n".repeat(30)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidEndpoint);
+        assert!(e.to_string().contains("limited to 107 bytes"), "{e}");
+        assert!(socket_path_in(&ep(), Path::new("/tmp/x"), "pipe", "n").is_ok());
+    }
 }

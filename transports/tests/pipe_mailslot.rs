@@ -1,0 +1,228 @@
+//! Behaviour specific to `pipe://` and `mailslot://` that the generic conformance suite does
+//! not cover: limits, platform rules and the mailslot's slow-reader behaviour.
+
+use bytes::Bytes;
+use ductwork_core::{Delivery, Endpoint, ErrorKind, Reach};
+use futures::{SinkExt, StreamExt};
+use std::time::Duration;
+
+fn ep(s: &str) -> Endpoint {
+    Endpoint::parse(s).unwrap()
+}
+
+fn unique(tag: &str) -> String {
+    format!("pm-{tag}-{}", std::process::id())
+}
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+#[test]
+fn mailslot_capabilities_are_honest() {
+    let local = ductwork_transports::capabilities(&ep("mailslot://a")).unwrap();
+    assert_eq!(local.delivery, Delivery::Reliable);
+    assert!(local.ordered);
+    assert_eq!(local.max_message, 64 * 1024);
+    assert_eq!(local.reach, Reach::Host);
+    assert!(!local.peer_loss);
+
+    let bcast = ductwork_transports::capabilities(&ep("mailslot://*/a")).unwrap();
+    assert_eq!(bcast.delivery, Delivery::BestEffort);
+    assert!(!bcast.ordered);
+    assert_eq!(bcast.max_message, 424);
+    assert_eq!(bcast.reach, Reach::Network);
+
+    for over in [
+        "mailslot://*/a?max_frame=425",
+        "mailslot://a?max_frame=204801",
+    ] {
+        assert!(
+            ductwork_transports::capabilities(&ep(over)).is_err(),
+            "{over}"
+        );
+    }
+    let e = ductwork_transports::capabilities(&ep("mailslot://a?max_frame=300KiB")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidEndpoint);
+    assert!(e.to_string().contains("204800"), "{e}");
+}
+
+#[test]
+fn pipe_capabilities() {
+    let c = ductwork_transports::capabilities(&ep("pipe://a")).unwrap();
+    assert_eq!(c.reach, Reach::Host);
+    assert!(c.is_reliable() && c.peer_loss);
+    let c = ductwork_transports::capabilities(&ep("pipe://srv/a")).unwrap();
+    assert_eq!(c.reach, Reach::Network);
+    for bad in [
+        "pipe://a?remote=maybe",
+        "pipe://a?colour=blue",
+        "pipe://a\\b",
+    ] {
+        let e = ductwork_transports::capabilities(&ep(bad)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidEndpoint, "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn binding_a_remote_name_is_refused() {
+    for s in ["pipe://srv/a", "mailslot://*/a"] {
+        let e = ductwork_transports::bind(&ep(s)).await.err().unwrap();
+        assert_eq!(e.kind(), ErrorKind::InvalidEndpoint, "{s}: {e}");
+        assert!(
+            e.to_string().contains("only be created on this machine"),
+            "{e}"
+        );
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn remote_names_need_windows() {
+    for s in ["pipe://srv/a", "mailslot://*/a", "mailslot://host/a"] {
+        let e = ductwork_transports::connect(&ep(s)).await.err().unwrap();
+        assert_eq!(e.kind(), ErrorKind::Unsupported, "{s}: {e}");
+        assert!(e.to_string().contains("need Windows"), "{e}");
+    }
+    let e = ductwork_transports::bind(&ep("pipe://a?remote=true"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+}
+
+/// On Unix the socket is owner-only in an owner-only directory.
+#[cfg(unix)]
+#[tokio::test]
+async fn unix_files_are_private() {
+    use std::os::unix::fs::MetadataExt;
+    for scheme in ["pipe", "mailslot"] {
+        let name = unique(scheme);
+        let l = ductwork_transports::bind(&ep(&format!("{scheme}://{name}")))
+            .await
+            .unwrap();
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        let dir = match std::env::var_os("XDG_RUNTIME_DIR").map(std::path::PathBuf::from) {
+            Some(d) if d.is_absolute() => d.join("ductwork"),
+            _ => std::env::temp_dir().join(format!("ductwork-{uid}")),
+        };
+        let sock = dir.join(format!("{scheme}-{name}.sock"));
+        assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        assert_eq!(std::fs::metadata(&sock).unwrap().mode() & 0o777, 0o600);
+        drop(l);
+        assert!(!sock.exists(), "{} left behind", sock.display());
+    }
+}
+
+/// A message of exactly the largest local size (200 KiB) arrives whole; one byte more is
+/// refused on send and the sender stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailslot_largest_message() {
+    let e = ep(&format!("mailslot://{}?max_frame=200KiB", unique("max")));
+    let mut l = ductwork_transports::bind(&e).await.unwrap();
+    let mut rx = l.accept().await.unwrap();
+    let mut tx = ductwork_transports::connect(&e).await.unwrap();
+    let max = tx.info().capabilities.max_message;
+    assert_eq!(max, 200 * 1024);
+    let big = Bytes::from((0..max).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+    // The sender may wait for the reader (a 200 KiB datagram fills a Unix socket's send
+    // buffer), so it runs beside the reader.
+    let sender = tokio::spawn({
+        let big = big.clone();
+        async move {
+            tx.send(big).await.unwrap();
+            let e2 = tx.send(Bytes::from(vec![0u8; max + 1])).await.unwrap_err();
+            assert_eq!(e2.kind(), ErrorKind::FrameTooLarge);
+            tx.send(Bytes::from_static(b"after")).await.unwrap();
+        }
+    });
+    let got = tokio::time::timeout(DEADLINE, rx.next()).await.unwrap();
+    assert_eq!(got.unwrap().unwrap(), big);
+    let got = tokio::time::timeout(DEADLINE, rx.next()).await.unwrap();
+    tokio::time::timeout(DEADLINE, sender)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got.unwrap().unwrap()[..], b"after");
+}
+
+/// A receiver that does not read loses nothing: every message sent meanwhile arrives once, in
+/// order, when it reads. On Unix the sender waits while the receiver's queue is full
+/// (backpressure); Windows queues accepted messages in the mailslot instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailslot_slow_reader_loses_nothing() {
+    const N: u32 = 2000;
+    let e = ep(&format!("mailslot://{}", unique("slow")));
+    let mut l = ductwork_transports::bind(&e).await.unwrap();
+    let mut rx = l.accept().await.unwrap();
+    let mut tx = ductwork_transports::connect(&e).await.unwrap();
+    let writer = tokio::spawn(async move {
+        for i in 0..N {
+            let mut m = i.to_be_bytes().to_vec();
+            m.resize(1024, 0xab);
+            tx.send(Bytes::from(m)).await?;
+        }
+        tx.close().await
+    });
+    let mut writer = writer;
+    if cfg!(unix) {
+        // Nobody reads: the writer must be held back, not finish (and not fail).
+        let early = tokio::time::timeout(Duration::from_millis(500), &mut writer).await;
+        assert!(
+            early.is_err(),
+            "the writer was not held back by a receiver that does not read: {early:?}"
+        );
+    }
+    for i in 0..N {
+        let m = tokio::time::timeout(DEADLINE, rx.next())
+            .await
+            .unwrap_or_else(|_| panic!("message {i}: hang"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.len(), 1024);
+        assert_eq!(u32::from_be_bytes(m[..4].try_into().unwrap()), i);
+    }
+    tokio::time::timeout(DEADLINE, writer)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+/// Many clients connecting at once all get served (on Windows, clients retry while every pipe
+/// instance is busy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipe_burst_of_clients() {
+    const CLIENTS: usize = 16;
+    let e = ep(&format!("pipe://{}", unique("burst")));
+    let mut l = ductwork_transports::bind(&e).await.unwrap();
+    let server = tokio::spawn(async move {
+        for _ in 0..CLIENTS {
+            let mut c = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                while let Some(Ok(f)) = c.next().await {
+                    if c.send(f).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let clients = (0..CLIENTS).map(|i| {
+        let e = e.clone();
+        tokio::spawn(async move {
+            let mut c = ductwork_transports::connect(&e).await.unwrap();
+            let msg = Bytes::from(format!("client {i}"));
+            c.send(msg.clone()).await.unwrap();
+            let back = c.next().await.unwrap().unwrap();
+            assert_eq!(back, msg);
+            c.close().await.unwrap();
+        })
+    });
+    for c in clients.collect::<Vec<_>>() {
+        tokio::time::timeout(DEADLINE, c).await.unwrap().unwrap();
+    }
+    tokio::time::timeout(DEADLINE, server)
+        .await
+        .unwrap()
+        .unwrap();
+}
