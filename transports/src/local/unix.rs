@@ -37,7 +37,7 @@ pub(crate) fn private_dir(ep: &Endpoint) -> Result<PathBuf> {
 
 /// Creates `dir` with mode `0700`, or checks that the existing one is private to us.
 fn check_dir(ep: &Endpoint, dir: &Path) -> Result<()> {
-    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => {
