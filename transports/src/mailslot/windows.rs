@@ -30,14 +30,18 @@ use std::{
 use tokio::sync::mpsc;
 use windows_sys::Win32::{
     Foundation::{
-        GetLastError, ERROR_ALREADY_EXISTS, ERROR_FILE_NOT_FOUND, ERROR_PATH_NOT_FOUND,
-        ERROR_SEM_TIMEOUT, GENERIC_WRITE, HANDLE, INVALID_HANDLE_VALUE,
+        GetLastError, ERROR_ALREADY_EXISTS, ERROR_FILE_NOT_FOUND, ERROR_INSUFFICIENT_BUFFER,
+        ERROR_MORE_DATA, ERROR_PATH_NOT_FOUND, ERROR_SEM_TIMEOUT, GENERIC_WRITE, HANDLE,
+        INVALID_HANDLE_VALUE,
     },
     Storage::FileSystem::{
         CreateFileW, ReadFile, WriteFile, FILE_ATTRIBUTE_NORMAL, FILE_SHARE_READ, FILE_SHARE_WRITE,
         OPEN_EXISTING,
     },
-    System::Mailslots::CreateMailslotW,
+    System::{
+        Mailslots::{CreateMailslotW, GetMailslotInfo},
+        SystemServices::MAILSLOT_NO_MESSAGE,
+    },
 };
 
 /// How many messages the reading thread may queue ahead of the receiver.
@@ -124,7 +128,7 @@ fn read_loop(h: SendHandle, max: usize, tx: mpsc::Sender<Result<Bytes>>, ep: End
     // SAFETY: `h.0` is the mailslot handle CreateMailslotW returned; this thread owns it from
     // here on, and OwnedHandle closes it exactly once when the loop ends.
     let owned = unsafe { OwnedHandle::from_raw_handle(h.0) };
-    let mut buf = vec![0u8; max.max(1)];
+    let mut buf = vec![0u8; max + 1];
     while !tx.is_closed() {
         let mut n = 0u32;
         // SAFETY: the handle is open (owned above); `buf` is valid for `buf.len()` bytes and
@@ -144,15 +148,100 @@ fn read_loop(h: SendHandle, max: usize, tx: mpsc::Sender<Result<Bytes>>, ep: End
             if code == ERROR_SEM_TIMEOUT {
                 continue;
             }
+            if code == ERROR_INSUFFICIENT_BUFFER || code == ERROR_MORE_DATA {
+                // A message over our limit (Windows refuses such writes, Wine does not): drop
+                // it, tell the receiver, go on; one foreign writer must not stop the receiver.
+                match discard_next(&owned) {
+                    Ok(len) => {
+                        let e = Error::new(
+                            ErrorKind::FrameTooLarge,
+                            &ep,
+                            format!(
+                                "a message of {len} bytes, over the limit of {max} bytes, was \
+                                 received and dropped"
+                            ),
+                        );
+                        if tx.blocking_send(Err(e)).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        let _ =
+                            tx.blocking_send(Err(Error::io(&ep, "drop an oversized message", e)));
+                        return;
+                    }
+                }
+            }
             let e = io::Error::from_raw_os_error(code as i32);
             let _ = tx.blocking_send(Err(Error::io(&ep, "read the mailslot", e)));
             return;
         }
-        let msg = Bytes::copy_from_slice(&buf[..n as usize]);
+        let n = n as usize;
+        if n > max {
+            // The buffer holds max + 1 bytes: a longer message was cut (Wine delivers the
+            // head of an oversized message instead of failing the read). Refuse it, go on.
+            let e = Error::new(
+                ErrorKind::FrameTooLarge,
+                &ep,
+                format!("a message over the limit of {max} bytes was received and dropped"),
+            );
+            if tx.blocking_send(Err(e)).is_err() {
+                return;
+            }
+            continue;
+        }
+        let msg = Bytes::copy_from_slice(&buf[..n]);
         if tx.blocking_send(Ok(msg)).is_err() {
             return;
         }
     }
+}
+
+/// The largest oversized message the reading thread reads in order to drop it.
+const MAX_DISCARD: u32 = 64 << 20;
+
+/// Reads and drops the next message, which is too large for the normal buffer; returns its size.
+fn discard_next(h: &OwnedHandle) -> io::Result<u32> {
+    let mut next = 0u32;
+    // SAFETY: the handle is an open mailslot; `next` is valid for a write; the other
+    // out-parameters may be null.
+    let ok = unsafe {
+        GetMailslotInfo(
+            h.as_raw_handle(),
+            std::ptr::null_mut(),
+            &mut next,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if next == MAILSLOT_NO_MESSAGE {
+        return Ok(0);
+    }
+    if next > MAX_DISCARD {
+        return Err(io::Error::other(format!(
+            "the next message is {next} bytes, too large even to drop"
+        )));
+    }
+    let mut buf = vec![0u8; next as usize];
+    let mut n = 0u32;
+    // SAFETY: the handle is open; `buf` is valid for `next` bytes and `n` for a write.
+    let ok = unsafe {
+        ReadFile(
+            h.as_raw_handle(),
+            buf.as_mut_ptr(),
+            next,
+            &mut n,
+            std::ptr::null_mut(),
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n)
 }
 
 struct SlotListener {
@@ -209,7 +298,10 @@ impl Stream for Receiver {
         match ready!(self.rx.poll_recv(cx)) {
             Some(Ok(b)) => Poll::Ready(Some(Ok(b))),
             Some(Err(e)) => {
-                self.done = true;
+                // An oversized message is dropped and reported; anything else ends reading.
+                if e.kind() != ErrorKind::FrameTooLarge {
+                    self.done = true;
+                }
                 Poll::Ready(Some(Err(e)))
             }
             None => {
