@@ -5,14 +5,16 @@
 //! |---|---|---|
 //! | mechanism | mailslot `\\.\mailslot\ductwork\<name>` | Unix datagram socket `mailslot-<name>.sock` in a private directory |
 //! | direction | one-way: `connect` sends, `bind` receives | same |
-//! | delivery | local: reliable, ordered per sender; `*/name`: best-effort | reliable, ordered per sender |
+//! | delivery | local: reliable, ordered per sender, while the receiver lives; `*/name`: best-effort | same (no broadcast) |
 //! | boundaries | messages (one frame per message, no header) | messages |
 //! | max message | `max_frame`, default 64 KiB, at most 200 KiB; `*/name`: 424 bytes | same, no broadcast |
-//! | reach | host; `*/name` or `server/name`: network (send only) | host |
-//! | peer loss | not reported (no connection exists per sender) | not reported |
-//! | access | owner and SYSTEM only | owner only (`0700` directory, `0600` socket) |
+//! | slow receiver | writes never wait: the OS queues them in the mailslot | the sender's send waits (backpressure) |
+//! | reach | host; `*/name` or `host/name`: network (send only) | host |
+//! | peer loss | not reported | not reported (a send after the receiver died: `ConnectionLost`) |
+//! | access | owner and SYSTEM only (protected DACL) | owner only (`0700` directory, `0600` socket) |
 //!
-//! Behaviour users must know, as the conformance suite and this module's tests check it:
+//! Behaviour users must know, as the conformance suite (`mailslot::*`, Linux and Wine),
+//! `tests/pipe_mailslot.rs` and `tests/native_clients.rs` check it:
 //!
 //! - **One shared receiver.** `bind` creates the mailslot; the first `accept` returns the one
 //!   receiving connection, which merges the messages of every sender; later `accept` calls
@@ -21,18 +23,32 @@
 //!   not noticed (`peer_loss` is false).
 //! - **One-way.** Receiving on a sending connection, or sending on the receiving connection,
 //!   fails with `Unsupported`.
-//! - **Reliable locally.** A message whose send completed is delivered once, in order per
-//!   sender. A slow receiver makes senders wait (Unix: the receiver's socket queue is full and
-//!   the sender's datagram send waits; Windows: the OS keeps accepted messages queued in the
-//!   mailslot until read, and this side reads through a bounded queue), never lost.
-//!   Messages from different senders interleave in arrival order.
+//! - **Reliable locally.** A message whose send completed while the receiver lives is
+//!   delivered once, in order per sender (100,000 in order across processes in the suite);
+//!   messages from different senders interleave in arrival order. A receiver that does not
+//!   read loses nothing: on Unix the senders wait while its socket queue is full; on Windows
+//!   a local write only queues the message in the OS (kernel memory, not bounded by ductwork)
+//!   and the receiver's reading thread stops reading while its own queue of 64 messages is
+//!   full.
+//! - **A receiver that went away** is noticed by senders on Unix only (`ConnectionLost` on the
+//!   next send). On Windows (observed under Wine) writes to a mailslot whose receiver closed
+//!   still succeed and the messages are lost: use a duplex transport when the sender must
+//!   know.
 //! - **Sizes.** A message larger than the sending endpoint's limit is refused on send with
 //!   `FrameTooLarge` and the connection stays usable. A larger message from a foreign writer
-//!   yields one `FrameTooLarge` error on the receiver, which goes on receiving. Broadcasts
-//!   (`*/name`) are limited to 424 bytes by Windows.
+//!   (or a sender configured with a larger `max_frame`) yields one `FrameTooLarge` error on
+//!   the receiver, which goes on receiving (Wine accepts such writes and truncates them; the
+//!   reader detects that with a buffer one byte larger than the limit). On Unix a 200 KiB
+//!   message fills a socket's default send buffer, so large messages are sent one at a time as
+//!   the receiver reads; the send buffer is raised when the system default is smaller than the
+//!   limit needs. Broadcasts (`*/name`) are limited to 424 bytes by Windows and are untested
+//!   here (Wine has no domain).
 //! - **Names**: binding a name another live receiver holds is `AddrInUse`; sending to a name
 //!   nobody receives is `NotFound`. On Unix a socket file left by a crashed receiver is
 //!   replaced on the next bind; the directory rules are those of `pipe://` on Unix.
+//! - **Windows threads**: the receiver reads on a dedicated thread (`ReadFile` with a 50 ms
+//!   read timeout) bridged to tokio; dropping the receiver waits for that thread (at most one
+//!   read timeout) so the name is free when the drop returns.
 //!
 //! Options: `max_frame` (default 64 KiB here, at most 200 KiB).
 

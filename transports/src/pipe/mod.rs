@@ -11,21 +11,33 @@
 //! | peer loss | reported as `ConnectionLost` | reported as `ConnectionLost` |
 //! | access | owner and SYSTEM only; remote clients rejected unless `remote=true` | owner only (`0700` directory, `0600` socket) |
 //!
-//! Behaviour users must know, as the conformance suite and this module's tests check it:
+//! Behaviour users must know, as the conformance suite (`pipe::*`, Linux and Wine),
+//! `tests/pipe_mailslot.rs` and `tests/native_clients.rs` check it:
 //!
 //! - **Names** are 1 to 64 bytes without `/`, `\`, NUL or control characters. Binding a name
-//!   another live listener holds is `AddrInUse` (on Windows the first pipe instance is created
-//!   with `FILE_FLAG_FIRST_PIPE_INSTANCE`, so a name cannot be squatted silently); connecting
-//!   where nothing listens is `NotFound`.
+//!   another live listener holds is `AddrInUse`; connecting where nothing listens is
+//!   `NotFound`; a listener that was killed leaves nothing that stops the next bind.
+//! - **Squatting**: on Windows the first pipe instance is created with
+//!   `FILE_FLAG_FIRST_PIPE_INSTANCE` and every instance carries a protected DACL granting only
+//!   the creating user and SYSTEM (`D:P(A;;GA;;;<user SID>)(A;;GA;;;SY)`, read back in a
+//!   test), so another user cannot add instances to a live name. Wine ignores the first-instance
+//!   flag, so `bind` also probes the name with `WaitNamedPipeW` first (that probe alone leaves
+//!   a race between two binds at the same instant; on Windows the flag closes it).
 //! - **Many clients**: each `accept` returns one connection per client. On Windows the listener
 //!   keeps one spare pipe instance waiting and creates the next before handing one out; a
 //!   client that finds every instance busy (`ERROR_PIPE_BUSY`) retries until
 //!   `connect_timeout_ms` (default 5000) has passed, then fails with `Timeout`.
+//! - **Foreign clients** speak the stream framing of `docs/wire-format.md` (u32 BE length +
+//!   postcard payload, `0xFFFF_FFFF` to close): on Windows `CreateFileW` on
+//!   `\\.\pipe\ductwork-<name>` and `WriteFile`; on Unix a stream socket to the path below.
 //! - **Unix stand-in**: the socket lives in `$XDG_RUNTIME_DIR/ductwork` or
-//!   `/tmp/ductwork-<uid>` (mode `0700`; one owned by someone else or open to others is
-//!   refused with `PermissionDenied`). Socket paths are limited to 107 bytes. A socket left by
-//!   a crashed listener is replaced on the next bind. `pipe://server/name` and `remote=true`
-//!   are `Unsupported` on Unix ("remote pipes need Windows").
+//!   `/tmp/ductwork-<uid>` (mode `0700`; one owned by someone else, open to others, or a
+//!   symlink is refused with `PermissionDenied`), as `pipe-<name>.sock` (mode `0600`). Socket
+//!   paths are limited to 107 bytes (`InvalidEndpoint` beyond). A socket left by a crashed
+//!   listener is replaced on the next bind. `pipe://server/name` and `remote=true` are
+//!   `Unsupported` on Unix ("remote pipes need Windows").
+//! - **Remote pipes** (`pipe://server/name`, `remote=true`) use the same code with a server
+//!   name; they are not exercised by the tests (no second host).
 //!
 //! Options: `max_frame`, `remote` (`true`/`false`, Windows: accept clients from other hosts;
 //! default `false`), `connect_timeout_ms` (how long `connect` waits for a free instance).
