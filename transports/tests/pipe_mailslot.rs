@@ -384,3 +384,67 @@ async fn pipe_dacl_is_owner_only() {
         assert!(!sddl.contains(other), "{other} has access: {sddl}");
     }
 }
+
+/// A sender held back by a full receiver queue is released with an error, not left hanging,
+/// when the receiver goes away.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailslot_blocked_sender_sees_receiver_gone() {
+    let e = ep(&format!("mailslot://{}", unique("blocked")));
+    let mut l = ductwork_transports::bind(&e).await.unwrap();
+    let rx = l.accept().await.unwrap();
+    let mut tx = ductwork_transports::connect(&e).await.unwrap();
+    let (progress_tx, mut progress) = tokio::sync::mpsc::unbounded_channel();
+    let writer = tokio::spawn(async move {
+        for i in 0u32.. {
+            tx.send(Bytes::from(vec![1u8; 4096])).await?;
+            let _ = progress_tx.send(i);
+        }
+        Ok::<(), ductwork_core::Error>(())
+    });
+    // Wait until the writer is stuck: no progress for a while after some sends.
+    let mut sent = 0;
+    while let Ok(Some(i)) = tokio::time::timeout(Duration::from_millis(300), progress.recv()).await
+    {
+        sent = i + 1;
+    }
+    assert!(
+        sent > 0 && !writer.is_finished(),
+        "writer not blocked ({sent} sent)"
+    );
+    drop(rx);
+    drop(l);
+    let r = tokio::time::timeout(DEADLINE, writer)
+        .await
+        .expect("the blocked sender hung after the receiver went away")
+        .unwrap();
+    let err = r.expect_err("the writer cannot finish an endless loop without an error");
+    assert_eq!(err.kind(), ErrorKind::ConnectionLost, "{err}");
+}
+
+/// `remote=true` creates a pipe that accepts remote clients; local clients work the same.
+#[cfg(windows)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipe_remote_true_serves_local_clients() {
+    let e = ep(&format!("pipe://{}?remote=true", unique("remote")));
+    assert_eq!(
+        ductwork_transports::capabilities(&e).unwrap().reach,
+        Reach::Network
+    );
+    let mut l = ductwork_transports::bind(&e).await.unwrap();
+    let client = tokio::spawn({
+        let e = e.clone();
+        async move {
+            let mut c = ductwork_transports::connect(&e).await.unwrap();
+            c.send(Bytes::from_static(b"hi")).await.unwrap();
+            c.close().await.unwrap();
+        }
+    });
+    let mut s = tokio::time::timeout(DEADLINE, l.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&s.next().await.unwrap().unwrap()[..], b"hi");
+    assert!(s.next().await.is_none());
+    client.await.unwrap();
+}
