@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 use windows_sys::Win32::{
     Foundation::{
         GetLastError, ERROR_ALREADY_EXISTS, ERROR_FILE_NOT_FOUND, ERROR_INSUFFICIENT_BUFFER,
-        ERROR_MORE_DATA, ERROR_PATH_NOT_FOUND, ERROR_SEM_TIMEOUT, GENERIC_WRITE, HANDLE,
+        ERROR_MORE_DATA, ERROR_PATH_NOT_FOUND, ERROR_SEM_TIMEOUT, GENERIC_WRITE,
         INVALID_HANDLE_VALUE,
     },
     Storage::FileSystem::{
@@ -56,12 +56,6 @@ fn slot_path(server: Option<&str>, name: &str) -> String {
 fn wide(s: &str) -> Vec<u16> {
     s.encode_utf16().chain(Some(0)).collect()
 }
-
-/// A raw handle that may move to the reading thread.
-struct SendHandle(HANDLE);
-// SAFETY: a Windows HANDLE is a process-wide kernel object reference usable from any thread;
-// the reading thread is its only user and closes it.
-unsafe impl Send for SendHandle {}
 
 pub(super) async fn bind(
     ep: &Endpoint,
@@ -96,17 +90,16 @@ pub(super) async fn bind(
             Error::io(ep, format!("create the mailslot {path}"), e)
         });
     }
+    // SAFETY: `h` is the valid mailslot handle CreateMailslotW just returned, owned by nobody
+    // else; OwnedHandle closes it exactly once (in the reading thread, or here if the thread
+    // cannot start and the closure is dropped).
+    let handle = unsafe { OwnedHandle::from_raw_handle(h) };
     let (tx, rx) = mpsc::channel(QUEUE);
-    let handle = SendHandle(h);
     let endpoint = ep.clone();
     let thread = std::thread::Builder::new()
         .name("ductwork-mailslot".into())
-        .spawn(move || read_loop(handle, max, tx, endpoint));
-    let thread = match thread {
-        Ok(t) => t,
-        // The closure (and with it the handle) was dropped unrun; close the handle ourselves.
-        Err(e) => return Err(Error::io(ep, "start the mailslot reading thread", e)),
-    };
+        .spawn(move || read_loop(handle, max, tx, endpoint))
+        .map_err(|e| Error::io(ep, "start the mailslot reading thread", e))?;
     let conn = Receiver {
         rx,
         thread: Some(thread),
@@ -124,10 +117,7 @@ pub(super) async fn bind(
 }
 
 /// Reads messages until the receiver is gone or reading fails, then closes the mailslot.
-fn read_loop(h: SendHandle, max: usize, tx: mpsc::Sender<Result<Bytes>>, ep: Endpoint) {
-    // SAFETY: `h.0` is the mailslot handle CreateMailslotW returned; this thread owns it from
-    // here on, and OwnedHandle closes it exactly once when the loop ends.
-    let owned = unsafe { OwnedHandle::from_raw_handle(h.0) };
+fn read_loop(owned: OwnedHandle, max: usize, tx: mpsc::Sender<Result<Bytes>>, ep: Endpoint) {
     let mut buf = vec![0u8; max + 1];
     while !tx.is_closed() {
         let mut n = 0u32;
