@@ -53,7 +53,8 @@ impl Transport for Unix {
     }
 }
 
-#[cfg(unix)]
+/// Used by `pipe://` on Unix, which is a Unix socket at a private path.
+#[cfg(all(unix, feature = "pipe"))]
 pub(crate) use imp::{bind_path, connect_path};
 
 #[cfg(unix)]
