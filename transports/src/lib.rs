@@ -4,6 +4,8 @@
 //! |---|---|---|
 //! | `tcp`, `udp`, `unix` | [`socket`] | `socket` |
 //! | `copydata` (Windows only) | [`copydata`] | `copydata` |
+//! | `pipe` | [`pipe`] | `pipe` (needs `socket`: on Unix a pipe is a Unix socket) |
+//! | `mailslot` | [`mailslot`] | `mailslot` |
 //!
 //! [`bind`] and [`connect`] pick the backend from the endpoint's scheme. A scheme whose backend
 //! this build lacks fails with [`ErrorKind::Unsupported`] naming the cargo feature; a backend
@@ -21,6 +23,12 @@ pub(crate) mod framed;
 
 #[cfg(feature = "copydata")]
 pub mod copydata;
+#[cfg(any(feature = "pipe", feature = "mailslot"))]
+pub(crate) mod local;
+#[cfg(feature = "mailslot")]
+pub mod mailslot;
+#[cfg(feature = "pipe")]
+pub mod pipe;
 #[cfg(feature = "socket")]
 pub mod socket;
 
@@ -36,6 +44,10 @@ pub fn transports() -> Vec<Arc<dyn Transport>> {
     }
     #[cfg(feature = "copydata")]
     v.push(Arc::new(copydata::CopyData));
+    #[cfg(feature = "pipe")]
+    v.push(Arc::new(pipe::Pipe));
+    #[cfg(feature = "mailslot")]
+    v.push(Arc::new(mailslot::Mailslot));
     v
 }
 

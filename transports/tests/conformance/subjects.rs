@@ -41,6 +41,16 @@ pub fn all() -> Vec<Subject> {
             endpoint: |u| format!("copydata://conf-{u}"),
             garbage: Some(copydata_garbage),
         },
+        Subject {
+            name: "pipe",
+            endpoint: |u| format!("pipe://dw-{u}"),
+            garbage: Some(pipe_garbage),
+        },
+        Subject {
+            name: "mailslot",
+            endpoint: |u| format!("mailslot://dw-{u}"),
+            garbage: Some(mailslot_garbage),
+        },
     ]
 }
 
@@ -161,4 +171,105 @@ fn copydata_garbage(_ep: &Endpoint) -> io::Result<()> {
         io::ErrorKind::Unsupported,
         "copydata is Windows only",
     ))
+}
+
+/// The Unix socket path a `pipe://` or `mailslot://` name maps to (see the transports' docs):
+/// recomputed here independently, as a foreign client would.
+#[cfg(unix)]
+fn private_socket(prefix: &str, ep: &Endpoint) -> std::path::PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR").map(std::path::PathBuf::from) {
+        Some(d) if d.is_absolute() => d.join("ductwork"),
+        _ => std::env::temp_dir().join(format!("ductwork-{uid}")),
+    };
+    dir.join(format!("{prefix}-{}.sock", ep.address()))
+}
+
+#[cfg(unix)]
+fn pipe_garbage(ep: &Endpoint) -> io::Result<()> {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(private_socket("pipe", ep))?;
+    s.write_all(GARBAGE)?;
+    s.flush()
+}
+
+#[cfg(unix)]
+fn mailslot_garbage(ep: &Endpoint) -> io::Result<()> {
+    let s = std::os::unix::net::UnixDatagram::unbound()?;
+    s.connect(private_socket("mailslot", ep))?;
+    for g in [
+        GARBAGE,
+        &[0u8][..],
+        &[1, 2, 3][..],
+        &[0xff; 300][..],
+        &[][..],
+    ] {
+        s.send(g)?;
+    }
+    Ok(())
+}
+
+/// Opens `path` for writing with `CreateFileW` and writes each buffer with `WriteFile`.
+#[cfg(windows)]
+fn win32_write_all(path: &str, bufs: &[&[u8]]) -> io::Result<()> {
+    use windows_sys::Win32::{
+        Foundation::{CloseHandle, GENERIC_WRITE, INVALID_HANDLE_VALUE},
+        Storage::FileSystem::{
+            CreateFileW, WriteFile, FILE_ATTRIBUTE_NORMAL, FILE_SHARE_READ, FILE_SHARE_WRITE,
+            OPEN_EXISTING,
+        },
+    };
+    let wide: Vec<u16> = path.encode_utf16().chain(Some(0)).collect();
+    // SAFETY: `wide` is a NUL-terminated UTF-16 string that outlives the call; the other
+    // arguments are plain flags and null pointers the API accepts.
+    let h = unsafe {
+        CreateFileW(
+            wide.as_ptr(),
+            GENERIC_WRITE,
+            FILE_SHARE_READ | FILE_SHARE_WRITE,
+            std::ptr::null(),
+            OPEN_EXISTING,
+            FILE_ATTRIBUTE_NORMAL,
+            std::ptr::null_mut(),
+        )
+    };
+    if h == INVALID_HANDLE_VALUE {
+        return Err(io::Error::last_os_error());
+    }
+    let mut result = Ok(());
+    for b in bufs {
+        let mut written = 0u32;
+        // SAFETY: `h` is an open handle; `b` is valid for `b.len()` bytes and `written` for
+        // a write; no OVERLAPPED is used (the handle is synchronous).
+        let ok = unsafe {
+            WriteFile(
+                h,
+                b.as_ptr(),
+                b.len() as u32,
+                &mut written,
+                std::ptr::null_mut(),
+            )
+        };
+        if ok == 0 {
+            result = Err(io::Error::last_os_error());
+            break;
+        }
+    }
+    // SAFETY: `h` is an open handle we own and do not use afterwards.
+    unsafe { CloseHandle(h) };
+    result
+}
+
+#[cfg(windows)]
+fn pipe_garbage(ep: &Endpoint) -> io::Result<()> {
+    win32_write_all(&format!(r"\\.\pipe\ductwork-{}", ep.address()), &[GARBAGE])
+}
+
+#[cfg(windows)]
+fn mailslot_garbage(ep: &Endpoint) -> io::Result<()> {
+    win32_write_all(
+        &format!(r"\\.\mailslot\ductwork\{}", ep.address()),
+        &[GARBAGE, &[0u8][..], &[1, 2, 3][..], &[0xff; 300][..]],
+    )
 }
