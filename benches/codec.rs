@@ -30,6 +30,30 @@ fn codec(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("encode", size), &msg, |b, m| {
             b.iter(|| ductwork::codec::encode(black_box(m), usize::MAX).expect("encodes"))
         });
+        // Reference points for the codec's encoder: the same value sized first and written
+        // into one exact allocation, and postcard's growable Vec. If these beat `encode`
+        // clearly, the codec's allocation strategy is the overhead.
+        g.bench_with_input(BenchmarkId::new("presized", size), &msg, |b, m| {
+            b.iter(|| {
+                let n = postcard::experimental::serialized_size(black_box(m)).expect("sizes");
+                let mut buf = bytes::BytesMut::zeroed(n);
+                postcard::to_slice(m, &mut buf).expect("encodes");
+                buf.freeze()
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("reserved", size), &msg, |b, m| {
+            b.iter(|| {
+                let n = postcard::experimental::serialized_size(black_box(m)).expect("sizes");
+                let w = bytes::BufMut::writer(bytes::BytesMut::with_capacity(n));
+                postcard::to_io(m, w)
+                    .expect("encodes")
+                    .into_inner()
+                    .freeze()
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("allocvec", size), &msg, |b, m| {
+            b.iter(|| bytes::Bytes::from(postcard::to_allocvec(black_box(m)).expect("encodes")))
+        });
         g.bench_with_input(BenchmarkId::new("decode", size), &frame, |b, f| {
             b.iter(|| ductwork::codec::decode::<Msg>(black_box(f)).expect("decodes"))
         });

@@ -2,7 +2,7 @@
 //!
 //! Each message is a 4-byte big-endian header and the payload. The header's top bit asks the
 //! peer to echo the message (latency); without it the peer only counts and checks it
-//! (throughput); [`END`] asks the peer for its count as 8 bytes. This is the least any framed
+//! (throughput, written through a `BufWriter` and flushed per batch); [`END`] asks the peer for its count as 8 bytes. This is the least any framed
 //! stream transport must do, so ductwork's rows are compared with it.
 
 use super::{
@@ -95,21 +95,26 @@ pub async fn measure<S: AsyncRead + AsyncWrite + Unpin>(
             n += 1;
         }
     }
-    // Throughput: batches of whole messages, one write per batch, as ductwork's feed + flush.
+    // Throughput: each message written (header, payload) into a buffered writer, flushed once
+    // per batch: what a hand-written sender does, and what ductwork's feed + flush does.
     let per_batch = super::measure::batch_len(4 + size);
-    let mut batch = Vec::with_capacity(per_batch * (4 + size));
-    for _ in 0..per_batch {
-        batch.extend_from_slice(&(size as u32).to_be_bytes());
-        batch.extend_from_slice(&payload);
-    }
+    let hdr = (size as u32).to_be_bytes();
+    let mut w = tokio::io::BufWriter::with_capacity(64 * 1024, &mut s);
     let start = Instant::now();
     let mut sent = 0u64;
     while start.elapsed() < dur {
-        s.write_all(&batch)
-            .await
-            .map_err(|e| format!("raw write: {e}"))?;
+        for _ in 0..per_batch {
+            w.write_all(&hdr)
+                .await
+                .map_err(|e| format!("raw write: {e}"))?;
+            w.write_all(&payload)
+                .await
+                .map_err(|e| format!("raw write: {e}"))?;
+        }
+        w.flush().await.map_err(|e| format!("raw write: {e}"))?;
         sent += per_batch as u64;
     }
+    drop(w);
     s.write_all(&END.to_be_bytes())
         .await
         .map_err(|e| format!("raw write: {e}"))?;
