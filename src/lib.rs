@@ -64,3 +64,8 @@ where
 {
     Ok(Channel::new(listener.accept().await?))
 }
+
+/// The README's code, compiled and checked as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

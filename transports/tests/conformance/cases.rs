@@ -77,6 +77,11 @@ pub const ALL: &[Case] = &[
         run: clean_close,
     },
     Case {
+        name: "close_after_peer_left",
+        needs: per_peer,
+        run: close_after_peer_left,
+    },
+    Case {
         name: "peer_killed",
         needs: peer_loss,
         run: peer_killed,
@@ -563,6 +568,34 @@ fn clean_close(s: &Subject) -> Result<(), String> {
             other => return Err(format!("expected a clean end, got {other:?}")),
         }
         peer.finish().await
+    })
+}
+
+/// A peer that closed cleanly and exited: we read its messages and the clean end, and our own
+/// close then succeeds (it has nobody to tell, and that is not an error).
+fn close_after_peer_left(s: &Subject) -> Result<(), String> {
+    run(120, async {
+        let mut l = ductwork_transports::bind(&endpoint(s, "close_after_peer_left"))
+            .await
+            .map_err(e2s)?;
+        let peer = Peer::spawn(
+            "send-close",
+            l.endpoint(),
+            &["2".into(), "3".into(), "8".into()],
+        )?;
+        let mut ch: Channel<Msg> = Channel::new(accept(&mut l).await?);
+        peer.finish().await?;
+        for i in 0..3 {
+            if recv_msg(&mut ch).await? != Some(Msg::new(2, i, 8)) {
+                return Err(format!("message {i} missing"));
+            }
+        }
+        if recv_msg(&mut ch).await?.is_some() {
+            return Err("expected a clean end".into());
+        }
+        ch.close()
+            .await
+            .map_err(|e| format!("close after the peer left: {e}"))
     })
 }
 
