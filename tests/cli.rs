@@ -129,6 +129,78 @@ fn tiny_bench_writes_table_json_and_svg() {
 }
 
 #[test]
+fn one_way_setup_measures_through_two_endpoints() {
+    // The setup one-way transports (mailslot, copydata) use: pings out over the peer's
+    // endpoint, echoes back over ours. Forced here on tcp so every platform runs that path.
+    let dir = std::env::temp_dir().join(format!("ductwork-cli-2ep-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("out.json");
+    let o = run(&[
+        "bench",
+        "--two-endpoints",
+        "--duration",
+        "0.05",
+        "--sizes",
+        "1KiB",
+        "--transports",
+        "tcp",
+        "--json",
+        json.to_str().unwrap(),
+        "--plot",
+        dir.join("out.svg").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let r = &v["results"][0];
+    assert_eq!(r["transport"], "tcp", "{v:#}");
+    assert!(r["rtt_ns"]["p50"].as_u64().unwrap() > 0);
+    assert_eq!(r["throughput"]["sent"], r["throughput"]["received"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_peer_that_dies_fails_its_cell_and_the_run_goes_on() {
+    let dir = std::env::temp_dir().join(format!("ductwork-cli-dies-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("out.json");
+    let o = ductwork()
+        .args([
+            "bench",
+            "--duration",
+            "0.05",
+            "--sizes",
+            "64,1KiB",
+            "--transports",
+            "tcp",
+            "--json",
+            json.to_str().unwrap(),
+            "--plot",
+            dir.join("out.svg").to_str().unwrap(),
+        ])
+        .env("DUCTWORK_BENCH_PEER_DIES_AFTER", "50")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    // Both tcp cells failed (their peers died), the baselines (no ductwork peer) were measured.
+    assert_eq!(v["results"].as_array().unwrap().len(), 0, "{v:#}");
+    assert_eq!(v["baselines"].as_array().unwrap().len(), 2, "{v:#}");
+    let notes: Vec<&str> = v["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        notes.iter().filter(|n| n.starts_with("tcp ")).count(),
+        2,
+        "{notes:?}"
+    );
+    assert!(notes.iter().all(|n| n.contains("failed")), "{notes:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn send_and_listen_round_trip_over_tcp() {
     let mut listen = ductwork()
         .args(["listen", "tcp://127.0.0.1:0", "--count", "3"])

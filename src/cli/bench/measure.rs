@@ -157,6 +157,7 @@ impl Peer {
         let status = self.child.wait().await;
         let err = self.stderr().await;
         match status {
+            Ok(s) if err.is_empty() => format!("peer exited early ({s})"),
             Ok(s) => format!("peer exited early ({s}): {err}"),
             Err(e) => format!("peer lost: {e}"),
         }

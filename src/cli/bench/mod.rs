@@ -84,6 +84,10 @@ pub struct BenchArgs {
     /// Where to write the SVG plot.
     #[arg(long, value_name = "FILE", default_value = "target/ductwork-bench.svg")]
     pub plot: PathBuf,
+    /// Testing aid: use the one-way setup (two endpoints, one per direction) for every
+    /// transport, so that path is exercised on platforms without a one-way transport.
+    #[arg(long, hide = true)]
+    pub two_endpoints: bool,
 }
 
 fn parse_size_arg(s: &str) -> Result<usize, String> {
@@ -430,7 +434,7 @@ fn run_inner(args: BenchArgs) -> Result<i32, (i32, String)> {
                 let (ep, back) = names.endpoint(transport.scheme());
                 let caps = transport.capabilities(&ep);
                 let back = match caps {
-                    Ok(c) if peer::one_way(c.direction) => Some(back),
+                    Ok(c) if args.two_endpoints || peer::one_way(c.direction) => Some(back),
                     _ => None,
                 };
                 rt.block_on(async {

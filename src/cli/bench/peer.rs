@@ -231,6 +231,11 @@ async fn serve_dw(endpoint: &str, back: Option<&str>, size: usize) -> Result<(),
     };
     let reliable = link.rx().info().capabilities.is_reliable();
     let expected = pattern(size);
+    // Testing aid: die abruptly after this many messages, as a crashed peer would.
+    let die_after: Option<u64> = std::env::var("DUCTWORK_BENCH_PEER_DIES_AFTER")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let mut handled = 0u64;
     let (mut received, mut bad, mut next) = (0u64, 0u64, 0u64);
     loop {
         let msg = match link.rx().recv().await {
@@ -238,6 +243,10 @@ async fn serve_dw(endpoint: &str, back: Option<&str>, size: usize) -> Result<(),
             Ok(None) => return Ok(()),
             Err(e) => return Err(e.to_string()),
         };
+        handled += 1;
+        if die_after.is_some_and(|n| handled > n) {
+            std::process::exit(101);
+        }
         match msg.op {
             Op::Ping => link.tx().send(&msg).await.map_err(|e| e.to_string())?,
             Op::Data => {
