@@ -58,6 +58,16 @@ pub enum Pin {
     None,
 }
 
+impl std::fmt::Display for Pin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Pin::Cross => "cross",
+            Pin::Same => "same",
+            Pin::None => "none",
+        })
+    }
+}
+
 /// Arguments of `ductwork bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {

@@ -270,7 +270,7 @@ impl Report {
         let m = &self.machine;
         let _ = writeln!(
             out,
-            "\n{} {} with {} CPUs, pin {:?} (parent CPU {}, peer CPU {}), {:.2} s per measurement",
+            "\n{} {} with {} CPUs, pin {} (parent CPU {}, peer CPU {}), {:.2} s per measurement",
             m.os,
             m.arch,
             m.cpus,
@@ -331,7 +331,7 @@ impl Report {
             r##"<?xml version="1.0" encoding="UTF-8"?>
 <svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{height}" viewBox="0 0 {W} {height}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>
-<text x="{}" y="24" font-size="16" text-anchor="middle">ductwork bench: {} {}, {} CPUs, pin {:?}</text>"##,
+<text x="{}" y="24" font-size="16" text-anchor="middle">ductwork bench: {} {}, {} CPUs, pin {}</text>"##,
             W / 2.0,
             self.machine.os,
             self.machine.arch,
