@@ -81,7 +81,8 @@ pub struct BenchArgs {
     /// Seconds per measurement (latency and throughput each; default 0.5).
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub duration: Option<f64>,
-    /// CPU placement of parent and peer (default: cross when there are 2+ CPUs).
+    /// CPU placement of parent and peer (default: cross when there are 2+ CPUs; pinning is
+    /// Linux only, elsewhere the run is unpinned).
     #[arg(long, value_enum)]
     pub pin: Option<Pin>,
     /// Where to write the JSON results.
@@ -296,7 +297,7 @@ fn run_inner(args: BenchArgs) -> Result<i32, (i32, String)> {
 
     // CPU placement.
     let cpus = sys::allowed_cpus();
-    let mut pin = args.pin.unwrap_or(if cpus.len() >= 2 {
+    let mut pin = args.pin.unwrap_or(if sys::CAN_PIN && cpus.len() >= 2 {
         Pin::Cross
     } else {
         Pin::None

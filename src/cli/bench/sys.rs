@@ -23,6 +23,10 @@ pub fn allowed_cpus() -> Vec<usize> {
     (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
 }
 
+/// Whether [`pin_current`] works on this platform.
+#[cfg(not(target_os = "linux"))]
+pub const CAN_PIN: bool = false;
+
 /// Pins the calling thread (and threads it starts later) to `cpu`.
 #[cfg(not(target_os = "linux"))]
 pub fn pin_current(_cpu: usize) -> Result<(), String> {
@@ -66,6 +70,9 @@ mod linux {
 
     /// Whether this platform has the shared-memory baselines.
     pub const HAS_SHM_BASELINES: bool = true;
+
+    /// Whether [`pin_current`] works on this platform.
+    pub const CAN_PIN: bool = true;
 
     const MAP_LEN: usize = 4096;
     const PING: usize = 0;
