@@ -403,6 +403,12 @@ fn run_inner(args: BenchArgs) -> Result<i32, (i32, String)> {
         }
     }
     cells.extend(dw_cells);
+    // Interleave by size: each size's baselines run right before the transports compared
+    // with them, so a machine whose load changes during the run skews the ratios less.
+    // (The sort is stable: baselines stay ahead of transports within a size.)
+    cells.sort_by_key(|c| match c {
+        Cell::Dw { size, .. } | Cell::Raw { size, .. } => *size,
+    });
 
     // Run.
     let total = cells.len() as u64;
@@ -485,6 +491,16 @@ fn run_inner(args: BenchArgs) -> Result<i32, (i32, String)> {
     for row in &mut rows {
         row.compare(&baselines);
     }
+    // Report in transport order, then size.
+    let order = |name: &str| {
+        [RAW_CACHELINE, RAW_EVENTFD, RAW_UNIX, RAW_TCP]
+            .iter()
+            .position(|b| *b == name)
+            .or_else(|| chosen.iter().position(|t| t.scheme() == name))
+            .unwrap_or(usize::MAX)
+    };
+    rows.sort_by_key(|r| (order(&r.transport), r.size));
+    baselines.sort_by_key(|r| (order(&r.transport), r.size));
     let report = Report {
         machine: Machine {
             os: std::env::consts::OS.into(),
