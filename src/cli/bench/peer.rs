@@ -1,0 +1,279 @@
+//! The bench's peer process (`ductwork __peer SPEC`) and the messages both sides exchange.
+//!
+//! The parent writes a [`PeerSpec`] as JSON on the command line; the peer pins itself to the
+//! CPU it was given, connects, and serves until the parent says `Quit`, closes, or the spec's
+//! deadline passes (so a peer never outlives a parent that died).
+
+use super::{raw, sys};
+use ductwork::{Channel, Direction, Endpoint};
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+
+/// What the peer process does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Job {
+    /// Serve a ductwork endpoint: echo pings, count data. `back` is set for one-way
+    /// transports: the peer binds it and sends its replies over `endpoint`.
+    Dw {
+        /// The parent's bound endpoint.
+        endpoint: String,
+        /// The endpoint the peer binds for one-way transports.
+        back: Option<String>,
+    },
+    /// Raw TCP baseline: connect to this address.
+    RawTcp {
+        /// `host:port`.
+        addr: String,
+    },
+    /// Raw Unix-socket baseline: connect to this path.
+    RawUnix {
+        /// Socket path.
+        path: String,
+    },
+    /// Busy-poll ping-pong on a shared mapping passed as an inherited fd.
+    Cacheline {
+        /// Inherited memfd.
+        mem: i32,
+    },
+    /// eventfd ping-pong; the payload goes through the shared mapping.
+    Eventfd {
+        /// Inherited memfd.
+        mem: i32,
+        /// Inherited eventfd the parent signals.
+        ping: i32,
+        /// Inherited eventfd the peer signals.
+        pong: i32,
+    },
+}
+
+/// The peer's instructions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerSpec {
+    /// What to do.
+    pub job: Job,
+    /// Payload size in bytes (for content checks).
+    pub size: usize,
+    /// The CPU to pin to, if any.
+    pub cpu: Option<usize>,
+    /// Give up after this many milliseconds.
+    pub deadline_ms: u64,
+}
+
+/// What a bench message asks of the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Echo this message back unchanged.
+    Ping,
+    /// Count this message (throughput phase) and check its payload.
+    Data,
+    /// End of the throughput phase: reply with a `Report`.
+    End,
+    /// The peer's count of data messages.
+    Report {
+        /// Data messages received.
+        received: u64,
+        /// Data messages whose payload was wrong.
+        bad: u64,
+    },
+    /// One-way setup: the peer's bound endpoint is in the payload (UTF-8).
+    Ready,
+    /// The parent is done; the peer exits.
+    Quit,
+}
+
+/// The typed message every ductwork bench cell carries: a payload of the cell's size.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchMsg {
+    /// Sequence number.
+    pub seq: u64,
+    /// What to do with it.
+    pub op: Op,
+    /// The payload.
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+}
+
+/// The payload content both sides expect for `size` bytes.
+pub fn pattern(size: usize) -> Vec<u8> {
+    (0..size)
+        .map(|i| (i as u32).wrapping_mul(31).wrapping_add(7) as u8)
+        .collect()
+}
+
+/// A bench connection: one duplex channel, or a pair of one-way channels.
+pub enum Link {
+    /// Both directions on one connection.
+    Duplex(Channel<BenchMsg>),
+    /// One-way transports: send on `tx`, receive on `rx`.
+    Pair {
+        /// Sending side.
+        tx: Channel<BenchMsg>,
+        /// Receiving side.
+        rx: Channel<BenchMsg>,
+    },
+}
+
+impl Link {
+    /// The channel to send on.
+    pub fn tx(&mut self) -> &mut Channel<BenchMsg> {
+        match self {
+            Link::Duplex(c) => c,
+            Link::Pair { tx, .. } => tx,
+        }
+    }
+
+    /// The channel to receive on.
+    pub fn rx(&mut self) -> &mut Channel<BenchMsg> {
+        match self {
+            Link::Duplex(c) => c,
+            Link::Pair { rx, .. } => rx,
+        }
+    }
+}
+
+/// Entry point of `ductwork __peer SPEC`; returns the exit code.
+pub fn run(spec: &str) -> i32 {
+    let spec: PeerSpec = match serde_json::from_str(spec) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ductwork __peer: bad spec: {e}");
+            return super::super::EXIT_USAGE;
+        }
+    };
+    if let Some(cpu) = spec.cpu {
+        if let Err(e) = sys::pin_current(cpu) {
+            eprintln!("ductwork __peer: cannot pin to CPU {cpu}: {e}");
+        }
+    }
+    let deadline = Instant::now() + Duration::from_millis(spec.deadline_ms);
+    let result = match &spec.job {
+        Job::Cacheline { mem } => sys::cacheline_peer(*mem, deadline),
+        Job::Eventfd { mem, ping, pong } => sys::eventfd_peer(*mem, *ping, *pong, deadline),
+        _ => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("ductwork __peer: runtime: {e}");
+                    return super::super::EXIT_FAILURE;
+                }
+            };
+            rt.block_on(async {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, serve(&spec)).await {
+                    Ok(r) => r,
+                    Err(_) => Err("deadline passed; giving up".to_string()),
+                }
+            })
+        }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("ductwork __peer: {e}");
+            super::super::EXIT_FAILURE
+        }
+    }
+}
+
+async fn serve(spec: &PeerSpec) -> Result<(), String> {
+    match &spec.job {
+        Job::Dw { endpoint, back } => serve_dw(endpoint, back.as_deref(), spec.size).await,
+        Job::RawTcp { addr } => {
+            let s = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("raw-tcp connect {addr}: {e}"))?;
+            let _ = s.set_nodelay(true);
+            raw::serve(s, spec.size).await
+        }
+        #[cfg(unix)]
+        Job::RawUnix { path } => {
+            let s = tokio::net::UnixStream::connect(path)
+                .await
+                .map_err(|e| format!("raw-unix connect {path}: {e}"))?;
+            raw::serve(s, spec.size).await
+        }
+        other => Err(format!("job {other:?} is not supported on this platform")),
+    }
+}
+
+async fn serve_dw(endpoint: &str, back: Option<&str>, size: usize) -> Result<(), String> {
+    let ep = Endpoint::parse(endpoint).map_err(|e| e.to_string())?;
+    let mut link = match back {
+        None => Link::Duplex(Channel::new(
+            crate::cli::connect_ep(&ep)
+                .await
+                .map_err(|e| e.to_string())?,
+        )),
+        Some(back) => {
+            let back = Endpoint::parse(back).map_err(|e| e.to_string())?;
+            let mut listener = crate::cli::bind_ep(&back)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut tx: Channel<BenchMsg> = Channel::new(
+                crate::cli::connect_ep(&ep)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+            let ready = BenchMsg {
+                seq: 0,
+                op: Op::Ready,
+                payload: listener.endpoint().to_string().into_bytes(),
+            };
+            tx.send(&ready).await.map_err(|e| e.to_string())?;
+            let rx = ductwork::accept_channel(&mut listener)
+                .await
+                .map_err(|e| e.to_string())?;
+            Link::Pair { tx, rx }
+        }
+    };
+    let reliable = link.rx().info().capabilities.is_reliable();
+    let expected = pattern(size);
+    // Testing aid: die abruptly after this many messages, as a crashed peer would.
+    let die_after: Option<u64> = std::env::var("DUCTWORK_BENCH_PEER_DIES_AFTER")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let mut handled = 0u64;
+    let (mut received, mut bad, mut next) = (0u64, 0u64, 0u64);
+    loop {
+        let msg = match link.rx().recv().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        };
+        handled += 1;
+        if die_after.is_some_and(|n| handled > n) {
+            std::process::exit(101);
+        }
+        match msg.op {
+            Op::Ping => link.tx().send(&msg).await.map_err(|e| e.to_string())?,
+            Op::Data => {
+                received += 1;
+                if msg.payload != expected || (reliable && msg.seq != next) {
+                    bad += 1;
+                }
+                next = msg.seq + 1;
+            }
+            Op::End => {
+                let report = BenchMsg {
+                    seq: msg.seq,
+                    op: Op::Report { received, bad },
+                    payload: Vec::new(),
+                };
+                link.tx().send(&report).await.map_err(|e| e.to_string())?;
+            }
+            Op::Quit => {
+                let _ = link.tx().close().await;
+                return Ok(());
+            }
+            Op::Report { .. } | Op::Ready => {}
+        }
+    }
+}
+
+/// Whether a transport with these capabilities needs the two-endpoint setup.
+pub fn one_way(direction: Direction) -> bool {
+    direction == Direction::OneWay
+}

@@ -1,0 +1,137 @@
+//! The `raw-tcp` and `raw-unix` baselines: plain tokio streams, no ductwork, no serde.
+//!
+//! Each message is a 4-byte big-endian header and the payload. The header's top bit asks the
+//! peer to echo the message (latency); without it the peer only counts and checks it
+//! (throughput, written through a `BufWriter` and flushed per batch); [`END`] asks the peer for its count as 8 bytes. This is the least any framed
+//! stream transport must do, so ductwork's rows are compared with it.
+
+use super::{
+    measure::{Rtt, Sampler, Throughput},
+    peer::pattern,
+};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+
+const ECHO: u32 = 0x8000_0000;
+const END: u32 = 0xFFFF_FFFE;
+
+/// The peer side: echo, count, report, until the parent closes.
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(s: S, size: usize) -> Result<(), String> {
+    let (r, mut w) = tokio::io::split(s);
+    let mut r = BufReader::with_capacity(256 * 1024, r);
+    let expected = pattern(size);
+    let mut buf = vec![0u8; 4 + size];
+    let (mut count, mut bad) = (0u64, 0u64);
+    loop {
+        let mut hdr = [0u8; 4];
+        match r.read_exact(&mut hdr).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(format!("raw peer read: {e}")),
+        }
+        let h = u32::from_be_bytes(hdr);
+        if h == END {
+            let reply = if bad == 0 { count } else { u64::MAX };
+            w.write_all(&reply.to_be_bytes())
+                .await
+                .map_err(|e| format!("raw peer write: {e}"))?;
+            continue;
+        }
+        let len = (h & !ECHO) as usize;
+        if len != size {
+            return Err(format!(
+                "raw peer: got a {len}-byte message, expected {size}"
+            ));
+        }
+        r.read_exact(&mut buf[4..])
+            .await
+            .map_err(|e| format!("raw peer read: {e}"))?;
+        if h & ECHO != 0 {
+            buf[..4].copy_from_slice(&hdr);
+            w.write_all(&buf)
+                .await
+                .map_err(|e| format!("raw peer write: {e}"))?;
+        } else {
+            count += 1;
+            if buf[4..] != expected[..] {
+                bad += 1;
+            }
+        }
+    }
+}
+
+/// The parent side: warm up, then measure round trips and one-way throughput on `s`.
+pub async fn measure<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    size: usize,
+    warmup: Duration,
+    dur: Duration,
+) -> Result<(Rtt, Throughput), String> {
+    let payload = pattern(size);
+    let mut frame = Vec::with_capacity(4 + size);
+    frame.extend_from_slice(&((size as u32) | ECHO).to_be_bytes());
+    frame.extend_from_slice(&payload);
+    let mut back = vec![0u8; 4 + size];
+    let mut sampler = Sampler::new();
+    for measuring in [false, true] {
+        let phase = if measuring { dur } else { warmup };
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed() < phase || (measuring && n < Sampler::MIN_SAMPLES) {
+            let t0 = Instant::now();
+            s.write_all(&frame)
+                .await
+                .map_err(|e| format!("raw write: {e}"))?;
+            s.read_exact(&mut back)
+                .await
+                .map_err(|e| format!("raw read: {e}"))?;
+            let t = t0.elapsed();
+            if back != frame {
+                return Err("raw echo differs from what was sent".into());
+            }
+            if measuring {
+                sampler.record(t);
+            }
+            n += 1;
+        }
+    }
+    // Throughput: each message written (header, payload) into a buffered writer, flushed once
+    // per batch: what a hand-written sender does, and what ductwork's feed + flush does.
+    let per_batch = super::measure::batch_len(4 + size);
+    let hdr = (size as u32).to_be_bytes();
+    let mut w = tokio::io::BufWriter::with_capacity(64 * 1024, &mut s);
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed() < dur {
+        for _ in 0..per_batch {
+            w.write_all(&hdr)
+                .await
+                .map_err(|e| format!("raw write: {e}"))?;
+            w.write_all(&payload)
+                .await
+                .map_err(|e| format!("raw write: {e}"))?;
+        }
+        w.flush().await.map_err(|e| format!("raw write: {e}"))?;
+        sent += per_batch as u64;
+    }
+    drop(w);
+    s.write_all(&END.to_be_bytes())
+        .await
+        .map_err(|e| format!("raw write: {e}"))?;
+    let mut count = [0u8; 8];
+    s.read_exact(&mut count)
+        .await
+        .map_err(|e| format!("raw read: {e}"))?;
+    let elapsed = start.elapsed();
+    let received = u64::from_be_bytes(count);
+    if received != sent {
+        return Err(format!(
+            "raw peer counted {received} messages of {sent} sent (or saw corrupt ones)"
+        ));
+    }
+    let _ = s.shutdown().await;
+    Ok((
+        sampler.finish(),
+        Throughput::new(sent, received, size, elapsed),
+    ))
+}

@@ -1,0 +1,370 @@
+//! OS-specific parts of the bench: CPU pinning and the shared-memory baselines.
+//!
+//! - [`pin_current`]: `sched_setaffinity` on Linux; elsewhere pinning is reported unsupported
+//!   and the bench runs unpinned.
+//! - `raw-cacheline`: two processes share one memfd mapping; the parent stores a sequence
+//!   number in one atomic, the peer busy-polls it and answers in a second atomic on the same
+//!   cache line. The 64-byte payload is copied through two further lines of the mapping.
+//! - `raw-eventfd`: the same payload exchange, but each side sleeps in `poll` on an eventfd
+//!   the other side signals: the floor for any shared-memory transport that parks its reader.
+//!
+//! Both baselines pass their fds to the peer by inheritance (created without `CLOEXEC`, their
+//! numbers given in the peer's spec). Every wait has a deadline, so a dead peer is an error,
+//! never a hang. Linux only; other platforms skip them with a note.
+
+#[cfg(target_os = "linux")]
+pub use linux::*;
+#[cfg(not(target_os = "linux"))]
+use std::time::Instant;
+
+/// The CPUs this process may run on, in order.
+#[cfg(not(target_os = "linux"))]
+pub fn allowed_cpus() -> Vec<usize> {
+    (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
+}
+
+/// Whether [`pin_current`] works on this platform.
+#[cfg(not(target_os = "linux"))]
+pub const CAN_PIN: bool = false;
+
+/// Pins the calling thread (and threads it starts later) to `cpu`.
+#[cfg(not(target_os = "linux"))]
+pub fn pin_current(_cpu: usize) -> Result<(), String> {
+    Err("CPU pinning is only implemented on Linux".into())
+}
+
+/// Whether this platform has the shared-memory baselines.
+#[cfg(not(target_os = "linux"))]
+pub const HAS_SHM_BASELINES: bool = false;
+
+/// Unavailable here.
+#[cfg(not(target_os = "linux"))]
+pub fn cacheline_peer(_mem: i32, _deadline: Instant) -> Result<(), String> {
+    Err("raw-cacheline is Linux only".into())
+}
+
+/// Unavailable here.
+#[cfg(not(target_os = "linux"))]
+pub fn eventfd_peer(_mem: i32, _ping: i32, _pong: i32, _deadline: Instant) -> Result<(), String> {
+    Err("raw-eventfd is Linux only".into())
+}
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use super::super::{
+        measure::{Rtt, Sampler},
+        peer::{Job, PeerSpec},
+    };
+    use rustix::{
+        event::{eventfd, poll, EventfdFlags, PollFd, PollFlags},
+        fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+        fs::{ftruncate, memfd_create, MemfdFlags},
+        mm::{mmap, munmap, MapFlags, ProtFlags},
+        thread::{sched_getaffinity, sched_setaffinity, CpuSet},
+    };
+    use std::{
+        process::{Child, Command, Stdio},
+        sync::atomic::{AtomicU64, Ordering},
+        time::{Duration, Instant},
+    };
+
+    /// Whether this platform has the shared-memory baselines.
+    pub const HAS_SHM_BASELINES: bool = true;
+
+    /// Whether [`pin_current`] works on this platform.
+    pub const CAN_PIN: bool = true;
+
+    const MAP_LEN: usize = 4096;
+    const PING: usize = 0;
+    const PONG: usize = 8;
+    const REQ: usize = 64;
+    const REPLY: usize = 128;
+    /// The baselines' payload size.
+    pub const SHM_PAYLOAD: usize = 64;
+    /// How long one round trip may take before the peer is declared dead.
+    const STALL: Duration = Duration::from_secs(2);
+
+    /// The CPUs this process may run on, in order.
+    pub fn allowed_cpus() -> Vec<usize> {
+        match sched_getaffinity(None) {
+            Ok(set) => (0..CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect(),
+            Err(_) => (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect(),
+        }
+    }
+
+    /// Pins the calling thread (and threads it starts later) to `cpu`.
+    pub fn pin_current(cpu: usize) -> Result<(), String> {
+        if cpu >= CpuSet::MAX_CPU {
+            return Err(format!("CPU {cpu} is out of range"));
+        }
+        let mut set = CpuSet::new();
+        set.set(cpu);
+        sched_setaffinity(None, &set).map_err(|e| e.to_string())
+    }
+
+    /// A shared read-write mapping of a memfd, unmapped on drop.
+    struct Shared {
+        ptr: *mut u8,
+    }
+
+    impl Shared {
+        fn map(fd: impl AsFd) -> Result<Shared, String> {
+            // SAFETY: a fresh shared mapping of MAP_LEN bytes of a memfd at least that long;
+            // the kernel chooses the address, so no existing memory is affected.
+            let ptr = unsafe {
+                mmap(
+                    std::ptr::null_mut(),
+                    MAP_LEN,
+                    ProtFlags::READ | ProtFlags::WRITE,
+                    MapFlags::SHARED,
+                    fd,
+                    0,
+                )
+            }
+            .map_err(|e| format!("mmap: {e}"))?;
+            Ok(Shared { ptr: ptr.cast() })
+        }
+
+        fn atomic(&self, off: usize) -> &AtomicU64 {
+            debug_assert!(off + 8 <= MAP_LEN && off % 8 == 0);
+            // SAFETY: `off` is 8-aligned inside the page-aligned mapping, which lives as long
+            // as `self`; both processes access these words only atomically.
+            unsafe { &*(self.ptr.add(off) as *const AtomicU64) }
+        }
+
+        /// Copies `SHM_PAYLOAD` bytes from `from` to `to` within the mapping.
+        ///
+        /// Callers keep the protocol: a region is written only by the side whose turn it is
+        /// (after an Acquire load of the other side's counter) and published with a Release
+        /// store, so the two processes never access it at the same time.
+        fn copy(&self, from: usize, to: usize) {
+            // SAFETY: both ranges lie inside the mapping and do not overlap (REQ and REPLY are
+            // 64 bytes apart); see the protocol note above for exclusivity.
+            unsafe {
+                std::ptr::copy_nonoverlapping(self.ptr.add(from), self.ptr.add(to), SHM_PAYLOAD)
+            }
+        }
+
+        fn write(&self, to: usize, data: &[u8]) {
+            let n = data.len().min(SHM_PAYLOAD);
+            // SAFETY: the range lies inside the mapping; exclusivity as for `copy`.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(to), n) }
+        }
+
+        fn read(&self, from: usize, out: &mut [u8]) {
+            let n = out.len().min(SHM_PAYLOAD);
+            // SAFETY: the range lies inside the mapping; exclusivity as for `copy`.
+            unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(from), out.as_mut_ptr(), n) }
+        }
+    }
+
+    impl Drop for Shared {
+        fn drop(&mut self) {
+            // SAFETY: unmaps exactly the mapping made in `map`; no reference into it outlives
+            // `self` (`atomic` borrows from `self`).
+            let _ = unsafe { munmap(self.ptr.cast(), MAP_LEN) };
+        }
+    }
+
+    fn new_memfd() -> Result<OwnedFd, String> {
+        // No CLOEXEC: the peer inherits it.
+        let fd = memfd_create("ductwork-bench", MemfdFlags::empty())
+            .map_err(|e| format!("memfd_create: {e}"))?;
+        ftruncate(&fd, MAP_LEN as u64).map_err(|e| format!("ftruncate: {e}"))?;
+        Ok(fd)
+    }
+
+    /// Takes ownership of an fd number the parent left open for us.
+    fn inherited(fd: i32) -> Result<OwnedFd, String> {
+        if fd < 3 {
+            return Err(format!("fd {fd} is not an inherited descriptor"));
+        }
+        // Check it is open before taking ownership.
+        rustix::io::fcntl_getfd(
+            // SAFETY: borrowing a number only for the validity check below.
+            unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) },
+        )
+        .map_err(|e| format!("inherited fd {fd}: {e}"))?;
+        // SAFETY: the parent created this descriptor without CLOEXEC for this peer and passed
+        // its number in the spec; nothing else in this process owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    struct KillOnDrop(Child);
+
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn spawn(job: Job, cpu: Option<usize>, limit: Duration) -> Result<KillOnDrop, String> {
+        let spec = PeerSpec {
+            job,
+            size: SHM_PAYLOAD,
+            cpu,
+            deadline_ms: limit.as_millis() as u64,
+        };
+        let exe =
+            std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
+        let child = Command::new(exe)
+            .arg("__peer")
+            .arg(serde_json::to_string(&spec).map_err(|e| e.to_string())?)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start the peer process: {e}"))?;
+        Ok(KillOnDrop(child))
+    }
+
+    /// Spins (yielding now and then, so a peer pinned to the same CPU can run) until `word`
+    /// equals `want`, or fails after [`STALL`] or at `deadline`.
+    fn spin_until(word: &AtomicU64, want: u64, deadline: Option<Instant>) -> Result<(), String> {
+        let start = Instant::now();
+        let mut spins = 0u32;
+        while word.load(Ordering::Acquire) != want {
+            std::hint::spin_loop();
+            spins += 1;
+            if spins % 1024 == 0 {
+                std::thread::yield_now();
+                let now = Instant::now();
+                if now - start > STALL || deadline.is_some_and(|d| now > d) {
+                    return Err("the other side stopped answering".into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn wait_fd(fd: &OwnedFd, limit: Duration) -> Result<(), String> {
+        let mut fds = [PollFd::new(fd, PollFlags::IN)];
+        let ts = rustix::event::Timespec {
+            tv_sec: limit.as_secs() as i64,
+            tv_nsec: limit.subsec_nanos() as i64,
+        };
+        loop {
+            match poll(&mut fds, Some(&ts)) {
+                Ok(0) => return Err("the other side stopped answering".into()),
+                Ok(_) => break,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(format!("poll: {e}")),
+            }
+        }
+        let mut buf = [0u8; 8];
+        rustix::io::read(fd, &mut buf).map_err(|e| format!("eventfd read: {e}"))?;
+        Ok(())
+    }
+
+    fn signal(fd: &OwnedFd) -> Result<(), String> {
+        rustix::io::write(fd, &1u64.to_ne_bytes()).map_err(|e| format!("eventfd write: {e}"))?;
+        Ok(())
+    }
+
+    /// Parent side of `raw-cacheline` (`spin = true`) or `raw-eventfd`: warm up, then measure
+    /// round trips for `dur`.
+    pub fn shm_baseline(
+        spin: bool,
+        cpu: Option<usize>,
+        warmup: Duration,
+        dur: Duration,
+    ) -> Result<Rtt, String> {
+        let mem = new_memfd()?;
+        let shared = Shared::map(&mem)?;
+        let limit = (warmup + dur) * 2 + STALL * 2;
+        let efds = if spin {
+            None
+        } else {
+            let ping = eventfd(0, EventfdFlags::empty()).map_err(|e| format!("eventfd: {e}"))?;
+            let pong = eventfd(0, EventfdFlags::empty()).map_err(|e| format!("eventfd: {e}"))?;
+            Some((ping, pong))
+        };
+        let job = match &efds {
+            None => Job::Cacheline {
+                mem: mem.as_raw_fd(),
+            },
+            Some((ping, pong)) => Job::Eventfd {
+                mem: mem.as_raw_fd(),
+                ping: ping.as_raw_fd(),
+                pong: pong.as_raw_fd(),
+            },
+        };
+        let _peer = spawn(job, cpu, limit)?;
+        let mut payload = super::super::peer::pattern(SHM_PAYLOAD);
+        let mut back = vec![0u8; SHM_PAYLOAD];
+        let mut sampler = Sampler::new();
+        let mut seq = 0u64;
+        for measuring in [false, true] {
+            let phase = if measuring { dur } else { warmup };
+            let start = Instant::now();
+            let mut n = 0u64;
+            while start.elapsed() < phase || (measuring && n < Sampler::MIN_SAMPLES) {
+                seq += 1;
+                payload[..8].copy_from_slice(&seq.to_le_bytes());
+                let t0 = Instant::now();
+                shared.write(REQ, &payload);
+                shared.atomic(PING).store(seq, Ordering::Release);
+                match &efds {
+                    None => spin_until(shared.atomic(PONG), seq, None)?,
+                    Some((ping, pong)) => {
+                        signal(ping)?;
+                        wait_fd(pong, STALL)?;
+                        if shared.atomic(PONG).load(Ordering::Acquire) != seq {
+                            return Err("the peer answered out of turn".into());
+                        }
+                    }
+                }
+                shared.read(REPLY, &mut back);
+                let t = t0.elapsed();
+                if back != payload {
+                    return Err("the peer's reply differs from the request".into());
+                }
+                if measuring {
+                    sampler.record(t);
+                }
+                n += 1;
+            }
+        }
+        Ok(sampler.finish())
+    }
+
+    /// Peer side of `raw-cacheline`.
+    pub fn cacheline_peer(mem: i32, deadline: Instant) -> Result<(), String> {
+        let mem = inherited(mem)?;
+        let shared = Shared::map(&mem)?;
+        let mut seq = 0u64;
+        loop {
+            seq += 1;
+            // The parent may pause between phases; only the deadline ends the wait.
+            loop {
+                match spin_until(shared.atomic(PING), seq, Some(deadline)) {
+                    Ok(()) => break,
+                    Err(_) if Instant::now() < deadline => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            shared.copy(REQ, REPLY);
+            shared.atomic(PONG).store(seq, Ordering::Release);
+        }
+    }
+
+    /// Peer side of `raw-eventfd`.
+    pub fn eventfd_peer(mem: i32, ping: i32, pong: i32, deadline: Instant) -> Result<(), String> {
+        let mem = inherited(mem)?;
+        let ping = inherited(ping)?;
+        let pong = inherited(pong)?;
+        let shared = Shared::map(&mem)?;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err("deadline passed".into());
+            }
+            wait_fd(&ping, left)?;
+            let seq = shared.atomic(PING).load(Ordering::Acquire);
+            shared.copy(REQ, REPLY);
+            shared.atomic(PONG).store(seq, Ordering::Release);
+            signal(&pong)?;
+        }
+    }
+}

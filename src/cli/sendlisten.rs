@@ -1,0 +1,176 @@
+//! `ductwork send ENDPOINT` and `ductwork listen ENDPOINT`: JSON lines over any transport.
+//!
+//! Each JSON value travels as one postcard frame holding the [`Json`] envelope, so any
+//! ductwork program (or another language with a postcard implementation) can talk to these
+//! commands. `listen` prints `listening on ENDPOINT` (with the real port for `:0`) on stderr
+//! once bound, then one compact JSON line per message on stdout. `send` reads one JSON value
+//! per line (blank lines are skipped), sends each, and closes cleanly at end of input.
+
+use super::{json::Json, EXIT_FAILURE, EXIT_USAGE};
+use clap::Args;
+use ductwork::{BoxListener, Channel, Endpoint};
+use std::io::{BufRead, Write};
+
+/// `--help` text of `send`.
+pub const SEND_HELP: &str = "\
+Read JSON values from stdin, one per line, and send each to ENDPOINT as one message.
+
+Messages are postcard frames holding the `Json` envelope enum (variant = postcard tag):
+  0 Null | 1 Bool(bool) | 2 I64(i64, negative integers) | 3 U64(u64) | 4 F64(f64)
+  | 5 String(String) | 6 Array(Vec<Json>) | 7 Object(Vec<(String, Json)>)
+Blank lines are skipped; a line that is not JSON stops with an error naming the line.
+At end of input the connection is closed cleanly. Example:
+  echo '{\"item\":\"bolt\",\"qty\":3}' | ductwork send tcp://127.0.0.1:7000";
+
+/// `--help` text of `listen`.
+pub const LISTEN_HELP: &str = "\
+Bind ENDPOINT and print every message received as one compact JSON line on stdout.
+
+Once bound, prints `listening on ENDPOINT` on stderr (with the real port when the endpoint
+asked for port 0). Messages are postcard frames holding the `Json` envelope enum (see
+`ductwork send --help`); a frame that does not decode is reported on stderr and skipped.
+Serves connections one after another until interrupted, or until --count messages or
+--connections connections were handled.";
+
+/// Arguments of `ductwork send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Where to send, e.g. tcp://127.0.0.1:7000, unix:///tmp/x.sock, shm://name.
+    pub endpoint: String,
+}
+
+/// Arguments of `ductwork listen`.
+#[derive(Debug, Args)]
+pub struct ListenArgs {
+    /// What to bind, e.g. tcp://127.0.0.1:7000 (port 0 picks a free one).
+    pub endpoint: String,
+    /// Exit after printing this many messages.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Exit after this many connections have closed.
+    #[arg(long)]
+    pub connections: Option<u64>,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+fn parse_endpoint(s: &str) -> Result<Endpoint, i32> {
+    Endpoint::parse(s).map_err(|e| {
+        eprintln!("ductwork: {e}");
+        EXIT_USAGE
+    })
+}
+
+/// Runs `ductwork send`; returns the exit code.
+pub fn send(args: SendArgs) -> i32 {
+    let ep = match parse_endpoint(&args.endpoint) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ductwork send: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    match rt.block_on(send_lines(ep, std::io::stdin().lock())) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("ductwork send: {e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+async fn send_lines(ep: Endpoint, input: impl BufRead) -> Result<(), String> {
+    let mut ch: Channel<Json, Json> =
+        Channel::new(super::connect_ep(&ep).await.map_err(|e| e.to_string())?);
+    for (n, line) in input.lines().enumerate() {
+        let line = line.map_err(|e| format!("{ep}: reading stdin: {e}"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_str(&line)
+            .map_err(|e| format!("{ep}: stdin line {}: not JSON: {e}", n + 1))?;
+        ch.send(&Json::from(&value))
+            .await
+            .map_err(|e| format!("{e} (stdin line {})", n + 1))?;
+    }
+    ch.close().await.map_err(|e| e.to_string())
+}
+
+/// Runs `ductwork listen`; returns the exit code.
+pub fn listen(args: ListenArgs) -> i32 {
+    let ep = match parse_endpoint(&args.endpoint) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ductwork listen: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    match rt.block_on(listen_loop(ep, args.count, args.connections)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("ductwork listen: {e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+async fn listen_loop(ep: Endpoint, count: Option<u64>, conns: Option<u64>) -> Result<(), String> {
+    let mut listener: BoxListener = super::bind_ep(&ep).await.map_err(|e| e.to_string())?;
+    let bound = listener.endpoint().clone();
+    eprintln!("listening on {bound}");
+    let mut printed = 0u64;
+    let mut served = 0u64;
+    let done = |printed: u64, served: u64| {
+        count.is_some_and(|c| printed >= c) || conns.is_some_and(|c| served >= c)
+    };
+    if done(printed, served) {
+        return Ok(());
+    }
+    loop {
+        let mut ch: Channel<Json, Json> = ductwork::accept_channel(&mut listener)
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            match ch.recv().await {
+                Ok(Some(msg)) => {
+                    let line = serde_json::to_string(&serde_json::Value::from(&msg))
+                        .map_err(|e| format!("{bound}: cannot print a message: {e}"))?;
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "{line}")
+                        .and_then(|_| out.flush())
+                        .map_err(|e| format!("{bound}: writing stdout: {e}"))?;
+                    printed += 1;
+                    if done(printed, served) {
+                        return Ok(());
+                    }
+                }
+                Ok(None) => break,
+                Err(e) if e.kind() == ductwork::ErrorKind::Decode => {
+                    eprintln!("ductwork listen: skipped a message: {e}");
+                }
+                Err(e) => {
+                    // One broken connection does not stop the listener.
+                    eprintln!("ductwork listen: connection ended: {e}");
+                    break;
+                }
+            }
+        }
+        served += 1;
+        if done(printed, served) {
+            return Ok(());
+        }
+    }
+}

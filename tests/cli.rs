@@ -1,0 +1,321 @@
+//! The `ductwork` binary, run as a real process: argument errors, the JSON written by a tiny
+//! bench run, and a send/listen round trip through TCP between two processes.
+//!
+//! Correctness only: nothing here asserts how fast anything is.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
+
+fn ductwork() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ductwork"))
+}
+
+fn run(args: &[&str]) -> Output {
+    ductwork().args(args).output().expect("runs the binary")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn unknown_transport_is_a_usage_error() {
+    let o = run(&["bench", "--transports", "tcp,carrier-pigeon"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("unknown transport `carrier-pigeon`"), "{e}");
+    assert!(
+        e.contains("tcp"),
+        "lists the transports this build has: {e}"
+    );
+}
+
+#[test]
+fn bad_size_is_a_usage_error() {
+    let o = run(&["bench", "--sizes", "64,lots"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("--sizes") && e.contains("lots"), "{e}");
+}
+
+#[test]
+fn bad_pin_and_duration_are_usage_errors() {
+    let o = run(&["bench", "--pin", "sideways"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("sideways"), "{}", stderr(&o));
+    for bad in ["--duration=-1", "--duration=0", "--duration=soon"] {
+        let o = run(&["bench", bad]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("--duration"), "{}", stderr(&o));
+    }
+}
+
+#[test]
+fn tiny_bench_writes_table_json_and_svg() {
+    let dir = std::env::temp_dir().join(format!("ductwork-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("out.json");
+    let svg = dir.join("out.svg");
+    let transports = if cfg!(unix) { "tcp,unix" } else { "tcp" };
+    let o = run(&[
+        "bench",
+        "--duration",
+        "0.05",
+        "--sizes",
+        "64,1KiB",
+        "--transports",
+        transports,
+        "--pin",
+        "none",
+        "--json",
+        json.to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("transport") && table.contains("p99.9"),
+        "{table}"
+    );
+
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["version"], 1);
+    assert_eq!(v["machine"]["pin"], "none");
+    assert!(v["machine"]["cpus"].as_u64().unwrap() >= 1);
+    let results = v["results"].as_array().unwrap();
+    let schemes: Vec<&str> = transports.split(',').collect();
+    assert_eq!(results.len(), schemes.len() * 2, "{v:#}");
+    for r in results {
+        let t = r["transport"].as_str().unwrap();
+        assert!(schemes.contains(&t), "{t}");
+        assert!([64, 1024].contains(&r["size"].as_u64().unwrap()));
+        let rtt = &r["rtt_ns"];
+        let (p50, p99, p999, max) = (
+            rtt["p50"].as_u64().unwrap(),
+            rtt["p99"].as_u64().unwrap(),
+            rtt["p999"].as_u64().unwrap(),
+            rtt["max"].as_u64().unwrap(),
+        );
+        assert!(0 < p50 && p50 <= p99 && p99 <= p999 && p999 <= max, "{rtt}");
+        let tp = &r["throughput"];
+        assert!(tp["msgs_per_s"].as_f64().unwrap() > 0.0);
+        assert!(tp["bytes_per_s"].as_f64().unwrap() > 0.0);
+        // Reliable transports: everything sent arrived.
+        assert_eq!(tp["sent"], tp["received"], "{r}");
+        assert_eq!(r["baseline"], format!("raw-{t}").as_str(), "{r}");
+        assert!(r["ratio"]["p50"].as_f64().unwrap() > 0.0);
+        assert!(r["ratio"]["throughput"].as_f64().unwrap() > 0.0);
+    }
+    let baselines: Vec<&str> = v["baselines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["transport"].as_str().unwrap())
+        .collect();
+    for s in &schemes {
+        assert!(
+            baselines.contains(&format!("raw-{s}").as_str()),
+            "{baselines:?}"
+        );
+    }
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert!(plot.starts_with("<?xml") && plot.trim_end().ends_with("</svg>"));
+    assert!(plot.contains("raw-tcp"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn one_way_setup_measures_through_two_endpoints() {
+    // The setup one-way transports (mailslot, copydata) use: pings out over the peer's
+    // endpoint, echoes back over ours. Forced here on tcp so every platform runs that path.
+    let dir = std::env::temp_dir().join(format!("ductwork-cli-2ep-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("out.json");
+    let o = run(&[
+        "bench",
+        "--two-endpoints",
+        "--duration",
+        "0.05",
+        "--sizes",
+        "1KiB",
+        "--transports",
+        "tcp",
+        "--json",
+        json.to_str().unwrap(),
+        "--plot",
+        dir.join("out.svg").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let r = &v["results"][0];
+    assert_eq!(r["transport"], "tcp", "{v:#}");
+    assert!(r["rtt_ns"]["p50"].as_u64().unwrap() > 0);
+    assert_eq!(r["throughput"]["sent"], r["throughput"]["received"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_peer_that_dies_fails_its_cell_and_the_run_goes_on() {
+    let dir = std::env::temp_dir().join(format!("ductwork-cli-dies-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("out.json");
+    let o = ductwork()
+        .args([
+            "bench",
+            "--duration",
+            "0.05",
+            "--sizes",
+            "64,1KiB",
+            "--transports",
+            "tcp",
+            "--json",
+            json.to_str().unwrap(),
+            "--plot",
+            dir.join("out.svg").to_str().unwrap(),
+        ])
+        .env("DUCTWORK_BENCH_PEER_DIES_AFTER", "50")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    // Both tcp cells failed (their peers died), the baselines (no ductwork peer) were measured.
+    assert_eq!(v["results"].as_array().unwrap().len(), 0, "{v:#}");
+    assert_eq!(v["baselines"].as_array().unwrap().len(), 2, "{v:#}");
+    let notes: Vec<&str> = v["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        notes.iter().filter(|n| n.starts_with("tcp ")).count(),
+        2,
+        "{notes:?}"
+    );
+    assert!(notes.iter().all(|n| n.contains("failed")), "{notes:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn send_and_listen_round_trip_over_tcp() {
+    let mut listen = ductwork()
+        .args(["listen", "tcp://127.0.0.1:0", "--count", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first stderr line names the bound endpoint with its real port.
+    let mut err = BufReader::new(listen.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    let endpoint = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_string();
+
+    let input = "{\"item\":\"bolt\",\"qty\":3,\"price\":-1.5}\n\n[1,-2,null,true,\"x\"]\n\"just a string\"\n";
+    let mut send = ductwork()
+        .args(["send", &endpoint])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    send.stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let sent = send.wait_with_output().unwrap();
+    assert!(sent.status.success(), "{}", stderr(&sent));
+
+    let out = wait_with_timeout(listen, Duration::from_secs(30));
+    assert!(out.status.success());
+    let got: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let want: Vec<serde_json::Value> = input
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn send_errors_name_the_endpoint() {
+    // Nothing listens on this port (bound then released by us).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ep = format!("tcp://127.0.0.1:{port}");
+    let mut send = ductwork()
+        .args(["send", &ep])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(send.stdin.take());
+    let o = send.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains(&ep), "{}", stderr(&o));
+
+    let o = run(&["send", "ftp://nowhere"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("ftp://nowhere"), "{}", stderr(&o));
+}
+
+#[test]
+fn send_rejects_a_line_that_is_not_json() {
+    let mut listen = ductwork()
+        .args(["listen", "tcp://127.0.0.1:0", "--connections", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(listen.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    let endpoint = line.trim().trim_start_matches("listening on ").to_string();
+    let mut send = ductwork()
+        .args(["send", &endpoint])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    send.stdin
+        .take()
+        .unwrap()
+        .write_all(b"{\"ok\":1}\n{not json\n")
+        .unwrap();
+    let o = send.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("line 2") && e.contains(&endpoint), "{e}");
+    // The first message still arrived before the sender gave up.
+    let out = wait_with_timeout(listen, Duration::from_secs(30));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "{\"ok\":1}");
+}
+
+/// Waits for `child`, killing it (and failing) if it takes longer than `limit`.
+fn wait_with_timeout(mut child: std::process::Child, limit: Duration) -> Output {
+    let start = std::time::Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
