@@ -123,12 +123,29 @@ pub fn check_len(len: usize, max: usize) -> Result<(), CodecError> {
 }
 
 /// Encodes a value with postcard into a frame payload, refusing results larger than `max`.
+///
+/// The size is computed first, so an oversized value is refused before anything is allocated
+/// and the buffer is allocated once, at its final size.
 pub fn encode<T: Serialize + ?Sized>(value: &T, max: usize) -> Result<Bytes, CodecError> {
-    let mut buf = BytesMut::new().writer();
-    postcard::to_io(value, &mut buf).map_err(CodecError::Encode)?;
-    let buf = buf.into_inner();
-    check_len(buf.len(), max)?;
+    let mut buf = BytesMut::new();
+    encode_into(value, &mut buf, max)?;
     Ok(buf.freeze())
+}
+
+/// Appends the postcard encoding of `value` to `dst` and returns its length, refusing values
+/// larger than `max` before writing anything.
+pub fn encode_into<T: Serialize + ?Sized>(
+    value: &T,
+    dst: &mut BytesMut,
+    max: usize,
+) -> Result<usize, CodecError> {
+    let len = postcard::experimental::serialized_size(value).map_err(CodecError::Encode)?;
+    check_len(len, max)?;
+    dst.reserve(len);
+    let before = dst.len();
+    postcard::to_io(value, dst.writer()).map_err(CodecError::Encode)?;
+    debug_assert_eq!(dst.len() - before, len);
+    Ok(len)
 }
 
 /// Decodes exactly one value from a frame payload. Trailing bytes are an error.
