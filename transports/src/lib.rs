@@ -3,6 +3,7 @@
 //! | scheme | module | cargo feature |
 //! |---|---|---|
 //! | `tcp`, `udp`, `unix` | [`socket`] | `socket` |
+//! | `shm` | [`shm`] | `shm` |
 //!
 //! [`bind`] and [`connect`] pick the backend from the endpoint's scheme. A scheme whose backend
 //! this build lacks fails with [`ErrorKind::Unsupported`] naming the cargo feature; a backend
@@ -21,6 +22,19 @@ pub(crate) mod framed;
 #[cfg(feature = "socket")]
 pub mod socket;
 
+#[cfg(feature = "shm")]
+pub mod shm;
+
+/// Entry points for the fuzz targets in `fuzz/`; not part of the API.
+#[cfg(feature = "shm")]
+#[doc(hidden)]
+pub mod __fuzz {
+    /// Runs the shared-memory ring reader and writer over a segment filled from `input`.
+    pub fn shm_ring(input: &[u8]) {
+        crate::shm::ring::fuzz_one(input)
+    }
+}
+
 /// Every transport compiled into this build, in a stable order.
 pub fn transports() -> Vec<Arc<dyn Transport>> {
     #[allow(unused_mut)]
@@ -31,6 +45,8 @@ pub fn transports() -> Vec<Arc<dyn Transport>> {
         v.push(Arc::new(socket::Udp));
         v.push(Arc::new(socket::Unix));
     }
+    #[cfg(feature = "shm")]
+    v.push(Arc::new(shm::Shm));
     v
 }
 

@@ -36,6 +36,11 @@ pub fn all() -> Vec<Subject> {
             },
             garbage: Some(unix_garbage),
         },
+        Subject {
+            name: "shm",
+            endpoint: |u| format!("shm://conf-{u}"),
+            garbage: Some(shm_garbage),
+        },
     ]
 }
 
@@ -71,5 +76,34 @@ fn unix_garbage(_ep: &Endpoint) -> io::Result<()> {
     Err(io::Error::new(
         io::ErrorKind::Unsupported,
         "no unix sockets here",
+    ))
+}
+
+/// The raw client for shm: connects to the listener's set-up socket and sends garbage instead
+/// of the hello. (Garbage written into a live ring is tested in `tests/shm.rs`.)
+#[cfg(target_os = "linux")]
+fn shm_garbage(ep: &Endpoint) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() && std::path::Path::new(&d).is_dir() => {
+            std::path::Path::new(&d).join("ductwork")
+        }
+        _ => {
+            let uid = std::fs::metadata("/proc/self")?.uid();
+            std::env::temp_dir().join(format!("ductwork-{uid}"))
+        }
+    };
+    let path = dir.join(format!("shm-{}.sock", ep.address()));
+    let mut s = std::os::unix::net::UnixStream::connect(path)?;
+    s.write_all(GARBAGE)?;
+    s.flush()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn shm_garbage(_ep: &Endpoint) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "no raw shm client here",
     ))
 }
