@@ -4,6 +4,8 @@
 //!
 //! ```text
 //! cargo run --release -p ductwork-transports --example shm_latency [ROUND_TRIPS]
+//! # with the two processes pinned to different cores:
+//! DW_PIN=0,1 target/release/examples/shm_latency
 //! ```
 
 use bytes::Bytes;
@@ -59,7 +61,15 @@ fn percentile(v: &mut [u64], p: f64) -> u64 {
 /// Parent: round trips against a child echo server; returns (p50, p99) in ns.
 fn measure(ep: &str, n: usize) -> (u64, u64) {
     let exe = std::env::current_exe().expect("exe");
-    let mut child = Command::new(exe)
+    let mut cmd = match pins() {
+        Some((_, child_cpu)) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(child_cpu).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let mut child = cmd
         .arg("--server")
         .arg(ep)
         .stdin(Stdio::piped())
@@ -131,6 +141,14 @@ fn raw_ping_pong(n: usize) -> (u64, u64) {
     (percentile(&mut times, 0.5), percentile(&mut times, 0.99))
 }
 
+/// `DW_PIN=P,C`: after the raw ping-pong, pin this process to CPU P and the echo servers to
+/// CPU C (with `taskset`), to see the numbers with the two processes on known cores.
+fn pins() -> Option<(String, String)> {
+    let v = std::env::var("DW_PIN").ok()?;
+    let (p, c) = v.split_once(',')?;
+    Some((p.to_string(), c.to_string()))
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--server") {
@@ -142,6 +160,13 @@ fn main() {
     let sock = std::env::temp_dir().join(format!("dw-lat-{pid}.sock"));
     let (raw50, raw99) = raw_ping_pong(n);
     println!("raw cache-line ping-pong (threads): p50 {raw50} ns, p99 {raw99} ns");
+    if let Some((cpu, _)) = pins() {
+        let pid = std::process::id().to_string();
+        let _ = Command::new("taskset")
+            .args(["-a", "-p", "-c", &cpu, &pid])
+            .stdout(Stdio::null())
+            .status();
+    }
     let cases = [
         ("shm (spin default)", format!("shm://lat-{pid}-a")),
         ("shm spin=0", format!("shm://lat-{pid}-b?spin=0")),

@@ -50,13 +50,18 @@
 //! `rx_park`, and rings the doorbell only if the consumer announced parking and that
 //! announcement has not been rung yet. A busy stream therefore makes no system calls. The
 //! same scheme runs in the other direction for a producer waiting for space (`tx_wait`).
-//! Both sides put a `SeqCst` fence between their store and their load (the Dekker pattern):
-//! either the consumer's re-check sees the message, or the producer sees the announcement.
+//! This is the Dekker pattern: each side stores its word, then loads the other's, both with
+//! `SeqCst` ordering, so the two stores and loads fall into one total order and at least one
+//! side sees the other's store: either the consumer's re-check sees the message, or the
+//! producer sees the announcement. (`SeqCst` also gives the Acquire/Release pairing the data
+//! needs: a store of `write` publishes the record bytes before it, a store of `read` releases
+//! the bytes before it for reuse. On x86 a `SeqCst` store is one `xchg`, cheaper than a
+//! store plus `mfence`; loads cost the same as Acquire loads.)
 
 use std::{
     ptr,
     sync::{
-        atomic::{fence, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
         Arc,
     },
 };
@@ -292,11 +297,11 @@ impl Producer {
         max_message(self.mem.cap as usize)
     }
 
-    /// Loads the consumer's `read` and checks it. Acquire: the consumer's Release store of
-    /// `read` comes after it finished copying those bytes out, so once we see the new value
-    /// we may overwrite them.
+    /// Loads the consumer's `read` and checks it. SeqCst (at least Acquire): the consumer's
+    /// store of `read` comes after it finished copying those bytes out, so once we see the new
+    /// value we may overwrite them; SeqCst for the Dekker pairing with `producer_needs_wake`.
     fn load_read(&mut self) -> Result<u64, RingError> {
-        let r = self.mem.word(OFF_READ).load(Ordering::Acquire);
+        let r = self.mem.word(OFF_READ).load(Ordering::SeqCst);
         let used = self.write.wrapping_sub(r);
         // `read` only moves forward, up to our `write`.
         let backwards = r.wrapping_sub(self.read_cache) > self.write.wrapping_sub(self.read_cache);
@@ -312,7 +317,7 @@ impl Producer {
 
     /// Whether the consumer said it is gone.
     pub(crate) fn peer_closed(&self) -> bool {
-        self.mem.word(OFF_RX_CLOSED).load(Ordering::Acquire) != 0
+        self.mem.word(OFF_RX_CLOSED).load(Ordering::SeqCst) != 0
     }
 
     /// Whether a message of `len` bytes would fit now (reloads `read` if needed).
@@ -353,22 +358,20 @@ impl Producer {
             );
         }
         self.write = self.write.wrapping_add(record_len(msg.len()));
-        // Release: the record bytes above become visible to a consumer that Acquire-loads
-        // this value.
-        self.mem
-            .word(OFF_WRITE)
-            .store(self.write, Ordering::Release);
+        // SeqCst (at least Release): the record bytes above become visible to a consumer that
+        // loads this value; SeqCst for the Dekker pairing with the consumer's parking.
+        self.mem.word(OFF_WRITE).store(self.write, Ordering::SeqCst);
         Ok(true)
     }
 
     /// After publishing: whether the consumer announced parking and must be woken. Call it
     /// after `try_push` or `close`; ring the doorbell when it returns true.
     pub(crate) fn consumer_needs_wake(&mut self) -> bool {
-        // SeqCst fence between our store of `write` (or `tx_closed`) and this load, paired
-        // with the consumer's fence between its store of `rx_park` and its re-check of
-        // `write`: at least one of us sees the other's store, so no wake-up is lost.
-        fence(Ordering::SeqCst);
-        let park = self.mem.word(OFF_RX_PARK).load(Ordering::Relaxed);
+        // Dekker: our SeqCst store of `write` (or `tx_closed`) precedes this SeqCst load; the
+        // consumer's SeqCst store of `rx_park` precedes its SeqCst re-check of `write`. In the
+        // single total order of these four operations at least one of us sees the other's
+        // store, so no wake-up is lost.
+        let park = self.mem.word(OFF_RX_PARK).load(Ordering::SeqCst);
         if park % 2 == 1 && park != self.rang {
             self.rang = park;
             true
@@ -382,11 +385,11 @@ impl Producer {
     pub(crate) fn announce_wait(&mut self) {
         if self.wait % 2 == 0 {
             self.wait += 1;
+            // SeqCst, then `has_space` loads `read` SeqCst: pairs with the consumer's store of
+            // `read` and load of `tx_wait` (Dekker, see `producer_needs_wake`).
             self.mem
                 .word(OFF_TX_WAIT)
-                .store(self.wait, Ordering::Relaxed);
-            // Pairs with the consumer's fence in `producer_needs_wake` (Dekker, see there).
-            fence(Ordering::SeqCst);
+                .store(self.wait, Ordering::SeqCst);
         }
     }
 
@@ -407,8 +410,9 @@ impl Producer {
         }
         self.closed = true;
         self.cancel_wait();
-        // Release: everything published before is visible to a consumer that sees the flag.
-        self.mem.word(OFF_TX_CLOSED).store(1, Ordering::Release);
+        // SeqCst (at least Release): everything published before is visible to a consumer
+        // that sees the flag; SeqCst for the Dekker pairing in `consumer_needs_wake`.
+        self.mem.word(OFF_TX_CLOSED).store(1, Ordering::SeqCst);
         self.consumer_needs_wake()
     }
 }
@@ -457,10 +461,11 @@ impl Consumer {
         }
     }
 
-    /// Loads the producer's `write` and checks it. Acquire: pairs with the producer's Release
-    /// store, so the record bytes before that index are visible to our copy.
+    /// Loads the producer's `write` and checks it. SeqCst (at least Acquire): pairs with the
+    /// producer's store, so the record bytes before that index are visible to our copy; SeqCst
+    /// for the Dekker pairing with our parking announcement.
     fn load_write(&mut self) -> Result<u64, RingError> {
-        let w = self.mem.word(OFF_WRITE).load(Ordering::Acquire);
+        let w = self.mem.word(OFF_WRITE).load(Ordering::SeqCst);
         let avail = w.wrapping_sub(self.read);
         // `write` only moves forward.
         let backwards = avail < self.write_cache.wrapping_sub(self.read);
@@ -486,14 +491,15 @@ impl Consumer {
 
     /// Whether there is anything for `try_pop` to report (a message, the close, an error).
     pub(crate) fn ready(&mut self) -> bool {
-        self.has_message() || self.mem.word(OFF_TX_CLOSED).load(Ordering::Relaxed) != 0
+        self.has_message() || self.mem.word(OFF_TX_CLOSED).load(Ordering::SeqCst) != 0
     }
 
     /// Takes the next message, if one is published.
     pub(crate) fn try_pop(&mut self) -> Result<Pop, RingError> {
         if self.write_cache == self.read && self.load_write()? == self.read {
-            // Acquire: if the producer closed, everything it published before is visible now.
-            if self.mem.word(OFF_TX_CLOSED).load(Ordering::Acquire) == 0 {
+            // SeqCst (at least Acquire): if the producer closed, everything it published
+            // before is visible now.
+            if self.mem.word(OFF_TX_CLOSED).load(Ordering::SeqCst) == 0 {
                 return Ok(Pop::Empty);
             }
             if self.load_write()? == self.read {
@@ -520,19 +526,19 @@ impl Consumer {
         self.mem
             .copy_out(self.read.wrapping_add(RECORD_HEADER as u64), &mut msg);
         self.read = self.read.wrapping_add(rec);
-        // Release: our copy above happens-before the producer's reuse of these bytes (it
-        // Acquire-loads `read`).
-        self.mem.word(OFF_READ).store(self.read, Ordering::Release);
+        // SeqCst (at least Release): our copy above happens-before the producer's reuse of
+        // these bytes (it loads `read`); SeqCst for the Dekker pairing in
+        // `producer_needs_wake`.
+        self.mem.word(OFF_READ).store(self.read, Ordering::SeqCst);
         Ok(Pop::Message(msg))
     }
 
     /// After consuming: whether the producer announced waiting for space and must be woken.
     pub(crate) fn producer_needs_wake(&mut self) -> bool {
-        // SeqCst fence between our store of `read` (or `rx_closed`) and this load, paired
-        // with the producer's fence in `announce_wait` (Dekker): either its re-check sees the
-        // space, or we see its announcement.
-        fence(Ordering::SeqCst);
-        let wait = self.mem.word(OFF_TX_WAIT).load(Ordering::Relaxed);
+        // Dekker: our SeqCst store of `read` (or `rx_closed`) precedes this SeqCst load; the
+        // producer's SeqCst store of `tx_wait` precedes its SeqCst re-check of `read`: either
+        // its re-check sees the space, or we see its announcement.
+        let wait = self.mem.word(OFF_TX_WAIT).load(Ordering::SeqCst);
         if wait % 2 == 1 && wait != self.rang {
             self.rang = wait;
             true
@@ -546,11 +552,10 @@ impl Consumer {
     pub(crate) fn announce_park(&mut self) {
         if self.park % 2 == 0 {
             self.park += 1;
+            // SeqCst, then `ready` loads `write` SeqCst (Dekker, see `consumer_needs_wake`).
             self.mem
                 .word(OFF_RX_PARK)
-                .store(self.park, Ordering::Relaxed);
-            // Pairs with the producer's fence in `consumer_needs_wake` (Dekker, see there).
-            fence(Ordering::SeqCst);
+                .store(self.park, Ordering::SeqCst);
         }
     }
 
@@ -568,7 +573,7 @@ impl Consumer {
     /// whether the producer must be woken (it waits for space).
     pub(crate) fn close(&mut self) -> bool {
         self.cancel_park();
-        self.mem.word(OFF_RX_CLOSED).store(1, Ordering::Release);
+        self.mem.word(OFF_RX_CLOSED).store(1, Ordering::SeqCst);
         self.producer_needs_wake()
     }
 }
