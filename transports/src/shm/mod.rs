@@ -17,9 +17,12 @@
 //! - **Close.** `close` marks the direction closed in shared memory; the peer receives every
 //!   message sent before, then `None`. Dropping a connection closes it the same way unless a
 //!   message was still waiting for space (then the peer sees `ConnectionLost`).
-//! - **Dead peer.** A Unix socket between the two processes stays open for the life of the
-//!   connection; when the peer dies the kernel closes it, and a waiting `recv` or `send`
-//!   fails with `ConnectionLost` at once (after the messages already published).
+//! - **Dead peer.** On Linux a Unix socket between the two processes stays open for the life
+//!   of the connection; when the peer dies the kernel closes it. On Windows each side waits on
+//!   the peer's process handle. Either way a waiting `recv` or `send` fails with
+//!   `ConnectionLost` at once (after the messages already published). (On Windows, a peer that
+//!   *drops* a connection with a send still pending, yet keeps running, is only noticed when
+//!   it exits.)
 //! - **A misbehaving peer** that writes garbage into the mapping makes that connection fail
 //!   with `Protocol` (or `FrameTooLarge`): every index and length read from shared memory is
 //!   checked before use, and messages are copied out before anyone decodes them.
@@ -29,7 +32,11 @@
 //!   (`AddrInUse`); a file left by a killed one is replaced. Only processes of the same user
 //!   can connect; the mapping itself (a sealed memfd) is passed over that socket and is private
 //!   to the two processes. Names are 1 to 64 characters of `A-Z a-z 0-9 . _ -`.
-//! - **Windows**: not implemented yet; `bind`/`connect` fail with `Unsupported`.
+//! - **Windows**: the name is the named pipe `\\.\pipe\ductwork-shm-<name>` (local clients
+//!   only) that carries the set-up; the section and the doorbell events are unnamed and
+//!   duplicated straight into the client process, so no other process can open them. A
+//!   thread per connection waits on the events and wakes the tokio tasks. Tested under Wine
+//!   (correctness only). Other platforms: `Unsupported`.
 //!
 //! # Options
 //! | option | default | meaning |
@@ -38,11 +45,11 @@
 //! | `spin` | `10us` | how long a waiting side busy-polls before parking: a duration (`0`, `500ns`, `10us`, `1ms`; a bare number is nanoseconds). `0` parks at once. Adaptive: the budget shrinks when spinning stops paying off |
 //! | `max_frame` | 16 MiB | the largest message (also capped by the ring) |
 
-// Portable; only the Unix layer uses it until the Windows one exists.
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+// Portable; used by the Linux and Windows layers.
+#[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
 mod conn;
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-pub(crate) mod ring;
+#[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
+pub mod ring;
 #[cfg(target_os = "linux")]
 mod unix;
 #[cfg(windows)]
@@ -53,14 +60,18 @@ use unix as imp;
 #[cfg(windows)]
 use windows as imp;
 
-/// Other Unix systems (no memfd/eventfd): not supported yet.
+/// Other systems (no memfd/eventfd, not Windows): not supported yet.
 #[cfg(not(any(target_os = "linux", windows)))]
 mod imp {
     use super::Config;
     use ductwork_core::{BoxConnection, BoxListener, Endpoint, Error, ErrorKind, Result};
 
     fn unsupported(ep: &Endpoint) -> Error {
-        Error::new(ErrorKind::Unsupported, ep, "shm:// needs Linux or Windows")
+        Error::new(
+            ErrorKind::Unsupported,
+            ep,
+            "shm:// is implemented for Linux and Windows only",
+        )
     }
     pub(super) async fn bind(ep: &Endpoint, _cfg: Config) -> Result<BoxListener> {
         Err(unsupported(ep))
@@ -92,7 +103,7 @@ pub struct Shm;
 
 /// Settings read from an endpoint.
 #[derive(Debug, Clone, Copy)]
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+#[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
 pub(crate) struct Config {
     /// Ring capacity in bytes (valid, rounded).
     pub(crate) capacity: usize,

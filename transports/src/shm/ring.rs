@@ -1,7 +1,7 @@
 //! A single-producer/single-consumer ring of variable-length messages in shared memory.
 //!
 //! Portable: no OS code. The operating-system layer maps a region (memfd on Linux, a named
-//! section on Windows) and hands it to this module as a [`SharedRegion`]; everything here
+//! section on Windows) and hands it to this module as a `SharedRegion`; everything here
 //! works on offsets into that region, never on pointers stored in it.
 //!
 //! # Segment layout (all integers little-endian, all offsets from the start of the mapping)
@@ -39,7 +39,7 @@
 //! keeps its own index privately and only *reads* the peer's index, checking it before use:
 //! `write` must be 8-aligned, never move back and satisfy `read <= write <= read + C`; `read`
 //! must be 8-aligned, never move back and satisfy `write - C <= read <= write`; a record length must fit in the published bytes.
-//! A violation is [`RingError::Corrupt`] (the connection fails with `Protocol`), never a
+//! A violation is `RingError::Corrupt` (the connection fails with `Protocol`), never a
 //! panic or an out-of-bounds access. Payload bytes are copied out with raw pointer copies
 //! before anyone looks at them (no reference into shared memory is ever formed), so a peer
 //! that scribbles on a message while we copy it can only garble its own message.

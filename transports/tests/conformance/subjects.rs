@@ -100,7 +100,20 @@ fn shm_garbage(ep: &Endpoint) -> io::Result<()> {
     s.flush()
 }
 
-#[cfg(not(target_os = "linux"))]
+/// On Windows the set-up goes over the named pipe `\\.\pipe\ductwork-shm-<name>`.
+#[cfg(windows)]
+fn shm_garbage(ep: &Endpoint) -> io::Result<()> {
+    use std::io::Write;
+    let path = format!(r"\\.\pipe\ductwork-shm-{}", ep.address());
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    f.write_all(GARBAGE)?;
+    f.flush()
+}
+
+#[cfg(not(any(target_os = "linux", windows)))]
 fn shm_garbage(_ep: &Endpoint) -> io::Result<()> {
     Err(io::Error::new(
         io::ErrorKind::Unsupported,
