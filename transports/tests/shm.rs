@@ -426,3 +426,25 @@ fn send_to_a_dropped_peer_is_closed() {
         );
     });
 }
+
+#[test]
+fn dropping_with_a_pending_send_is_connection_lost_not_a_clean_end() {
+    rt().block_on(async {
+        let ep = format!("shm://{}?capacity=4KiB", name("abandon"));
+        let (_l, mut server, mut client) = pair(&ep).await;
+        let msg = Bytes::from(vec![3u8; 1000]);
+        for _ in 0..4 {
+            client.send(msg.clone()).await.unwrap();
+        }
+        // A fifth frame is accepted by the sink but cannot enter the full ring.
+        client.feed(msg.clone()).await.unwrap();
+        drop(client);
+        for _ in 0..4 {
+            assert_eq!(within(server.next()).await.unwrap().unwrap(), msg);
+        }
+        match within(server.next()).await {
+            Some(Err(e)) => assert_eq!(e.kind(), ErrorKind::ConnectionLost, "{e}"),
+            other => panic!("expected ConnectionLost, got {other:?}"),
+        }
+    });
+}

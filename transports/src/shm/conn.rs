@@ -191,6 +191,10 @@ impl ShmConnection {
                 self.rx_done = true;
                 Some(None)
             }
+            Ok(Pop::Abandoned) => {
+                self.rx_done = true;
+                Some(Some(Err(self.lost())))
+            }
             Err(e) => {
                 self.rx_done = true;
                 Some(Some(Err(self.ring_err(e))))
@@ -383,10 +387,16 @@ impl Sink<Bytes> for ShmConnection {
 impl Drop for ShmConnection {
     fn drop(&mut self) {
         // Best effort clean close: only if nothing is left unsent, so that a lost frame is
-        // never reported to the peer as a clean end.
-        if !self.tx_closed && self.pending.is_none() && self.tx_broken.is_none() {
+        // never reported to the peer as a clean end; otherwise the peer learns at once (after
+        // the published messages) that the connection was lost.
+        if !self.tx_closed {
             self.tx_closed = true;
-            if self.tx.close() {
+            let wake = if self.pending.is_none() && self.tx_broken.is_none() {
+                self.tx.close()
+            } else {
+                self.tx.abandon()
+            };
+            if wake {
                 let _ = self.os.ring_data();
             }
         }

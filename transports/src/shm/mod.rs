@@ -16,13 +16,12 @@
 //!   consumed enough; nothing is dropped, nothing grows.
 //! - **Close.** `close` marks the direction closed in shared memory; the peer receives every
 //!   message sent before, then `None`. Dropping a connection closes it the same way unless a
-//!   message was still waiting for space (then the peer sees `ConnectionLost`).
+//!   message was still waiting for space: then the direction is marked "abandoned" in shared
+//!   memory and the peer sees `ConnectionLost` after the published messages.
 //! - **Dead peer.** On Linux a Unix socket between the two processes stays open for the life
 //!   of the connection; when the peer dies the kernel closes it. On Windows each side waits on
 //!   the peer's process handle. Either way a waiting `recv` or `send` fails with
-//!   `ConnectionLost` at once (after the messages already published). (On Windows, a peer that
-//!   *drops* a connection with a send still pending, yet keeps running, is only noticed when
-//!   it exits.)
+//!   `ConnectionLost` at once (after the messages already published).
 //! - **A misbehaving peer** that writes garbage into the mapping makes that connection fail
 //!   with `Protocol` (or `FrameTooLarge`): every index and length read from shared memory is
 //!   checked before use, and messages are copied out before anyone decodes them.

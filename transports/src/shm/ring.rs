@@ -22,7 +22,8 @@
 //! +256  rx_park: u64    consumer  odd while the consumer is parked waiting for data
 //!       rx_closed: u64  consumer  non-zero: the consumer is gone, sends fail with Closed
 //! +384  tx_wait: u64    producer  odd while the producer is parked waiting for space
-//!       tx_closed: u64  producer  non-zero: no more messages will come (clean close)
+//!       tx_closed: u64  producer  1: no more messages will come (clean close); any other
+//!                                 non-zero value: the producer went away uncleanly
 //! ```
 //!
 //! `write` and `read` change per message and sit alone on their lines; the parking and
@@ -87,6 +88,9 @@ const OFF_RX_PARK: usize = 2 * LINE;
 const OFF_RX_CLOSED: usize = 2 * LINE + 8;
 const OFF_TX_WAIT: usize = 3 * LINE;
 const OFF_TX_CLOSED: usize = 3 * LINE + 8;
+/// `tx_closed` values written by a producer.
+const CLOSED_CLEANLY: u64 = 1;
+const ABANDONED: u64 = 2;
 
 /// The bytes a segment with rings of `capacity` bytes needs.
 pub(crate) fn segment_len(capacity: usize) -> usize {
@@ -405,6 +409,16 @@ impl Producer {
 
     /// Says that no more messages will come. Returns whether the consumer must be woken.
     pub(crate) fn close(&mut self) -> bool {
+        self.finish(CLOSED_CLEANLY)
+    }
+
+    /// Says that we go away without a clean close (a message was lost): after the published
+    /// messages the consumer reports the connection lost. Returns whether to wake it.
+    pub(crate) fn abandon(&mut self) -> bool {
+        self.finish(ABANDONED)
+    }
+
+    fn finish(&mut self, how: u64) -> bool {
         if self.closed {
             return false;
         }
@@ -412,7 +426,7 @@ impl Producer {
         self.cancel_wait();
         // SeqCst (at least Release): everything published before is visible to a consumer
         // that sees the flag; SeqCst for the Dekker pairing in `consumer_needs_wake`.
-        self.mem.word(OFF_TX_CLOSED).store(1, Ordering::SeqCst);
+        self.mem.word(OFF_TX_CLOSED).store(how, Ordering::SeqCst);
         self.consumer_needs_wake()
     }
 }
@@ -426,6 +440,8 @@ pub(crate) enum Pop {
     Empty,
     /// Nothing, and the producer closed cleanly: nothing more will come.
     Closed,
+    /// Nothing, and the producer went away without closing cleanly.
+    Abandoned,
 }
 
 /// The receiving end of one ring.
@@ -503,7 +519,12 @@ impl Consumer {
                 return Ok(Pop::Empty);
             }
             if self.load_write()? == self.read {
-                return Ok(Pop::Closed);
+                let how = self.mem.word(OFF_TX_CLOSED).load(Ordering::SeqCst);
+                return Ok(if how == CLOSED_CLEANLY {
+                    Pop::Closed
+                } else {
+                    Pop::Abandoned
+                });
             }
         }
         let avail = self.write_cache.wrapping_sub(self.read);
@@ -767,7 +788,7 @@ mod tests {
                 match c.try_pop().unwrap() {
                     Pop::Message(m) => assert_eq!(Some(m), sent.pop_front()),
                     Pop::Empty => assert!(sent.is_empty()),
-                    Pop::Closed => unreachable!(),
+                    Pop::Closed | Pop::Abandoned => unreachable!(),
                 }
             }
         }
@@ -787,6 +808,16 @@ mod tests {
         assert_eq!(c.try_pop(), Ok(Pop::Message(b"b".to_vec())));
         assert_eq!(c.try_pop(), Ok(Pop::Closed));
         assert_eq!(c.try_pop(), Ok(Pop::Closed));
+    }
+
+    #[test]
+    fn abandon_delivers_remaining_then_abandoned() {
+        let (mut p, mut c, _r) = pair(4096);
+        p.try_push(b"a").unwrap();
+        p.abandon();
+        assert!(!p.close(), "closing twice does nothing");
+        assert_eq!(c.try_pop(), Ok(Pop::Message(b"a".to_vec())));
+        assert_eq!(c.try_pop(), Ok(Pop::Abandoned));
     }
 
     #[test]
@@ -949,7 +980,7 @@ mod tests {
                     i += 1;
                 }
                 Pop::Empty => std::hint::spin_loop(),
-                Pop::Closed => break,
+                Pop::Closed | Pop::Abandoned => break,
             }
         }
         assert_eq!(i, N);
