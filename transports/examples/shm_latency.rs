@@ -58,8 +58,13 @@ fn percentile(v: &mut [u64], p: f64) -> u64 {
     v[((v.len() as f64 - 1.0) * p) as usize]
 }
 
-/// Parent: round trips against a child echo server; returns (p50, p99) in ns.
+/// Parent: round trips of `size`-byte messages against a child echo server; returns (p50,
+/// p99) in ns.
 fn measure(ep: &str, n: usize) -> (u64, u64) {
+    measure_size(ep, n, 64)
+}
+
+fn measure_size(ep: &str, n: usize, size: usize) -> (u64, u64) {
     let exe = std::env::current_exe().expect("exe");
     let mut cmd = match pins() {
         Some((_, child_cpu)) => {
@@ -89,14 +94,14 @@ fn measure(ep: &str, n: usize) -> (u64, u64) {
         let mut c = ductwork_transports::connect(bound.as_str())
             .await
             .expect("connect");
-        let msg = Bytes::from(vec![7u8; 64]);
+        let msg = Bytes::from(vec![7u8; size]);
         let mut times = Vec::with_capacity(n);
         for i in 0..n + n / 10 {
             let t = Instant::now();
             c.send(msg.clone()).await.expect("send");
             let back = c.next().await.expect("open").expect("recv");
             let dt = t.elapsed().as_nanos() as u64;
-            assert_eq!(back.len(), 64);
+            assert_eq!(back.len(), size);
             if i >= n / 10 {
                 times.push(dt);
             }
@@ -178,6 +183,13 @@ fn main() {
         let (p50, p99) = measure(ep, n);
         println!("{name:20} 64 B round trip: p50 {p50} ns, p99 {p99} ns");
         results.push(p50);
+    }
+    for (name, ep) in [
+        ("shm 1 MiB", format!("shm://lat-{pid}-d")),
+        ("unix 1 MiB", format!("unix://{}", sock.display())),
+    ] {
+        let (p50, p99) = measure_size(&ep, 200, 1 << 20);
+        println!("{name:20} round trip: p50 {p50} ns, p99 {p99} ns");
     }
     println!(
         "ratios: shm/unix = {:.3} (target <= 0.2), shm/raw = {:.2} (target <= 3)",

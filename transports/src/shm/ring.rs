@@ -251,14 +251,29 @@ impl RingMem {
 
     /// Copies `dst.len()` bytes from the data area at ring position `pos`, splitting at the end.
     fn copy_out(&self, pos: u64, dst: &mut [u8]) {
+        self.copy_out_raw(pos, dst.as_mut_ptr(), dst.len());
+    }
+
+    /// Copies `len` bytes from ring position `pos` to `dst`.
+    fn copy_out_raw(&self, pos: u64, dst: *mut u8, len: usize) {
         let at = (pos % self.cap) as usize;
-        let first = dst.len().min(self.cap as usize - at);
-        // SAFETY: as in `copy_in`, with `dst.len() <= cap` checked by the callers.
+        let first = len.min(self.cap as usize - at);
+        // SAFETY: as in `copy_in`, with `len <= cap` checked by the callers; `dst` is valid
+        // for `len` bytes of writes (callers pass a slice or a Vec's spare capacity).
         unsafe {
             let data = self.region.base().add(self.data);
-            ptr::copy_nonoverlapping(data.add(at), dst.as_mut_ptr(), first);
-            ptr::copy_nonoverlapping(data, dst.as_mut_ptr().add(first), dst.len() - first);
+            ptr::copy_nonoverlapping(data.add(at), dst, first);
+            ptr::copy_nonoverlapping(data, dst.add(first), len - first);
         }
+    }
+
+    /// Copies `len` bytes from ring position `pos` into a new Vec (not zeroed first).
+    fn read_vec(&self, pos: u64, len: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(len);
+        self.copy_out_raw(pos, v.as_mut_ptr(), len);
+        // SAFETY: the capacity is at least `len` and all `len` bytes were just written.
+        unsafe { v.set_len(len) };
+        v
     }
 }
 
@@ -542,10 +557,10 @@ impl Consumer {
                 avail - RECORD_HEADER as u64
             )));
         }
-        let mut msg = vec![0u8; len];
         // len <= rec - 8 <= avail - 8 <= cap - 8: within bounds of copy_out's contract.
-        self.mem
-            .copy_out(self.read.wrapping_add(RECORD_HEADER as u64), &mut msg);
+        let msg = self
+            .mem
+            .read_vec(self.read.wrapping_add(RECORD_HEADER as u64), len);
         self.read = self.read.wrapping_add(rec);
         // SeqCst (at least Release): our copy above happens-before the producer's reuse of
         // these bytes (it loads `read`); SeqCst for the Dekker pairing in
