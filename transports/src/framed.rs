@@ -29,6 +29,9 @@ pub(crate) struct FramedConnection<S: ByteStream> {
     info: ConnectionInfo,
     close_sent: bool,
     read_done: bool,
+    /// The peer sent its close marker: it reads no more, so failing to deliver our own close
+    /// marker to it is not an error.
+    peer_closed: bool,
 }
 
 impl<S: ByteStream> FramedConnection<S> {
@@ -40,6 +43,7 @@ impl<S: ByteStream> FramedConnection<S> {
             info,
             close_sent: false,
             read_done: false,
+            peer_closed: false,
         }
     }
 
@@ -66,6 +70,7 @@ impl<S: ByteStream> Stream for FramedConnection<S> {
             Some(Ok(Frame::Data(b))) => Some(Ok(b.freeze())),
             Some(Ok(Frame::Close)) => {
                 self.read_done = true;
+                self.peer_closed = true;
                 None
             }
             None => {
@@ -114,13 +119,27 @@ impl<S: ByteStream> Sink<Bytes> for FramedConnection<S> {
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         if !self.close_sent {
-            ready!(self.as_mut().poll_flush(cx))?;
+            match ready!(self.as_mut().poll_flush(cx)) {
+                Err(e) if self.peer_closed && e.kind() == ErrorKind::ConnectionLost => {
+                    self.close_sent = true;
+                    return Poll::Ready(Ok(()));
+                }
+                r => r?,
+            }
             FrameCodec::encode_close(self.framed.write_buffer_mut());
             self.close_sent = true;
         }
-        Pin::new(&mut self.framed)
-            .poll_close(cx)
-            .map_err(|e| self.err(e))
+        match ready!(Pin::new(&mut self.framed).poll_close(cx)) {
+            Err(e) => {
+                let e = self.err(e);
+                if self.peer_closed && e.kind() == ErrorKind::ConnectionLost {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Ready(Err(e))
+                }
+            }
+            ok => Poll::Ready(ok.map_err(|e| self.err(e))),
+        }
     }
 }
 

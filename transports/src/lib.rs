@@ -4,6 +4,9 @@
 //! |---|---|---|
 //! | `tcp`, `udp`, `unix` | [`socket`] | `socket` |
 //! | `shm` | [`shm`] | `shm` |
+//! | `copydata` (Windows only) | [`copydata`] | `copydata` |
+//! | `pipe` | [`pipe`] | `pipe` (needs `socket`: on Unix a pipe is a Unix socket) |
+//! | `mailslot` | [`mailslot`] | `mailslot` |
 //!
 //! [`bind`] and [`connect`] pick the backend from the endpoint's scheme. A scheme whose backend
 //! this build lacks fails with [`ErrorKind::Unsupported`] naming the cargo feature; a backend
@@ -19,6 +22,14 @@ use std::sync::Arc;
 
 pub(crate) mod framed;
 
+#[cfg(feature = "copydata")]
+pub mod copydata;
+#[cfg(any(feature = "pipe", feature = "mailslot", feature = "shm"))]
+pub(crate) mod local;
+#[cfg(feature = "mailslot")]
+pub mod mailslot;
+#[cfg(feature = "pipe")]
+pub mod pipe;
 #[cfg(feature = "socket")]
 pub mod socket;
 
@@ -47,6 +58,12 @@ pub fn transports() -> Vec<Arc<dyn Transport>> {
     }
     #[cfg(feature = "shm")]
     v.push(Arc::new(shm::Shm));
+    #[cfg(feature = "copydata")]
+    v.push(Arc::new(copydata::CopyData));
+    #[cfg(feature = "pipe")]
+    v.push(Arc::new(pipe::Pipe));
+    #[cfg(feature = "mailslot")]
+    v.push(Arc::new(mailslot::Mailslot));
     v
 }
 

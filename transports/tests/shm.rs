@@ -64,7 +64,7 @@ fn finish(mut c: Child) {
 /// The listener's socket path, computed independently of the library.
 fn socket_path(name: &str) -> PathBuf {
     let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) if !d.is_empty() && std::path::Path::new(&d).is_dir() => {
+        Some(d) if std::path::Path::new(&d).is_absolute() => {
             std::path::Path::new(&d).join("ductwork")
         }
         _ => {

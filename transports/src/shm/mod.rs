@@ -179,6 +179,8 @@ fn parse_duration(v: &str) -> std::result::Result<Duration, String> {
 /// Checks the name: it becomes part of a file name.
 fn check_name(ep: &Endpoint) -> Result<()> {
     let name = ep.address();
+    // The rules of the other named transports, then a stricter character set.
+    crate::local::check_name(ep, name)?;
     let ok = (1..=64).contains(&name.len())
         && !name.starts_with('.')
         && name

@@ -40,9 +40,9 @@ use std::{
     mem::MaybeUninit,
     os::{
         fd::{AsFd, OwnedFd},
-        unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt},
+        unix::fs::{FileTypeExt, MetadataExt, PermissionsExt},
     },
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Arc,
     task::{ready, Context, Poll},
     time::Duration,
@@ -65,48 +65,10 @@ fn my_uid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
-/// The private per-user directory holding the listeners' sockets, created 0700 if missing.
-/// Refused if it is not a real directory owned by us and closed to others (someone could
-/// otherwise squat names or watch connections).
-fn socket_dir(ep: &Endpoint) -> Result<PathBuf> {
-    let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) if !d.is_empty() && Path::new(&d).is_dir() => Path::new(&d).join("ductwork"),
-        _ => std::env::temp_dir().join(format!("ductwork-{}", my_uid())),
-    };
-    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(Error::io(ep, format!("create {}", dir.display()), e)),
-    }
-    let meta = std::fs::symlink_metadata(&dir)
-        .map_err(|e| Error::io(ep, format!("inspect {}", dir.display()), e))?;
-    if !meta.file_type().is_dir() || meta.uid() != my_uid() || meta.mode() & 0o077 != 0 {
-        return Err(Error::new(
-            ErrorKind::PermissionDenied,
-            ep,
-            format!(
-                "{} must be a directory owned by uid {} with mode 0700 (it is not; remove it)",
-                dir.display(),
-                my_uid()
-            ),
-        ));
-    }
-    Ok(dir)
-}
-
+/// `shm-<name>.sock` in the private per-user directory shared with `pipe://` and
+/// `mailslot://` (see `crate::local::unix`: created 0700, refused if someone else could use it).
 fn socket_path(ep: &Endpoint) -> Result<PathBuf> {
-    let path = socket_dir(ep)?.join(format!("shm-{}.sock", ep.address()));
-    if path.as_os_str().len() >= 108 {
-        return Err(Error::new(
-            ErrorKind::InvalidEndpoint,
-            ep,
-            format!(
-                "the socket path {} is too long for a Unix socket",
-                path.display()
-            ),
-        ));
-    }
-    Ok(path)
+    crate::local::unix::socket_path(ep, "shm", ep.address())
 }
 
 // ----------------------------------------------------------------------------------------

@@ -19,3 +19,8 @@ mod unix;
 pub use tcp::Tcp;
 pub use udp::Udp;
 pub use unix::Unix;
+
+#[cfg(feature = "pipe")]
+pub(crate) use unix::local_stream_caps;
+#[cfg(all(unix, feature = "pipe"))]
+pub(crate) use unix::{bind_path, connect_path};

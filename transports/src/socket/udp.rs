@@ -117,8 +117,9 @@ impl Transport for Udp {
         sock.connect(target)
             .await
             .map_err(|e| Error::io(ep, "connect", e))?;
-        handshake(&sock, ep, timeout).await?;
+        let early = handshake(&sock, ep, timeout).await?;
         Ok(Box::new(UdpConn {
+            early,
             sock: Arc::new(sock),
             to: None,
             rx: Rx::Socket(vec![0u8; RECV_BUF].into_boxed_slice()),
@@ -135,10 +136,13 @@ impl Transport for Udp {
     }
 }
 
-async fn handshake(sock: &UdpSocket, ep: &Endpoint, timeout: Duration) -> Result<()> {
+/// Says hello until the listener answers. Returns a data or bye datagram that arrived before
+/// the welcome (the welcome may be lost or overtaken): it counts as the welcome and must be
+/// delivered first.
+async fn handshake(sock: &UdpSocket, ep: &Endpoint, timeout: Duration) -> Result<Option<Bytes>> {
     let deadline = Instant::now() + timeout;
     let mut wait = Duration::from_millis(20);
-    let mut buf = [0u8; 16];
+    let mut buf = vec![0u8; RECV_BUF];
     loop {
         match sock.send(&[TAG_HELLO]).await {
             Ok(_) => {}
@@ -151,7 +155,10 @@ async fn handshake(sock: &UdpSocket, ep: &Endpoint, timeout: Duration) -> Result
         }
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(wait.min(left), sock.recv(&mut buf)).await {
-            Ok(Ok(n)) if n >= 1 && buf[0] == TAG_WELCOME => return Ok(()),
+            Ok(Ok(n)) if n >= 1 && buf[0] == TAG_WELCOME => return Ok(None),
+            Ok(Ok(n)) if n >= 1 && (buf[0] == TAG_DATA || buf[0] == TAG_BYE) => {
+                return Ok(Some(Bytes::copy_from_slice(&buf[..n])))
+            }
             Ok(Ok(_)) => {}
             Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
                 return Err(
@@ -232,8 +239,17 @@ async fn serve(
                         tracing::warn!(endpoint = %endpoint, %from, max_peers, "udp peer refused: too many peers");
                         continue;
                     }
+                    // Reserve the accept slot first (a connection dropped for lack of room
+                    // would say bye to a peer that was never welcomed), then welcome, then hand
+                    // the connection over: once accepted the application may send data, which
+                    // must not overtake the welcome.
+                    let Ok(permit) = accept_tx.try_reserve() else {
+                        // The accept queue is full or the listener is gone: the peer retries.
+                        continue;
+                    };
                     let (tx, rx) = mpsc::channel(PEER_QUEUE);
                     let conn = UdpConn {
+                        early: None,
                         sock: sock.clone(),
                         to: Some(from),
                         rx: Rx::Queue(rx),
@@ -247,11 +263,10 @@ async fn serve(
                         read_done: false,
                         _task: task_guard.upgrade(),
                     };
-                    if accept_tx.try_send(Box::new(conn)).is_err() {
-                        // The accept queue is full or the listener is gone: the peer retries.
-                        continue;
-                    }
+                    let _ = sock.send_to(&[TAG_WELCOME], from).await;
+                    permit.send(Box::new(conn));
                     peers.insert(from, tx);
+                    continue;
                 }
                 let _ = sock.send_to(&[TAG_WELCOME], from).await;
             }
@@ -316,6 +331,8 @@ enum Rx {
 }
 
 struct UdpConn {
+    /// A tagged datagram that arrived during the handshake, delivered before anything else.
+    early: Option<Bytes>,
     sock: Arc<UdpSocket>,
     to: Option<SocketAddr>,
     rx: Rx,
@@ -381,15 +398,21 @@ impl Stream for UdpConn {
                     }
                 },
                 Rx::Socket(buf) => {
+                    let early = this.early.take();
                     let mut rb = tokio::io::ReadBuf::new(buf);
-                    match ready!(this.sock.poll_recv(cx, &mut rb)) {
-                        Ok(()) => {}
-                        Err(e) => {
-                            this.read_done = true;
-                            return Poll::Ready(Some(Err(this.lost(e))));
+                    let d: &[u8] = match &early {
+                        Some(e) => e,
+                        None => {
+                            match ready!(this.sock.poll_recv(cx, &mut rb)) {
+                                Ok(()) => {}
+                                Err(e) => {
+                                    this.read_done = true;
+                                    return Poll::Ready(Some(Err(this.lost(e))));
+                                }
+                            }
+                            rb.filled()
                         }
-                    }
-                    let d = rb.filled();
+                    };
                     match d.first() {
                         Some(&TAG_DATA) => Bytes::copy_from_slice(&d[1..]),
                         Some(&TAG_BYE) => {

@@ -53,6 +53,10 @@ impl Transport for Unix {
     }
 }
 
+/// Used by `pipe://` on Unix, which is a Unix socket at a private path.
+#[cfg(all(unix, feature = "pipe"))]
+pub(crate) use imp::{bind_path, connect_path};
+
 #[cfg(unix)]
 mod imp {
     use crate::framed::{ByteStream, FramedConnection};

@@ -77,6 +77,11 @@ pub const ALL: &[Case] = &[
         run: clean_close,
     },
     Case {
+        name: "close_after_peer_left",
+        needs: per_peer,
+        run: close_after_peer_left,
+    },
+    Case {
         name: "peer_killed",
         needs: peer_loss,
         run: peer_killed,
@@ -566,6 +571,34 @@ fn clean_close(s: &Subject) -> Result<(), String> {
     })
 }
 
+/// A peer that closed cleanly and exited: we read its messages and the clean end, and our own
+/// close then succeeds (it has nobody to tell, and that is not an error).
+fn close_after_peer_left(s: &Subject) -> Result<(), String> {
+    run(120, async {
+        let mut l = ductwork_transports::bind(&endpoint(s, "close_after_peer_left"))
+            .await
+            .map_err(e2s)?;
+        let peer = Peer::spawn(
+            "send-close",
+            l.endpoint(),
+            &["2".into(), "3".into(), "8".into()],
+        )?;
+        let mut ch: Channel<Msg> = Channel::new(accept(&mut l).await?);
+        peer.finish().await?;
+        for i in 0..3 {
+            if recv_msg(&mut ch).await? != Some(Msg::new(2, i, 8)) {
+                return Err(format!("message {i} missing"));
+            }
+        }
+        if recv_msg(&mut ch).await?.is_some() {
+            return Err("expected a clean end".into());
+        }
+        ch.close()
+            .await
+            .map_err(|e| format!("close after the peer left: {e}"))
+    })
+}
+
 /// A peer killed while we wait in recv, and one killed mid-stream: the survivor gets
 /// ConnectionLost promptly, never a hang and never a clean end.
 fn peer_killed(s: &Subject) -> Result<(), String> {
@@ -625,6 +658,9 @@ fn garbage(s: &Subject) -> Result<(), String> {
             .map_err(e2s)?;
         let ep = l.endpoint().clone();
         let caps = ductwork_transports::capabilities(&ep).map_err(e2s)?;
+        if caps.direction == Direction::OneWay {
+            return garbage_one_way(s, l).await;
+        }
         let mut outcomes = spawn_echo_acceptor(l);
         Peer::spawn("garbage", &ep, &[s.name.into()])?
             .finish()
@@ -640,6 +676,42 @@ fn garbage(s: &Subject) -> Result<(), String> {
             .finish()
             .await
     })
+}
+
+/// The one-way form of `garbage`: an echo cannot answer, so after the raw writer's garbage a
+/// well-behaved sender process's messages must still all arrive on the shared receiver. Garbage
+/// messages may surface as `Decode` or `FrameTooLarge` errors, which do not end the stream.
+async fn garbage_one_way(s: &Subject, mut l: ductwork_core::BoxListener) -> Result<(), String> {
+    const N: u64 = 20;
+    let ep = l.endpoint().clone();
+    let reliable = ductwork_transports::capabilities(&ep)
+        .map_err(e2s)?
+        .is_reliable();
+    let mut ch: Channel<Msg> = Channel::new(accept(&mut l).await?);
+    Peer::spawn("garbage", &ep, &[s.name.into()])?
+        .finish()
+        .await?;
+    let sender = Peer::spawn("send-close", &ep, &["7".into(), N.to_string(), "40".into()])?;
+    let (mut next, mut errors) = (0, 0u32);
+    while next < N {
+        match within("recv after garbage", PEER_DEADLINE, ch.recv()).await? {
+            Ok(Some(m)) if m.sender == 7 => {
+                if m != Msg::new(7, m.seq, 40) || (reliable && m.seq != next) {
+                    return Err(format!("expected #{next} from sender 7, got {m:?}"));
+                }
+                next = m.seq + 1;
+            }
+            Ok(Some(_)) => {}
+            Err(e)
+                if matches!(e.kind(), ErrorKind::Decode | ErrorKind::FrameTooLarge)
+                    && errors < 64 =>
+            {
+                errors += 1
+            }
+            other => return Err(format!("receiver after garbage: {other:?}")),
+        }
+    }
+    sender.finish().await
 }
 
 /// Connecting where nothing listens (any more) is NotFound, naming the endpoint, promptly.

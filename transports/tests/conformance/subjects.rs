@@ -41,6 +41,21 @@ pub fn all() -> Vec<Subject> {
             endpoint: |u| format!("shm://conf-{u}"),
             garbage: Some(shm_garbage),
         },
+        Subject {
+            name: "copydata",
+            endpoint: |u| format!("copydata://conf-{u}"),
+            garbage: Some(copydata_garbage),
+        },
+        Subject {
+            name: "pipe",
+            endpoint: |u| format!("pipe://dw-{u}"),
+            garbage: Some(pipe_garbage),
+        },
+        Subject {
+            name: "mailslot",
+            endpoint: |u| format!("mailslot://dw-{u}"),
+            garbage: Some(mailslot_garbage),
+        },
     ]
 }
 
@@ -79,23 +94,197 @@ fn unix_garbage(_ep: &Endpoint) -> io::Result<()> {
     ))
 }
 
+/// WM_COPYDATA with raw Win32 calls: a foreign `dwData` tag, garbage bytes and empty blocks
+/// with the ductwork tag, and a WM_COPYDATA with no COPYDATASTRUCT at all. The ductwork tag and results are the ones `copydata/mod.rs` documents.
+#[cfg(windows)]
+fn copydata_garbage(ep: &Endpoint) -> io::Result<()> {
+    use windows_sys::Win32::{
+        System::DataExchange::COPYDATASTRUCT,
+        UI::WindowsAndMessaging::{
+            FindWindowExW, SendMessageTimeoutW, HWND_MESSAGE, SMTO_ABORTIFHUNG, WM_COPYDATA,
+        },
+    };
+    const MAGIC: usize = 0x4457_4344;
+    let wide = |s: &str| s.encode_utf16().chain(Some(0)).collect::<Vec<u16>>();
+    let class = wide(&format!("ductwork.copydata.{}", ep.address()));
+    let title = wide(ep.address());
+    // SAFETY: both strings are NUL-terminated and outlive the call.
+    let hwnd = unsafe {
+        FindWindowExW(
+            HWND_MESSAGE,
+            std::ptr::null_mut(),
+            class.as_ptr(),
+            title.as_ptr(),
+        )
+    };
+    if hwnd.is_null() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "no receiver window",
+        ));
+    }
+    let mut noise = GARBAGE.to_vec();
+    let send = |tag: usize, data: &mut [u8], len: u32, null_data: bool, expect: usize| {
+        let cds = COPYDATASTRUCT {
+            dwData: tag,
+            cbData: len,
+            lpData: if null_data {
+                std::ptr::null_mut()
+            } else {
+                data.as_mut_ptr().cast()
+            },
+        };
+        let mut result = usize::MAX;
+        // SAFETY: `cds` and `data` outlive the call, and `len` never exceeds `data.len()` when
+        // the pointer is not null.
+        let ok = unsafe {
+            SendMessageTimeoutW(
+                hwnd,
+                WM_COPYDATA,
+                0,
+                &cds as *const _ as isize,
+                SMTO_ABORTIFHUNG,
+                10_000,
+                &mut result,
+            )
+        };
+        if ok == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if result != expect {
+            return Err(io::Error::other(format!(
+                "tag {tag:#x}, {len} bytes: result {result}, expected {expect}"
+            )));
+        }
+        Ok(())
+    };
+    let n = noise.len() as u32;
+    send(0xbad, &mut noise, n, false, 0)?;
+    send(MAGIC, &mut noise, n, false, 1)?;
+    send(MAGIC, &mut noise, 0, true, 1)?;
+    send(MAGIC, &mut noise, 0, false, 1)?;
+    // SAFETY: a null lParam carries no pointer for the receiver to follow.
+    let ok =
+        unsafe { SendMessageTimeoutW(hwnd, WM_COPYDATA, 0, 0, SMTO_ABORTIFHUNG, 10_000, &mut 0) };
+    let _ = ok; // refused or not delivered at all: either way the receiver must go on
+    Ok(())
+}
+
+#[cfg(not(windows))]
+fn copydata_garbage(_ep: &Endpoint) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "copydata is Windows only",
+    ))
+}
+
+/// The Unix socket path a `pipe://` or `mailslot://` name maps to (see the transports' docs):
+/// recomputed here independently, as a foreign client would.
+#[cfg(unix)]
+fn private_socket(prefix: &str, ep: &Endpoint) -> std::path::PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR").map(std::path::PathBuf::from) {
+        Some(d) if d.is_absolute() => d.join("ductwork"),
+        _ => std::env::temp_dir().join(format!("ductwork-{uid}")),
+    };
+    dir.join(format!("{prefix}-{}.sock", ep.address()))
+}
+
+#[cfg(unix)]
+fn pipe_garbage(ep: &Endpoint) -> io::Result<()> {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(private_socket("pipe", ep))?;
+    s.write_all(GARBAGE)?;
+    s.flush()
+}
+
+#[cfg(unix)]
+fn mailslot_garbage(ep: &Endpoint) -> io::Result<()> {
+    let s = std::os::unix::net::UnixDatagram::unbound()?;
+    s.connect(private_socket("mailslot", ep))?;
+    for g in [
+        GARBAGE,
+        &[0u8][..],
+        &[1, 2, 3][..],
+        &[0xff; 300][..],
+        &[][..],
+    ] {
+        s.send(g)?;
+    }
+    Ok(())
+}
+
+/// Opens `path` for writing with `CreateFileW` and writes each buffer with `WriteFile`.
+#[cfg(windows)]
+fn win32_write_all(path: &str, bufs: &[&[u8]]) -> io::Result<()> {
+    use windows_sys::Win32::{
+        Foundation::{CloseHandle, GENERIC_WRITE, INVALID_HANDLE_VALUE},
+        Storage::FileSystem::{
+            CreateFileW, WriteFile, FILE_ATTRIBUTE_NORMAL, FILE_SHARE_READ, FILE_SHARE_WRITE,
+            OPEN_EXISTING,
+        },
+    };
+    let wide: Vec<u16> = path.encode_utf16().chain(Some(0)).collect();
+    // SAFETY: `wide` is a NUL-terminated UTF-16 string that outlives the call; the other
+    // arguments are plain flags and null pointers the API accepts.
+    let h = unsafe {
+        CreateFileW(
+            wide.as_ptr(),
+            GENERIC_WRITE,
+            FILE_SHARE_READ | FILE_SHARE_WRITE,
+            std::ptr::null(),
+            OPEN_EXISTING,
+            FILE_ATTRIBUTE_NORMAL,
+            std::ptr::null_mut(),
+        )
+    };
+    if h == INVALID_HANDLE_VALUE {
+        return Err(io::Error::last_os_error());
+    }
+    let mut result = Ok(());
+    for b in bufs {
+        let mut written = 0u32;
+        // SAFETY: `h` is an open handle; `b` is valid for `b.len()` bytes and `written` for
+        // a write; no OVERLAPPED is used (the handle is synchronous).
+        let ok = unsafe {
+            WriteFile(
+                h,
+                b.as_ptr(),
+                b.len() as u32,
+                &mut written,
+                std::ptr::null_mut(),
+            )
+        };
+        if ok == 0 {
+            result = Err(io::Error::last_os_error());
+            break;
+        }
+    }
+    // SAFETY: `h` is an open handle we own and do not use afterwards.
+    unsafe { CloseHandle(h) };
+    result
+}
+
+#[cfg(windows)]
+fn pipe_garbage(ep: &Endpoint) -> io::Result<()> {
+    win32_write_all(&format!(r"\\.\pipe\ductwork-{}", ep.address()), &[GARBAGE])
+}
+
+#[cfg(windows)]
+fn mailslot_garbage(ep: &Endpoint) -> io::Result<()> {
+    win32_write_all(
+        &format!(r"\\.\mailslot\ductwork\{}", ep.address()),
+        &[GARBAGE, &[0u8][..], &[1, 2, 3][..], &[0xff; 300][..]],
+    )
+}
+
 /// The raw client for shm: connects to the listener's set-up socket and sends garbage instead
 /// of the hello. (Garbage written into a live ring is tested in `tests/shm.rs`.)
 #[cfg(target_os = "linux")]
 fn shm_garbage(ep: &Endpoint) -> io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::MetadataExt;
-    let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) if !d.is_empty() && std::path::Path::new(&d).is_dir() => {
-            std::path::Path::new(&d).join("ductwork")
-        }
-        _ => {
-            let uid = std::fs::metadata("/proc/self")?.uid();
-            std::env::temp_dir().join(format!("ductwork-{uid}"))
-        }
-    };
-    let path = dir.join(format!("shm-{}.sock", ep.address()));
-    let mut s = std::os::unix::net::UnixStream::connect(path)?;
+    let mut s = std::os::unix::net::UnixStream::connect(private_socket("shm", ep))?;
     s.write_all(GARBAGE)?;
     s.flush()
 }

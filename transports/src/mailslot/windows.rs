@@ -1,0 +1,502 @@
+//! `mailslot://` on Windows: `CreateMailslotW` on the receiving side, `CreateFileW` +
+//! `WriteFile` on the sending side.
+//!
+//! The receiver reads on a dedicated thread (`ReadFile` with a 50 ms read timeout, so the
+//! thread notices a drop) and hands messages to tokio through a bounded queue of
+//! [`QUEUE`] messages; while that queue is full the thread stops reading and the OS keeps the
+//! messages in the mailslot. Dropping the receiver waits for the thread (at most one read
+//! timeout) so that the name is free again when the drop returns.
+//!
+//! Local writes complete as soon as the OS has queued the message in the mailslot; they do not
+//! wait for the reader. Writes to a remote or broadcast mailslot run on tokio's blocking pool.
+
+use super::{recv_on_sender, second_accept, send_on_receiver, SlotAddr};
+use crate::local::windows::Security;
+use bytes::Bytes;
+use ductwork_core::{
+    async_trait, BoxConnection, BoxListener, Capabilities, Connection, ConnectionInfo, Endpoint,
+    Error, ErrorKind, Listener, Result,
+};
+use futures::{ready, Sink, Stream};
+use std::{
+    future::Future,
+    io,
+    os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle},
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    thread::JoinHandle,
+};
+use tokio::sync::mpsc;
+use windows_sys::Win32::{
+    Foundation::{
+        GetLastError, ERROR_ALREADY_EXISTS, ERROR_FILE_NOT_FOUND, ERROR_INSUFFICIENT_BUFFER,
+        ERROR_MORE_DATA, ERROR_PATH_NOT_FOUND, ERROR_SEM_TIMEOUT, GENERIC_WRITE,
+        INVALID_HANDLE_VALUE,
+    },
+    Storage::FileSystem::{
+        CreateFileW, ReadFile, WriteFile, FILE_ATTRIBUTE_NORMAL, FILE_SHARE_READ, FILE_SHARE_WRITE,
+        OPEN_EXISTING,
+    },
+    System::{
+        Mailslots::{CreateMailslotW, GetMailslotInfo},
+        SystemServices::MAILSLOT_NO_MESSAGE,
+    },
+};
+
+/// How many messages the reading thread may queue ahead of the receiver.
+pub const QUEUE: usize = 64;
+/// The read timeout that lets the reading thread notice the receiver went away.
+const READ_TIMEOUT_MS: u32 = 50;
+
+fn slot_path(server: Option<&str>, name: &str) -> String {
+    format!(r"\\{}\mailslot\ductwork\{name}", server.unwrap_or("."))
+}
+
+fn wide(s: &str) -> Vec<u16> {
+    s.encode_utf16().chain(Some(0)).collect()
+}
+
+pub(super) async fn bind(
+    ep: &Endpoint,
+    addr: &SlotAddr,
+    caps: Capabilities,
+) -> Result<BoxListener> {
+    let path = slot_path(None, &addr.name);
+    let security = Security::owner_only()
+        .map_err(|e| Error::io(ep, "build the owner-only security descriptor", e))?;
+    let max = caps.max_message;
+    let name = wide(&path);
+    // SAFETY: `name` is NUL-terminated and outlives the call; the security attributes stay
+    // valid while `security` is alive, which is past the call.
+    let h = unsafe {
+        CreateMailslotW(
+            name.as_ptr(),
+            max as u32,
+            READ_TIMEOUT_MS,
+            security.as_ptr() as *const _,
+        )
+    };
+    if h == INVALID_HANDLE_VALUE {
+        let e = io::Error::last_os_error();
+        return Err(if e.raw_os_error() == Some(ERROR_ALREADY_EXISTS as i32) {
+            Error::new(
+                ErrorKind::AddrInUse,
+                ep,
+                format!("the mailslot {path} exists (another process receives on it)"),
+            )
+            .with_source(e)
+        } else {
+            Error::io(ep, format!("create the mailslot {path}"), e)
+        });
+    }
+    // SAFETY: `h` is the valid mailslot handle CreateMailslotW just returned, owned by nobody
+    // else; OwnedHandle closes it exactly once (in the reading thread, or here if the thread
+    // cannot start and the closure is dropped).
+    let handle = unsafe { OwnedHandle::from_raw_handle(h) };
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let endpoint = ep.clone();
+    let thread = std::thread::Builder::new()
+        .name("ductwork-mailslot".into())
+        .spawn(move || read_loop(handle, max, tx, endpoint))
+        .map_err(|e| Error::io(ep, "start the mailslot reading thread", e))?;
+    let conn = Receiver {
+        rx,
+        thread: Some(thread),
+        done: false,
+        info: ConnectionInfo {
+            endpoint: ep.clone(),
+            peer: None,
+            capabilities: caps,
+        },
+    };
+    Ok(Box::new(SlotListener {
+        endpoint: ep.clone(),
+        conn: Some(conn),
+    }))
+}
+
+/// Reads messages until the receiver is gone or reading fails, then closes the mailslot.
+fn read_loop(owned: OwnedHandle, max: usize, tx: mpsc::Sender<Result<Bytes>>, ep: Endpoint) {
+    let mut buf = vec![0u8; max + 1];
+    while !tx.is_closed() {
+        let mut n = 0u32;
+        // SAFETY: the handle is open (owned above); `buf` is valid for `buf.len()` bytes and
+        // `n` for a write; no OVERLAPPED (the handle is synchronous).
+        let ok = unsafe {
+            ReadFile(
+                owned.as_raw_handle(),
+                buf.as_mut_ptr(),
+                buf.len() as u32,
+                &mut n,
+                std::ptr::null_mut(),
+            )
+        };
+        if ok == 0 {
+            // SAFETY: reads this thread's last-error value; no preconditions.
+            let code = unsafe { GetLastError() };
+            if code == ERROR_SEM_TIMEOUT {
+                continue;
+            }
+            if code == ERROR_INSUFFICIENT_BUFFER || code == ERROR_MORE_DATA {
+                // A message over our limit (Windows refuses such writes, Wine does not): drop
+                // it, tell the receiver, go on; one foreign writer must not stop the receiver.
+                match discard_next(&owned) {
+                    Ok(len) => {
+                        let e = Error::new(
+                            ErrorKind::FrameTooLarge,
+                            &ep,
+                            format!(
+                                "a message of {len} bytes, over the limit of {max} bytes, was \
+                                 received and dropped"
+                            ),
+                        );
+                        if tx.blocking_send(Err(e)).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        let _ =
+                            tx.blocking_send(Err(Error::io(&ep, "drop an oversized message", e)));
+                        return;
+                    }
+                }
+            }
+            let e = io::Error::from_raw_os_error(code as i32);
+            let _ = tx.blocking_send(Err(Error::io(&ep, "read the mailslot", e)));
+            return;
+        }
+        let n = n as usize;
+        if n > max {
+            // The buffer holds max + 1 bytes: a longer message was cut (Wine delivers the
+            // head of an oversized message instead of failing the read). Refuse it, go on.
+            let e = Error::new(
+                ErrorKind::FrameTooLarge,
+                &ep,
+                format!("a message over the limit of {max} bytes was received and dropped"),
+            );
+            if tx.blocking_send(Err(e)).is_err() {
+                return;
+            }
+            continue;
+        }
+        let msg = Bytes::copy_from_slice(&buf[..n]);
+        if tx.blocking_send(Ok(msg)).is_err() {
+            return;
+        }
+    }
+}
+
+/// The largest oversized message the reading thread reads in order to drop it.
+const MAX_DISCARD: u32 = 64 << 20;
+
+/// Reads and drops the next message, which is too large for the normal buffer; returns its size.
+fn discard_next(h: &OwnedHandle) -> io::Result<u32> {
+    let mut next = 0u32;
+    // SAFETY: the handle is an open mailslot; `next` is valid for a write; the other
+    // out-parameters may be null.
+    let ok = unsafe {
+        GetMailslotInfo(
+            h.as_raw_handle(),
+            std::ptr::null_mut(),
+            &mut next,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if next == MAILSLOT_NO_MESSAGE {
+        return Ok(0);
+    }
+    if next > MAX_DISCARD {
+        return Err(io::Error::other(format!(
+            "the next message is {next} bytes, too large even to drop"
+        )));
+    }
+    let mut buf = vec![0u8; next as usize];
+    let mut n = 0u32;
+    // SAFETY: the handle is open; `buf` is valid for `next` bytes and `n` for a write.
+    let ok = unsafe {
+        ReadFile(
+            h.as_raw_handle(),
+            buf.as_mut_ptr(),
+            next,
+            &mut n,
+            std::ptr::null_mut(),
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n)
+}
+
+struct SlotListener {
+    endpoint: Endpoint,
+    conn: Option<Receiver>,
+}
+
+#[async_trait]
+impl Listener for SlotListener {
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    async fn accept(&mut self) -> Result<BoxConnection> {
+        match self.conn.take() {
+            Some(c) => Ok(Box::new(c)),
+            None => Err(second_accept(&self.endpoint)),
+        }
+    }
+}
+
+/// The one receiving connection.
+struct Receiver {
+    rx: mpsc::Receiver<Result<Bytes>>,
+    thread: Option<JoinHandle<()>>,
+    done: bool,
+    info: ConnectionInfo,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        // Closing the queue makes the thread stop at its next read timeout (or at once if it
+        // waits on a full queue); joining means the mailslot is closed when drop returns.
+        self.rx.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Connection for Receiver {
+    fn info(&self) -> &ConnectionInfo {
+        &self.info
+    }
+}
+
+impl Stream for Receiver {
+    type Item = Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match ready!(self.rx.poll_recv(cx)) {
+            Some(Ok(b)) => Poll::Ready(Some(Ok(b))),
+            Some(Err(e)) => {
+                // An oversized message is dropped and reported; anything else ends reading.
+                if e.kind() != ErrorKind::FrameTooLarge {
+                    self.done = true;
+                }
+                Poll::Ready(Some(Err(e)))
+            }
+            None => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+impl Sink<Bytes> for Receiver {
+    type Error = Error;
+
+    fn poll_ready(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<()>> {
+        Poll::Ready(Err(send_on_receiver(&self.info.endpoint)))
+    }
+
+    fn start_send(self: Pin<&mut Self>, _item: Bytes) -> Result<()> {
+        Err(send_on_receiver(&self.info.endpoint))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+fn open(path: &str) -> io::Result<OwnedHandle> {
+    let name = wide(path);
+    // SAFETY: `name` is NUL-terminated and outlives the call; the other arguments are flags
+    // and null pointers the API accepts.
+    let h = unsafe {
+        CreateFileW(
+            name.as_ptr(),
+            GENERIC_WRITE,
+            FILE_SHARE_READ | FILE_SHARE_WRITE,
+            std::ptr::null(),
+            OPEN_EXISTING,
+            FILE_ATTRIBUTE_NORMAL,
+            std::ptr::null_mut(),
+        )
+    };
+    if h == INVALID_HANDLE_VALUE {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `h` is a valid handle just opened and owned by nobody else.
+    Ok(unsafe { OwnedHandle::from_raw_handle(h) })
+}
+
+fn write(h: &OwnedHandle, msg: &[u8]) -> io::Result<()> {
+    let mut written = 0u32;
+    // SAFETY: the handle is open for the borrow's duration; `msg` is valid for `msg.len()`
+    // bytes (at most 200 KiB, so the u32 cast is exact) and `written` for a write.
+    let ok = unsafe {
+        WriteFile(
+            h.as_raw_handle(),
+            msg.as_ptr(),
+            msg.len() as u32,
+            &mut written,
+            std::ptr::null_mut(),
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if written as usize != msg.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("the mailslot took {written} of {} bytes", msg.len()),
+        ));
+    }
+    Ok(())
+}
+
+pub(super) async fn connect(
+    ep: &Endpoint,
+    addr: &SlotAddr,
+    caps: Capabilities,
+) -> Result<BoxConnection> {
+    let path = slot_path(addr.server.as_deref(), &addr.name);
+    let remote = addr.server.is_some();
+    let opened = if remote {
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || open(&p))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Io, ep, format!("open task failed: {e}")))?
+    } else {
+        open(&path)
+    };
+    let handle = opened.map_err(|e| {
+        if matches!(
+            e.raw_os_error().map(|c| c as u32),
+            Some(ERROR_FILE_NOT_FOUND | ERROR_PATH_NOT_FOUND)
+        ) {
+            Error::new(
+                ErrorKind::NotFound,
+                ep,
+                format!("no receiver has created {path}"),
+            )
+            .with_source(e)
+        } else {
+            Error::io(ep, format!("open {path}"), e)
+        }
+    })?;
+    Ok(Box::new(Sender {
+        handle: Arc::new(handle),
+        remote,
+        writing: None,
+        closed: false,
+        recv_reported: false,
+        info: ConnectionInfo {
+            endpoint: ep.clone(),
+            peer: Some(path),
+            capabilities: caps,
+        },
+    }))
+}
+
+/// A sending connection.
+struct Sender {
+    handle: Arc<OwnedHandle>,
+    remote: bool,
+    /// A remote write running on the blocking pool.
+    writing: Option<tokio::task::JoinHandle<io::Result<()>>>,
+    closed: bool,
+    recv_reported: bool,
+    info: ConnectionInfo,
+}
+
+impl Sender {
+    fn write_err(&self, e: io::Error) -> Error {
+        Error::io(&self.info.endpoint, "write to the mailslot", e)
+    }
+}
+
+impl Connection for Sender {
+    fn info(&self) -> &ConnectionInfo {
+        &self.info
+    }
+}
+
+impl Stream for Sender {
+    type Item = Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
+        if self.recv_reported {
+            return Poll::Ready(None);
+        }
+        self.recv_reported = true;
+        Poll::Ready(Some(Err(recv_on_sender(&self.info.endpoint))))
+    }
+}
+
+impl Sink<Bytes> for Sender {
+    type Error = Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        if self.closed {
+            return Poll::Ready(Err(Error::new(
+                ErrorKind::Closed,
+                &self.info.endpoint,
+                "send after close",
+            )));
+        }
+        self.poll_flush(cx)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: Bytes) -> Result<()> {
+        ductwork_codec::check_len(item.len(), self.info.capabilities.max_message)
+            .map_err(|e| Error::codec(&self.info.endpoint, e))?;
+        if self.remote {
+            let h = self.handle.clone();
+            self.writing = Some(tokio::task::spawn_blocking(move || write(&h, &item)));
+            Ok(())
+        } else {
+            // A local mailslot write only queues the message in the OS: it does not block.
+            write(&self.handle, &item).map_err(|e| self.write_err(e))
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        if let Some(task) = self.writing.as_mut() {
+            let r = ready!(Pin::new(task).poll(cx));
+            self.writing = None;
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Poll::Ready(Err(self.write_err(e))),
+                Err(e) => {
+                    return Poll::Ready(Err(Error::new(
+                        ErrorKind::Io,
+                        &self.info.endpoint,
+                        format!("write task failed: {e}"),
+                    )))
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        ready!(self.as_mut().poll_flush(cx))?;
+        self.closed = true;
+        Poll::Ready(Ok(()))
+    }
+}

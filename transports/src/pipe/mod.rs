@@ -1,0 +1,140 @@
+//! `pipe://name`: a duplex, reliable byte stream between processes on one host, carrying
+//! length-prefixed frames; `pipe://server/name` reaches a named pipe on another Windows host.
+//!
+//! | | Windows | Unix |
+//! |---|---|---|
+//! | mechanism | named pipe `\\.\pipe\ductwork-<name>`, byte mode | Unix domain stream socket `pipe-<name>.sock` in a private directory |
+//! | direction, delivery | duplex, reliable, ordered | duplex, reliable, ordered |
+//! | boundaries | framed bytes (`docs/wire-format.md`) | framed bytes |
+//! | max message | `max_frame` (default 16 MiB) | `max_frame` (default 16 MiB) |
+//! | reach | host; network with `pipe://server/name` or `remote=true` | host |
+//! | peer loss | reported as `ConnectionLost` | reported as `ConnectionLost` |
+//! | access | owner and SYSTEM only; remote clients rejected unless `remote=true` | owner only (`0700` directory, `0600` socket) |
+//!
+//! Behaviour users must know, as the conformance suite (`pipe::*`, Linux and Wine),
+//! `tests/pipe_mailslot.rs` and `tests/native_clients.rs` check it:
+//!
+//! - **Names** are 1 to 64 bytes without `/`, `\`, NUL or control characters. Binding a name
+//!   another live listener holds is `AddrInUse`; connecting where nothing listens is
+//!   `NotFound`; a listener that was killed leaves nothing that stops the next bind.
+//! - **Squatting**: on Windows the first pipe instance is created with
+//!   `FILE_FLAG_FIRST_PIPE_INSTANCE` and every instance carries a protected DACL granting only
+//!   the creating user and SYSTEM (`D:P(A;;GA;;;<user SID>)(A;;GA;;;SY)`, read back in a
+//!   test), so another user cannot add instances to a live name. Wine ignores the first-instance
+//!   flag, so `bind` also probes the name with `WaitNamedPipeW` first (that probe alone leaves
+//!   a race between two binds at the same instant; on Windows the flag closes it).
+//! - **Many clients**: each `accept` returns one connection per client. On Windows the listener
+//!   keeps one spare pipe instance waiting and creates the next before handing one out; a
+//!   client that finds every instance busy (`ERROR_PIPE_BUSY`) retries until
+//!   `connect_timeout_ms` (default 5000) has passed, then fails with `Timeout`.
+//! - **Foreign clients** speak the stream framing of `docs/wire-format.md` (u32 BE length +
+//!   postcard payload, `0xFFFF_FFFF` to close): on Windows `CreateFileW` on
+//!   `\\.\pipe\ductwork-<name>` and `WriteFile`; on Unix a stream socket to the path below.
+//! - **Unix stand-in**: the socket lives in `$XDG_RUNTIME_DIR/ductwork` or
+//!   `/tmp/ductwork-<uid>` (mode `0700`; one owned by someone else, open to others, or a
+//!   symlink is refused with `PermissionDenied`), as `pipe-<name>.sock` (mode `0600`). Socket
+//!   paths are limited to 107 bytes (`InvalidEndpoint` beyond). A socket left by a crashed
+//!   listener is replaced on the next bind. `pipe://server/name` and `remote=true` are
+//!   `Unsupported` on Unix ("remote pipes need Windows").
+//! - **Remote pipes** (`pipe://server/name`, `remote=true`) use the same code with a server
+//!   name; they are not exercised by the tests (no second host).
+//!
+//! Options: `max_frame`, `remote` (`true`/`false`, Windows: accept clients from other hosts;
+//! default `false`), `connect_timeout_ms` (how long `connect` waits for a free instance).
+
+use crate::local::{check_name, split_server};
+use ductwork_core::{
+    async_trait, BoxConnection, BoxListener, Capabilities, Endpoint, Error, ErrorKind, Reach,
+    Result, Transport,
+};
+use std::time::Duration;
+
+#[cfg(unix)]
+mod unix;
+#[cfg(unix)]
+use unix as imp;
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+use windows as imp;
+
+const OPTIONS: &[&str] = &["remote", "connect_timeout_ms"];
+
+/// The named pipe transport (`pipe://name`, `pipe://server/name`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Pipe;
+
+/// A parsed `pipe://` endpoint.
+pub(crate) struct PipeAddr {
+    /// The remote server, `None` for this machine.
+    pub(crate) server: Option<String>,
+    /// The pipe name, checked.
+    pub(crate) name: String,
+    /// Whether the listener accepts remote clients.
+    pub(crate) remote: bool,
+    /// How long a client waits for a free pipe instance (only Windows has instances).
+    #[cfg_attr(not(windows), allow(dead_code))]
+    pub(crate) connect_timeout: Duration,
+}
+
+impl PipeAddr {
+    fn parse(ep: &Endpoint) -> Result<PipeAddr> {
+        ep.check_options(OPTIONS)?;
+        let (server, name) = split_server(ep.address());
+        if let Some(s) = server {
+            if s.is_empty() || s.contains(['\\', '/']) {
+                return Err(Error::new(
+                    ErrorKind::InvalidEndpoint,
+                    ep,
+                    "expected pipe://name or pipe://server/name",
+                ));
+            }
+        }
+        check_name(ep, name)?;
+        Ok(PipeAddr {
+            server: server.map(str::to_string),
+            name: name.to_string(),
+            remote: ep.parse_option::<bool>("remote")?.unwrap_or(false),
+            connect_timeout: Duration::from_millis(
+                ep.parse_option::<u64>("connect_timeout_ms")?
+                    .unwrap_or(5000),
+            ),
+        })
+    }
+}
+
+#[async_trait]
+impl Transport for Pipe {
+    fn scheme(&self) -> &'static str {
+        "pipe"
+    }
+
+    fn capabilities(&self, ep: &Endpoint) -> Result<Capabilities> {
+        let addr = PipeAddr::parse(ep)?;
+        let mut caps = crate::socket::local_stream_caps(ep)?;
+        if addr.server.is_some() || addr.remote {
+            caps.reach = Reach::Network;
+        }
+        Ok(caps)
+    }
+
+    async fn bind(&self, ep: &Endpoint) -> Result<BoxListener> {
+        let caps = self.capabilities(ep)?;
+        let addr = PipeAddr::parse(ep)?;
+        if addr.server.is_some() {
+            return Err(Error::new(
+                ErrorKind::InvalidEndpoint,
+                ep,
+                "a pipe can only be created on this machine: bind pipe://name (with remote=true \
+                 to let other hosts connect)",
+            ));
+        }
+        imp::bind(ep, &addr, caps).await
+    }
+
+    async fn connect(&self, ep: &Endpoint) -> Result<BoxConnection> {
+        let caps = self.capabilities(ep)?;
+        let addr = PipeAddr::parse(ep)?;
+        imp::connect(ep, &addr, caps).await
+    }
+}

@@ -1,0 +1,260 @@
+//! `pipe://` on Windows: byte-mode named pipes `\\.\pipe\ductwork-<name>` through tokio.
+//!
+//! The listener always keeps one unconnected pipe instance waiting. When a client connects to
+//! it, the listener first creates the next instance, then hands the connected one out, so a
+//! second client never finds the name missing. The first instance is created with
+//! `FILE_FLAG_FIRST_PIPE_INSTANCE`: if the name exists, creation fails with access denied,
+//! reported as `AddrInUse`. Every instance carries the owner-only security descriptor and
+//! rejects remote clients unless `remote=true` (tokio sets the pipe mode and the remote flag in
+//! one call, so RUSTSEC-2023-0001 does not apply to tokio 1.23.1 and later).
+
+use super::PipeAddr;
+use crate::framed::{ByteStream, FramedConnection};
+use crate::local::windows::Security;
+use ductwork_core::{
+    async_trait, BoxConnection, BoxListener, Capabilities, ConnectionInfo, Endpoint, Error,
+    ErrorKind, Listener, Result,
+};
+use std::{
+    io,
+    os::windows::io::AsRawHandle,
+    time::{Duration, Instant},
+};
+use tokio::net::windows::named_pipe::{
+    ClientOptions, NamedPipeClient, NamedPipeServer, PipeMode, ServerOptions,
+};
+use windows_sys::Win32::{
+    Foundation::{
+        GetLastError, ERROR_ACCESS_DENIED, ERROR_FILE_NOT_FOUND, ERROR_NO_DATA,
+        ERROR_PATH_NOT_FOUND, ERROR_PIPE_BUSY, ERROR_SEM_TIMEOUT,
+    },
+    System::Pipes::{GetNamedPipeClientProcessId, WaitNamedPipeW},
+};
+
+impl ByteStream for NamedPipeServer {
+    fn try_write_now(&self, buf: &[u8]) -> io::Result<usize> {
+        self.try_write(buf)
+    }
+}
+
+impl ByteStream for NamedPipeClient {
+    fn try_write_now(&self, buf: &[u8]) -> io::Result<usize> {
+        self.try_write(buf)
+    }
+}
+
+fn pipe_path(server: Option<&str>, name: &str) -> String {
+    format!(r"\\{}\pipe\ductwork-{name}", server.unwrap_or("."))
+}
+
+fn os_error(e: &io::Error) -> Option<u32> {
+    e.raw_os_error().map(|c| c as u32)
+}
+
+struct Instances {
+    path: String,
+    security: Security,
+    remote: bool,
+}
+
+impl Instances {
+    fn create(&self, first: bool) -> io::Result<NamedPipeServer> {
+        let mut opts = ServerOptions::new();
+        opts.pipe_mode(PipeMode::Byte)
+            .first_pipe_instance(first)
+            .reject_remote_clients(!self.remote);
+        // SAFETY: `security.as_ptr()` points at a valid SECURITY_ATTRIBUTES whose descriptor
+        // lives as long as `self.security`, which outlives this call.
+        unsafe { opts.create_with_security_attributes_raw(&self.path, self.security.as_ptr()) }
+    }
+}
+
+pub(super) async fn bind(
+    ep: &Endpoint,
+    addr: &PipeAddr,
+    caps: Capabilities,
+) -> Result<BoxListener> {
+    let security = Security::owner_only()
+        .map_err(|e| Error::io(ep, "build the owner-only security descriptor", e))?;
+    let instances = Instances {
+        path: pipe_path(None, &addr.name),
+        security,
+        remote: addr.remote,
+    };
+    if pipe_exists(&instances.path) {
+        return Err(Error::new(
+            ErrorKind::AddrInUse,
+            ep,
+            format!(
+                "the pipe {} already exists (another listener holds this name)",
+                instances.path
+            ),
+        ));
+    }
+    let first = instances.create(true).map_err(|e| match os_error(&e) {
+        Some(ERROR_ACCESS_DENIED) | Some(ERROR_PIPE_BUSY) => Error::new(
+            ErrorKind::AddrInUse,
+            ep,
+            format!(
+                "the pipe {} already exists (another listener holds this name)",
+                instances.path
+            ),
+        )
+        .with_source(e),
+        _ => Error::io(ep, "create the named pipe", e),
+    })?;
+    Ok(Box::new(PipeListener {
+        endpoint: ep.clone(),
+        caps,
+        instances,
+        next: Some(first),
+    }))
+}
+
+/// Whether a pipe of this name exists, without connecting to it: `WaitNamedPipeW` succeeds
+/// when an instance is free and times out when all are busy; a missing name fails with
+/// `ERROR_FILE_NOT_FOUND`. Windows itself refuses a second first instance
+/// (`FILE_FLAG_FIRST_PIPE_INSTANCE`), but Wine ignores that flag, so this check is what makes
+/// `AddrInUse` work there (racy between two binds at the same moment, unlike the flag).
+fn pipe_exists(path: &str) -> bool {
+    let name: Vec<u16> = path.encode_utf16().chain(Some(0)).collect();
+    // SAFETY: `name` is NUL-terminated and outlives the call. The wait is 1 ms at most.
+    if unsafe { WaitNamedPipeW(name.as_ptr(), 1) } != 0 {
+        return true;
+    }
+    // SAFETY: reads this thread's last-error value; no preconditions.
+    let code = unsafe { GetLastError() };
+    code == ERROR_SEM_TIMEOUT
+}
+
+struct PipeListener {
+    endpoint: Endpoint,
+    caps: Capabilities,
+    instances: Instances,
+    /// The instance waiting for the next client.
+    next: Option<NamedPipeServer>,
+}
+
+impl PipeListener {
+    fn fresh(&self) -> Result<NamedPipeServer> {
+        self.instances
+            .create(false)
+            .map_err(|e| Error::io(&self.endpoint, "create the next pipe instance", e))
+    }
+}
+
+#[async_trait]
+impl Listener for PipeListener {
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    async fn accept(&mut self) -> Result<BoxConnection> {
+        loop {
+            if self.next.is_none() {
+                self.next = Some(self.fresh()?);
+            }
+            let waiting = self.next.as_ref().expect("set above");
+            // Cancel-safe: a dropped connect() leaves the instance waiting in `next`.
+            match waiting.connect().await {
+                Ok(()) => {}
+                Err(e) if os_error(&e) == Some(ERROR_NO_DATA) => {
+                    // The client came and went before we saw it: replace the instance (create
+                    // the new one first so the name never disappears).
+                    let fresh = self.fresh()?;
+                    self.next = Some(fresh);
+                    continue;
+                }
+                Err(e) => return Err(Error::io(&self.endpoint, "wait for a client", e)),
+            }
+            // Create the next instance before handing this one out; if that fails, the
+            // connection is still good and the next accept tries again.
+            let fresh = match self.fresh() {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot create the next pipe instance yet");
+                    None
+                }
+            };
+            let conn = std::mem::replace(&mut self.next, fresh).expect("set above");
+            let mut pid = 0u32;
+            // SAFETY: the handle belongs to `conn`, which is alive; `pid` is valid for a write.
+            let ok = unsafe { GetNamedPipeClientProcessId(conn.as_raw_handle(), &mut pid) };
+            let peer = (ok != 0).then(|| format!("pid {pid}"));
+            return Ok(Box::new(FramedConnection::new(
+                conn,
+                ConnectionInfo {
+                    endpoint: self.endpoint.clone(),
+                    peer,
+                    capabilities: self.caps.clone(),
+                },
+            )));
+        }
+    }
+}
+
+fn open(path: &str) -> io::Result<NamedPipeClient> {
+    ClientOptions::new().pipe_mode(PipeMode::Byte).open(path)
+}
+
+pub(super) async fn connect(
+    ep: &Endpoint,
+    addr: &PipeAddr,
+    caps: Capabilities,
+) -> Result<BoxConnection> {
+    let path = pipe_path(addr.server.as_deref(), &addr.name);
+    let deadline = Instant::now() + addr.connect_timeout;
+    let mut wait = Duration::from_millis(5);
+    loop {
+        let r = if addr.server.is_some() {
+            // Opening a remote pipe goes over the network and may block for a while.
+            let p = path.clone();
+            tokio::task::spawn_blocking(move || open(&p))
+                .await
+                .map_err(|e| Error::new(ErrorKind::Io, ep, format!("open task failed: {e}")))?
+        } else {
+            open(&path)
+        };
+        match r {
+            Ok(client) => {
+                return Ok(Box::new(FramedConnection::new(
+                    client,
+                    ConnectionInfo {
+                        endpoint: ep.clone(),
+                        peer: Some(path),
+                        capabilities: caps,
+                    },
+                )))
+            }
+            Err(e) if os_error(&e) == Some(ERROR_PIPE_BUSY) => {
+                if Instant::now() >= deadline {
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        ep,
+                        format!(
+                            "every instance of {path} stayed busy for {} ms (connect_timeout_ms)",
+                            addr.connect_timeout.as_millis()
+                        ),
+                    )
+                    .with_source(e));
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_millis(50));
+            }
+            Err(e)
+                if matches!(
+                    os_error(&e),
+                    Some(ERROR_FILE_NOT_FOUND | ERROR_PATH_NOT_FOUND)
+                ) =>
+            {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    ep,
+                    format!("no listener has created {path}"),
+                )
+                .with_source(e))
+            }
+            Err(e) => return Err(Error::io(ep, format!("open {path}"), e)),
+        }
+    }
+}
