@@ -3,6 +3,7 @@
 //! | scheme | module | cargo feature |
 //! |---|---|---|
 //! | `tcp`, `udp`, `unix` | [`socket`] | `socket` |
+//! | `shm` | [`shm`] | `shm` |
 //! | `copydata` (Windows only) | [`copydata`] | `copydata` |
 //! | `pipe` | [`pipe`] | `pipe` (needs `socket`: on Unix a pipe is a Unix socket) |
 //! | `mailslot` | [`mailslot`] | `mailslot` |
@@ -23,7 +24,7 @@ pub(crate) mod framed;
 
 #[cfg(feature = "copydata")]
 pub mod copydata;
-#[cfg(any(feature = "pipe", feature = "mailslot"))]
+#[cfg(any(feature = "pipe", feature = "mailslot", feature = "shm"))]
 pub(crate) mod local;
 #[cfg(feature = "mailslot")]
 pub mod mailslot;
@@ -31,6 +32,19 @@ pub mod mailslot;
 pub mod pipe;
 #[cfg(feature = "socket")]
 pub mod socket;
+
+#[cfg(feature = "shm")]
+pub mod shm;
+
+/// Entry points for the fuzz targets in `fuzz/`; not part of the API.
+#[cfg(feature = "shm")]
+#[doc(hidden)]
+pub mod __fuzz {
+    /// Runs the shared-memory ring reader and writer over a segment filled from `input`.
+    pub fn shm_ring(input: &[u8]) {
+        crate::shm::ring::fuzz_one(input)
+    }
+}
 
 /// Every transport compiled into this build, in a stable order.
 pub fn transports() -> Vec<Arc<dyn Transport>> {
@@ -42,6 +56,8 @@ pub fn transports() -> Vec<Arc<dyn Transport>> {
         v.push(Arc::new(socket::Udp));
         v.push(Arc::new(socket::Unix));
     }
+    #[cfg(feature = "shm")]
+    v.push(Arc::new(shm::Shm));
     #[cfg(feature = "copydata")]
     v.push(Arc::new(copydata::CopyData));
     #[cfg(feature = "pipe")]

@@ -1,4 +1,5 @@
-//! Names shared by the host-local named transports (`pipe://`, `mailslot://`).
+//! Names shared by the host-local named transports (`pipe://`, `mailslot://`; `shm://` uses
+//! the Unix private directory).
 //!
 //! A name is the last part of the endpoint address. It becomes part of a file name on Unix
 //! (`pipe-<name>.sock` in a private directory, see [`unix`]) and part of an object name on

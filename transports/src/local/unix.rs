@@ -1,4 +1,5 @@
-//! The per-user private directory where `pipe://` and `mailslot://` keep their Unix sockets.
+//! The per-user private directory where `pipe://`, `mailslot://` and `shm://` keep their Unix
+//! sockets.
 //!
 //! The directory is `$XDG_RUNTIME_DIR/ductwork` when `XDG_RUNTIME_DIR` is set (an absolute
 //! path), else `/tmp/ductwork-<uid>`. It is created with mode `0700`. If it already exists it

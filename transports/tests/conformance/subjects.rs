@@ -37,6 +37,11 @@ pub fn all() -> Vec<Subject> {
             garbage: Some(unix_garbage),
         },
         Subject {
+            name: "shm",
+            endpoint: |u| format!("shm://conf-{u}"),
+            garbage: Some(shm_garbage),
+        },
+        Subject {
             name: "copydata",
             endpoint: |u| format!("copydata://conf-{u}"),
             garbage: Some(copydata_garbage),
@@ -272,4 +277,35 @@ fn mailslot_garbage(ep: &Endpoint) -> io::Result<()> {
         &format!(r"\\.\mailslot\ductwork\{}", ep.address()),
         &[GARBAGE, &[0u8][..], &[1, 2, 3][..], &[0xff; 300][..]],
     )
+}
+
+/// The raw client for shm: connects to the listener's set-up socket and sends garbage instead
+/// of the hello. (Garbage written into a live ring is tested in `tests/shm.rs`.)
+#[cfg(target_os = "linux")]
+fn shm_garbage(ep: &Endpoint) -> io::Result<()> {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(private_socket("shm", ep))?;
+    s.write_all(GARBAGE)?;
+    s.flush()
+}
+
+/// On Windows the set-up goes over the named pipe `\\.\pipe\ductwork-shm-<name>`.
+#[cfg(windows)]
+fn shm_garbage(ep: &Endpoint) -> io::Result<()> {
+    use std::io::Write;
+    let path = format!(r"\\.\pipe\ductwork-shm-{}", ep.address());
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    f.write_all(GARBAGE)?;
+    f.flush()
+}
+
+#[cfg(not(any(target_os = "linux", windows)))]
+fn shm_garbage(_ep: &Endpoint) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "no raw shm client here",
+    ))
 }

@@ -1,0 +1,254 @@
+//! `shm://name`: shared-memory rings between two processes on one host.
+//!
+//! Each connection is a shared mapping holding two single-producer/single-consumer rings of
+//! variable-length messages, one per direction ([`ring`] documents the byte layout). A message
+//! is copied into the ring by the sender and copied out by the receiver: no system call per
+//! message while both sides are busy. A receiver that finds its ring empty spins briefly, then
+//! *parks* on a doorbell the OS can wake (an eventfd on Linux); the sender rings the doorbell
+//! only when the receiver announced parking.
+//!
+//! # Behaviour
+//! - **Duplex, reliable, ordered, message boundaries kept**, one host.
+//! - **Size limit.** A message must fit in the ring: `max_message` = the smaller of
+//!   `max_frame` and `capacity - 8`. A larger send fails with `FrameTooLarge` (naming the
+//!   capacity) and the connection stays usable. Messages are not chunked.
+//! - **Backpressure.** A full ring makes `send` wait (asynchronously) until the receiver
+//!   consumed enough; nothing is dropped, nothing grows.
+//! - **Close.** `close` marks the direction closed in shared memory; the peer receives every
+//!   message sent before, then `None`. Dropping a connection closes it the same way unless a
+//!   message was still waiting for space: then the direction is marked "abandoned" in shared
+//!   memory and the peer sees `ConnectionLost` after the published messages.
+//! - **Dead peer.** On Linux a Unix socket between the two processes stays open for the life
+//!   of the connection; when the peer dies the kernel closes it. On Windows each side waits on
+//!   the peer's process handle. Either way a waiting `recv` or `send` fails with
+//!   `ConnectionLost` at once (after the messages already published).
+//! - **A misbehaving peer** that writes garbage into the mapping makes that connection fail
+//!   with `Protocol` (or `FrameTooLarge`): every index and length read from shared memory is
+//!   checked before use, and messages are copied out before anyone decodes them.
+//! - **Names.** On Linux the name is a Unix socket `shm-<name>.sock` in a private per-user
+//!   directory (`$XDG_RUNTIME_DIR/ductwork/`, or `/tmp/ductwork-<uid>/`, mode 0700, refused if
+//!   it belongs to someone else or is open to others). A live listener holds the name
+//!   (`AddrInUse`); a file left by a killed one is replaced. Only processes of the same user
+//!   can connect; the mapping itself (a sealed memfd) is passed over that socket and is private
+//!   to the two processes. Names are 1 to 64 characters of `A-Z a-z 0-9 . _ -`.
+//! - **Windows**: the name is the named pipe `\\.\pipe\ductwork-shm-<name>` (local clients
+//!   only) that carries the set-up; the section and the doorbell events are unnamed and
+//!   duplicated straight into the client process, so no other process can open them. A
+//!   thread per connection waits on the events and wakes the tokio tasks. Tested under Wine
+//!   (correctness only). Other platforms: `Unsupported`.
+//!
+//! # Options
+//! | option | default | meaning |
+//! |---|---|---|
+//! | `capacity` | `4MiB` | bytes per ring (per direction), 4 KiB to 1 GiB, rounded up to 128; set by the listener, the connecting side learns it |
+//! | `spin` | `10us` | how long a waiting side busy-polls before parking: a duration (`0`, `500ns`, `10us`, `1ms`; a bare number is nanoseconds). `0` parks at once. Adaptive: the budget shrinks when spinning stops paying off |
+//! | `max_frame` | 16 MiB | the largest message (also capped by the ring) |
+
+// Portable; used by the Linux and Windows layers.
+#[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
+mod conn;
+#[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
+pub mod ring;
+#[cfg(target_os = "linux")]
+mod unix;
+#[cfg(windows)]
+mod windows;
+
+#[cfg(target_os = "linux")]
+use unix as imp;
+#[cfg(windows)]
+use windows as imp;
+
+/// Other systems (no memfd/eventfd, not Windows): not supported yet.
+#[cfg(not(any(target_os = "linux", windows)))]
+mod imp {
+    use super::Config;
+    use ductwork_core::{BoxConnection, BoxListener, Endpoint, Error, ErrorKind, Result};
+
+    fn unsupported(ep: &Endpoint) -> Error {
+        Error::new(
+            ErrorKind::Unsupported,
+            ep,
+            "shm:// is implemented for Linux and Windows only",
+        )
+    }
+    pub(super) async fn bind(ep: &Endpoint, _cfg: Config) -> Result<BoxListener> {
+        Err(unsupported(ep))
+    }
+    pub(super) async fn connect(ep: &Endpoint, _cfg: Config) -> Result<BoxConnection> {
+        Err(unsupported(ep))
+    }
+}
+
+use ductwork_core::{
+    async_trait, Accept, Boundaries, BoxConnection, BoxListener, Capabilities, Delivery, Direction,
+    Endpoint, Error, ErrorKind, Reach, Result, Transport,
+};
+use std::time::Duration;
+
+/// The options this transport knows (besides `max_frame`).
+const OPTIONS: &[&str] = &["capacity", "spin"];
+
+/// The default ring capacity per direction: 4 MiB, so that 1 MiB messages pass with room to
+/// stream.
+pub const DEFAULT_CAPACITY: usize = 4 << 20;
+
+/// The default spin budget before parking.
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(10);
+
+/// The shared-memory transport (`shm://name`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Shm;
+
+/// Settings read from an endpoint.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
+pub(crate) struct Config {
+    /// Ring capacity in bytes (valid, rounded).
+    pub(crate) capacity: usize,
+    /// Spin budget.
+    pub(crate) spin: Duration,
+    /// The endpoint's `max_frame`.
+    pub(crate) max_frame: usize,
+}
+
+impl Config {
+    pub(crate) fn from_endpoint(ep: &Endpoint) -> Result<Config> {
+        ep.check_options(OPTIONS)?;
+        let capacity =
+            ring::valid_capacity(ep.size_option("capacity")?.unwrap_or(DEFAULT_CAPACITY))
+                .map_err(|why| Error::new(ErrorKind::InvalidEndpoint, ep, why))?;
+        let spin = match ep.option("spin") {
+            None => DEFAULT_SPIN,
+            Some(v) => parse_duration(v).map_err(|why| {
+                Error::new(
+                    ErrorKind::InvalidEndpoint,
+                    ep,
+                    format!("option `spin={v}`: {why}"),
+                )
+            })?,
+        };
+        if spin > Duration::from_millis(10) {
+            return Err(Error::new(
+                ErrorKind::InvalidEndpoint,
+                ep,
+                "option `spin` is over 10ms: spinning that long only burns a core",
+            ));
+        }
+        check_name(ep)?;
+        Ok(Config {
+            capacity,
+            spin,
+            max_frame: ep.max_frame()?,
+        })
+    }
+}
+
+/// Capabilities for a connection whose rings hold `capacity` bytes.
+pub(crate) fn caps(capacity: usize, max_frame: usize) -> Capabilities {
+    Capabilities {
+        direction: Direction::Duplex,
+        delivery: Delivery::Reliable,
+        ordered: true,
+        boundaries: Boundaries::Messages,
+        max_message: max_frame.min(ring::max_message(capacity)),
+        reach: Reach::Host,
+        peer_loss: true,
+        accept: Accept::PerPeer,
+    }
+}
+
+fn parse_duration(v: &str) -> std::result::Result<Duration, String> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| "not a duration (e.g. 0, 500ns, 10us, 1ms)".to_string())?;
+    let ns = match unit.trim() {
+        "" | "ns" => 1,
+        "us" | "µs" => 1_000,
+        "ms" => 1_000_000,
+        u => return Err(format!("unknown unit `{u}` (use ns, us or ms)")),
+    };
+    n.checked_mul(ns)
+        .map(Duration::from_nanos)
+        .ok_or_else(|| "too large".to_string())
+}
+
+/// Checks the name: it becomes part of a file name.
+fn check_name(ep: &Endpoint) -> Result<()> {
+    let name = ep.address();
+    // The rules of the other named transports, then a stricter character set.
+    crate::local::check_name(ep, name)?;
+    let ok = (1..=64).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::InvalidEndpoint,
+            ep,
+            "an shm name is 1 to 64 characters of A-Z a-z 0-9 . _ - and does not start with `.`",
+        ))
+    }
+}
+
+#[async_trait]
+impl Transport for Shm {
+    fn scheme(&self) -> &'static str {
+        "shm"
+    }
+
+    fn capabilities(&self, ep: &Endpoint) -> Result<Capabilities> {
+        let cfg = Config::from_endpoint(ep)?;
+        Ok(caps(cfg.capacity, cfg.max_frame))
+    }
+
+    async fn bind(&self, ep: &Endpoint) -> Result<BoxListener> {
+        let cfg = Config::from_endpoint(ep)?;
+        imp::bind(ep, cfg).await
+    }
+
+    async fn connect(&self, ep: &Endpoint) -> Result<BoxConnection> {
+        let cfg = Config::from_endpoint(ep)?;
+        imp::connect(ep, cfg).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options() {
+        let ep = Endpoint::parse("shm://a?capacity=64KiB&spin=2us").unwrap();
+        let c = Config::from_endpoint(&ep).unwrap();
+        assert_eq!(c.capacity, 65536);
+        assert_eq!(c.spin, Duration::from_micros(2));
+        assert_eq!(Shm.capabilities(&ep).unwrap().max_message, 65536 - 8);
+        let ep = Endpoint::parse("shm://a?max_frame=1000").unwrap();
+        assert_eq!(Shm.capabilities(&ep).unwrap().max_message, 1000);
+        let ep = Endpoint::parse("shm://a").unwrap();
+        assert!(Shm.capabilities(&ep).unwrap().max_message >= 1 << 20);
+        for bad in [
+            "shm://a?capacity=1",
+            "shm://a?capacity=2GiB",
+            "shm://a?spin=fast",
+            "shm://a?spin=1s",
+            "shm://a?spin=20ms",
+            "shm://a?colour=red",
+            "shm://../x",
+            "shm://a/b",
+            "shm://.hidden",
+        ] {
+            let e = Shm
+                .capabilities(&Endpoint::parse(bad).unwrap())
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidEndpoint, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,607 @@
+//! Linux (and Unix) side of `shm://`: a Unix socket names the listener and carries the
+//! set-up; each connection gets a sealed memfd with both rings and four eventfds.
+//!
+//! Set-up, per connection:
+//! 1. The client connects to `<dir>/shm-<name>.sock` and sends the 8-byte hello `DWSHMhi1`.
+//! 2. The server checks the client's credentials (same user), creates a memfd
+//!    (`MFD_ALLOW_SEALING`, sized, preallocated, sealed against shrinking and growing so that
+//!    neither side can make the other's mapping fault), writes the segment header, creates
+//!    four eventfds (data/space doorbell for each side), and sends the 24-byte reply
+//!    `DWSHMok1`, capacity (u64 LE), segment length (u64 LE) with the five descriptors in one
+//!    `SCM_RIGHTS` message. A refused client gets `DWSHMno1` and a reason code instead.
+//! 3. The client checks the reply, the server's credentials, the memfd's size and seals, then
+//!    maps it and checks the segment header.
+//!
+//! The Unix socket then stays open, idle, for the life of the connection: when a process
+//! dies the kernel closes its end, the survivor's socket becomes readable with end-of-file,
+//! and its waiting `recv`/`send` fail with `ConnectionLost`.
+
+use super::{
+    caps,
+    conn::{OsLink, ShmConnection},
+    ring::{self, Consumer, Producer, SharedRegion, Which},
+    Config,
+};
+use ductwork_core::{
+    async_trait, BoxConnection, BoxListener, ConnectionInfo, Endpoint, Error, ErrorKind, Listener,
+    Result,
+};
+use rustix::{
+    event::{eventfd, EventfdFlags},
+    fs::{MemfdFlags, SealFlags},
+    mm::{MapFlags, ProtFlags},
+    net::{
+        RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+        SendAncillaryMessage, SendFlags,
+    },
+};
+use std::{
+    io::{self, IoSlice, IoSliceMut},
+    mem::MaybeUninit,
+    os::{
+        fd::{AsFd, OwnedFd},
+        unix::fs::{FileTypeExt, MetadataExt, PermissionsExt},
+    },
+    path::PathBuf,
+    sync::Arc,
+    task::{ready, Context, Poll},
+    time::Duration,
+};
+use tokio::{
+    io::{unix::AsyncFd, AsyncReadExt, AsyncWriteExt, Interest},
+    net::{UnixListener, UnixStream},
+    sync::mpsc,
+};
+
+const HELLO: &[u8; 8] = b"DWSHMhi1";
+const REPLY_OK: &[u8; 8] = b"DWSHMok1";
+const REPLY_NO: &[u8; 8] = b"DWSHMno1";
+const REPLY_LEN: usize = 24;
+const NO_OTHER_USER: u64 = 1;
+/// How long a connecting client may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn my_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// `shm-<name>.sock` in the private per-user directory shared with `pipe://` and
+/// `mailslot://` (see `crate::local::unix`: created 0700, refused if someone else could use it).
+fn socket_path(ep: &Endpoint) -> Result<PathBuf> {
+    crate::local::unix::socket_path(ep, "shm", ep.address())
+}
+
+// ----------------------------------------------------------------------------------------
+// The mapping.
+
+/// A shared mapping of a memfd, unmapped on drop.
+struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory, only accessed through atomics and raw copies
+// (see ring.rs); the pointer stays valid until drop.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+// SAFETY: `ptr` is a live MAP_SHARED mapping of `len` bytes (page-aligned, so 128-aligned)
+// until drop, and the memfd is sealed against shrinking, so no access within `len` faults.
+unsafe impl SharedRegion for Mapping {
+    fn base(&self) -> *mut u8 {
+        self.ptr
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Mapping {
+    /// Maps `len` bytes of `fd`, populating the page tables now so that the first messages do
+    /// not pay for page faults.
+    fn map(fd: &OwnedFd, len: usize) -> io::Result<Mapping> {
+        // SAFETY: a fresh mapping chosen by the kernel (null hint) aliases no Rust object;
+        // `fd` is a memfd at least `len` bytes long, sealed against shrinking (callers check).
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED | MapFlags::POPULATE,
+                fd,
+                0,
+            )
+        }?;
+        Ok(Mapping {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: we mapped exactly this range and nothing uses it any more (the rings hold
+        // the Arc that owns us).
+        let _ = unsafe { rustix::mm::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// Creates a sealed, preallocated memfd for rings of `capacity` bytes and maps it.
+fn create_segment(capacity: usize) -> io::Result<(OwnedFd, Arc<Mapping>)> {
+    let len = ring::segment_len(capacity);
+    let fd = rustix::fs::memfd_create(
+        "ductwork-shm",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )?;
+    rustix::fs::ftruncate(&fd, len as u64)?;
+    // Reserve the memory now, so that running out of it is an error here rather than a
+    // SIGBUS later. Not every kernel or filesystem supports it; the seals below still hold.
+    let _ = rustix::fs::fallocate(&fd, rustix::fs::FallocateFlags::empty(), 0, len as u64);
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
+    let map = Arc::new(Mapping::map(&fd, len)?);
+    ring::init_segment(&*map, capacity);
+    Ok((fd, map))
+}
+
+/// Maps a memfd received from the server after checking its size and seals.
+fn map_received(fd: &OwnedFd, len: usize) -> std::result::Result<Arc<Mapping>, String> {
+    let seals = rustix::fs::fcntl_get_seals(fd)
+        .map_err(|e| format!("the shared segment is not a sealed memfd: {e}"))?;
+    if !seals.contains(SealFlags::SHRINK) {
+        return Err("the shared segment is not sealed against shrinking".into());
+    }
+    let size = rustix::fs::fstat(fd)
+        .map_err(|e| format!("fstat of the shared segment: {e}"))?
+        .st_size;
+    if size < 0 || (size as u64) < len as u64 {
+        return Err(format!(
+            "the shared segment has {size} bytes, less than the announced {len}"
+        ));
+    }
+    Mapping::map(fd, len)
+        .map(Arc::new)
+        .map_err(|e| format!("mmap of the shared segment: {e}"))
+}
+
+// ----------------------------------------------------------------------------------------
+// Doorbells and liveness.
+
+fn new_eventfd() -> io::Result<OwnedFd> {
+    Ok(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?)
+}
+
+/// The OS side of one connection.
+struct Link {
+    /// Our doorbells: the peer rings them, we wait on them.
+    data: AsyncFd<OwnedFd>,
+    space: AsyncFd<OwnedFd>,
+    /// The peer's doorbells.
+    peer_data: OwnedFd,
+    peer_space: OwnedFd,
+    /// The Unix socket to the peer, twice (dup), so the receiving and the sending side each
+    /// have their own waker registration.
+    gone_rx: AsyncFd<OwnedFd>,
+    gone_tx: AsyncFd<OwnedFd>,
+}
+
+fn poll_eventfd(fd: &AsyncFd<OwnedFd>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    loop {
+        let mut guard = ready!(fd.poll_read_ready(cx))?;
+        let mut buf = [0u8; 8];
+        match guard.try_io(|inner| Ok(rustix::io::read(inner.get_ref(), &mut buf)?)) {
+            Ok(Ok(_)) => return Poll::Ready(Ok(())),
+            Ok(Err(e)) => return Poll::Ready(Err(e)),
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+fn poll_gone(fd: &AsyncFd<OwnedFd>, cx: &mut Context<'_>) -> Poll<()> {
+    loop {
+        let Ok(mut guard) = ready!(fd.poll_read_ready(cx)) else {
+            return Poll::Ready(());
+        };
+        let mut buf = [0u8; 1];
+        let peek = guard.try_io(|inner| {
+            Ok(rustix::net::recv(
+                inner.get_ref(),
+                &mut buf,
+                RecvFlags::PEEK | RecvFlags::DONTWAIT,
+            )?)
+        });
+        match peek {
+            // End of file (the peer's process closed the socket: it exited or died), an
+            // error, or bytes the peer must never send after set-up: the peer is gone or
+            // broken either way.
+            Ok(_) => return Poll::Ready(()),
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+fn ring_eventfd(fd: &OwnedFd) -> io::Result<()> {
+    match rustix::io::write(fd, &1u64.to_ne_bytes()) {
+        // EAGAIN: the counter is saturated, so the doorbell is ringing anyway.
+        Ok(_) | Err(rustix::io::Errno::AGAIN) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl OsLink for Link {
+    fn poll_data(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        poll_eventfd(&self.data, cx)
+    }
+    fn poll_space(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        poll_eventfd(&self.space, cx)
+    }
+    fn ring_data(&self) -> io::Result<()> {
+        ring_eventfd(&self.peer_data)
+    }
+    fn ring_space(&self) -> io::Result<()> {
+        ring_eventfd(&self.peer_space)
+    }
+    fn poll_gone_rx(&self, cx: &mut Context<'_>) -> Poll<()> {
+        poll_gone(&self.gone_rx, cx)
+    }
+    fn poll_gone_tx(&self, cx: &mut Context<'_>) -> Poll<()> {
+        poll_gone(&self.gone_tx, cx)
+    }
+}
+
+/// Makes a received descriptor non-blocking (the peer chose its flags) and registers it.
+fn async_fd(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    rustix::io::ioctl_fionbio(&fd, true)?;
+    // SAFETY: the OwnedFd is moved into the AsyncFd, which keeps it open and unchanged for
+    // its whole life; nothing else closes or replaces this descriptor.
+    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(|e| e.into_parts().1)
+}
+
+fn link(
+    socket: UnixStream,
+    data: OwnedFd,
+    space: OwnedFd,
+    peer_data: OwnedFd,
+    peer_space: OwnedFd,
+) -> io::Result<Link> {
+    let socket: OwnedFd = socket.into_std()?.into();
+    let dup = socket.try_clone()?;
+    Ok(Link {
+        data: async_fd(data)?,
+        space: async_fd(space)?,
+        peer_data,
+        peer_space,
+        gone_rx: async_fd(socket)?,
+        gone_tx: async_fd(dup)?,
+    })
+}
+
+fn describe_peer(s: &UnixStream) -> Option<String> {
+    s.peer_cred().ok().map(|c| match c.pid() {
+        Some(pid) => format!("pid {pid}, uid {}", c.uid()),
+        None => format!("uid {}", c.uid()),
+    })
+}
+
+// ----------------------------------------------------------------------------------------
+// Listener.
+
+pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
+    let path = socket_path(ep)?;
+    if let Ok(meta) = std::fs::symlink_metadata(&path) {
+        if !meta.file_type().is_socket() {
+            return Err(Error::new(
+                ErrorKind::AddrInUse,
+                ep,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        match UnixStream::connect(&path).await {
+            Ok(_) => {
+                return Err(Error::new(
+                    ErrorKind::AddrInUse,
+                    ep,
+                    "another process is listening on this shm name",
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                tracing::debug!(endpoint = %ep, "replacing a stale shm socket file");
+                std::fs::remove_file(&path)
+                    .map_err(|e| Error::io(ep, "remove stale socket file", e))?;
+            }
+            Err(e) => return Err(Error::io(ep, "probe existing socket file", e)),
+        }
+    }
+    let listener = UnixListener::bind(&path).map_err(|e| Error::io(ep, "bind", e))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::io(ep, "set socket file permissions", e))?;
+    let ino = std::fs::metadata(&path).map(|m| (m.dev(), m.ino())).ok();
+    let (tx, rx) = mpsc::channel(16);
+    let task = tokio::spawn(accept_loop(listener, ep.clone(), cfg, tx));
+    Ok(Box::new(ShmListener {
+        endpoint: ep.clone(),
+        rx,
+        task,
+        path,
+        ino,
+    }))
+}
+
+/// Accepts sockets and runs each set-up in its own task, so that a slow or hostile client
+/// cannot hold up others; finished connections queue (boundedly) for `accept`.
+async fn accept_loop(
+    listener: UnixListener,
+    ep: Endpoint,
+    cfg: Config,
+    tx: mpsc::Sender<Result<BoxConnection>>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let tx = tx.clone();
+                let ep = ep.clone();
+                tokio::spawn(async move {
+                    match serve_handshake(stream, &ep, cfg).await {
+                        Ok(c) => {
+                            let _ = tx.send(Ok(c)).await;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "shm set-up with a client failed"),
+                    }
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+            Err(e) => {
+                if tx.send(Err(Error::io(&ep, "accept", e))).await.is_err() {
+                    return;
+                }
+                // Out of descriptors or similar: give the system a moment.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_handshake(
+    mut stream: UnixStream,
+    ep: &Endpoint,
+    cfg: Config,
+) -> Result<BoxConnection> {
+    let peer = describe_peer(&stream);
+    let uid = stream
+        .peer_cred()
+        .map_err(|e| Error::io(ep, "read the client's credentials", e))?
+        .uid();
+    if uid != my_uid() {
+        let mut no = [0u8; REPLY_LEN];
+        no[..8].copy_from_slice(REPLY_NO);
+        no[8..16].copy_from_slice(&NO_OTHER_USER.to_le_bytes());
+        let _ = stream.write_all(&no).await;
+        return Err(Error::new(
+            ErrorKind::PermissionDenied,
+            ep,
+            format!("refused a client of uid {uid}"),
+        ));
+    }
+    let mut hello = [0u8; 8];
+    match tokio::time::timeout(HELLO_TIMEOUT, stream.read_exact(&mut hello)).await {
+        Ok(Ok(_)) if &hello == HELLO => {}
+        Ok(Ok(_)) => {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                ep,
+                "bad hello from a client",
+            ))
+        }
+        Ok(Err(e)) => return Err(Error::io(ep, "read the client's hello", e)),
+        Err(_) => {
+            return Err(Error::new(
+                ErrorKind::Timeout,
+                ep,
+                "the client said no hello",
+            ))
+        }
+    }
+    let setup = || -> io::Result<_> {
+        let (memfd, map) = create_segment(cfg.capacity)?;
+        Ok((
+            memfd,
+            map,
+            [
+                new_eventfd()?,
+                new_eventfd()?,
+                new_eventfd()?,
+                new_eventfd()?,
+            ],
+        ))
+    };
+    let (memfd, map, [c_data, c_space, s_data, s_space]) =
+        setup().map_err(|e| Error::io(ep, "create the shared segment", e))?;
+    let mut reply = [0u8; REPLY_LEN];
+    reply[..8].copy_from_slice(REPLY_OK);
+    reply[8..16].copy_from_slice(&(cfg.capacity as u64).to_le_bytes());
+    reply[16..24].copy_from_slice(&(map.len as u64).to_le_bytes());
+    let fds = [
+        memfd.as_fd(),
+        c_data.as_fd(),
+        c_space.as_fd(),
+        s_data.as_fd(),
+        s_space.as_fd(),
+    ];
+    let sent = stream
+        .async_io(Interest::WRITABLE, || {
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(5))];
+            let mut ctl = SendAncillaryBuffer::new(&mut space);
+            ctl.push(SendAncillaryMessage::ScmRights(&fds));
+            Ok(rustix::net::sendmsg(
+                &stream,
+                &[IoSlice::new(&reply)],
+                &mut ctl,
+                SendFlags::NOSIGNAL,
+            )?)
+        })
+        .await
+        .map_err(|e| Error::io(ep, "send the shared segment to the client", e))?;
+    if sent != REPLY_LEN {
+        return Err(Error::new(ErrorKind::Io, ep, "short set-up reply"));
+    }
+    drop(memfd);
+    let cap = cfg.capacity;
+    let region: Arc<dyn SharedRegion> = map;
+    let info = ConnectionInfo {
+        endpoint: ep.clone(),
+        peer,
+        capabilities: caps(cap, cfg.max_frame),
+    };
+    let max = info.capabilities.max_message;
+    let link = link(stream, s_data, s_space, c_data, c_space)
+        .map_err(|e| Error::io(ep, "register the doorbells", e))?;
+    Ok(Box::new(ShmConnection::new(
+        Producer::new(region.clone(), cap, Which::A),
+        Consumer::new(region, cap, Which::B, max),
+        Box::new(link),
+        info,
+        cfg.spin,
+    )))
+}
+
+struct ShmListener {
+    endpoint: Endpoint,
+    rx: mpsc::Receiver<Result<BoxConnection>>,
+    task: tokio::task::JoinHandle<()>,
+    path: PathBuf,
+    ino: Option<(u64, u64)>,
+}
+
+#[async_trait]
+impl Listener for ShmListener {
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    async fn accept(&mut self) -> Result<BoxConnection> {
+        match self.rx.recv().await {
+            Some(r) => r,
+            None => Err(Error::new(
+                ErrorKind::Io,
+                &self.endpoint,
+                "the accepting task stopped",
+            )),
+        }
+    }
+}
+
+impl Drop for ShmListener {
+    fn drop(&mut self) {
+        self.task.abort();
+        let still_ours = std::fs::metadata(&self.path)
+            .map(|m| Some((m.dev(), m.ino())) == self.ino)
+            .unwrap_or(false);
+        if still_ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------------------
+// Client.
+
+pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection> {
+    let path = socket_path(ep)?;
+    let mut stream = UnixStream::connect(&path)
+        .await
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                Error::new(ErrorKind::NotFound, ep, "no listener has this shm name").with_source(e)
+            }
+            _ => Error::io(ep, "connect", e),
+        })?;
+    let server_uid = stream
+        .peer_cred()
+        .map_err(|e| Error::io(ep, "read the listener's credentials", e))?
+        .uid();
+    if server_uid != my_uid() {
+        return Err(Error::new(
+            ErrorKind::PermissionDenied,
+            ep,
+            format!("the listener runs as uid {server_uid}, not as us"),
+        ));
+    }
+    let peer = describe_peer(&stream);
+    stream
+        .write_all(HELLO)
+        .await
+        .map_err(|e| Error::io(ep, "send hello", e))?;
+    let mut reply = [0u8; REPLY_LEN];
+    let (n, fds) = stream
+        .async_io(Interest::READABLE, || {
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(5))];
+            let mut ctl = RecvAncillaryBuffer::new(&mut space);
+            let got = rustix::net::recvmsg(
+                &stream,
+                &mut [IoSliceMut::new(&mut reply)],
+                &mut ctl,
+                RecvFlags::CMSG_CLOEXEC,
+            )?;
+            let mut fds: Vec<OwnedFd> = Vec::new();
+            for msg in ctl.drain() {
+                if let RecvAncillaryMessage::ScmRights(rights) = msg {
+                    fds.extend(rights);
+                }
+            }
+            Ok((got.bytes, fds))
+        })
+        .await
+        .map_err(|e| Error::io(ep, "receive the shared segment", e))?;
+    let bad = |why: String| Error::new(ErrorKind::Protocol, ep, why);
+    if n == 0 {
+        return Err(Error::new(
+            ErrorKind::ConnectionLost,
+            ep,
+            "the listener closed the connection during set-up",
+        ));
+    }
+    if n == REPLY_LEN && &reply[..8] == REPLY_NO {
+        return Err(Error::new(
+            ErrorKind::PermissionDenied,
+            ep,
+            "the listener refused us (it runs as another user)",
+        ));
+    }
+    if n != REPLY_LEN || &reply[..8] != REPLY_OK {
+        return Err(bad("the listener's set-up reply is not ductwork's".into()));
+    }
+    let Ok::<[OwnedFd; 5], _>([memfd, c_data, c_space, s_data, s_space]) = fds.try_into() else {
+        return Err(bad(
+            "the listener passed the wrong number of descriptors".into()
+        ));
+    };
+    let seg_len = u64::from_le_bytes(reply[16..24].try_into().expect("8 bytes"));
+    let seg_len = usize::try_from(seg_len)
+        .ok()
+        .filter(|l| *l <= ring::segment_len(ring::MAX_CAPACITY))
+        .ok_or_else(|| {
+            bad(format!(
+                "the listener announces a segment of {seg_len} bytes"
+            ))
+        })?;
+    let map = map_received(&memfd, seg_len).map_err(bad)?;
+    drop(memfd);
+    let cap = ring::check_segment(&*map).map_err(bad)?;
+    let region: Arc<dyn SharedRegion> = map;
+    let info = ConnectionInfo {
+        endpoint: ep.clone(),
+        peer,
+        capabilities: caps(cap, cfg.max_frame),
+    };
+    let max = info.capabilities.max_message;
+    let link = link(stream, c_data, c_space, s_data, s_space)
+        .map_err(|e| Error::io(ep, "register the doorbells", e))?;
+    Ok(Box::new(ShmConnection::new(
+        Producer::new(region.clone(), cap, Which::B),
+        Consumer::new(region, cap, Which::A, max),
+        Box::new(link),
+        info,
+        cfg.spin,
+    )))
+}

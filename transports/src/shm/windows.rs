@@ -1,0 +1,667 @@
+//! Windows side of `shm://`: a named pipe names the listener and carries the set-up; each
+//! connection gets an unnamed pagefile-backed section with both rings and four unnamed
+//! auto-reset events, duplicated straight into the client process.
+//!
+//! Set-up, per connection:
+//! 1. The client opens `\\.\pipe\ductwork-shm-<name>` (local clients only) and sends the
+//!    8-byte hello `DWSHMhi1`.
+//! 2. The server learns the client's process id from the pipe
+//!    (`GetNamedPipeClientProcessId`), opens it (`PROCESS_DUP_HANDLE | SYNCHRONIZE`: this
+//!    fails for a process of another user), creates the section (`CreateFileMappingW`) and
+//!    the events (`CreateEventW`), maps the section, writes the segment header, duplicates the
+//!    section and the four events into the client (`DuplicateHandle`) and sends the 64-byte
+//!    reply `DWSHMok1`, capacity, segment length and the five handle values (u64 LE each).
+//!    No object has a name, so nothing can be squatted or opened by a third process.
+//! 3. The client checks the reply and maps exactly the announced length (`MapViewOfFile`
+//!    fails if the section is smaller), then checks the segment header.
+//!
+//! Waiting: one thread per connection blocks in `WaitForMultipleObjects` on our two doorbell
+//! events, the peer's process handle and a stop event, and wakes the tokio tasks through
+//! `AtomicWaker`s: no tokio worker ever blocks. The peer's process handle is the liveness
+//! signal: it becomes signalled when the peer exits or is killed.
+
+use super::{
+    caps,
+    conn::{OsLink, ShmConnection},
+    ring::{self, Consumer, Producer, SharedRegion, Which},
+    Config,
+};
+use ductwork_core::{
+    async_trait, BoxConnection, BoxListener, ConnectionInfo, Endpoint, Error, ErrorKind, Listener,
+    Result,
+};
+use futures::task::AtomicWaker;
+use std::{
+    io,
+    os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle, RawHandle},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::windows::named_pipe::{ClientOptions, NamedPipeServer, PipeMode, ServerOptions},
+    sync::mpsc,
+};
+use windows_sys::Win32::{
+    Foundation::{
+        DuplicateHandle, GetLastError, DUPLICATE_SAME_ACCESS, ERROR_ACCESS_DENIED,
+        ERROR_FILE_NOT_FOUND, ERROR_NO_DATA, ERROR_PATH_NOT_FOUND, ERROR_PIPE_BUSY,
+        ERROR_SEM_TIMEOUT, HANDLE, INVALID_HANDLE_VALUE, WAIT_OBJECT_0,
+    },
+    System::{
+        Memory::{
+            CreateFileMappingW, MapViewOfFile, UnmapViewOfFile, FILE_MAP_ALL_ACCESS,
+            MEMORY_MAPPED_VIEW_ADDRESS, PAGE_READWRITE,
+        },
+        Pipes::{GetNamedPipeClientProcessId, GetNamedPipeServerProcessId, WaitNamedPipeW},
+        Threading::{
+            CreateEventW, GetCurrentProcess, OpenProcess, SetEvent, WaitForMultipleObjects,
+            INFINITE, PROCESS_DUP_HANDLE, PROCESS_SYNCHRONIZE,
+        },
+    },
+};
+
+const HELLO: &[u8; 8] = b"DWSHMhi1";
+const REPLY_OK: &[u8; 8] = b"DWSHMok1";
+const REPLY_LEN: usize = 64;
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn pipe_path(ep: &Endpoint) -> String {
+    format!(r"\\.\pipe\ductwork-shm-{}", ep.address())
+}
+
+fn os_error(e: &io::Error) -> Option<u32> {
+    e.raw_os_error().map(|c| c as u32)
+}
+
+fn last_error() -> io::Error {
+    io::Error::last_os_error()
+}
+
+/// Takes ownership of a handle a Win32 call returned, or the last error if it failed.
+fn owned(h: HANDLE) -> io::Result<OwnedHandle> {
+    if h.is_null() || h == INVALID_HANDLE_VALUE {
+        Err(last_error())
+    } else {
+        // SAFETY: `h` is a fresh, valid handle that nothing else owns.
+        Ok(unsafe { OwnedHandle::from_raw_handle(h as RawHandle) })
+    }
+}
+
+fn raw(h: &OwnedHandle) -> HANDLE {
+    h.as_raw_handle() as HANDLE
+}
+
+// ----------------------------------------------------------------------------------------
+// The mapping.
+
+struct View {
+    ptr: *mut u8,
+    len: usize,
+    /// Keeps the section alive as long as the view (the view alone would too; explicit).
+    _section: OwnedHandle,
+}
+
+// SAFETY: plain shared memory, only accessed through atomics and raw copies (ring.rs).
+unsafe impl Send for View {}
+// SAFETY: as above.
+unsafe impl Sync for View {}
+
+// SAFETY: `ptr` is a live view of `len` bytes (64 KiB-aligned) until drop; sections cannot
+// shrink, so no access within `len` faults.
+unsafe impl SharedRegion for View {
+    fn base(&self) -> *mut u8 {
+        self.ptr
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl View {
+    fn map(section: OwnedHandle, len: usize) -> io::Result<View> {
+        // SAFETY: a valid section handle; the system chooses the address. Fails if the
+        // section is smaller than `len`.
+        let v = unsafe { MapViewOfFile(raw(&section), FILE_MAP_ALL_ACCESS, 0, 0, len) };
+        if v.Value.is_null() {
+            return Err(last_error());
+        }
+        Ok(View {
+            ptr: v.Value.cast(),
+            len,
+            _section: section,
+        })
+    }
+}
+
+impl Drop for View {
+    fn drop(&mut self) {
+        // SAFETY: we mapped this view and nothing uses it any more (the rings hold the Arc
+        // that owns us).
+        unsafe {
+            UnmapViewOfFile(MEMORY_MAPPED_VIEW_ADDRESS {
+                Value: self.ptr.cast(),
+            })
+        };
+    }
+}
+
+fn create_section(len: usize) -> io::Result<OwnedHandle> {
+    let len = len as u64;
+    // SAFETY: pagefile-backed (INVALID_HANDLE_VALUE), unnamed, default security (the handle
+    // is only ever duplicated into our peer).
+    owned(unsafe {
+        CreateFileMappingW(
+            INVALID_HANDLE_VALUE,
+            std::ptr::null(),
+            PAGE_READWRITE,
+            (len >> 32) as u32,
+            len as u32,
+            std::ptr::null(),
+        )
+    })
+}
+
+fn new_event() -> io::Result<OwnedHandle> {
+    // SAFETY: an unnamed auto-reset event, initially unsignalled.
+    owned(unsafe { CreateEventW(std::ptr::null(), 0, 0, std::ptr::null()) })
+}
+
+/// Duplicates `h` into `process`, returning the handle value valid there.
+fn dup_into(process: &OwnedHandle, h: &OwnedHandle) -> io::Result<u64> {
+    let mut out: HANDLE = std::ptr::null_mut();
+    // SAFETY: both handles are valid; `out` is valid for a write.
+    let ok = unsafe {
+        DuplicateHandle(
+            GetCurrentProcess(),
+            raw(h),
+            raw(process),
+            &mut out,
+            0,
+            0,
+            DUPLICATE_SAME_ACCESS,
+        )
+    };
+    if ok == 0 {
+        return Err(last_error());
+    }
+    Ok(out as usize as u64)
+}
+
+fn open_process(pid: u32, access: u32) -> io::Result<OwnedHandle> {
+    // SAFETY: plain call; the result is checked.
+    owned(unsafe { OpenProcess(access, 0, pid) })
+}
+
+// ----------------------------------------------------------------------------------------
+// Doorbells and liveness.
+
+/// Handles the waiter thread needs; shared so they outlive it.
+struct Handles {
+    data: OwnedHandle,
+    space: OwnedHandle,
+    peer_process: OwnedHandle,
+    stop: OwnedHandle,
+}
+
+#[derive(Default)]
+struct Flags {
+    data: AtomicBool,
+    space: AtomicBool,
+    gone: AtomicBool,
+    w_data: AtomicWaker,
+    w_space: AtomicWaker,
+    w_gone_rx: AtomicWaker,
+    w_gone_tx: AtomicWaker,
+}
+
+struct Link {
+    flags: Arc<Flags>,
+    handles: Arc<Handles>,
+    peer_data: OwnedHandle,
+    peer_space: OwnedHandle,
+    /// Kept open for the life of the connection.
+    _pipe: Box<dyn Send + Sync>,
+}
+
+fn waiter(handles: Arc<Handles>, flags: Arc<Flags>) {
+    let list = [
+        raw(&handles.data),
+        raw(&handles.space),
+        raw(&handles.peer_process),
+        raw(&handles.stop),
+    ];
+    loop {
+        // SAFETY: four valid handles, kept alive by `handles` for the whole call.
+        let r = unsafe { WaitForMultipleObjects(4, list.as_ptr(), 0, INFINITE) };
+        match r.wrapping_sub(WAIT_OBJECT_0) {
+            0 => {
+                flags.data.store(true, Ordering::SeqCst);
+                flags.w_data.wake();
+            }
+            1 => {
+                flags.space.store(true, Ordering::SeqCst);
+                flags.w_space.wake();
+            }
+            3 => return,
+            // The peer process ended (2), or waiting failed: either way we can no longer
+            // hear from the peer.
+            _ => {
+                flags.gone.store(true, Ordering::SeqCst);
+                flags.w_gone_rx.wake();
+                flags.w_gone_tx.wake();
+                flags.w_data.wake();
+                flags.w_space.wake();
+                return;
+            }
+        }
+    }
+}
+
+fn poll_flag(flag: &AtomicBool, waker: &AtomicWaker, cx: &mut Context<'_>, clear: bool) -> bool {
+    let take = |f: &AtomicBool| {
+        if clear {
+            f.swap(false, Ordering::SeqCst)
+        } else {
+            f.load(Ordering::SeqCst)
+        }
+    };
+    if take(flag) {
+        return true;
+    }
+    waker.register(cx.waker());
+    take(flag)
+}
+
+fn set(h: &OwnedHandle) -> io::Result<()> {
+    // SAFETY: a valid event handle.
+    if unsafe { SetEvent(raw(h)) } == 0 {
+        Err(last_error())
+    } else {
+        Ok(())
+    }
+}
+
+impl OsLink for Link {
+    fn poll_data(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if poll_flag(&self.flags.data, &self.flags.w_data, cx, true) {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+    fn poll_space(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if poll_flag(&self.flags.space, &self.flags.w_space, cx, true) {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+    fn ring_data(&self) -> io::Result<()> {
+        set(&self.peer_data)
+    }
+    fn ring_space(&self) -> io::Result<()> {
+        set(&self.peer_space)
+    }
+    fn poll_gone_rx(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if poll_flag(&self.flags.gone, &self.flags.w_gone_rx, cx, false) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+    fn poll_gone_tx(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if poll_flag(&self.flags.gone, &self.flags.w_gone_tx, cx, false) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // The waiter thread returns; it holds its own Arc of the handles.
+        let _ = set(&self.handles.stop);
+    }
+}
+
+fn link(
+    pipe: Box<dyn Send + Sync>,
+    peer_process: OwnedHandle,
+    data: OwnedHandle,
+    space: OwnedHandle,
+    peer_data: OwnedHandle,
+    peer_space: OwnedHandle,
+) -> io::Result<Link> {
+    let handles = Arc::new(Handles {
+        data,
+        space,
+        peer_process,
+        stop: new_event()?,
+    });
+    let flags = Arc::new(Flags::default());
+    let (h, f) = (handles.clone(), flags.clone());
+    std::thread::Builder::new()
+        .name("ductwork-shm-wait".into())
+        .spawn(move || waiter(h, f))?;
+    Ok(Link {
+        flags,
+        handles,
+        peer_data,
+        peer_space,
+        _pipe: pipe,
+    })
+}
+
+fn connection(
+    ep: &Endpoint,
+    cfg: Config,
+    region: Arc<dyn SharedRegion>,
+    cap: usize,
+    server: bool,
+    link: Link,
+    peer: Option<String>,
+) -> BoxConnection {
+    let info = ConnectionInfo {
+        endpoint: ep.clone(),
+        peer,
+        capabilities: caps(cap, cfg.max_frame),
+    };
+    let max = info.capabilities.max_message;
+    let (out, inn) = if server {
+        (Which::A, Which::B)
+    } else {
+        (Which::B, Which::A)
+    };
+    Box::new(ShmConnection::new(
+        Producer::new(region.clone(), cap, out),
+        Consumer::new(region, cap, inn, max),
+        Box::new(link),
+        info,
+        cfg.spin,
+    ))
+}
+
+// ----------------------------------------------------------------------------------------
+// Listener.
+
+fn create_instance(path: &str, first: bool) -> io::Result<NamedPipeServer> {
+    ServerOptions::new()
+        .pipe_mode(PipeMode::Byte)
+        .first_pipe_instance(first)
+        .reject_remote_clients(true)
+        .create(path)
+}
+
+/// Whether a pipe of this name exists (Wine ignores `FILE_FLAG_FIRST_PIPE_INSTANCE`, so this
+/// check is what makes `AddrInUse` work there).
+fn pipe_exists(path: &str) -> bool {
+    let name: Vec<u16> = path.encode_utf16().chain(Some(0)).collect();
+    // SAFETY: `name` is NUL-terminated and outlives the call; waits 1 ms at most.
+    if unsafe { WaitNamedPipeW(name.as_ptr(), 1) } != 0 {
+        return true;
+    }
+    // SAFETY: reads this thread's last error; no preconditions.
+    unsafe { GetLastError() == ERROR_SEM_TIMEOUT }
+}
+
+pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
+    let path = pipe_path(ep);
+    let in_use = || {
+        Error::new(
+            ErrorKind::AddrInUse,
+            ep,
+            "another process is listening on this shm name",
+        )
+    };
+    if pipe_exists(&path) {
+        return Err(in_use());
+    }
+    let first = create_instance(&path, true).map_err(|e| match os_error(&e) {
+        Some(ERROR_ACCESS_DENIED) | Some(ERROR_PIPE_BUSY) => in_use().with_source(e),
+        _ => Error::io(ep, "create the named pipe", e),
+    })?;
+    let (tx, rx) = mpsc::channel(16);
+    let task = tokio::spawn(accept_loop(first, path, ep.clone(), cfg, tx));
+    Ok(Box::new(ShmListener {
+        endpoint: ep.clone(),
+        rx,
+        task,
+    }))
+}
+
+async fn accept_loop(
+    mut next: NamedPipeServer,
+    path: String,
+    ep: Endpoint,
+    cfg: Config,
+    tx: mpsc::Sender<Result<BoxConnection>>,
+) {
+    loop {
+        let r = next.connect().await;
+        // Always keep an instance waiting: create the next one before handing this out.
+        let fresh = match create_instance(&path, false) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = tx
+                    .send(Err(Error::io(&ep, "create the next pipe instance", e)))
+                    .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let conn = std::mem::replace(&mut next, fresh);
+        match r {
+            Ok(()) => {}
+            Err(e) if os_error(&e) == Some(ERROR_NO_DATA) => continue,
+            Err(e) => {
+                if tx.send(Err(Error::io(&ep, "accept", e))).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        }
+        let tx = tx.clone();
+        let ep = ep.clone();
+        tokio::spawn(async move {
+            match serve_handshake(conn, &ep, cfg).await {
+                Ok(c) => {
+                    let _ = tx.send(Ok(c)).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "shm set-up with a client failed"),
+            }
+        });
+    }
+}
+
+async fn serve_handshake(
+    mut pipe: NamedPipeServer,
+    ep: &Endpoint,
+    cfg: Config,
+) -> Result<BoxConnection> {
+    let mut hello = [0u8; 8];
+    match tokio::time::timeout(HELLO_TIMEOUT, pipe.read_exact(&mut hello)).await {
+        Ok(Ok(_)) if &hello == HELLO => {}
+        Ok(Ok(_)) => {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                ep,
+                "bad hello from a client",
+            ))
+        }
+        Ok(Err(e)) => return Err(Error::io(ep, "read the client's hello", e)),
+        Err(_) => {
+            return Err(Error::new(
+                ErrorKind::Timeout,
+                ep,
+                "the client said no hello",
+            ))
+        }
+    }
+    let mut pid = 0u32;
+    // SAFETY: the pipe handle is valid while `pipe` lives; `pid` is valid for a write.
+    if unsafe { GetNamedPipeClientProcessId(pipe.as_raw_handle() as HANDLE, &mut pid) } == 0 {
+        return Err(Error::io(ep, "identify the client process", last_error()));
+    }
+    let setup = || -> io::Result<_> {
+        let client = open_process(pid, PROCESS_DUP_HANDLE | PROCESS_SYNCHRONIZE)?;
+        let len = ring::segment_len(cfg.capacity);
+        let section = create_section(len)?;
+        let dup_section = dup_into(&client, &section)?;
+        let view = Arc::new(View::map(section, len)?);
+        ring::init_segment(&*view, cfg.capacity);
+        let events = [new_event()?, new_event()?, new_event()?, new_event()?];
+        let mut values = [dup_section, 0, 0, 0, 0];
+        for (i, e) in events.iter().enumerate() {
+            values[i + 1] = dup_into(&client, e)?;
+        }
+        Ok((client, view, len, events, values))
+    };
+    let (client, view, len, [c_data, c_space, s_data, s_space], values) =
+        setup().map_err(|e| Error::io(ep, "set up the shared segment for the client", e))?;
+    let mut reply = [0u8; REPLY_LEN];
+    reply[..8].copy_from_slice(REPLY_OK);
+    reply[8..16].copy_from_slice(&(cfg.capacity as u64).to_le_bytes());
+    reply[16..24].copy_from_slice(&(len as u64).to_le_bytes());
+    for (i, v) in values.iter().enumerate() {
+        reply[24 + 8 * i..32 + 8 * i].copy_from_slice(&v.to_le_bytes());
+    }
+    pipe.write_all(&reply)
+        .await
+        .map_err(|e| Error::io(ep, "send the set-up reply", e))?;
+    let link = link(Box::new(pipe), client, s_data, s_space, c_data, c_space)
+        .map_err(|e| Error::io(ep, "start the doorbell waiter", e))?;
+    Ok(connection(
+        ep,
+        cfg,
+        view,
+        cfg.capacity,
+        true,
+        link,
+        Some(format!("pid {pid}")),
+    ))
+}
+
+struct ShmListener {
+    endpoint: Endpoint,
+    rx: mpsc::Receiver<Result<BoxConnection>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[async_trait]
+impl Listener for ShmListener {
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    async fn accept(&mut self) -> Result<BoxConnection> {
+        match self.rx.recv().await {
+            Some(r) => r,
+            None => Err(Error::new(
+                ErrorKind::Io,
+                &self.endpoint,
+                "the accepting task stopped",
+            )),
+        }
+    }
+}
+
+impl Drop for ShmListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// ----------------------------------------------------------------------------------------
+// Client.
+
+pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection> {
+    let path = pipe_path(ep);
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    let mut pipe = loop {
+        match ClientOptions::new().pipe_mode(PipeMode::Byte).open(&path) {
+            Ok(p) => break p,
+            Err(e) if os_error(&e) == Some(ERROR_PIPE_BUSY) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(e) => {
+                return Err(match os_error(&e) {
+                    Some(ERROR_FILE_NOT_FOUND) | Some(ERROR_PATH_NOT_FOUND) => {
+                        Error::new(ErrorKind::NotFound, ep, "no listener has this shm name")
+                            .with_source(e)
+                    }
+                    _ => Error::io(ep, "open the listener's pipe", e),
+                })
+            }
+        }
+    };
+    let mut pid = 0u32;
+    // SAFETY: the pipe handle is valid while `pipe` lives; `pid` is valid for a write.
+    if unsafe { GetNamedPipeServerProcessId(pipe.as_raw_handle() as HANDLE, &mut pid) } == 0 {
+        return Err(Error::io(ep, "identify the listener process", last_error()));
+    }
+    let server = open_process(pid, PROCESS_SYNCHRONIZE)
+        .map_err(|e| Error::io(ep, "open the listener process", e))?;
+    pipe.write_all(HELLO)
+        .await
+        .map_err(|e| Error::io(ep, "send hello", e))?;
+    let mut reply = [0u8; REPLY_LEN];
+    pipe.read_exact(&mut reply).await.map_err(|e| {
+        Error::new(
+            ErrorKind::ConnectionLost,
+            ep,
+            "the listener closed the connection during set-up",
+        )
+        .with_source(e)
+    })?;
+    let bad = |why: String| Error::new(ErrorKind::Protocol, ep, why);
+    if &reply[..8] != REPLY_OK {
+        return Err(bad("the listener's set-up reply is not ductwork's".into()));
+    }
+    let word = |i: usize| u64::from_le_bytes(reply[i..i + 8].try_into().expect("8 bytes"));
+    // The handles were duplicated into this process by the listener: we own them now.
+    let mut handles = Vec::with_capacity(5);
+    for i in 0..5 {
+        let v = word(24 + 8 * i);
+        if v == 0 || v > u32::MAX as u64 {
+            return Err(bad(format!(
+                "the listener passed an invalid handle value {v}"
+            )));
+        }
+        // SAFETY: the listener duplicated this handle into our process for us alone; a
+        // lying listener can at worst make us close a handle of ours (never memory unsafety
+        // in Rust terms, the handle table is the kernel's).
+        handles.push(unsafe { OwnedHandle::from_raw_handle(v as usize as RawHandle) });
+    }
+    let [section, c_data, c_space, s_data, s_space]: [OwnedHandle; 5] =
+        handles.try_into().map_err(|_| bad("handles".into()))?;
+    let len = usize::try_from(word(16))
+        .ok()
+        .filter(|l| *l <= ring::segment_len(ring::MAX_CAPACITY))
+        .ok_or_else(|| {
+            bad(format!(
+                "the listener announces a segment of {} bytes",
+                word(16)
+            ))
+        })?;
+    let view = View::map(section, len)
+        .map_err(|e| bad(format!("cannot map the announced {len} bytes: {e}")))?;
+    let cap = ring::check_segment(&view).map_err(bad)?;
+    let link = link(Box::new(pipe), server, c_data, c_space, s_data, s_space)
+        .map_err(|e| Error::io(ep, "start the doorbell waiter", e))?;
+    Ok(connection(
+        ep,
+        cfg,
+        Arc::new(view),
+        cap,
+        false,
+        link,
+        Some(format!("pid {pid}")),
+    ))
+}

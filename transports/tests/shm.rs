@@ -1,0 +1,450 @@
+//! Behaviour specific to `shm://` (Linux), beyond the conformance suite:
+//!
+//! - a raw client in another process that does the set-up by hand, maps the segment and
+//!   scribbles on the ring (bad indices, bad lengths) makes the survivor's connection fail
+//!   with `Protocol` / `FrameTooLarge`, never a panic, and the listener keeps serving;
+//! - a full ring makes `send` wait (backpressure) until the receiver reads;
+//! - a sender waiting for space when the peer is killed gets `ConnectionLost`;
+//! - 1 MiB messages pass with the default capacity; a message over the ring is refused
+//!   with `FrameTooLarge` naming the capacity; the park-only path (`spin=0`) works.
+//!
+//! Child processes are this test binary re-run with `DW_SHM_CHILD=mode` (see `child`).
+#![cfg(target_os = "linux")]
+
+use bytes::Bytes;
+use ductwork_core::{BoxConnection, ErrorKind};
+use futures::{FutureExt, SinkExt, StreamExt};
+use std::{
+    io::{Read, Write},
+    mem::MaybeUninit,
+    os::{fd::OwnedFd, unix::fs::MetadataExt},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn name(case: &str) -> String {
+    format!("shmtest-{}-{case}", std::process::id())
+}
+
+async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, f)
+        .await
+        .expect("no result within the deadline (hang)")
+}
+
+/// Spawns this binary as a child playing `mode` against shm name `name`.
+fn spawn_child(mode: &str, name: &str) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["child", "--exact", "--nocapture", "--test-threads=1"])
+        .env("DW_SHM_CHILD", mode)
+        .env("DW_SHM_NAME", name)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn finish(mut c: Child) {
+    drop(c.stdin.take());
+    let st = c.wait().unwrap();
+    assert!(st.success(), "child failed: {st}");
+}
+
+/// The listener's socket path, computed independently of the library.
+fn socket_path(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if std::path::Path::new(&d).is_absolute() => {
+            std::path::Path::new(&d).join("ductwork")
+        }
+        _ => {
+            let uid = std::fs::metadata("/proc/self").unwrap().uid();
+            std::env::temp_dir().join(format!("ductwork-{uid}"))
+        }
+    };
+    dir.join(format!("shm-{name}.sock"))
+}
+
+/// A client that speaks the set-up by hand (no ductwork code) and maps the segment.
+struct RawClient {
+    _sock: std::os::unix::net::UnixStream,
+    base: *mut u8,
+    cap: usize,
+    /// Descriptors: memfd, client data, client space, server data, server space.
+    fds: Vec<OwnedFd>,
+}
+
+impl RawClient {
+    fn connect(name: &str) -> RawClient {
+        use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+        let mut sock = std::os::unix::net::UnixStream::connect(socket_path(name)).unwrap();
+        sock.write_all(b"DWSHMhi1").unwrap();
+        let mut reply = [0u8; 24];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(5))];
+        let mut ctl = RecvAncillaryBuffer::new(&mut space);
+        let got = rustix::net::recvmsg(
+            &sock,
+            &mut [std::io::IoSliceMut::new(&mut reply)],
+            &mut ctl,
+            RecvFlags::empty(),
+        )
+        .unwrap();
+        assert_eq!(got.bytes, 24);
+        assert_eq!(&reply[..8], b"DWSHMok1");
+        let mut fds = Vec::new();
+        for m in ctl.drain() {
+            if let RecvAncillaryMessage::ScmRights(r) = m {
+                fds.extend(r);
+            }
+        }
+        assert_eq!(fds.len(), 5);
+        let cap = u64::from_le_bytes(reply[8..16].try_into().unwrap()) as usize;
+        let len = u64::from_le_bytes(reply[16..24].try_into().unwrap()) as usize;
+        // SAFETY: a fresh shared mapping of the sealed memfd, `len` bytes as announced.
+        let base = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::SHARED,
+                &fds[0],
+                0,
+            )
+        }
+        .unwrap()
+        .cast::<u8>();
+        RawClient {
+            _sock: sock,
+            base,
+            cap,
+            fds,
+        }
+    }
+
+    /// Ring B (client to server): header offset.
+    fn ring_b(&self) -> usize {
+        128 + 512 + self.cap
+    }
+
+    fn put_u64(&self, off: usize, v: u64) {
+        // SAFETY: test code writing inside the mapping (offsets from the documented layout).
+        unsafe { std::ptr::write_volatile(self.base.add(off).cast::<u64>(), v) }
+    }
+
+    fn put_bytes(&self, off: usize, b: &[u8]) {
+        // SAFETY: as above.
+        unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), self.base.add(off), b.len()) }
+    }
+
+    /// Rings the server's data doorbell.
+    fn ring_server(&self) {
+        rustix::io::write(&self.fds[3], &1u64.to_ne_bytes()).unwrap();
+    }
+}
+
+/// Child entry point: does nothing in a normal test run.
+#[test]
+fn child() {
+    let Ok(mode) = std::env::var("DW_SHM_CHILD") else {
+        return;
+    };
+    let name = std::env::var("DW_SHM_NAME").unwrap();
+    let wait_stdin = || {
+        let mut buf = [0u8; 16];
+        while std::io::stdin()
+            .read(&mut buf)
+            .map(|n| n > 0)
+            .unwrap_or(false)
+        {}
+    };
+    match mode.as_str() {
+        "bad-write-index" => {
+            let c = RawClient::connect(&name);
+            c.put_u64(c.ring_b(), 12345);
+            c.ring_server();
+            wait_stdin();
+        }
+        "write-index-beyond-capacity" => {
+            let c = RawClient::connect(&name);
+            c.put_u64(c.ring_b(), (c.cap as u64) * 3);
+            c.ring_server();
+            wait_stdin();
+        }
+        "bad-length" => {
+            let c = RawClient::connect(&name);
+            // A record claiming 100 bytes, of which only 8 are published.
+            c.put_bytes(c.ring_b() + 512, &100u32.to_le_bytes());
+            c.put_u64(c.ring_b(), 16);
+            c.ring_server();
+            wait_stdin();
+        }
+        "huge-length" => {
+            let c = RawClient::connect(&name);
+            c.put_bytes(c.ring_b() + 512, &0x7fff_fff0u32.to_le_bytes());
+            c.put_u64(c.ring_b(), 16);
+            c.ring_server();
+            wait_stdin();
+        }
+        "bad-read-index" => {
+            let c = RawClient::connect(&name);
+            // Ring A (server to client): its read index, written by us, the consumer.
+            c.put_u64(128 + 128, 7);
+            // Wake the server if it already waits for space.
+            rustix::io::write(&c.fds[4], &1u64.to_ne_bytes()).unwrap();
+            wait_stdin();
+        }
+        "idle" => {
+            let rt = rt();
+            let _conn = rt.block_on(ductwork_transports::connect(format!("shm://{name}")));
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+        other => panic!("unknown child mode {other}"),
+    }
+}
+
+/// After a broken connection, the listener still serves a good client.
+async fn listener_still_serves(l: &mut ductwork_core::BoxListener, name: &str) {
+    let ep = format!("shm://{name}");
+    let client = tokio::spawn(async move {
+        let mut c = ductwork_transports::connect(ep.as_str()).await.unwrap();
+        c.send(Bytes::from_static(b"ping")).await.unwrap();
+        c.next().await.unwrap().unwrap()
+    });
+    let mut s = within(l.accept()).await.unwrap();
+    let f = within(s.next()).await.unwrap().unwrap();
+    s.send(f).await.unwrap();
+    assert_eq!(&within(client).await.unwrap()[..], b"ping");
+}
+
+fn garbage_case(mode: &str, expect: ErrorKind) {
+    rt().block_on(async {
+        let name = name(mode);
+        let mut l = ductwork_transports::bind(format!("shm://{name}?capacity=4KiB").as_str())
+            .await
+            .unwrap();
+        let child = spawn_child(mode, &name);
+        let mut c = within(l.accept()).await.unwrap();
+        match within(c.next()).await {
+            Some(Err(e)) => assert_eq!(e.kind(), expect, "{mode}: {e}"),
+            other => panic!("{mode}: expected {expect:?}, got {other:?}"),
+        }
+        // Broken for good: later calls end or fail, no panic.
+        assert!(!matches!(within(c.next()).await, Some(Ok(_))));
+        listener_still_serves(&mut l, &name).await;
+        finish(child);
+    });
+}
+
+#[test]
+fn garbage_write_index_from_peer_is_protocol() {
+    garbage_case("bad-write-index", ErrorKind::Protocol);
+    garbage_case("write-index-beyond-capacity", ErrorKind::Protocol);
+}
+
+#[test]
+fn garbage_record_length_from_peer_is_protocol() {
+    garbage_case("bad-length", ErrorKind::Protocol);
+}
+
+#[test]
+fn huge_record_length_from_peer_is_frame_too_large() {
+    garbage_case("huge-length", ErrorKind::FrameTooLarge);
+}
+
+#[test]
+fn garbage_read_index_from_peer_fails_send_with_protocol() {
+    rt().block_on(async {
+        let name = name("bad-read");
+        let mut l = ductwork_transports::bind(format!("shm://{name}?capacity=4KiB").as_str())
+            .await
+            .unwrap();
+        let child = spawn_child("bad-read-index", &name);
+        let mut c = within(l.accept()).await.unwrap();
+        // Send until the ring looks full, which makes the sender load the (corrupted) read
+        // index; if the child scribbles late, the send waits for space and the child's
+        // doorbell makes it look again.
+        let mut result = Ok(());
+        for _ in 0..1000 {
+            result = within(c.send(Bytes::from(vec![1u8; 100]))).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        match result {
+            Err(e) => assert_eq!(e.kind(), ErrorKind::Protocol, "{e}"),
+            Ok(()) => panic!("1000 sends into a 4 KiB ring nobody reads all succeeded"),
+        }
+        listener_still_serves(&mut l, &name).await;
+        finish(child);
+    });
+}
+
+async fn pair(ep: &str) -> (ductwork_core::BoxListener, BoxConnection, BoxConnection) {
+    let mut l = ductwork_transports::bind(ep).await.unwrap();
+    let bound = l.endpoint().to_string();
+    let connect = tokio::spawn(async move { ductwork_transports::connect(bound.as_str()).await });
+    let server = within(l.accept()).await.unwrap();
+    let client = within(connect).await.unwrap().unwrap();
+    (l, server, client)
+}
+
+#[test]
+fn full_ring_makes_send_wait_until_the_receiver_reads() {
+    rt().block_on(async {
+        let ep = format!("shm://{}?capacity=4KiB", name("backpressure"));
+        let (_l, mut server, mut client) = pair(&ep).await;
+        let msg = Bytes::from(vec![3u8; 1000]);
+        // 4 KiB holds four records of 1008 bytes.
+        for _ in 0..4 {
+            client.send(msg.clone()).await.unwrap();
+        }
+        let mut blocked = Box::pin(client.send(msg.clone()));
+        assert!(
+            (&mut blocked).now_or_never().is_none(),
+            "a send into a full ring completed"
+        );
+        assert_eq!(within(server.next()).await.unwrap().unwrap(), msg);
+        within(blocked).await.unwrap();
+        for _ in 0..4 {
+            assert_eq!(within(server.next()).await.unwrap().unwrap(), msg);
+        }
+        client.close().await.unwrap();
+        assert!(
+            within(server.next()).await.is_none(),
+            "clean end after close"
+        );
+    });
+}
+
+#[test]
+fn sender_waiting_for_space_sees_a_killed_peer() {
+    rt().block_on(async {
+        let name = name("killed-while-full");
+        let mut l = ductwork_transports::bind(format!("shm://{name}?capacity=4KiB").as_str())
+            .await
+            .unwrap();
+        let mut child = spawn_child("idle", &name);
+        let mut c = within(l.accept()).await.unwrap();
+        let msg = Bytes::from(vec![3u8; 1000]);
+        for _ in 0..4 {
+            c.send(msg.clone()).await.unwrap();
+        }
+        let pending = tokio::spawn(async move { c.send(msg).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        child.kill().unwrap();
+        let _ = child.wait();
+        match within(pending).await.unwrap() {
+            Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionLost, "{e}"),
+            Ok(()) => panic!("send into a full ring of a killed peer succeeded"),
+        }
+    });
+}
+
+#[test]
+fn one_mebibyte_messages_pass_with_the_default_capacity() {
+    rt().block_on(async {
+        let ep = format!("shm://{}", name("big"));
+        let (_l, mut server, mut client) = pair(&ep).await;
+        assert!(client.info().capabilities.max_message >= 1 << 20);
+        let msgs: Vec<Bytes> = (0..8u8)
+            .map(|k| Bytes::from((0..1 << 20).map(|i| (i as u8) ^ k).collect::<Vec<_>>()))
+            .collect();
+        let to_send = msgs.clone();
+        let sender = tokio::spawn(async move {
+            for m in to_send {
+                client.send(m).await.unwrap();
+            }
+            client.close().await.unwrap();
+        });
+        for m in &msgs {
+            assert_eq!(&within(server.next()).await.unwrap().unwrap(), m);
+        }
+        assert!(within(server.next()).await.is_none());
+        within(sender).await.unwrap();
+    });
+}
+
+#[test]
+fn over_the_ring_is_frame_too_large_naming_the_capacity() {
+    rt().block_on(async {
+        let ep = format!("shm://{}?capacity=8KiB", name("too-large"));
+        let (_l, mut server, mut client) = pair(&ep).await;
+        let max = client.info().capabilities.max_message;
+        assert_eq!(max, 8192 - 8);
+        let e = client
+            .send(Bytes::from(vec![0u8; max + 1]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::FrameTooLarge);
+        assert!(e.to_string().contains("capacity 8192"), "{e}");
+        client.send(Bytes::from(vec![1u8; max])).await.unwrap();
+        assert_eq!(within(server.next()).await.unwrap().unwrap().len(), max);
+    });
+}
+
+#[test]
+fn park_only_round_trips() {
+    rt().block_on(async {
+        let ep = format!("shm://{}?spin=0&capacity=4KiB", name("park"));
+        let (_l, mut server, mut client) = pair(&ep).await;
+        let echo = tokio::spawn(async move {
+            while let Some(Ok(f)) = server.next().await {
+                server.send(f).await.unwrap();
+            }
+        });
+        for i in 0..2000u32 {
+            let m = Bytes::from(i.to_le_bytes().repeat((i % 200) as usize + 1));
+            client.send(m.clone()).await.unwrap();
+            assert_eq!(within(client.next()).await.unwrap().unwrap(), m);
+        }
+        client.close().await.unwrap();
+        within(echo).await.unwrap();
+    });
+}
+
+#[test]
+fn send_to_a_dropped_peer_is_closed() {
+    rt().block_on(async {
+        let ep = format!("shm://{}", name("dropped"));
+        let (_l, server, mut client) = pair(&ep).await;
+        drop(server);
+        let e = client.send(Bytes::from_static(b"x")).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
+        assert!(
+            within(client.next()).await.is_none(),
+            "dropped = clean close"
+        );
+    });
+}
+
+#[test]
+fn dropping_with_a_pending_send_is_connection_lost_not_a_clean_end() {
+    rt().block_on(async {
+        let ep = format!("shm://{}?capacity=4KiB", name("abandon"));
+        let (_l, mut server, mut client) = pair(&ep).await;
+        let msg = Bytes::from(vec![3u8; 1000]);
+        for _ in 0..4 {
+            client.send(msg.clone()).await.unwrap();
+        }
+        // A fifth frame is accepted by the sink but cannot enter the full ring.
+        client.feed(msg.clone()).await.unwrap();
+        drop(client);
+        for _ in 0..4 {
+            assert_eq!(within(server.next()).await.unwrap().unwrap(), msg);
+        }
+        match within(server.next()).await {
+            Some(Err(e)) => assert_eq!(e.kind(), ErrorKind::ConnectionLost, "{e}"),
+            other => panic!("expected ConnectionLost, got {other:?}"),
+        }
+    });
+}
