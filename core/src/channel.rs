@@ -65,15 +65,25 @@ where
     /// that means). A message over the size limit fails with `FrameTooLarge` and the channel
     /// stays usable.
     pub async fn send(&mut self, msg: &Out) -> Result<()> {
-        let frame = self.encode(msg)?;
-        self.conn.send(frame).await
+        self.feed(msg).await?;
+        self.conn.flush().await
     }
 
     /// Queues one message without flushing; call [`flush`](Self::flush) after a batch. Useful
     /// for throughput: stream transports then write many frames per system call.
     pub async fn feed(&mut self, msg: &Out) -> Result<()> {
-        let frame = self.encode(msg)?;
-        self.conn.feed(frame).await
+        futures::future::poll_fn(|cx| self.conn.poll_ready_unpin(cx)).await?;
+        self.start_send_msg(msg)
+    }
+
+    /// Encodes `msg` straight into the connection (see [`crate::Connection::start_send_encoded`]).
+    fn start_send_msg(&mut self, msg: &Out) -> Result<()> {
+        let info = self.conn.info();
+        let max = info.capabilities.max_message;
+        let endpoint = info.endpoint.clone();
+        self.conn.start_send_encoded(&mut |buf| {
+            ductwork_codec::encode_into(msg, buf, max).map_err(|e| Error::codec(&endpoint, e))
+        })
     }
 
     /// Flushes messages queued with [`feed`](Self::feed).
@@ -124,8 +134,7 @@ impl<Out: Serialize, In: DeserializeOwned> Sink<Out> for Channel<Out, In> {
     }
 
     fn start_send(mut self: Pin<&mut Self>, item: Out) -> Result<()> {
-        let frame = self.encode(&item)?;
-        self.conn.start_send_unpin(frame)
+        self.start_send_msg(&item)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {

@@ -44,8 +44,9 @@
 
 use crate::{Capabilities, Endpoint, Result};
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{Sink, Stream};
+use std::pin::Pin;
 
 /// Facts about one connection.
 #[derive(Debug, Clone)]
@@ -67,6 +68,23 @@ pub trait Connection:
 {
     /// Facts about this connection.
     fn info(&self) -> &ConnectionInfo;
+
+    /// Queues one frame whose payload `encode` appends to the buffer it is given, returning
+    /// the payload's length; like [`Sink::start_send`], call it only after `poll_ready`
+    /// returned `Ready(Ok(()))`.
+    ///
+    /// The typed [`Channel`](crate::Channel) sends through this. The default encodes into a
+    /// fresh buffer and calls `start_send`; transports that keep a write buffer override it to
+    /// encode in place, which saves an allocation and a copy per message. If `encode` fails,
+    /// nothing is queued and the connection stays usable.
+    fn start_send_encoded(
+        &mut self,
+        encode: &mut dyn FnMut(&mut BytesMut) -> Result<usize>,
+    ) -> Result<()> {
+        let mut buf = BytesMut::new();
+        encode(&mut buf)?;
+        Pin::new(self).start_send(buf.freeze())
+    }
 }
 
 /// A boxed connection, as transports return it.

@@ -5,8 +5,8 @@
 //! [`Sink::poll_close`] (and, best-effort, on drop), and end-of-stream without a close marker
 //! reported as [`ErrorKind::ConnectionLost`].
 
-use bytes::Bytes;
-use ductwork_codec::{Frame, FrameCodec, CLOSE_MARKER};
+use bytes::{BufMut, Bytes, BytesMut};
+use ductwork_codec::{Frame, FrameCodec, CLOSE_MARKER, HEADER_LEN};
 use ductwork_core::{Connection, ConnectionInfo, Error, ErrorKind, Result};
 use futures::{ready, Sink, Stream};
 use std::{
@@ -55,6 +55,38 @@ impl<S: ByteStream> FramedConnection<S> {
 impl<S: ByteStream> Connection for FramedConnection<S> {
     fn info(&self) -> &ConnectionInfo {
         &self.info
+    }
+
+    /// Encodes straight into the write buffer behind a header patched afterwards: no
+    /// per-message allocation, one copy.
+    fn start_send_encoded(
+        &mut self,
+        encode: &mut dyn FnMut(&mut BytesMut) -> Result<usize>,
+    ) -> Result<()> {
+        if self.close_sent {
+            return Err(Error::new(
+                ErrorKind::Closed,
+                &self.info.endpoint,
+                "send after close",
+            ));
+        }
+        let max = self.info.capabilities.max_message;
+        let buf = self.framed.write_buffer_mut();
+        let start = buf.len();
+        buf.put_u32(0);
+        let len = match encode(buf) {
+            Ok(len) if len <= max && buf.len() == start + HEADER_LEN + len => len,
+            Ok(len) => {
+                buf.truncate(start);
+                return Err(self.err(ductwork_codec::CodecError::FrameTooLarge { len, max }));
+            }
+            Err(e) => {
+                buf.truncate(start);
+                return Err(e);
+            }
+        };
+        buf[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+        Ok(())
     }
 }
 

@@ -839,6 +839,12 @@ fn typed_decode_error(s: &Subject) -> Result<(), String> {
             Err(e) if e.kind() == ErrorKind::Decode => {}
             other => return Err(format!("expected Decode, got {other:?}")),
         }
+        // A typed message over the limit is refused before anything is written.
+        let max = ch.info().capabilities.max_message;
+        match ch.send(&Msg::new(1, 0, max + 1)).await {
+            Err(e) if e.kind() == ErrorKind::FrameTooLarge => {}
+            other => return Err(format!("oversized typed message: {other:?}")),
+        }
         let m = Msg::new(1, 1, 10);
         ch.send(&m).await.map_err(e2s)?;
         if recv_msg(&mut ch).await? != Some(m) {
