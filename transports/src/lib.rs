@@ -20,6 +20,8 @@ use ductwork_core::{
 };
 use std::sync::Arc;
 
+// Byte-stream transports (tcp, unix, and pipe, which needs `socket`) share this.
+#[cfg(feature = "socket")]
 pub(crate) mod framed;
 
 #[cfg(feature = "copydata")]
@@ -47,6 +49,8 @@ pub mod __fuzz {
 }
 
 /// Every transport compiled into this build, in a stable order.
+// One push per cargo feature, so a build with any subset of backends lists exactly those.
+#[allow(clippy::vec_init_then_push)]
 pub fn transports() -> Vec<Arc<dyn Transport>> {
     #[allow(unused_mut)]
     let mut v: Vec<Arc<dyn Transport>> = Vec::new();
@@ -118,4 +122,31 @@ where
 /// What the transport named by `endpoint` offers there.
 pub fn capabilities(endpoint: &Endpoint) -> Result<Capabilities> {
     transport_for(endpoint)?.capabilities(endpoint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Run with a single backend (`--no-default-features --features socket`, as CI does): the
+    /// missing ones must say which cargo feature would bring them.
+    #[cfg(not(feature = "shm"))]
+    #[test]
+    fn missing_backend_names_its_feature() {
+        let ep = Endpoint::parse("shm://orders").unwrap();
+        let e = capabilities(&ep).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported);
+        assert!(
+            e.to_string()
+                .contains("not built into this binary (enable the cargo feature `shm`)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn every_known_scheme_maps_to_a_feature() {
+        for scheme in ductwork_core::KNOWN_SCHEMES {
+            assert_ne!(feature_of(scheme), "?", "{scheme}");
+        }
+    }
 }
