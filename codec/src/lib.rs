@@ -359,6 +359,29 @@ mod tests {
     }
 
     #[test]
+    fn wire_format_doc_examples() {
+        // docs/wire-format.md quotes these bytes.
+        let o = Order {
+            id: 7,
+            item: "bolt".into(),
+            qty: 3,
+        };
+        assert_eq!(
+            &encode(&o, 64).unwrap()[..],
+            &[7, 4, b'b', b'o', b'l', b't', 3]
+        );
+        let mut dst = BytesMut::new();
+        let mut c = FrameCodec::new(64);
+        c.encode(encode(&3u8, 64).unwrap(), &mut dst).unwrap();
+        c.encode(encode("hi", 64).unwrap(), &mut dst).unwrap();
+        FrameCodec::encode_close(&mut dst);
+        assert_eq!(
+            &dst[..],
+            &[0, 0, 0, 1, 3, 0, 0, 0, 3, 2, b'h', b'i', 0xff, 0xff, 0xff, 0xff]
+        );
+    }
+
+    #[test]
     fn oversized_header_is_rejected_before_allocation() {
         let mut codec = FrameCodec::new(1024);
         let mut src = BytesMut::from(&[0x7f, 0xff, 0xff, 0xf0][..]);

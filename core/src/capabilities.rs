@@ -97,7 +97,11 @@ impl fmt::Display for Capabilities {
                 Delivery::Reliable => "reliable",
                 Delivery::BestEffort => "best-effort",
             },
-            if self.ordered { " ordered" } else { " unordered" },
+            if self.ordered {
+                " ordered"
+            } else {
+                " unordered"
+            },
             match self.boundaries {
                 Boundaries::Messages => "messages",
                 Boundaries::FramedBytes => "framed bytes",

@@ -141,7 +141,9 @@ impl Endpoint {
     /// The maximum message payload for this endpoint: the `max_frame` option, or
     /// [`DEFAULT_MAX_FRAME`] (16 MiB).
     pub fn max_frame(&self) -> Result<usize> {
-        let max = self.size_option(OPT_MAX_FRAME)?.unwrap_or(DEFAULT_MAX_FRAME);
+        let max = self
+            .size_option(OPT_MAX_FRAME)?
+            .unwrap_or(DEFAULT_MAX_FRAME);
         if max > MAX_CONFIGURABLE_FRAME {
             return Err(Error::new(
                 ErrorKind::InvalidEndpoint,
@@ -346,7 +348,9 @@ mod tests {
             assert_eq!(e.kind(), ErrorKind::InvalidEndpoint, "{s}");
         }
         let e = Endpoint::parse("ftp://x").unwrap_err();
-        assert!(e.to_string().starts_with("ftp://x: invalid endpoint: unknown scheme"));
+        assert!(e
+            .to_string()
+            .starts_with("ftp://x: invalid endpoint: unknown scheme"));
     }
 
     #[test]

@@ -209,7 +209,10 @@ mod tests {
         );
         assert_eq!(e.kind(), ErrorKind::NotFound);
         let s = e.to_string();
-        assert!(s.starts_with("tcp://127.0.0.1:1: nothing listening: connect: "), "{s}");
+        assert!(
+            s.starts_with("tcp://127.0.0.1:1: nothing listening: connect: "),
+            "{s}"
+        );
     }
 
     #[test]
@@ -220,7 +223,13 @@ mod tests {
             e.to_string(),
             "unix:///x: message too large: frame of 9 bytes exceeds the limit of 8 bytes"
         );
-        let e = Error::codec("unix:///x", CodecError::Truncated { expected: 9, got: 6 });
+        let e = Error::codec(
+            "unix:///x",
+            CodecError::Truncated {
+                expected: 9,
+                got: 6,
+            },
+        );
         assert_eq!(e.kind(), ErrorKind::ConnectionLost);
     }
 }

@@ -1,0 +1,494 @@
+//! `udp://host:port`: best-effort datagrams, one frame per datagram.
+//!
+//! Each datagram starts with a one-byte tag (see `docs/wire-format.md`): `0` data, `1` hello,
+//! `2` welcome, `3` bye. `connect` sends hello until the listener answers welcome, so connecting
+//! where nothing listens fails with `NotFound` instead of sending into the void. The listener
+//! reads the one socket on a task and hands each peer address its own connection, with a
+//! bounded queue: when a slow receiver lets it fill, further datagrams are dropped, as UDP
+//! would drop them in the kernel. Datagrams with an unknown tag, or data from an address that
+//! never said hello, are dropped and logged.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use ductwork_core::{
+    async_trait, Accept, Boundaries, BoxConnection, BoxListener, Capabilities, Connection,
+    ConnectionInfo, Delivery, Direction, Endpoint, Error, ErrorKind, Listener, Reach, Result,
+    Transport,
+};
+use futures::{ready, Sink, Stream};
+use std::{
+    collections::HashMap,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Weak},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+use tokio::{
+    net::UdpSocket,
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
+
+const OPTIONS: &[&str] = &["connect_timeout_ms", "max_peers"];
+const TAG_DATA: u8 = 0;
+const TAG_HELLO: u8 = 1;
+const TAG_WELCOME: u8 = 2;
+const TAG_BYE: u8 = 3;
+/// The largest UDP payload over IPv4 (65,507 bytes) less the tag byte.
+pub const UDP_MAX_MESSAGE: usize = 65_507 - 1;
+const PEER_QUEUE: usize = 1024;
+const RECV_BUF: usize = 65_536;
+
+/// The UDP transport (`udp://host:port`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Udp;
+
+#[async_trait]
+impl Transport for Udp {
+    fn scheme(&self) -> &'static str {
+        "udp"
+    }
+
+    fn capabilities(&self, ep: &Endpoint) -> Result<Capabilities> {
+        ep.check_options(OPTIONS)?;
+        Ok(Capabilities {
+            direction: Direction::Duplex,
+            delivery: Delivery::BestEffort,
+            ordered: false,
+            boundaries: Boundaries::Messages,
+            max_message: ep.max_frame()?.min(UDP_MAX_MESSAGE),
+            reach: Reach::Network,
+            peer_loss: false,
+            accept: Accept::PerPeer,
+        })
+    }
+
+    async fn bind(&self, ep: &Endpoint) -> Result<BoxListener> {
+        let caps = self.capabilities(ep)?;
+        let max_peers = ep.parse_option::<usize>("max_peers")?.unwrap_or(1024);
+        let sock = UdpSocket::bind(ep.address())
+            .await
+            .map_err(|e| Error::io(ep, "bind", e))?;
+        let local = sock
+            .local_addr()
+            .map_err(|e| Error::io(ep, "local address", e))?;
+        let endpoint = ep.with_address(local.to_string());
+        let sock = Arc::new(sock);
+        let (accept_tx, accept_rx) = mpsc::channel(64);
+        let (guard_tx, guard_rx) = oneshot::channel();
+        let task = tokio::spawn(serve(
+            sock.clone(),
+            endpoint.clone(),
+            caps.clone(),
+            max_peers,
+            accept_tx,
+            guard_rx,
+        ));
+        let guard = Arc::new(AbortOnDrop(task));
+        // The task holds only a weak reference: it must not keep itself alive.
+        let _ = guard_tx.send(Arc::downgrade(&guard));
+        Ok(Box::new(UdpListen {
+            endpoint,
+            accept_rx,
+            _task: guard,
+        }))
+    }
+
+    async fn connect(&self, ep: &Endpoint) -> Result<BoxConnection> {
+        let caps = self.capabilities(ep)?;
+        let timeout = Duration::from_millis(
+            ep.parse_option::<u64>("connect_timeout_ms")?
+                .unwrap_or(2000),
+        );
+        let target = tokio::net::lookup_host(ep.address())
+            .await
+            .map_err(|e| Error::io(ep, "resolve", e))?
+            .next()
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, ep, "the host name has no address"))?;
+        let local = if target.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        };
+        let sock = UdpSocket::bind(local)
+            .await
+            .map_err(|e| Error::io(ep, "bind local socket", e))?;
+        sock.connect(target)
+            .await
+            .map_err(|e| Error::io(ep, "connect", e))?;
+        let early = handshake(&sock, ep, timeout).await?;
+        Ok(Box::new(UdpConn {
+            early,
+            sock: Arc::new(sock),
+            to: None,
+            rx: Rx::Socket(vec![0u8; RECV_BUF].into_boxed_slice()),
+            info: ConnectionInfo {
+                endpoint: ep.clone(),
+                peer: Some(target.to_string()),
+                capabilities: caps,
+            },
+            pending: None,
+            bye_sent: false,
+            read_done: false,
+            _task: None,
+        }))
+    }
+}
+
+/// Says hello until the listener answers. Returns a data or bye datagram that arrived before
+/// the welcome (the welcome may be lost or overtaken): it counts as the welcome and must be
+/// delivered first.
+async fn handshake(sock: &UdpSocket, ep: &Endpoint, timeout: Duration) -> Result<Option<Bytes>> {
+    let deadline = Instant::now() + timeout;
+    let mut wait = Duration::from_millis(20);
+    let mut buf = vec![0u8; RECV_BUF];
+    loop {
+        match sock.send(&[TAG_HELLO]).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                return Err(
+                    Error::new(ErrorKind::NotFound, ep, "nothing listens there").with_source(e)
+                )
+            }
+            Err(e) => return Err(Error::io(ep, "send hello", e)),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(wait.min(left), sock.recv(&mut buf)).await {
+            Ok(Ok(n)) if n >= 1 && buf[0] == TAG_WELCOME => return Ok(None),
+            Ok(Ok(n)) if n >= 1 && (buf[0] == TAG_DATA || buf[0] == TAG_BYE) => {
+                return Ok(Some(Bytes::copy_from_slice(&buf[..n])))
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                return Err(
+                    Error::new(ErrorKind::NotFound, ep, "nothing listens there").with_source(e)
+                )
+            }
+            Ok(Err(e)) => return Err(Error::io(ep, "receive welcome", e)),
+            Err(_elapsed) => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                ep,
+                format!(
+                    "no ductwork listener answered within {} ms",
+                    timeout.as_millis()
+                ),
+            ));
+        }
+        wait = (wait * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// Aborts the listener's socket task when the listener and all its connections are gone.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+enum Incoming {
+    Data(Bytes),
+    Bye,
+}
+
+async fn serve(
+    sock: Arc<UdpSocket>,
+    endpoint: Endpoint,
+    caps: Capabilities,
+    max_peers: usize,
+    accept_tx: mpsc::Sender<BoxConnection>,
+    guard_rx: oneshot::Receiver<Weak<AbortOnDrop>>,
+) {
+    let task_guard = guard_rx.await.unwrap_or_default();
+    let mut peers: HashMap<SocketAddr, mpsc::Sender<Incoming>> = HashMap::new();
+    let mut buf = vec![0u8; RECV_BUF];
+    let mut dropped: u64 = 0;
+    loop {
+        let (n, from) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            // Windows reports an earlier send's ICMP error on the next receive; not fatal.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                continue
+            }
+            Err(e) => {
+                tracing::warn!(endpoint = %endpoint, error = %e, "udp receive failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if n == 0 {
+            continue;
+        }
+        match buf[0] {
+            TAG_HELLO => {
+                if !peers.contains_key(&from) {
+                    if peers.len() >= max_peers {
+                        peers.retain(|_, tx| !tx.is_closed());
+                    }
+                    if peers.len() >= max_peers {
+                        tracing::warn!(endpoint = %endpoint, %from, max_peers, "udp peer refused: too many peers");
+                        continue;
+                    }
+                    // Reserve the accept slot first (a connection dropped for lack of room
+                    // would say bye to a peer that was never welcomed), then welcome, then hand
+                    // the connection over: once accepted the application may send data, which
+                    // must not overtake the welcome.
+                    let Ok(permit) = accept_tx.try_reserve() else {
+                        // The accept queue is full or the listener is gone: the peer retries.
+                        continue;
+                    };
+                    let (tx, rx) = mpsc::channel(PEER_QUEUE);
+                    let conn = UdpConn {
+                        early: None,
+                        sock: sock.clone(),
+                        to: Some(from),
+                        rx: Rx::Queue(rx),
+                        info: ConnectionInfo {
+                            endpoint: endpoint.clone(),
+                            peer: Some(from.to_string()),
+                            capabilities: caps.clone(),
+                        },
+                        pending: None,
+                        bye_sent: false,
+                        read_done: false,
+                        _task: task_guard.upgrade(),
+                    };
+                    let _ = sock.send_to(&[TAG_WELCOME], from).await;
+                    permit.send(Box::new(conn));
+                    peers.insert(from, tx);
+                    continue;
+                }
+                let _ = sock.send_to(&[TAG_WELCOME], from).await;
+            }
+            TAG_DATA => {
+                let Some(tx) = peers.get(&from) else {
+                    tracing::debug!(endpoint = %endpoint, %from, "udp data from an unknown peer dropped");
+                    continue;
+                };
+                match tx.try_send(Incoming::Data(Bytes::copy_from_slice(&buf[1..n]))) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        dropped += 1;
+                        if dropped.is_power_of_two() {
+                            tracing::warn!(endpoint = %endpoint, %from, dropped, "udp receiver is slow: datagrams dropped");
+                        }
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        peers.remove(&from);
+                    }
+                }
+            }
+            TAG_BYE => {
+                if let Some(tx) = peers.remove(&from) {
+                    let _ = tx.try_send(Incoming::Bye);
+                }
+            }
+            tag => {
+                tracing::debug!(endpoint = %endpoint, %from, tag, "udp datagram with an unknown tag dropped");
+            }
+        }
+    }
+}
+
+struct UdpListen {
+    endpoint: Endpoint,
+    accept_rx: mpsc::Receiver<BoxConnection>,
+    _task: Arc<AbortOnDrop>,
+}
+
+#[async_trait]
+impl Listener for UdpListen {
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    async fn accept(&mut self) -> Result<BoxConnection> {
+        self.accept_rx.recv().await.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Io,
+                &self.endpoint,
+                "the listener's socket task stopped",
+            )
+        })
+    }
+}
+
+enum Rx {
+    /// A connected client socket, read directly.
+    Socket(Box<[u8]>),
+    /// An accepted peer, fed by the listener's task.
+    Queue(mpsc::Receiver<Incoming>),
+}
+
+struct UdpConn {
+    /// A tagged datagram that arrived during the handshake, delivered before anything else.
+    early: Option<Bytes>,
+    sock: Arc<UdpSocket>,
+    to: Option<SocketAddr>,
+    rx: Rx,
+    info: ConnectionInfo,
+    pending: Option<Bytes>,
+    bye_sent: bool,
+    read_done: bool,
+    _task: Option<Arc<AbortOnDrop>>,
+}
+
+impl UdpConn {
+    fn poll_send_raw(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.to {
+            Some(to) => self.sock.poll_send_to(cx, buf, to),
+            None => self.sock.poll_send(cx, buf),
+        }
+    }
+
+    fn lost(&self, e: io::Error) -> Error {
+        if e.kind() == io::ErrorKind::ConnectionRefused {
+            Error::new(
+                ErrorKind::ConnectionLost,
+                &self.info.endpoint,
+                "the peer's port is closed (ICMP port unreachable)",
+            )
+            .with_source(e)
+        } else {
+            Error::io(&self.info.endpoint, "udp", e)
+        }
+    }
+}
+
+impl Connection for UdpConn {
+    fn info(&self) -> &ConnectionInfo {
+        &self.info
+    }
+}
+
+impl Stream for UdpConn {
+    type Item = Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
+        let this = &mut *self;
+        if this.read_done {
+            return Poll::Ready(None);
+        }
+        let max = this.info.capabilities.max_message;
+        loop {
+            let datagram = match &mut this.rx {
+                Rx::Queue(rx) => match ready!(rx.poll_recv(cx)) {
+                    Some(Incoming::Data(b)) => b,
+                    Some(Incoming::Bye) => {
+                        this.read_done = true;
+                        return Poll::Ready(None);
+                    }
+                    None => {
+                        this.read_done = true;
+                        return Poll::Ready(Some(Err(Error::new(
+                            ErrorKind::ConnectionLost,
+                            &this.info.endpoint,
+                            "the listener's socket task stopped",
+                        ))));
+                    }
+                },
+                Rx::Socket(buf) => {
+                    let early = this.early.take();
+                    let mut rb = tokio::io::ReadBuf::new(buf);
+                    let d: &[u8] = match &early {
+                        Some(e) => e,
+                        None => {
+                            match ready!(this.sock.poll_recv(cx, &mut rb)) {
+                                Ok(()) => {}
+                                Err(e) => {
+                                    this.read_done = true;
+                                    return Poll::Ready(Some(Err(this.lost(e))));
+                                }
+                            }
+                            rb.filled()
+                        }
+                    };
+                    match d.first() {
+                        Some(&TAG_DATA) => Bytes::copy_from_slice(&d[1..]),
+                        Some(&TAG_BYE) => {
+                            this.read_done = true;
+                            return Poll::Ready(None);
+                        }
+                        _ => continue,
+                    }
+                }
+            };
+            if datagram.len() > max {
+                // One oversized datagram does not break a datagram connection.
+                return Poll::Ready(Some(Err(Error::codec(
+                    &this.info.endpoint,
+                    ductwork_codec::CodecError::FrameTooLarge {
+                        len: datagram.len(),
+                        max,
+                    },
+                ))));
+            }
+            return Poll::Ready(Some(Ok(datagram)));
+        }
+    }
+}
+
+impl Sink<Bytes> for UdpConn {
+    type Error = Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        if self.bye_sent {
+            return Poll::Ready(Err(Error::new(
+                ErrorKind::Closed,
+                &self.info.endpoint,
+                "send after close",
+            )));
+        }
+        self.poll_flush(cx)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: Bytes) -> Result<()> {
+        ductwork_codec::check_len(item.len(), self.info.capabilities.max_message)
+            .map_err(|e| Error::codec(&self.info.endpoint, e))?;
+        let mut d = BytesMut::with_capacity(item.len() + 1);
+        d.put_u8(TAG_DATA);
+        d.put_slice(&item);
+        self.pending = Some(d.freeze());
+        Ok(())
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        if let Some(d) = self.pending.clone() {
+            let r = ready!(self.poll_send_raw(cx, &d));
+            self.pending = None;
+            r.map_err(|e| self.lost(e))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        ready!(self.as_mut().poll_flush(cx))?;
+        if !self.bye_sent {
+            // Best effort, like everything on UDP.
+            let _ = ready!(self.poll_send_raw(cx, &[TAG_BYE]));
+            self.bye_sent = true;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for UdpConn {
+    fn drop(&mut self) {
+        if !self.bye_sent {
+            let _ = match self.to {
+                Some(to) => self.sock.try_send_to(&[TAG_BYE], to),
+                None => self.sock.try_send(&[TAG_BYE]),
+            };
+        }
+    }
+}

@@ -1,0 +1,811 @@
+//! The cases: each states the rule of the contract it checks and which capabilities it needs.
+//!
+//! Every await that depends on the peer has a deadline: a hang is a failure with a message,
+//! never a stuck test run.
+
+use crate::roles::{runtime, Msg};
+use crate::subjects::Subject;
+use bytes::Bytes;
+use ductwork_core::{
+    Accept, BoxConnection, Capabilities, Channel, Direction, Endpoint, ErrorKind,
+    Result as DwResult,
+};
+use futures::{SinkExt, StreamExt};
+use std::{
+    collections::HashMap,
+    future::Future,
+    process::Stdio,
+    sync::{Mutex, OnceLock},
+    time::Duration,
+};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+/// Generous: the first process in a fresh Wine prefix can take many seconds to start.
+const PEER_DEADLINE: Duration = Duration::from_secs(90);
+
+type Check = fn(&Capabilities) -> Result<(), &'static str>;
+
+/// One rule of the contract.
+pub struct Case {
+    pub name: &'static str,
+    pub needs: Check,
+    pub run: fn(&Subject) -> Result<(), String>,
+}
+
+pub const ALL: &[Case] = &[
+    Case {
+        name: "round_trip",
+        needs: duplex,
+        run: round_trip,
+    },
+    Case {
+        name: "one_way_delivery",
+        needs: one_way,
+        run: one_way_delivery,
+    },
+    Case {
+        name: "ordered_100k",
+        needs: reliable,
+        run: ordered_100k,
+    },
+    Case {
+        name: "max_size",
+        needs: any,
+        run: max_size,
+    },
+    Case {
+        name: "oversized_from_peer",
+        needs: duplex,
+        run: oversized_from_peer,
+    },
+    Case {
+        name: "many_clients",
+        needs: duplex_per_peer,
+        run: many_clients,
+    },
+    Case {
+        name: "many_senders",
+        needs: one_way,
+        run: many_senders,
+    },
+    Case {
+        name: "clean_close",
+        needs: per_peer,
+        run: clean_close,
+    },
+    Case {
+        name: "close_after_peer_left",
+        needs: per_peer,
+        run: close_after_peer_left,
+    },
+    Case {
+        name: "peer_killed",
+        needs: peer_loss,
+        run: peer_killed,
+    },
+    Case {
+        name: "garbage",
+        needs: any,
+        run: garbage,
+    },
+    Case {
+        name: "connect_missing",
+        needs: any,
+        run: connect_missing,
+    },
+    Case {
+        name: "bind_in_use",
+        needs: any,
+        run: bind_in_use,
+    },
+    Case {
+        name: "rebind_after_crash",
+        needs: any,
+        run: rebind_after_crash,
+    },
+    Case {
+        name: "one_way_rules",
+        needs: one_way,
+        run: one_way_rules,
+    },
+    Case {
+        name: "typed_decode_error",
+        needs: duplex,
+        run: typed_decode_error,
+    },
+];
+
+fn any(_: &Capabilities) -> Result<(), &'static str> {
+    Ok(())
+}
+fn duplex(c: &Capabilities) -> Result<(), &'static str> {
+    (c.direction == Direction::Duplex)
+        .then_some(())
+        .ok_or("one-way transport")
+}
+fn one_way(c: &Capabilities) -> Result<(), &'static str> {
+    (c.direction == Direction::OneWay)
+        .then_some(())
+        .ok_or("duplex transport")
+}
+fn per_peer(c: &Capabilities) -> Result<(), &'static str> {
+    (c.accept == Accept::PerPeer)
+        .then_some(())
+        .ok_or("one shared receiving connection")
+}
+fn duplex_per_peer(c: &Capabilities) -> Result<(), &'static str> {
+    duplex(c).and(per_peer(c))
+}
+fn reliable(c: &Capabilities) -> Result<(), &'static str> {
+    c.is_reliable().then_some(()).ok_or("best-effort transport")
+}
+fn peer_loss(c: &Capabilities) -> Result<(), &'static str> {
+    c.peer_loss
+        .then_some(())
+        .ok_or("transport cannot see a peer die")
+}
+
+/// Whether `case` applies to `subject`: the transport must be usable here (probed once by
+/// binding a fresh endpoint) and have the capabilities the case needs.
+pub fn applies(subject: &Subject, case: &Case) -> Result<(), String> {
+    static PROBED: OnceLock<Mutex<HashMap<&'static str, Result<Capabilities, String>>>> =
+        OnceLock::new();
+    let mut map = PROBED.get_or_init(Default::default).lock().unwrap();
+    let caps = map
+        .entry(subject.name)
+        .or_insert_with(|| probe(subject))
+        .clone()?;
+    (case.needs)(&caps).map_err(str::to_string)
+}
+
+fn probe(subject: &Subject) -> Result<Capabilities, String> {
+    let ep = endpoint(subject, "probe");
+    let caps = ductwork_transports::capabilities(&ep).map_err(|e| e.to_string())?;
+    runtime().block_on(async {
+        match ductwork_transports::bind(&ep).await {
+            Ok(_) => Ok(caps),
+            Err(e) if e.kind() == ErrorKind::Unsupported => Err(e.detail().to_string()),
+            Err(e) => Err(format!("probe bind failed: {e}")),
+        }
+    })
+}
+
+fn endpoint(subject: &Subject, case: &str) -> Endpoint {
+    let unique = format!(
+        "{}-{}-{}",
+        std::process::id(),
+        subject.name,
+        case.replace('_', "-")
+    );
+    Endpoint::parse(&(subject.endpoint)(&unique)).expect("subject endpoint parses")
+}
+
+/// Runs a case body on a fresh runtime with an overall deadline.
+fn run<F: Future<Output = Result<(), String>>>(limit: u64, f: F) -> Result<(), String> {
+    runtime().block_on(async {
+        tokio::time::timeout(Duration::from_secs(limit), f)
+            .await
+            .unwrap_or_else(|_| Err(format!("case did not finish within {limit} s")))
+    })
+}
+
+async fn within<T>(what: &str, d: Duration, f: impl Future<Output = T>) -> Result<T, String> {
+    tokio::time::timeout(d, f)
+        .await
+        .map_err(|_| format!("{what}: no result within {} s (hang)", d.as_secs()))
+}
+
+fn e2s(e: ductwork_core::Error) -> String {
+    e.to_string()
+}
+
+/// A child process playing a role (see `roles.rs`).
+struct Peer {
+    child: Child,
+    role: String,
+}
+
+impl Peer {
+    fn spawn(role: &str, ep: &Endpoint, args: &[String]) -> Result<Peer, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let child = Command::new(exe)
+            .arg("--dw-child")
+            .arg(role)
+            .arg(ep.to_string())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("spawn child {role}: {e}"))?;
+        Ok(Peer {
+            child,
+            role: role.into(),
+        })
+    }
+
+    /// Spawns a listener role and waits for its `READY <endpoint>` line.
+    async fn listener(
+        role: &str,
+        ep: &Endpoint,
+        args: &[String],
+    ) -> Result<(Peer, Endpoint), String> {
+        let mut p = Peer::spawn(role, ep, args)?;
+        let out = p.child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(out).lines();
+        let line = within(
+            &format!("child {role} READY"),
+            PEER_DEADLINE,
+            lines.next_line(),
+        )
+        .await?
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("child {role} exited before it was ready"))?;
+        let bound = line
+            .strip_prefix("READY ")
+            .ok_or_else(|| format!("child {role} said {line:?}"))?;
+        Ok((p, Endpoint::parse(bound).map_err(e2s)?))
+    }
+
+    /// Closes the child's stdin (listener roles exit then) and waits for a successful exit.
+    async fn finish(mut self) -> Result<(), String> {
+        drop(self.child.stdin.take());
+        let status = within(
+            &format!("child {} exit", self.role),
+            PEER_DEADLINE,
+            self.child.wait(),
+        )
+        .await?
+        .map_err(|e| e.to_string())?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("child {} failed: {status}", self.role))
+        }
+    }
+
+    async fn kill(&mut self) -> Result<(), String> {
+        self.child
+            .kill()
+            .await
+            .map_err(|e| format!("kill child: {e}"))
+    }
+}
+
+async fn accept(l: &mut ductwork_core::BoxListener) -> Result<BoxConnection, String> {
+    within("accept", PEER_DEADLINE, l.accept())
+        .await?
+        .map_err(e2s)
+}
+
+async fn recv_msg(ch: &mut Channel<Msg>) -> Result<Option<Msg>, String> {
+    within("recv", PEER_DEADLINE, ch.recv()).await?.map_err(e2s)
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Typed messages of several sizes come back unchanged from an echo server in another process.
+fn round_trip(s: &Subject) -> Result<(), String> {
+    run(120, async {
+        let (peer, ep) = Peer::listener("echo-server", &endpoint(s, "round_trip"), &[]).await?;
+        let conn = within("connect", PEER_DEADLINE, ductwork_transports::connect(&ep))
+            .await?
+            .map_err(e2s)?;
+        let expected_caps = ductwork_transports::capabilities(&ep).map_err(e2s)?;
+        if conn.info().capabilities != expected_caps {
+            return Err("connection capabilities differ from the transport's".into());
+        }
+        let max = expected_caps.max_message;
+        let mut ch: Channel<Msg> = Channel::new(conn);
+        for (seq, len) in [0usize, 1, 100, 1000, 60_000.min(max - 200)]
+            .into_iter()
+            .enumerate()
+        {
+            let m = Msg::new(9, seq as u64, len);
+            ch.send(&m).await.map_err(e2s)?;
+            let back = recv_msg(&mut ch).await?;
+            if back.as_ref() != Some(&m) {
+                return Err(format!("message of {len} bytes came back as {back:?}"));
+            }
+        }
+        ch.close().await.map_err(e2s)?;
+        peer.finish().await
+    })
+}
+
+/// On a one-way transport, 1,000 messages from another process arrive, in order if ordered.
+fn one_way_delivery(s: &Subject) -> Result<(), String> {
+    run(120, async {
+        let mut l = ductwork_transports::bind(&endpoint(s, "one_way_delivery"))
+            .await
+            .map_err(e2s)?;
+        let caps = ductwork_transports::capabilities(l.endpoint()).map_err(e2s)?;
+        let mut ch: Channel<Msg> = Channel::new(accept(&mut l).await?);
+        let peer = Peer::spawn(
+            "send-close",
+            l.endpoint(),
+            &["3".into(), "1000".into(), "100".into()],
+        )?;
+        let mut last = None;
+        for _ in 0..1000 {
+            let m = recv_msg(&mut ch).await?.ok_or("stream ended early")?;
+            if m != Msg::new(3, m.seq, 100) {
+                return Err(format!("corrupt message {m:?}"));
+            }
+            if caps.ordered && last.is_some_and(|l: u64| m.seq != l + 1) {
+                return Err(format!("out of order: {} after {last:?}", m.seq));
+            }
+            last = Some(m.seq);
+        }
+        peer.finish().await
+    })
+}
+
+/// 100,000 messages from another process arrive in order, none lost or duplicated.
+fn ordered_100k(s: &Subject) -> Result<(), String> {
+    const N: u64 = 100_000;
+    run(300, async {
+        let mut l = ductwork_transports::bind(&endpoint(s, "ordered_100k"))
+            .await
+            .map_err(e2s)?;
+        let shared = ductwork_transports::capabilities(l.endpoint())
+            .map_err(e2s)?
+            .accept
+            == Accept::Shared;
+        let peer = Peer::spawn(
+            "send-close",
+            l.endpoint(),
+            &["1".into(), N.to_string(), "16".into()],
+        )?;
+        let mut ch: Channel<Msg> = Channel::new(accept(&mut l).await?);
+        for expected in 0..N {
+            let m = recv_msg(&mut ch)
+                .await?
+                .ok_or_else(|| format!("ended after {expected} messages"))?;
+            if m.seq != expected || m != Msg::new(1, expected, 16) {
+                return Err(format!("expected #{expected}, got #{} ({m:?})", m.seq));
+            }
+        }
+        if !shared {
+            match recv_msg(&mut ch).await? {
+                None => {}
+                Some(m) => return Err(format!("extra message after {N}: #{}", m.seq)),
+            }
+        }
+        peer.finish().await
+    })
+}
+
+/// A message of exactly the limit passes; one byte over is refused on send with FrameTooLarge
+/// and the connection stays usable.
+fn max_size(s: &Subject) -> Result<(), String> {
+    run(120, async {
+        let ep = endpoint(s, "max_size").with_option("max_frame", "65536");
+        let caps = ductwork_transports::capabilities(&ep).map_err(e2s)?;
+        if caps.direction == Direction::OneWay {
+            let mut l = ductwork_transports::bind(&ep).await.map_err(e2s)?;
+            let mut c = accept(&mut l).await?;
+            let peer = Peer::spawn("send-sizes", l.endpoint(), &[])?;
+            let f = within("recv", PEER_DEADLINE, c.next())
+                .await?
+                .ok_or("ended")?
+                .map_err(e2s)?;
+            if f.len() != caps.max_message || f.iter().any(|b| *b != 1) {
+                return Err(format!("max-size frame arrived as {} bytes", f.len()));
+            }
+            let f = within("recv", PEER_DEADLINE, c.next())
+                .await?
+                .ok_or("ended")?
+                .map_err(e2s)?;
+            if &f[..] != b"end" {
+                return Err(format!("after the refused frame got {} bytes", f.len()));
+            }
+            return peer.finish().await;
+        }
+        let (peer, ep) = Peer::listener("echo-server", &ep, &[]).await?;
+        let mut c = within("connect", PEER_DEADLINE, ductwork_transports::connect(&ep))
+            .await?
+            .map_err(e2s)?;
+        let max = c.info().capabilities.max_message;
+        let full = Bytes::from((0..max).map(|i| i as u8).collect::<Vec<_>>());
+        c.send(full.clone()).await.map_err(e2s)?;
+        let back = within("recv", PEER_DEADLINE, c.next())
+            .await?
+            .ok_or("ended")?
+            .map_err(e2s)?;
+        if back != full {
+            return Err(format!("max-size frame came back as {} bytes", back.len()));
+        }
+        match c.send(Bytes::from(vec![0u8; max + 1])).await {
+            Err(e) if e.kind() == ErrorKind::FrameTooLarge => {
+                if !e.to_string().contains(&ep.address().to_string()) {
+                    return Err(format!("error does not name the endpoint: {e}"));
+                }
+            }
+            other => return Err(format!("max+1 bytes not refused: {other:?}")),
+        }
+        c.send(Bytes::from_static(b"still usable"))
+            .await
+            .map_err(e2s)?;
+        let back = within("recv", PEER_DEADLINE, c.next())
+            .await?
+            .ok_or("ended")?
+            .map_err(e2s)?;
+        if &back[..] != b"still usable" {
+            return Err("connection not usable after a refused frame".into());
+        }
+        c.close().await.map_err(e2s)?;
+        peer.finish().await
+    })
+}
+
+/// A peer that sends more than our limit makes our recv fail with FrameTooLarge (no hang, no
+/// allocation of the claimed size).
+fn oversized_from_peer(s: &Subject) -> Result<(), String> {
+    run(120, async {
+        let ep = endpoint(s, "oversized_from_peer").with_option("max_frame", "65536");
+        let (peer, bound) = Peer::listener("blast", &ep, &["4096".into()]).await?;
+        let mine = bound.with_option("max_frame", "1024");
+        let mut c = within(
+            "connect",
+            PEER_DEADLINE,
+            ductwork_transports::connect(&mine),
+        )
+        .await?
+        .map_err(e2s)?;
+        match within("recv", PEER_DEADLINE, c.next()).await? {
+            Some(Err(e)) if e.kind() == ErrorKind::FrameTooLarge => {}
+            other => return Err(format!("expected FrameTooLarge, got {other:?}")),
+        }
+        drop(c);
+        peer.finish().await
+    })
+}
+
+fn spawn_echo_acceptor(
+    mut l: ductwork_core::BoxListener,
+) -> tokio::sync::mpsc::UnboundedReceiver<DwResult<()>> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut c) = l.accept().await else { break };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let outcome = async {
+                    while let Some(f) = c.next().await {
+                        c.send(f?).await?;
+                    }
+                    c.close().await
+                }
+                .await;
+                let _ = tx.send(outcome);
+            });
+        }
+    });
+    rx
+}
+
+/// Four client processes at once, each doing 100 round trips, all served correctly.
+fn many_clients(s: &Subject) -> Result<(), String> {
+    run(240, async {
+        let l = ductwork_transports::bind(&endpoint(s, "many_clients"))
+            .await
+            .map_err(e2s)?;
+        let ep = l.endpoint().clone();
+        let _outcomes = spawn_echo_acceptor(l);
+        let peers = (0..4)
+            .map(|i| Peer::spawn("echo-client", &ep, &[i.to_string(), "100".into()]))
+            .collect::<Result<Vec<_>, _>>()?;
+        for p in peers {
+            p.finish().await?;
+        }
+        Ok(())
+    })
+}
+
+/// Four sender processes at once into one receiver; each sender's messages all arrive (if
+/// reliable), in order (if ordered).
+fn many_senders(s: &Subject) -> Result<(), String> {
+    const PER: u64 = 200;
+    run(240, async {
+        let mut l = ductwork_transports::bind(&endpoint(s, "many_senders"))
+            .await
+            .map_err(e2s)?;
+        let caps = ductwork_transports::capabilities(l.endpoint()).map_err(e2s)?;
+        let mut ch: Channel<Msg> = Channel::new(accept(&mut l).await?);
+        let peers = (0..4u32)
+            .map(|i| {
+                Peer::spawn(
+                    "send-close",
+                    l.endpoint(),
+                    &[i.to_string(), PER.to_string(), "32".into()],
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut next = [0u64; 4];
+        for _ in 0..4 * PER {
+            let m = recv_msg(&mut ch).await?.ok_or("stream ended")?;
+            let slot = next.get_mut(m.sender as usize).ok_or("unknown sender")?;
+            if caps.ordered && m.seq != *slot {
+                return Err(format!(
+                    "sender {}: expected #{}, got #{}",
+                    m.sender, slot, m.seq
+                ));
+            }
+            *slot = m.seq + 1;
+        }
+        for p in peers {
+            p.finish().await?;
+        }
+        Ok(())
+    })
+}
+
+/// A peer that sends 10 messages and closes: we get all 10, then a clean end (None), not an error.
+fn clean_close(s: &Subject) -> Result<(), String> {
+    run(120, async {
+        let mut l = ductwork_transports::bind(&endpoint(s, "clean_close"))
+            .await
+            .map_err(e2s)?;
+        let peer = Peer::spawn(
+            "send-close",
+            l.endpoint(),
+            &["5".into(), "10".into(), "64".into()],
+        )?;
+        let mut ch: Channel<Msg> = Channel::new(accept(&mut l).await?);
+        for i in 0..10 {
+            match recv_msg(&mut ch).await? {
+                Some(m) if m == Msg::new(5, i, 64) => {}
+                other => return Err(format!("message {i}: {other:?}")),
+            }
+        }
+        match within("recv after close", PEER_DEADLINE, ch.recv()).await? {
+            Ok(None) => {}
+            other => return Err(format!("expected a clean end, got {other:?}")),
+        }
+        peer.finish().await
+    })
+}
+
+/// A peer that closed cleanly and exited: we read its messages and the clean end, and our own
+/// close then succeeds (it has nobody to tell, and that is not an error).
+fn close_after_peer_left(s: &Subject) -> Result<(), String> {
+    run(120, async {
+        let mut l = ductwork_transports::bind(&endpoint(s, "close_after_peer_left"))
+            .await
+            .map_err(e2s)?;
+        let peer = Peer::spawn(
+            "send-close",
+            l.endpoint(),
+            &["2".into(), "3".into(), "8".into()],
+        )?;
+        let mut ch: Channel<Msg> = Channel::new(accept(&mut l).await?);
+        peer.finish().await?;
+        for i in 0..3 {
+            if recv_msg(&mut ch).await? != Some(Msg::new(2, i, 8)) {
+                return Err(format!("message {i} missing"));
+            }
+        }
+        if recv_msg(&mut ch).await?.is_some() {
+            return Err("expected a clean end".into());
+        }
+        ch.close()
+            .await
+            .map_err(|e| format!("close after the peer left: {e}"))
+    })
+}
+
+/// A peer killed while we wait in recv, and one killed mid-stream: the survivor gets
+/// ConnectionLost promptly, never a hang and never a clean end.
+fn peer_killed(s: &Subject) -> Result<(), String> {
+    run(180, async {
+        let mut l = ductwork_transports::bind(&endpoint(s, "peer_killed"))
+            .await
+            .map_err(e2s)?;
+        // 1. Idle peer killed while our recv is pending.
+        let mut idle = Peer::spawn("send-one-then-wait", l.endpoint(), &[])?;
+        let mut ch: Channel<Msg> = Channel::new(accept(&mut l).await?);
+        recv_msg(&mut ch).await?.ok_or("no first message")?;
+        let pending = tokio::spawn(async move { ch.recv().await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        idle.kill().await?;
+        match within("recv after kill (idle)", Duration::from_secs(20), pending).await? {
+            Ok(Err(e)) if e.kind() == ErrorKind::ConnectionLost => {}
+            other => {
+                return Err(format!(
+                    "idle peer killed: expected ConnectionLost, got {other:?}"
+                ))
+            }
+        }
+        // 2. Streaming peer killed mid-stream.
+        let mut busy = Peer::spawn("stream-forever", l.endpoint(), &[])?;
+        let mut ch: Channel<Msg> = Channel::new(accept(&mut l).await?);
+        for _ in 0..50 {
+            recv_msg(&mut ch).await?.ok_or("stream ended early")?;
+        }
+        busy.kill().await?;
+        let drained = within("drain after kill", Duration::from_secs(30), async {
+            loop {
+                match ch.recv().await {
+                    Ok(Some(_)) => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await?;
+        match drained {
+            Err(e) if e.kind() == ErrorKind::ConnectionLost => Ok(()),
+            other => Err(format!(
+                "streaming peer killed: expected ConnectionLost, got {other:?}"
+            )),
+        }
+    })
+}
+
+/// Raw garbage from a non-ductwork client fails only that connection; the listener goes on
+/// serving a well-behaved client from another process.
+fn garbage(s: &Subject) -> Result<(), String> {
+    if s.garbage.is_none() {
+        return Ok(());
+    }
+    run(180, async {
+        let l = ductwork_transports::bind(&endpoint(s, "garbage"))
+            .await
+            .map_err(e2s)?;
+        let ep = l.endpoint().clone();
+        let caps = ductwork_transports::capabilities(&ep).map_err(e2s)?;
+        let mut outcomes = spawn_echo_acceptor(l);
+        Peer::spawn("garbage", &ep, &[s.name.into()])?
+            .finish()
+            .await?;
+        if caps.boundaries == ductwork_core::Boundaries::FramedBytes {
+            match within("garbage connection outcome", PEER_DEADLINE, outcomes.recv()).await? {
+                Some(Err(e))
+                    if matches!(e.kind(), ErrorKind::FrameTooLarge | ErrorKind::Protocol) => {}
+                other => return Err(format!("garbage connection ended with {other:?}")),
+            }
+        }
+        Peer::spawn("echo-client", &ep, &["1".into(), "20".into()])?
+            .finish()
+            .await
+    })
+}
+
+/// Connecting where nothing listens (any more) is NotFound, naming the endpoint, promptly.
+fn connect_missing(s: &Subject) -> Result<(), String> {
+    run(60, async {
+        let l = ductwork_transports::bind(&endpoint(s, "connect_missing"))
+            .await
+            .map_err(e2s)?;
+        let gone = l.endpoint().clone();
+        drop(l);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        match within(
+            "connect to a missing endpoint",
+            Duration::from_secs(30),
+            ductwork_transports::connect(&gone),
+        )
+        .await?
+        {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                if e.to_string().contains(gone.address()) {
+                    Ok(())
+                } else {
+                    Err(format!("error does not name the endpoint: {e}"))
+                }
+            }
+            Err(e) => Err(format!("expected NotFound, got {:?}: {e}", e.kind())),
+            Ok(_) => Err("connected to an endpoint nobody listens on".into()),
+        }
+    })
+}
+
+/// Binding a name another live process holds is AddrInUse, naming the endpoint; once that
+/// process let go, binding works.
+fn bind_in_use(s: &Subject) -> Result<(), String> {
+    run(120, async {
+        let (peer, bound) = Peer::listener("hold", &endpoint(s, "bind_in_use"), &[]).await?;
+        match ductwork_transports::bind(&bound).await {
+            Err(e) if e.kind() == ErrorKind::AddrInUse => {
+                if !e.to_string().contains(bound.address()) {
+                    return Err(format!("error does not name the endpoint: {e}"));
+                }
+            }
+            Err(e) => return Err(format!("expected AddrInUse, got {:?}: {e}", e.kind())),
+            Ok(_) => return Err("bound a name another process holds".into()),
+        }
+        peer.finish().await?;
+        ductwork_transports::bind(&bound)
+            .await
+            .map(drop)
+            .map_err(|e| format!("rebind after release: {e}"))
+    })
+}
+
+/// A listener process that was killed leaves nothing that stops the next bind of its name.
+fn rebind_after_crash(s: &Subject) -> Result<(), String> {
+    run(120, async {
+        let (mut peer, bound) =
+            Peer::listener("hold", &endpoint(s, "rebind_after_crash"), &[]).await?;
+        peer.kill().await?;
+        let _ = peer.child.wait().await;
+        // The OS may need a moment to release a killed process's handles.
+        let mut last = String::new();
+        for _ in 0..50 {
+            match ductwork_transports::bind(&bound).await {
+                Ok(_) => return Ok(()),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(format!("cannot bind after the holder was killed: {last}"))
+    })
+}
+
+/// Receiving on the sending side, or sending on the receiving side, is Unsupported; a shared
+/// receiver is accepted once.
+fn one_way_rules(s: &Subject) -> Result<(), String> {
+    run(60, async {
+        let mut l = ductwork_transports::bind(&endpoint(s, "one_way_rules"))
+            .await
+            .map_err(e2s)?;
+        let mut rx = accept(&mut l).await?;
+        match rx.send(Bytes::from_static(b"x")).await {
+            Err(e) if e.kind() == ErrorKind::Unsupported => {}
+            other => return Err(format!("send on the receiving side: {other:?}")),
+        }
+        if ductwork_transports::capabilities(l.endpoint())
+            .map_err(e2s)?
+            .accept
+            == Accept::Shared
+        {
+            match within("second accept", Duration::from_secs(5), l.accept()).await? {
+                Err(e) if e.kind() == ErrorKind::Unsupported => {}
+                Err(e) => return Err(format!("second accept: {e}")),
+                Ok(_) => return Err("second accept returned another connection".into()),
+            }
+        }
+        let mut tx = within(
+            "connect",
+            PEER_DEADLINE,
+            ductwork_transports::connect(l.endpoint()),
+        )
+        .await?
+        .map_err(e2s)?;
+        match within("recv on sending side", Duration::from_secs(5), tx.next()).await? {
+            Some(Err(e)) if e.kind() == ErrorKind::Unsupported => Ok(()),
+            other => Err(format!("recv on the sending side: {other:?}")),
+        }
+    })
+}
+
+/// A frame that is not a valid message is a Decode error for that message only; the typed
+/// channel goes on working.
+fn typed_decode_error(s: &Subject) -> Result<(), String> {
+    run(120, async {
+        let (peer, ep) =
+            Peer::listener("echo-server", &endpoint(s, "typed_decode_error"), &[]).await?;
+        let mut c = within("connect", PEER_DEADLINE, ductwork_transports::connect(&ep))
+            .await?
+            .map_err(e2s)?;
+        c.send(Bytes::from_static(&[0xff, 0xff, 0xff]))
+            .await
+            .map_err(e2s)?;
+        let mut ch: Channel<Msg> = Channel::new(c);
+        match within("recv", PEER_DEADLINE, ch.recv()).await? {
+            Err(e) if e.kind() == ErrorKind::Decode => {}
+            other => return Err(format!("expected Decode, got {other:?}")),
+        }
+        let m = Msg::new(1, 1, 10);
+        ch.send(&m).await.map_err(e2s)?;
+        if recv_msg(&mut ch).await? != Some(m) {
+            return Err("channel unusable after a decode error".into());
+        }
+        ch.close().await.map_err(e2s)?;
+        peer.finish().await
+    })
+}
