@@ -5,6 +5,8 @@
 #
 #   bash scripts/windows-tests.sh                     # packages, prefix, build, clippy, test
 #   bash scripts/windows-tests.sh codec::tests -- --nocapture   # extra args go to `cargo test`
+#   DUCTWORK_WIN_STEPS=test bash scripts/windows-tests.sh -p ductwork-transports \
+#     --test conformance -- tcp::       # with -p/--package, --workspace is not added
 #
 # How it works
 # - rustup cannot download the Windows std, so Debian's rustc-web (1.96) + rust-web-src build std
@@ -27,7 +29,7 @@
 #   DUCTWORK_WIN_FEATURES     if set: --no-default-features --features "$DUCTWORK_WIN_FEATURES"
 #                             for every cargo step ("default,foo" = defaults plus foo; "" = none)
 #   DUCTWORK_WIN_STEPS        steps to run (default "build clippy test")
-#   DUCTWORK_WIN_TEST_TIMEOUT seconds before a single test .exe is killed (default 900)
+#   DUCTWORK_WIN_TEST_TIMEOUT seconds before a single test .exe is killed (default 600)
 #   WINEDEBUG                 Wine's debug channels (default -all; try +loaddll or +seh)
 set -euo pipefail
 
@@ -151,7 +153,7 @@ if [[ ! -f $WINEPREFIX/system.reg ]]; then
 fi
 sys32=$WINEPREFIX/drive_c/windows/system32
 cmp -s "$dll" "$sys32/bcryptprimitives.dll" || cp "$dll" "$sys32/bcryptprimitives.dll"
-"$wineserver" -p
+"$wineserver" -p >>"$WIN_HOME/wineserver.log" 2>&1 # (it dumps its objects when killed)
 # These first processes also start the prefix's services now rather than in the first test.
 # Top-level windows without an X server (message-only windows need nothing):
 "$wine" reg add 'HKCU\Software\Wine\Drivers' /v Graphics /d null /f >/dev/null
@@ -208,6 +210,11 @@ fi
 if [[ $steps == *" test "* ]]; then
   begin "cargo test (under Wine)"
   # --no-fail-fast: report every failing test binary, not only the first one.
-  "$cargo" test --workspace --no-fail-fast "${win[@]}" "${features[@]}" "$@"
+  scope=(--workspace)
+  for a in "$@"; do
+    [[ $a == -- ]] && break
+    [[ $a == -p || $a == -p* || $a == --package || $a == --package=* ]] && scope=()
+  done
+  "$cargo" test "${scope[@]}" --no-fail-fast "${win[@]}" "${features[@]}" "$@"
   end
 fi
