@@ -3,6 +3,7 @@
 //! | scheme | module | cargo feature |
 //! |---|---|---|
 //! | `tcp`, `udp`, `unix` | [`socket`] | `socket` |
+//! | `copydata` (Windows only) | [`copydata`] | `copydata` |
 //!
 //! [`bind`] and [`connect`] pick the backend from the endpoint's scheme. A scheme whose backend
 //! this build lacks fails with [`ErrorKind::Unsupported`] naming the cargo feature; a backend
@@ -18,6 +19,8 @@ use std::sync::Arc;
 
 pub(crate) mod framed;
 
+#[cfg(feature = "copydata")]
+pub mod copydata;
 #[cfg(feature = "socket")]
 pub mod socket;
 
@@ -31,6 +34,8 @@ pub fn transports() -> Vec<Arc<dyn Transport>> {
         v.push(Arc::new(socket::Udp));
         v.push(Arc::new(socket::Unix));
     }
+    #[cfg(feature = "copydata")]
+    v.push(Arc::new(copydata::CopyData));
     v
 }
 

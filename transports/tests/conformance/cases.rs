@@ -653,11 +653,14 @@ fn garbage(s: &Subject) -> Result<(), String> {
         return Ok(());
     }
     run(180, async {
-        let l = ductwork_transports::bind(&endpoint(s, "garbage"))
+        let mut l = ductwork_transports::bind(&endpoint(s, "garbage"))
             .await
             .map_err(e2s)?;
         let ep = l.endpoint().clone();
         let caps = ductwork_transports::capabilities(&ep).map_err(e2s)?;
+        if caps.direction == Direction::OneWay {
+            return garbage_one_way(s, &mut l).await;
+        }
         let mut outcomes = spawn_echo_acceptor(l);
         Peer::spawn("garbage", &ep, &[s.name.into()])?
             .finish()
@@ -673,6 +676,31 @@ fn garbage(s: &Subject) -> Result<(), String> {
             .finish()
             .await
     })
+}
+
+/// The one-way form of `garbage` (no echo possible): after the raw client's garbage, messages
+/// from a well-behaved sender process still arrive on the receiving connection, all of them and
+/// in order if ordered. Garbage that the transport passed on as frames may only surface as
+/// per-message Decode errors (datagram framing has no header to violate).
+async fn garbage_one_way(s: &Subject, l: &mut ductwork_core::BoxListener) -> Result<(), String> {
+    const N: u64 = 20;
+    let ep = l.endpoint().clone();
+    let ordered = ductwork_transports::capabilities(&ep).map_err(e2s)?.ordered;
+    let mut ch: Channel<Msg> = Channel::new(accept(l).await?);
+    Peer::spawn("garbage", &ep, &[s.name.into()])?
+        .finish()
+        .await?;
+    let peer = Peer::spawn("send-close", &ep, &["4".into(), N.to_string(), "16".into()])?;
+    let (mut got, mut decode_errors) = (0u64, 0u32);
+    while got < N {
+        match within("recv", PEER_DEADLINE, ch.recv()).await? {
+            Ok(Some(m)) if m == Msg::new(4, m.seq, 16) && (!ordered || m.seq == got) => got += 1,
+            Ok(other) => return Err(format!("after garbage: unexpected {other:?}")),
+            Err(e) if e.kind() == ErrorKind::Decode && decode_errors < 64 => decode_errors += 1,
+            Err(e) => return Err(format!("after garbage: {e}")),
+        }
+    }
+    peer.finish().await
 }
 
 /// Connecting where nothing listens (any more) is NotFound, naming the endpoint, promptly.
