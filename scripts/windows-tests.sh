@@ -59,7 +59,7 @@ begin() {
 }
 end() {
   local ms=$(($(now_ms) - step_t0))
-  summary+=("$(printf '  %-30s %s' "$current" "$(fmt_s $ms)")")
+  summary+=("$(printf '  %-38s %s' "$current" "$(fmt_s $ms)")")
   printf -- '--- [windows] %s: %s\n' "$current" "$(fmt_s $ms)"
   current=""
 }
@@ -70,7 +70,7 @@ finish() {
   if ((wine_started)); then "$wineserver" -k >/dev/null 2>&1; fi
   printf '\n=== [windows] timings\n'
   printf '%s\n' "${summary[@]}"
-  printf '  %-30s %s\n' "total" "$(fmt_s $(($(now_ms) - run_t0)))"
+  printf '  %-38s %s\n' "total" "$(fmt_s $(($(now_ms) - run_t0)))"
   if ((rc != 0)); then
     echo "windows-tests.sh: FAILED in step '${current:-?}' (exit code $rc)" >&2
   fi
