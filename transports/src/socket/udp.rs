@@ -130,43 +130,58 @@ impl Transport for Udp {
             },
             pending: None,
             bye_sent: false,
+            peer_left: false,
             read_done: false,
             _task: None,
         }))
     }
 }
 
+/// Whether a socket error means "nothing listens at that port" (ICMP port unreachable: Unix
+/// reports it as refused, Windows as reset).
+fn is_unreachable(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
+    )
+}
+
 /// Says hello until the listener answers. Returns a data or bye datagram that arrived before
 /// the welcome (the welcome may be lost or overtaken): it counts as the welcome and must be
 /// delivered first.
+///
+/// The answer is polled with `try_recv` and short sleeps rather than awaited with `recv`:
+/// under Wine, awaiting `recv` on a connected UDP socket whose hello bounced (ICMP port
+/// unreachable) spins inside one poll and starves even the timeout around it.
 async fn handshake(sock: &UdpSocket, ep: &Endpoint, timeout: Duration) -> Result<Option<Bytes>> {
     let deadline = Instant::now() + timeout;
     let mut wait = Duration::from_millis(20);
     let mut buf = vec![0u8; RECV_BUF];
+    let nothing =
+        |e: io::Error| Error::new(ErrorKind::NotFound, ep, "nothing listens there").with_source(e);
     loop {
         match sock.send(&[TAG_HELLO]).await {
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                return Err(
-                    Error::new(ErrorKind::NotFound, ep, "nothing listens there").with_source(e)
-                )
-            }
+            Err(e) if is_unreachable(&e) => return Err(nothing(e)),
             Err(e) => return Err(Error::io(ep, "send hello", e)),
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(wait.min(left), sock.recv(&mut buf)).await {
-            Ok(Ok(n)) if n >= 1 && buf[0] == TAG_WELCOME => return Ok(None),
-            Ok(Ok(n)) if n >= 1 && (buf[0] == TAG_DATA || buf[0] == TAG_BYE) => {
-                return Ok(Some(Bytes::copy_from_slice(&buf[..n])))
+        let until = (Instant::now() + wait).min(deadline);
+        loop {
+            match sock.try_recv(&mut buf) {
+                Ok(n) if n >= 1 && buf[0] == TAG_WELCOME => return Ok(None),
+                Ok(n) if n >= 1 && (buf[0] == TAG_DATA || buf[0] == TAG_BYE) => {
+                    return Ok(Some(Bytes::copy_from_slice(&buf[..n])))
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if Instant::now() >= until {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err(e) if is_unreachable(&e) => return Err(nothing(e)),
+                Err(e) => return Err(Error::io(ep, "receive welcome", e)),
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                return Err(
-                    Error::new(ErrorKind::NotFound, ep, "nothing listens there").with_source(e)
-                )
-            }
-            Ok(Err(e)) => return Err(Error::io(ep, "receive welcome", e)),
-            Err(_elapsed) => {}
         }
         if Instant::now() >= deadline {
             return Err(Error::new(
@@ -260,6 +275,7 @@ async fn serve(
                         },
                         pending: None,
                         bye_sent: false,
+                        peer_left: false,
                         read_done: false,
                         _task: task_guard.upgrade(),
                     };
@@ -339,6 +355,9 @@ struct UdpConn {
     info: ConnectionInfo,
     pending: Option<Bytes>,
     bye_sent: bool,
+    /// The peer said bye: it is gone, so we send no bye back. A datagram to its closed port
+    /// would only bounce, and under Wine a bounce wedges the listener's shared socket.
+    peer_left: bool,
     read_done: bool,
     _task: Option<Arc<AbortOnDrop>>,
 }
@@ -386,6 +405,7 @@ impl Stream for UdpConn {
                     Some(Incoming::Data(b)) => b,
                     Some(Incoming::Bye) => {
                         this.read_done = true;
+                        this.peer_left = true;
                         return Poll::Ready(None);
                     }
                     None => {
@@ -417,6 +437,7 @@ impl Stream for UdpConn {
                         Some(&TAG_DATA) => Bytes::copy_from_slice(&d[1..]),
                         Some(&TAG_BYE) => {
                             this.read_done = true;
+                            this.peer_left = true;
                             return Poll::Ready(None);
                         }
                         _ => continue,
@@ -473,18 +494,18 @@ impl Sink<Bytes> for UdpConn {
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         ready!(self.as_mut().poll_flush(cx))?;
-        if !self.bye_sent {
+        if !self.bye_sent && !self.peer_left {
             // Best effort, like everything on UDP.
             let _ = ready!(self.poll_send_raw(cx, &[TAG_BYE]));
-            self.bye_sent = true;
         }
+        self.bye_sent = true;
         Poll::Ready(Ok(()))
     }
 }
 
 impl Drop for UdpConn {
     fn drop(&mut self) {
-        if !self.bye_sent {
+        if !self.bye_sent && !self.peer_left {
             let _ = match self.to {
                 Some(to) => self.sock.try_send_to(&[TAG_BYE], to),
                 None => self.sock.try_send(&[TAG_BYE]),

@@ -109,12 +109,36 @@ async fn child(role: &str, args: &[String]) -> Result<(), String> {
             let n: u64 = arg(args, 2)?;
             let mut ch: Channel<Msg> =
                 Channel::new(ductwork_transports::connect(&ep).await.map_err(e2s)?);
+            // On a best-effort transport a request or its echo may be lost: like any UDP
+            // application, resend after a while and skip late echoes of earlier requests.
+            let best_effort = !ch.info().capabilities.is_reliable();
             for seq in 0..n {
                 let m = Msg::new(id, seq, (seq % 300) as usize);
-                ch.send(&m).await.map_err(e2s)?;
-                match ch.recv().await.map_err(e2s)? {
-                    Some(back) if back == m => {}
-                    other => return Err(format!("echo mismatch at {seq}: {other:?}")),
+                let mut tries = 0;
+                'resend: loop {
+                    ch.send(&m).await.map_err(e2s)?;
+                    loop {
+                        let got = if best_effort {
+                            match tokio::time::timeout(Duration::from_millis(300), ch.recv()).await
+                            {
+                                Ok(r) => r.map_err(e2s)?,
+                                Err(_) if tries < 50 => {
+                                    tries += 1;
+                                    continue 'resend;
+                                }
+                                Err(_) => {
+                                    return Err(format!("no echo for #{seq} after {tries} resends"))
+                                }
+                            }
+                        } else {
+                            ch.recv().await.map_err(e2s)?
+                        };
+                        match got {
+                            Some(back) if back == m => break 'resend,
+                            Some(back) if best_effort && back.sender == id && back.seq < seq => {}
+                            other => return Err(format!("echo mismatch at {seq}: {other:?}")),
+                        }
+                    }
                 }
             }
             ch.close().await.map_err(e2s)
