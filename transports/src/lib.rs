@@ -20,6 +20,8 @@ use ductwork_core::{
 };
 use std::sync::Arc;
 
+#[cfg(all(unix, any(feature = "socket", feature = "mailslot", feature = "shm")))]
+pub(crate) mod socket_file;
 // Byte-stream transports (tcp, unix, and pipe, which needs `socket`) share this.
 #[cfg(feature = "socket")]
 pub(crate) mod framed;

@@ -5,6 +5,7 @@
 
 use super::{recv_on_sender, second_accept, send_on_receiver, SlotAddr};
 use crate::local::unix::socket_path;
+use crate::socket_file::{clear_stale, Probe};
 use bytes::Bytes;
 use ductwork_core::{
     async_trait, BoxConnection, BoxListener, Capabilities, Connection, ConnectionInfo, Endpoint,
@@ -14,7 +15,7 @@ use futures::{ready, Sink, Stream};
 use std::{
     io,
     os::fd::AsRawFd,
-    os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt},
+    os::unix::fs::{MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
     pin::Pin,
     task::{Context, Poll},
@@ -36,31 +37,13 @@ pub(super) async fn bind(
     caps: Capabilities,
 ) -> Result<BoxListener> {
     let path = socket_path(ep, "mailslot", &addr.name)?;
-    if let Ok(meta) = std::fs::symlink_metadata(&path) {
-        if !meta.file_type().is_socket() {
-            return Err(Error::new(
-                ErrorKind::AddrInUse,
-                ep,
-                format!("{} exists and is not a socket", path.display()),
-            ));
-        }
-        let probe = UnixDatagram::unbound().map_err(|e| Error::io(ep, "create socket", e))?;
-        match probe.connect(&path) {
-            Ok(()) => {
-                return Err(Error::new(
-                    ErrorKind::AddrInUse,
-                    ep,
-                    "another process is receiving on this mailslot",
-                ))
-            }
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                tracing::debug!(endpoint = %ep, "replacing a stale mailslot socket file");
-                std::fs::remove_file(&path)
-                    .map_err(|e| Error::io(ep, "remove stale socket file", e))?;
-            }
-            Err(e) => return Err(Error::io(ep, "probe existing socket file", e)),
-        }
-    }
+    clear_stale(
+        ep,
+        &path,
+        Probe::Datagram,
+        "another process is receiving on this mailslot",
+    )
+    .await?;
     let sock = UnixDatagram::bind(&path).map_err(|e| Error::io(ep, "bind", e))?;
     let guard = PathGuard::new(path);
     std::fs::set_permissions(&guard.path, std::fs::Permissions::from_mode(0o600))

@@ -22,6 +22,7 @@ use super::{
     ring::{self, Consumer, Producer, SharedRegion, Which},
     Config,
 };
+use crate::socket_file::{clear_stale, Probe};
 use ductwork_core::{
     async_trait, BoxConnection, BoxListener, ConnectionInfo, Endpoint, Error, ErrorKind, Listener,
     Result,
@@ -40,7 +41,7 @@ use std::{
     mem::MaybeUninit,
     os::{
         fd::{AsFd, OwnedFd},
-        unix::fs::{FileTypeExt, MetadataExt, PermissionsExt},
+        unix::fs::{MetadataExt, PermissionsExt},
     },
     path::PathBuf,
     sync::Arc,
@@ -289,30 +290,13 @@ fn describe_peer(s: &UnixStream) -> Option<String> {
 
 pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
     let path = socket_path(ep)?;
-    if let Ok(meta) = std::fs::symlink_metadata(&path) {
-        if !meta.file_type().is_socket() {
-            return Err(Error::new(
-                ErrorKind::AddrInUse,
-                ep,
-                format!("{} exists and is not a socket", path.display()),
-            ));
-        }
-        match UnixStream::connect(&path).await {
-            Ok(_) => {
-                return Err(Error::new(
-                    ErrorKind::AddrInUse,
-                    ep,
-                    "another process is listening on this shm name",
-                ))
-            }
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                tracing::debug!(endpoint = %ep, "replacing a stale shm socket file");
-                std::fs::remove_file(&path)
-                    .map_err(|e| Error::io(ep, "remove stale socket file", e))?;
-            }
-            Err(e) => return Err(Error::io(ep, "probe existing socket file", e)),
-        }
-    }
+    clear_stale(
+        ep,
+        &path,
+        Probe::Stream,
+        "another process is listening on this shm name",
+    )
+    .await?;
     let listener = UnixListener::bind(&path).map_err(|e| Error::io(ep, "bind", e))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| Error::io(ep, "set socket file permissions", e))?;

@@ -60,13 +60,14 @@ pub(crate) use imp::{bind_path, connect_path};
 #[cfg(unix)]
 mod imp {
     use crate::framed::{ByteStream, FramedConnection};
+    use crate::socket_file::{clear_stale, Probe};
     use ductwork_core::{
         async_trait, BoxConnection, BoxListener, Capabilities, ConnectionInfo, Endpoint, Error,
         ErrorKind, Listener, Result,
     };
     use std::{
         io,
-        os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt},
+        os::unix::fs::{MetadataExt, PermissionsExt},
         path::{Path, PathBuf},
     };
     use tokio::net::{UnixListener, UnixStream};
@@ -109,30 +110,13 @@ mod imp {
         mode: u32,
         caps: Capabilities,
     ) -> Result<BoxListener> {
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            if !meta.file_type().is_socket() {
-                return Err(Error::new(
-                    ErrorKind::AddrInUse,
-                    ep,
-                    format!("{} exists and is not a socket", path.display()),
-                ));
-            }
-            match UnixStream::connect(path).await {
-                Ok(_) => {
-                    return Err(Error::new(
-                        ErrorKind::AddrInUse,
-                        ep,
-                        "another process is listening on this socket",
-                    ))
-                }
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    tracing::debug!(endpoint = %ep, "replacing a stale socket file");
-                    std::fs::remove_file(path)
-                        .map_err(|e| Error::io(ep, "remove stale socket file", e))?;
-                }
-                Err(e) => return Err(Error::io(ep, "probe existing socket file", e)),
-            }
-        }
+        clear_stale(
+            ep,
+            path,
+            Probe::Stream,
+            "another process is listening on this socket",
+        )
+        .await?;
         let listener = UnixListener::bind(path).map_err(|e| Error::io(ep, "bind", e))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             .map_err(|e| Error::io(ep, "set socket file permissions", e))?;
