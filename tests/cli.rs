@@ -319,3 +319,82 @@ fn wait_with_timeout(mut child: std::process::Child, limit: Duration) -> Output 
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn bad_transport_options_are_usage_errors() {
+    for (bad, says) in [
+        ("shm?spin", "key=value"),
+        ("tcp?=1", "key=value"),
+        ("tcp?bogus=1", "unknown option `bogus`"),
+    ] {
+        let o = run(&["bench", "--transports", bad, "--duration", "0.05"]);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{bad}: {}", stderr(&o));
+    }
+}
+
+/// `shm?spin=0` is a row of its own, compared first with the eventfd ping-pong (Linux), and
+/// bulk sizes get a memcpy baseline that shm throughput is compared with.
+#[test]
+fn shm_variants_and_memcpy_baseline() {
+    let dir = std::env::temp_dir().join(format!("ductwork-cli-shm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("out.json");
+    let o = run(&[
+        "bench",
+        "--duration",
+        "0.05",
+        "--sizes",
+        "64,64KiB",
+        "--transports",
+        "shm,shm?spin=0",
+        "--pin",
+        "none",
+        "--json",
+        json.to_str().unwrap(),
+        "--plot",
+        dir.join("out.svg").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows = v["results"].as_array().unwrap();
+    let row = |t: &str, size: u64| {
+        rows.iter()
+            .find(|r| r["transport"] == t && r["size"] == size)
+            .unwrap_or_else(|| panic!("no {t} {size} row: {v:#}"))
+    };
+    for t in ["shm", "shm?spin=0"] {
+        for size in [64, 65536] {
+            let r = row(t, size);
+            assert!(r["rtt_ns"]["p50"].as_u64().unwrap() > 0, "{r}");
+            assert_eq!(r["throughput"]["sent"], r["throughput"]["received"], "{r}");
+        }
+        // Bulk throughput is compared with memcpy, measured in the same run.
+        let bulk = row(t, 65536);
+        let mut ratios = vec![(bulk["baseline"].clone(), bulk["ratio"].clone())];
+        for r in bulk["other_ratios"].as_array().into_iter().flatten() {
+            ratios.push((r["baseline"].clone(), r.clone()));
+        }
+        let vs_memcpy = ratios
+            .iter()
+            .find(|(b, _)| *b == "raw-memcpy")
+            .unwrap_or_else(|| panic!("no raw-memcpy ratio: {bulk}"));
+        assert!(vs_memcpy.1["throughput"].as_f64().unwrap() > 0.0, "{bulk}");
+    }
+    let memcpy = v["baselines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["transport"] == "raw-memcpy")
+        .unwrap_or_else(|| panic!("no raw-memcpy baseline: {v:#}"));
+    assert_eq!(
+        memcpy["size"], 65536,
+        "memcpy is measured at bulk sizes only"
+    );
+    assert!(memcpy["throughput"]["bytes_per_s"].as_f64().unwrap() > 0.0);
+    if cfg!(target_os = "linux") {
+        assert_eq!(row("shm?spin=0", 64)["baseline"], "raw-eventfd");
+        assert_eq!(row("shm", 64)["baseline"], "raw-cacheline");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

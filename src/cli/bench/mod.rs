@@ -15,7 +15,11 @@
 //!   throughput counts what arrived and the table shows the loss.
 //! - **Baselines** (the `baselines` list): `raw-tcp` and `raw-unix` (plain tokio streams with a
 //!   length header, no ductwork, no serde), `raw-cacheline` (busy-polled atomics on one shared
-//!   cache line, 64 B) and `raw-eventfd` (eventfd wake-ups, 64 B); see [`raw`] and [`sys`].
+//!   cache line, 64 B), `raw-eventfd` (eventfd wake-ups, 64 B) and `raw-memcpy` (one thread
+//!   copying buffers, throughput only, sizes of 64 KiB and up); see [`raw`] and [`sys`].
+//! - **Variants**: `--transports` takes endpoint options after the scheme (`shm?spin=0`,
+//!   `shm?capacity=8MiB`); each becomes its own row. The default run measures shm twice:
+//!   spinning (`shm`) and always parked (`shm?spin=0`).
 //!   Each transport row names its nearest baseline and the ratios: `p50` = latency / raw
 //!   latency (lower is better), `throughput` = bytes/s / raw bytes/s (higher is better).
 //! - **Pinning** (`--pin`): `cross` puts parent and peer on two different CPUs, `same` on one,
@@ -71,8 +75,9 @@ impl std::fmt::Display for Pin {
 /// Arguments of `ductwork bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Transports to measure, comma-separated (default: every transport in this build that can
-    /// bind on this platform).
+    /// Transports to measure, comma-separated, each optionally with endpoint options such as
+    /// `shm?spin=0` (default: every transport in this build that can bind on this platform,
+    /// plus `shm?spin=0`).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub transports: Option<Vec<String>>,
     /// Payload sizes, comma-separated, with optional KiB/MiB suffix (default: 64,1KiB,64KiB,1MiB).
@@ -129,46 +134,105 @@ pub const RAW_UNIX: &str = "raw-unix";
 pub const RAW_CACHELINE: &str = "raw-cacheline";
 /// eventfd ping-pong.
 pub const RAW_EVENTFD: &str = "raw-eventfd";
+/// Single-thread memcpy bandwidth (throughput only).
+pub const RAW_MEMCPY: &str = "raw-memcpy";
+/// The smallest size `raw-memcpy` is measured at.
+pub const MEMCPY_MIN_SIZE: usize = 64 * 1024;
+/// Every baseline, in report order.
+pub const ALL_BASELINES: &[&str] = &[RAW_CACHELINE, RAW_EVENTFD, RAW_MEMCPY, RAW_UNIX, RAW_TCP];
 
-/// The baselines a transport is compared with, nearest first.
-pub fn baselines_for(scheme: &str) -> &'static [&'static str] {
+/// The shm row with the spin budget set to zero (always park): measured by default next to
+/// the spinning `shm` row.
+pub const SHM_PARKED: &str = "shm?spin=0";
+
+/// The baselines a row is compared with, nearest first. `name` is a scheme, optionally with
+/// endpoint options (`shm?spin=0`).
+pub fn baselines_for(name: &str) -> &'static [&'static str] {
+    let (scheme, query) = name.split_once('?').unwrap_or((name, ""));
     match scheme {
         "tcp" => &[RAW_TCP],
         "unix" => &[RAW_UNIX],
         // On Unix, pipe:// and mailslot:// are Unix domain sockets.
         "pipe" | "mailslot" if cfg!(unix) => &[RAW_UNIX],
-        "shm" => &[RAW_EVENTFD, RAW_CACHELINE],
+        // A parked receiver is woken by the OS, like the eventfd ping-pong; a spinning one
+        // polls memory, like the cache-line ping-pong. Throughput compares with memcpy.
+        "shm" if query.split('&').any(|kv| kv == "spin=0") => {
+            &[RAW_EVENTFD, RAW_CACHELINE, RAW_MEMCPY]
+        }
+        "shm" => &[RAW_CACHELINE, RAW_EVENTFD, RAW_UNIX, RAW_MEMCPY],
         _ => &[],
     }
 }
 
 fn baseline_exists(name: &str) -> bool {
     match name {
-        RAW_TCP => true,
+        RAW_TCP | RAW_MEMCPY => true,
         RAW_UNIX => cfg!(unix),
         RAW_CACHELINE | RAW_EVENTFD => sys::HAS_SHM_BASELINES,
         _ => false,
     }
 }
 
+/// A transport to measure, with endpoint options (`shm?spin=0`).
+#[derive(Clone)]
+struct Subject {
+    transport: Arc<dyn Transport>,
+    options: Vec<(String, String)>,
+    /// `scheme` or `scheme?key=value&...`, as rows are named.
+    name: String,
+}
+
+impl Subject {
+    fn plain(transport: Arc<dyn Transport>) -> Subject {
+        Subject {
+            name: transport.scheme().to_string(),
+            transport,
+            options: Vec::new(),
+        }
+    }
+
+    /// Adds this subject's options to `ep`.
+    fn apply(&self, mut ep: Endpoint) -> Endpoint {
+        for (k, v) in &self.options {
+            ep = ep.with_option(k, v.clone());
+        }
+        ep
+    }
+}
+
+/// Splits `scheme?k=v&k=v` into the scheme and its options.
+fn parse_subject(s: &str) -> Result<(String, Vec<(String, String)>), String> {
+    let (scheme, query) = match s.split_once('?') {
+        Some((a, q)) => (a, Some(q)),
+        None => (s, None),
+    };
+    let mut options = Vec::new();
+    for kv in query.into_iter().flat_map(|q| q.split('&')) {
+        match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() && !v.is_empty() => {
+                options.push((k.to_string(), v.to_string()))
+            }
+            _ => {
+                return Err(format!(
+                    "`{s}`: endpoint options must be key=value pairs joined by `&` \
+                     (for example shm?spin=0)"
+                ))
+            }
+        }
+    }
+    Ok((scheme.trim().to_ascii_lowercase(), options))
+}
+
 /// One measurement to make.
 enum Cell {
-    Dw {
-        transport: Arc<dyn Transport>,
-        size: usize,
-    },
-    Raw {
-        name: &'static str,
-        size: usize,
-    },
+    Dw { subject: Subject, size: usize },
+    Raw { name: &'static str, size: usize },
 }
 
 impl Cell {
     fn label(&self) -> String {
         match self {
-            Cell::Dw { transport, size } => {
-                format!("{} {}", transport.scheme(), report::size(*size))
-            }
+            Cell::Dw { subject, size } => format!("{} {}", subject.name, report::size(*size)),
             Cell::Raw { name, size } => format!("{name} {}", report::size(*size)),
         }
     }
@@ -251,16 +315,41 @@ fn run_inner(args: BenchArgs) -> Result<i32, (i32, String)> {
     let all = ductwork::transports();
     let built: Vec<&str> = all.iter().map(|t| t.scheme()).collect();
     let explicit = args.transports.is_some();
-    let chosen: Vec<Arc<dyn Transport>> = match &args.transports {
-        None => all.clone(),
+    let chosen: Vec<Subject> = match &args.transports {
+        None => {
+            let mut v = Vec::new();
+            for t in &all {
+                v.push(Subject::plain(t.clone()));
+                if t.scheme() == "shm" {
+                    let (_, options) = parse_subject(SHM_PARKED).map_err(usage)?;
+                    v.push(Subject {
+                        transport: t.clone(),
+                        options,
+                        name: SHM_PARKED.into(),
+                    });
+                }
+            }
+            v
+        }
         Some(names) => {
-            let mut v: Vec<Arc<dyn Transport>> = Vec::new();
-            for name in names.iter().map(|n| n.trim().to_ascii_lowercase()) {
-                if name.is_empty() {
+            let mut v: Vec<Subject> = Vec::new();
+            for entry in names.iter().map(|n| n.trim()) {
+                if entry.is_empty() {
                     continue;
                 }
+                let (name, options) = parse_subject(entry).map_err(usage)?;
+                let label = if options.is_empty() {
+                    name.clone()
+                } else {
+                    let q: Vec<String> = options.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    format!("{name}?{}", q.join("&"))
+                };
                 match all.iter().find(|t| t.scheme() == name) {
-                    Some(t) if !v.iter().any(|x| x.scheme() == name) => v.push(t.clone()),
+                    Some(t) if !v.iter().any(|x| x.name == label) => v.push(Subject {
+                        transport: t.clone(),
+                        options,
+                        name: label,
+                    }),
                     Some(_) => {}
                     None if ductwork_known(&name) => {
                         return Err(usage(format!(
@@ -330,32 +419,35 @@ fn run_inner(args: BenchArgs) -> Result<i32, (i32, String)> {
     let mut cells: Vec<Cell> = Vec::new();
     let mut wanted_baselines: Vec<&'static str> = Vec::new();
     let mut dw_cells: Vec<Cell> = Vec::new();
-    for t in &chosen {
+    for subject in &chosen {
+        let t = &subject.transport;
+        let name = &subject.name;
         let (ep, _) = names.endpoint(t.scheme());
+        let ep = subject.apply(ep);
         let probe =
             rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), t.bind(&ep)).await });
         match probe {
             Ok(Ok(l)) => drop(l),
             Ok(Err(e)) if e.kind() == ErrorKind::Unsupported => {
-                notes.push(format!("skipped {}: {}", t.scheme(), e.detail()));
+                notes.push(format!("skipped {name}: {}", e.detail()));
                 continue;
             }
+            Ok(Err(e)) if e.kind() == ErrorKind::InvalidEndpoint && explicit => {
+                return Err(usage(format!("--transports {name}: {e}")));
+            }
             Ok(Err(e)) => {
-                notes.push(format!("skipped {}: cannot bind here: {e}", t.scheme()));
+                notes.push(format!("skipped {name}: cannot bind here: {e}"));
                 continue;
             }
             Err(_) => {
-                notes.push(format!(
-                    "skipped {}: bind did not finish in 5 s",
-                    t.scheme()
-                ));
+                notes.push(format!("skipped {name}: bind did not finish in 5 s"));
                 continue;
             }
         }
         let caps = match t.capabilities(&ep) {
             Ok(c) => c,
             Err(e) => {
-                notes.push(format!("skipped {}: {e}", t.scheme()));
+                notes.push(format!("skipped {name}: {e}"));
                 continue;
             }
         };
@@ -363,28 +455,30 @@ fn run_inner(args: BenchArgs) -> Result<i32, (i32, String)> {
             let len = frame_len(size);
             if len > caps.max_message {
                 notes.push(format!(
-                    "skipped {} {}: a {len}-byte message exceeds its max_message of {} B",
-                    t.scheme(),
+                    "skipped {name} {}: a {len}-byte message exceeds its max_message of {} B",
                     report::size(size),
                     caps.max_message
                 ));
                 continue;
             }
             dw_cells.push(Cell::Dw {
-                transport: t.clone(),
+                subject: subject.clone(),
                 size,
             });
         }
-        for b in baselines_for(t.scheme()) {
+        for b in baselines_for(name) {
             if !wanted_baselines.contains(b) {
                 wanted_baselines.push(b);
             }
         }
     }
     if !explicit {
-        wanted_baselines = vec![RAW_CACHELINE, RAW_EVENTFD, RAW_UNIX, RAW_TCP];
+        wanted_baselines = ALL_BASELINES.to_vec();
+        if !chosen.iter().any(|s| s.transport.scheme() == "shm") {
+            wanted_baselines.retain(|b| *b != RAW_MEMCPY);
+        }
     }
-    for b in [RAW_CACHELINE, RAW_EVENTFD, RAW_UNIX, RAW_TCP] {
+    for &b in ALL_BASELINES {
         if !wanted_baselines.contains(&b) {
             continue;
         }
@@ -396,6 +490,11 @@ fn run_inner(args: BenchArgs) -> Result<i32, (i32, String)> {
         }
         if b == RAW_CACHELINE || b == RAW_EVENTFD {
             cells.push(Cell::Raw { name: b, size: 64 });
+        } else if b == RAW_MEMCPY {
+            // Copy bandwidth bounds bulk transfers only; small messages are bound by wake-ups.
+            for &size in sizes.iter().filter(|&&s| s >= MEMCPY_MIN_SIZE) {
+                cells.push(Cell::Raw { name: b, size });
+            }
         } else {
             for &size in &sizes {
                 cells.push(Cell::Raw { name: b, size });
@@ -438,6 +537,10 @@ fn run_inner(args: BenchArgs) -> Result<i32, (i32, String)> {
             Cell::Raw { name, .. } if *name == RAW_CACHELINE || *name == RAW_EVENTFD => {
                 shm_baseline(*name == RAW_CACHELINE, peer_cpu, timing)
             }
+            Cell::Raw { name, size } if *name == RAW_MEMCPY => Ok((
+                None,
+                Some(raw::memcpy(*size, timing.warmup, timing.duration)),
+            )),
             Cell::Raw { name, size } => {
                 let path = names.socket_path();
                 rt.block_on(async {
@@ -447,9 +550,10 @@ fn run_inner(args: BenchArgs) -> Result<i32, (i32, String)> {
                 })
                 .map(|(r, t)| (Some(r), Some(t)))
             }
-            Cell::Dw { transport, size } => {
-                let (ep, back) = names.endpoint(transport.scheme());
-                let caps = transport.capabilities(&ep);
+            Cell::Dw { subject, size } => {
+                let (ep, back) = names.endpoint(subject.transport.scheme());
+                let (ep, back) = (subject.apply(ep), subject.apply(back));
+                let caps = subject.transport.capabilities(&ep);
                 let back = match caps {
                     Ok(c) if args.two_endpoints || peer::one_way(c.direction) => Some(back),
                     _ => None,
@@ -468,7 +572,7 @@ fn run_inner(args: BenchArgs) -> Result<i32, (i32, String)> {
         match result {
             Ok((rtt, tp)) => {
                 let (name, size) = match cell {
-                    Cell::Dw { transport, size } => (transport.scheme().to_string(), *size),
+                    Cell::Dw { subject, size } => (subject.name.clone(), *size),
                     Cell::Raw { name, size } => (name.to_string(), *size),
                 };
                 let row = Row::new(name, size, rtt, tp);
@@ -493,10 +597,10 @@ fn run_inner(args: BenchArgs) -> Result<i32, (i32, String)> {
     }
     // Report in transport order, then size.
     let order = |name: &str| {
-        [RAW_CACHELINE, RAW_EVENTFD, RAW_UNIX, RAW_TCP]
+        ALL_BASELINES
             .iter()
             .position(|b| *b == name)
-            .or_else(|| chosen.iter().position(|t| t.scheme() == name))
+            .or_else(|| chosen.iter().position(|s| s.name == name))
             .unwrap_or(usize::MAX)
     };
     rows.sort_by_key(|r| (order(&r.transport), r.size));

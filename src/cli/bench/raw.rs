@@ -1,4 +1,5 @@
-//! The `raw-tcp` and `raw-unix` baselines: plain tokio streams, no ductwork, no serde.
+//! The `raw-tcp` and `raw-unix` baselines: plain tokio streams, no ductwork, no serde; and
+//! `raw-memcpy`, the bandwidth of copying memory in one thread.
 //!
 //! Each message is a 4-byte big-endian header and the payload. The header's top bit asks the
 //! peer to echo the message (latency); without it the peer only counts and checks it
@@ -134,4 +135,34 @@ pub async fn measure<S: AsyncRead + AsyncWrite + Unpin>(
         sampler.finish(),
         Throughput::new(sent, received, size, elapsed),
     ))
+}
+
+/// The `raw-memcpy` baseline: how fast one thread copies `size`-byte buffers (one `memcpy`
+/// per message, source and destination allocated once). Shared-memory throughput is bounded
+/// by copying: a message crosses at least one copy into the ring and one out of it.
+pub fn memcpy(size: usize, warmup: Duration, dur: Duration) -> Throughput {
+    let src = pattern(size);
+    let mut dst = vec![0u8; size];
+    let mut copied = 0u64;
+    let mut elapsed = Duration::ZERO;
+    for measuring in [false, true] {
+        let phase = if measuring { dur } else { warmup };
+        let start = Instant::now();
+        let mut n = 0u64;
+        // The clock is read once per batch of copies, so small sizes measure memcpy, not
+        // `Instant::now`.
+        let batch = (1 << 20) / size.max(1) + 1;
+        while start.elapsed() < phase || n == 0 {
+            for _ in 0..batch {
+                dst.copy_from_slice(std::hint::black_box(&src));
+                std::hint::black_box(&mut dst);
+            }
+            n += batch as u64;
+        }
+        if measuring {
+            copied = n;
+            elapsed = start.elapsed();
+        }
+    }
+    Throughput::new(copied, copied, size, elapsed)
 }

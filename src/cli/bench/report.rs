@@ -7,7 +7,7 @@
 //!   "machine": { "os", "arch", "cpus", "pin", "parent_cpu", "peer_cpu", "duration_s",
 //!                "warmup_s", "elapsed_s" },
 //!   "results":   [ ROW... ],     // one per transport and size
-//!   "baselines": [ ROW... ],     // raw-cacheline, raw-eventfd, raw-unix, raw-tcp
+//!   "baselines": [ ROW... ],     // raw-cacheline, raw-eventfd, raw-memcpy, raw-unix, raw-tcp
 //!   "notes":     [ "skipped ...", ... ] }
 //! ROW = { "transport", "size",
 //!         "rtt_ns": { "p50", "p99", "p999", "max", "samples" } | null,
@@ -64,7 +64,7 @@ pub struct Ratio {
 /// One measured cell.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
-    /// Transport scheme or baseline name.
+    /// Transport scheme (with options for a variant, `shm?spin=0`) or baseline name.
     pub transport: String,
     /// Payload size in bytes.
     pub size: usize,
