@@ -1,8 +1,8 @@
 //! Codec micro-benchmarks: postcard encode and decode of a typed message with a byte payload,
 //! at the sizes `ductwork bench` uses (64 B, 1 KiB, 64 KiB, 1 MiB).
 //!
-//! Run with `cargo bench --bench codec`. Shared-memory ring operations get their own bench
-//! once the shm transport lands (TODO: `benches/ring.rs`, owned by whoever exposes the ring).
+//! Run with `cargo bench --bench codec`. The shared-memory ring has its own bench,
+//! `benches/ring.rs`.
 
 use criterion::{criterion_main, BenchmarkId, Criterion, Throughput};
 use serde::{Deserialize, Serialize};

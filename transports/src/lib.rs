@@ -50,6 +50,58 @@ pub mod __fuzz {
     }
 }
 
+/// In-process access to the shared-memory ring for the criterion benches in `benches/`; not
+/// part of the API.
+#[cfg(feature = "shm")]
+#[doc(hidden)]
+pub mod __bench {
+    use crate::shm::ring::{
+        self, Consumer, HeapRegion, Pop, Producer, RingError, SharedRegion, Which,
+    };
+    use std::sync::Arc;
+
+    /// One ring, both ends in this process, over ordinary heap memory.
+    pub struct Ring {
+        tx: Producer,
+        rx: Consumer,
+    }
+
+    impl Ring {
+        /// A ring of `capacity` bytes (rounded as the transport rounds `?capacity=`).
+        pub fn new(capacity: usize) -> Result<Ring, String> {
+            let cap = ring::valid_capacity(capacity)?;
+            let region: Arc<dyn SharedRegion> = Arc::new(HeapRegion::new(ring::segment_len(cap)));
+            ring::init_segment(&*region, cap);
+            Ok(Ring {
+                tx: Producer::new(region.clone(), cap, Which::A),
+                rx: Consumer::new(region, cap, Which::A, ring::max_message(cap)),
+            })
+        }
+
+        /// The largest message the ring takes.
+        pub fn max_message(&self) -> usize {
+            self.tx.max_message()
+        }
+
+        /// Copies `msg` in; `Ok(false)` when the ring has no room for it now.
+        pub fn push(&mut self, msg: &[u8]) -> Result<bool, String> {
+            self.tx.try_push(msg).map_err(describe)
+        }
+
+        /// Copies the next message out; its length, or `None` when the ring is empty.
+        pub fn pop(&mut self) -> Result<Option<usize>, String> {
+            match self.rx.try_pop().map_err(describe)? {
+                Pop::Message(m) => Ok(Some(m.len())),
+                _ => Ok(None),
+            }
+        }
+    }
+
+    fn describe(e: RingError) -> String {
+        format!("{e:?}")
+    }
+}
+
 /// Every transport compiled into this build, in a stable order.
 // One push per cargo feature, so a build with any subset of backends lists exactly those.
 #[allow(clippy::vec_init_then_push)]
