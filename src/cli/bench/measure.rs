@@ -300,47 +300,65 @@ async fn run_link(link: &mut Link, size: usize, t: Timing) -> Result<(Rtt, Throu
     let mut sampler = Sampler::new();
     let mut seq = 0u64;
     let mut lost_pings = 0u64;
-    for measuring in [false, true] {
-        let phase = if measuring { t.duration } else { t.warmup };
-        let start = Instant::now();
-        let mut n = 0u64;
-        while start.elapsed() < phase || (measuring && n < Sampler::MIN_SAMPLES) {
-            seq += 1;
-            msg.seq = seq;
-            let t0 = Instant::now();
-            link.tx().send(&msg).await.map_err(err)?;
-            let echo = loop {
-                let left = wait.saturating_sub(t0.elapsed());
-                match tokio::time::timeout(left, link.rx().recv()).await {
-                    Err(_) if reliable => {
-                        return Err(format!("{ep}: no echo within {wait:?}"));
+    let latency = async {
+        for measuring in [false, true] {
+            let phase = if measuring { t.duration } else { t.warmup };
+            let start = Instant::now();
+            let mut n = 0u64;
+            while start.elapsed() < phase || (measuring && n < Sampler::MIN_SAMPLES) {
+                seq += 1;
+                msg.seq = seq;
+                let t0 = Instant::now();
+                link.tx().send(&msg).await.map_err(err)?;
+                let echo = if reliable {
+                    // No timer per ping on a reliable link (the raw baselines have none either):
+                    // one timer guards the whole phase instead, below.
+                    match link.rx().recv().await {
+                        Err(e) => return Err(err(e)),
+                        Ok(None) => return Err(format!("{ep}: the peer closed early")),
+                        Ok(Some(m)) => Some(m),
                     }
-                    Err(_) => break None,
-                    Ok(Err(e)) => return Err(err(e)),
-                    Ok(Ok(None)) => return Err(format!("{ep}: the peer closed early")),
-                    // Best-effort: a late echo of an earlier ping is skipped.
-                    Ok(Ok(Some(m))) if !reliable && (m.op != Op::Ping || m.seq != seq) => continue,
-                    Ok(Ok(Some(m))) => break Some(m),
+                } else {
+                    loop {
+                        let left = wait.saturating_sub(t0.elapsed());
+                        match tokio::time::timeout(left, link.rx().recv()).await {
+                            Err(_) => break None,
+                            Ok(Err(e)) => return Err(err(e)),
+                            Ok(Ok(None)) => return Err(format!("{ep}: the peer closed early")),
+                            // A late echo of an earlier ping is skipped.
+                            Ok(Ok(Some(m))) if m.op != Op::Ping || m.seq != seq => continue,
+                            Ok(Ok(Some(m))) => break Some(m),
+                        }
+                    }
                 };
-            };
-            let elapsed = t0.elapsed();
-            let Some(echo) = echo else {
-                lost_pings += 1;
-                if lost_pings > 100 && lost_pings > n {
-                    return Err(format!("{ep}: most pings were lost"));
+                let elapsed = t0.elapsed();
+                let Some(echo) = echo else {
+                    lost_pings += 1;
+                    if lost_pings > 100 && lost_pings > n {
+                        return Err(format!("{ep}: most pings were lost"));
+                    }
+                    continue;
+                };
+                if echo.op != Op::Ping || echo.seq != seq || echo.payload != msg.payload {
+                    return Err(format!(
+                        "{ep}: the echo of message {seq} differs from what was sent"
+                    ));
                 }
-                continue;
-            };
-            if echo.op != Op::Ping || echo.seq != seq || echo.payload != msg.payload {
-                return Err(format!(
-                    "{ep}: the echo of message {seq} differs from what was sent"
-                ));
+                if measuring {
+                    sampler.record(elapsed);
+                }
+                n += 1;
             }
-            if measuring {
-                sampler.record(elapsed);
-            }
-            n += 1;
         }
+        Ok::<(), String>(())
+    };
+    if reliable {
+        let guard = t.warmup + t.duration + wait;
+        tokio::time::timeout(guard, latency)
+            .await
+            .map_err(|_| format!("{ep}: pings did not come back within {guard:?}"))??;
+    } else {
+        latency.await?;
     }
 
     // Throughput.

@@ -501,12 +501,24 @@ fn run_inner(args: BenchArgs) -> Result<i32, (i32, String)> {
             }
         }
     }
+    // Order: by size, and within a size each baseline right before the transports that are
+    // compared with it first, so a machine whose load drifts during the run skews the ratios
+    // less. Transports without a baseline come last in their size.
+    let nearest = |c: &Cell| match c {
+        Cell::Dw { subject, .. } => baselines_for(&subject.name)
+            .first()
+            .and_then(|b| ALL_BASELINES.iter().position(|x| x == b))
+            .unwrap_or(ALL_BASELINES.len()),
+        Cell::Raw { name, .. } => ALL_BASELINES
+            .iter()
+            .position(|x| x == name)
+            .unwrap_or(ALL_BASELINES.len()),
+    };
     cells.extend(dw_cells);
-    // Interleave by size: each size's baselines run right before the transports compared
-    // with them, so a machine whose load changes during the run skews the ratios less.
-    // (The sort is stable: baselines stay ahead of transports within a size.)
+    // The sort is stable: a baseline stays ahead of its transports, and transports keep the
+    // order they were chosen in.
     cells.sort_by_key(|c| match c {
-        Cell::Dw { size, .. } | Cell::Raw { size, .. } => *size,
+        Cell::Dw { size, .. } | Cell::Raw { size, .. } => (*size, nearest(c)),
     });
 
     // Run.
