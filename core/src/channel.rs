@@ -20,7 +20,7 @@
 //! # Ok(()) }
 //! ```
 
-use crate::{BoxConnection, ConnectionInfo, Error, Result};
+use crate::{BoxConnection, ConnectionInfo, Error, ErrorKind, Result};
 use bytes::Bytes;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use serde::{de::DeserializeOwned, Serialize};
@@ -78,12 +78,20 @@ where
 
     /// Encodes `msg` straight into the connection (see [`crate::Connection::start_send_encoded`]).
     fn start_send_msg(&mut self, msg: &Out) -> Result<()> {
-        let info = self.conn.info();
-        let max = info.capabilities.max_message;
-        let endpoint = info.endpoint.clone();
-        self.conn.start_send_encoded(&mut |buf| {
-            ductwork_codec::encode_into(msg, buf, max).map_err(|e| Error::codec(&endpoint, e))
-        })
+        let max = self.conn.info().capabilities.max_message;
+        // The endpoint is only needed for an error: the closure parks the codec error and
+        // returns a placeholder, so a successful send copies no endpoint string.
+        let mut failed = None;
+        let sent = self.conn.start_send_encoded(&mut |buf| {
+            ductwork_codec::encode_into(msg, buf, max).map_err(|e| {
+                failed = Some(e);
+                Error::new(ErrorKind::Encode, "", "")
+            })
+        });
+        match (sent, failed) {
+            (Err(_), Some(e)) => Err(Error::codec(&self.conn.info().endpoint, e)),
+            (r, _) => r,
+        }
     }
 
     /// Flushes messages queued with [`feed`](Self::feed).
