@@ -47,12 +47,13 @@ use serde::{de::DeserializeOwned, Serialize};
 /// Connects to `endpoint` and wraps the connection in a typed [`Channel`] that sends `Out` and
 /// receives `In`.
 pub async fn connect_channel<Out, In>(
-    endpoint: impl TryInto<Endpoint, Error = Error>,
+    endpoint: impl TryInto<Endpoint, Error: Into<Error>>,
 ) -> Result<Channel<Out, In>>
 where
     Out: Serialize,
     In: DeserializeOwned,
 {
+    let endpoint: Endpoint = endpoint.try_into().map_err(Into::into)?;
     Ok(Channel::new(connect(endpoint).await?))
 }
 

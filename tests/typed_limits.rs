@@ -16,8 +16,9 @@ async fn oversized_typed_send_is_refused_and_the_channel_stays_usable() {
     let mut listener = ductwork::bind("tcp://127.0.0.1:0?max_frame=100")
         .await
         .unwrap();
-    let ep = listener.endpoint().to_string();
-    let mut client: Channel<Note, Note> = ductwork::connect_channel(ep.as_str()).await.unwrap();
+    // An Endpoint by value works as well as a string.
+    let ep = listener.endpoint().clone();
+    let mut client: Channel<Note, Note> = ductwork::connect_channel(ep).await.unwrap();
     let mut server: Channel<Note, Note> = ductwork::accept_channel(&mut listener).await.unwrap();
 
     let big = Note {

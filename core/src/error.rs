@@ -177,6 +177,14 @@ impl StdError for Error {
     }
 }
 
+/// Lets APIs that take `impl TryInto<Endpoint>` accept an [`crate::Endpoint`] by value, whose
+/// conversion cannot fail.
+impl From<std::convert::Infallible> for Error {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
+    }
+}
+
 impl From<Error> for io::Error {
     fn from(e: Error) -> io::Error {
         let kind = match e.kind {

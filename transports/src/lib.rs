@@ -155,21 +155,22 @@ pub fn transport_for(endpoint: &Endpoint) -> Result<Arc<dyn Transport>> {
         })
 }
 
-/// Binds `endpoint` with the transport its scheme names.
+/// Binds `endpoint` with the transport its scheme names. `endpoint` is a string (`&str`,
+/// `String`) or an [`Endpoint`] (by value or by reference).
 pub async fn bind<E>(endpoint: E) -> Result<BoxListener>
 where
-    E: TryInto<Endpoint, Error = Error>,
+    E: TryInto<Endpoint, Error: Into<Error>>,
 {
-    let ep = endpoint.try_into()?;
+    let ep = endpoint.try_into().map_err(Into::into)?;
     transport_for(&ep)?.bind(&ep).await
 }
 
-/// Connects to `endpoint` with the transport its scheme names.
+/// Connects to `endpoint` with the transport its scheme names; `endpoint` as for [`bind`].
 pub async fn connect<E>(endpoint: E) -> Result<BoxConnection>
 where
-    E: TryInto<Endpoint, Error = Error>,
+    E: TryInto<Endpoint, Error: Into<Error>>,
 {
-    let ep = endpoint.try_into()?;
+    let ep = endpoint.try_into().map_err(Into::into)?;
     transport_for(&ep)?.connect(&ep).await
 }
 
