@@ -16,11 +16,15 @@
 //! - **Baselines** (the `baselines` list): `raw-tcp` and `raw-unix` (plain tokio streams with a
 //!   length header, no ductwork, no serde), `raw-cacheline` (busy-polled atomics on one shared
 //!   cache line, 64 B) and `raw-eventfd` (eventfd wake-ups, 64 B); see [`raw`] and [`sys`].
+//!   Built with the cargo feature `peer-iceoryx2` (Linux), also `peer-iceoryx2`: the same
+//!   round trip over the iceoryx2 crate, every size (see `iox.rs`).
 //!   Each transport row names its nearest baseline and the ratios: `p50` = latency / raw
 //!   latency (lower is better), `throughput` = bytes/s / raw bytes/s (higher is better).
 //! - **Pinning** (`--pin`): `cross` puts parent and peer on two different CPUs, `same` on one,
 //!   `none` lets the OS choose (Linux only; elsewhere the run is unpinned, with a note).
 
+#[cfg(all(feature = "peer-iceoryx2", target_os = "linux"))]
+pub mod iox;
 pub mod measure;
 pub mod peer;
 pub mod raw;
@@ -129,6 +133,10 @@ pub const RAW_UNIX: &str = "raw-unix";
 pub const RAW_CACHELINE: &str = "raw-cacheline";
 /// eventfd ping-pong.
 pub const RAW_EVENTFD: &str = "raw-eventfd";
+/// The same round trip over iceoryx2 (cargo feature `peer-iceoryx2`).
+pub const PEER_IOX: &str = "peer-iceoryx2";
+/// Whether this build measures [`PEER_IOX`] (on Linux; elsewhere it is skipped with a note).
+const WANT_IOX: bool = cfg!(feature = "peer-iceoryx2");
 
 /// The baselines a transport is compared with, nearest first.
 pub fn baselines_for(scheme: &str) -> &'static [&'static str] {
@@ -137,6 +145,7 @@ pub fn baselines_for(scheme: &str) -> &'static [&'static str] {
         "unix" => &[RAW_UNIX],
         // On Unix, pipe:// and mailslot:// are Unix domain sockets.
         "pipe" | "mailslot" if cfg!(unix) => &[RAW_UNIX],
+        "shm" if WANT_IOX => &[RAW_EVENTFD, RAW_CACHELINE, PEER_IOX],
         "shm" => &[RAW_EVENTFD, RAW_CACHELINE],
         _ => &[],
     }
@@ -147,6 +156,7 @@ fn baseline_exists(name: &str) -> bool {
         RAW_TCP => true,
         RAW_UNIX => cfg!(unix),
         RAW_CACHELINE | RAW_EVENTFD => sys::HAS_SHM_BASELINES,
+        PEER_IOX => cfg!(all(feature = "peer-iceoryx2", target_os = "linux")),
         _ => false,
     }
 }
@@ -383,8 +393,11 @@ fn run_inner(args: BenchArgs) -> Result<i32, (i32, String)> {
     }
     if !explicit {
         wanted_baselines = vec![RAW_CACHELINE, RAW_EVENTFD, RAW_UNIX, RAW_TCP];
+        if WANT_IOX {
+            wanted_baselines.push(PEER_IOX);
+        }
     }
-    for b in [RAW_CACHELINE, RAW_EVENTFD, RAW_UNIX, RAW_TCP] {
+    for b in [RAW_CACHELINE, RAW_EVENTFD, RAW_UNIX, RAW_TCP, PEER_IOX] {
         if !wanted_baselines.contains(&b) {
             continue;
         }
@@ -438,6 +451,7 @@ fn run_inner(args: BenchArgs) -> Result<i32, (i32, String)> {
             Cell::Raw { name, .. } if *name == RAW_CACHELINE || *name == RAW_EVENTFD => {
                 shm_baseline(*name == RAW_CACHELINE, peer_cpu, timing)
             }
+            Cell::Raw { name, size } if *name == PEER_IOX => iox_baseline(*size, peer_cpu, timing),
             Cell::Raw { name, size } => {
                 let path = names.socket_path();
                 rt.block_on(async {
@@ -493,7 +507,7 @@ fn run_inner(args: BenchArgs) -> Result<i32, (i32, String)> {
     }
     // Report in transport order, then size.
     let order = |name: &str| {
-        [RAW_CACHELINE, RAW_EVENTFD, RAW_UNIX, RAW_TCP]
+        [RAW_CACHELINE, RAW_EVENTFD, RAW_UNIX, RAW_TCP, PEER_IOX]
             .iter()
             .position(|b| *b == name)
             .or_else(|| chosen.iter().position(|t| t.scheme() == name))
@@ -546,6 +560,22 @@ fn shm_baseline(
     {
         let _ = (spin, cpu, t);
         Err("shared-memory baselines are Linux only".into())
+    }
+}
+
+fn iox_baseline(
+    size: usize,
+    cpu: Option<usize>,
+    t: Timing,
+) -> Result<(Option<Rtt>, Option<Throughput>), String> {
+    #[cfg(all(feature = "peer-iceoryx2", target_os = "linux"))]
+    {
+        iox::measure(size, cpu, t).map(|r| (Some(r), None))
+    }
+    #[cfg(not(all(feature = "peer-iceoryx2", target_os = "linux")))]
+    {
+        let _ = (size, cpu, t);
+        Err("peer-iceoryx2 needs Linux and the cargo feature `peer-iceoryx2`".into())
     }
 }
 
