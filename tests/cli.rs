@@ -200,6 +200,126 @@ fn a_peer_that_dies_fails_its_cell_and_the_run_goes_on() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// With the `peer-iceoryx2` feature, measuring shm also measures iceoryx2 between the same
+/// two processes' CPUs, at every size, and the shm rows compare with it.
+#[cfg(all(feature = "peer-iceoryx2", target_os = "linux"))]
+#[test]
+fn iceoryx2_baseline_runs_next_to_shm() {
+    let dir = std::env::temp_dir().join(format!("ductwork-cli-iox-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("out.json");
+    let o = run(&[
+        "bench",
+        "--duration",
+        "0.05",
+        "--sizes",
+        "64,1KiB",
+        "--transports",
+        "shm",
+        "--json",
+        json.to_str().unwrap(),
+        "--plot",
+        dir.join("out.svg").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("peer-iceoryx2"));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let iox: Vec<&serde_json::Value> = v["baselines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["transport"] == "peer-iceoryx2")
+        .collect();
+    let sizes: Vec<u64> = iox.iter().map(|b| b["size"].as_u64().unwrap()).collect();
+    assert_eq!(sizes, [64, 1024], "{v:#}");
+    for b in &iox {
+        let rtt = &b["rtt_ns"];
+        let (p50, p99, p999, max) = (
+            rtt["p50"].as_u64().unwrap(),
+            rtt["p99"].as_u64().unwrap(),
+            rtt["p999"].as_u64().unwrap(),
+            rtt["max"].as_u64().unwrap(),
+        );
+        assert!(0 < p50 && p50 <= p99 && p99 <= p999 && p999 <= max, "{rtt}");
+        assert!(rtt["samples"].as_u64().unwrap() >= 20, "{rtt}");
+    }
+    // Each measured shm row carries its ratio to the iceoryx2 row of its size.
+    let shm: Vec<&serde_json::Value> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["transport"] == "shm")
+        .collect();
+    assert!(!shm.is_empty(), "{v:#}");
+    for r in shm {
+        // 64 B: nearest is raw-eventfd, iceoryx2 comes after; 1 KiB: iceoryx2 is the only one.
+        let vs_iox = if r["baseline"] == "peer-iceoryx2" {
+            Some(&r["ratio"])
+        } else {
+            r["other_ratios"]
+                .as_array()
+                .and_then(|o| o.iter().find(|x| x["baseline"] == "peer-iceoryx2"))
+        };
+        assert!(
+            vs_iox.is_some_and(|x| x["p50"].as_f64().unwrap() > 0.0),
+            "{r}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An iceoryx2 peer that crashes fails its row with a note, without a hang.
+#[cfg(all(feature = "peer-iceoryx2", target_os = "linux"))]
+#[test]
+fn an_iceoryx2_peer_that_dies_fails_its_row() {
+    let dir = std::env::temp_dir().join(format!("ductwork-cli-ioxdies-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("out.json");
+    let child = ductwork()
+        .args([
+            "bench",
+            "--duration",
+            "0.05",
+            "--sizes",
+            "64",
+            "--transports",
+            "shm",
+            "--json",
+            json.to_str().unwrap(),
+            "--plot",
+            dir.join("out.svg").to_str().unwrap(),
+        ])
+        .env("DUCTWORK_BENCH_PEER_DIES_AFTER", "50")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let o = wait_with_timeout(child, Duration::from_secs(120));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let baselines: Vec<&str> = v["baselines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["transport"].as_str().unwrap())
+        .collect();
+    assert!(!baselines.contains(&"peer-iceoryx2"), "{v:#}");
+    assert!(baselines.contains(&"raw-cacheline"), "{v:#}");
+    let notes: Vec<&str> = v["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("peer-iceoryx2 64 B: failed") && n.contains("exited")),
+        "{notes:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn send_and_listen_round_trip_over_tcp() {
     let mut listen = ductwork()

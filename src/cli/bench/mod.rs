@@ -17,6 +17,8 @@
 //!   length header, no ductwork, no serde), `raw-cacheline` (busy-polled atomics on one shared
 //!   cache line, 64 B), `raw-eventfd` (eventfd wake-ups, 64 B) and `raw-memcpy` (one thread
 //!   copying buffers, throughput only, sizes of 64 KiB and up); see [`raw`] and [`sys`].
+//!   Built with the cargo feature `peer-iceoryx2` (Linux), also `peer-iceoryx2`: the same
+//!   round trip over the iceoryx2 crate, every size (see `iox.rs`).
 //! - **Variants**: `--transports` takes endpoint options after the scheme (`shm?spin=0`,
 //!   `shm?capacity=8MiB`); each becomes its own row. The default run measures shm twice:
 //!   spinning (`shm`) and always parked (`shm?spin=0`).
@@ -25,6 +27,8 @@
 //! - **Pinning** (`--pin`): `cross` puts parent and peer on two different CPUs, `same` on one,
 //!   `none` lets the OS choose (Linux only; elsewhere the run is unpinned, with a note).
 
+#[cfg(all(feature = "peer-iceoryx2", target_os = "linux"))]
+pub mod iox;
 pub mod measure;
 pub mod peer;
 pub mod raw;
@@ -139,7 +143,18 @@ pub const RAW_MEMCPY: &str = "raw-memcpy";
 /// The smallest size `raw-memcpy` is measured at.
 pub const MEMCPY_MIN_SIZE: usize = 64 * 1024;
 /// Every baseline, in report order.
-pub const ALL_BASELINES: &[&str] = &[RAW_CACHELINE, RAW_EVENTFD, RAW_MEMCPY, RAW_UNIX, RAW_TCP];
+pub const ALL_BASELINES: &[&str] = &[
+    RAW_CACHELINE,
+    RAW_EVENTFD,
+    RAW_MEMCPY,
+    RAW_UNIX,
+    RAW_TCP,
+    PEER_IOX,
+];
+/// The same round trip over iceoryx2 (cargo feature `peer-iceoryx2`).
+pub const PEER_IOX: &str = "peer-iceoryx2";
+/// Whether this build measures [`PEER_IOX`] (on Linux; elsewhere it is skipped with a note).
+const WANT_IOX: bool = cfg!(feature = "peer-iceoryx2");
 
 /// The shm row with the spin budget set to zero (always park): measured by default next to
 /// the spinning `shm` row.
@@ -157,8 +172,13 @@ pub fn baselines_for(name: &str) -> &'static [&'static str] {
         // A parked receiver is woken by the OS, like the eventfd ping-pong; a spinning one
         // polls memory, like the cache-line ping-pong. Throughput compares with memcpy.
         "shm" if query.split('&').any(|kv| kv == "spin=0") => {
-            &[RAW_EVENTFD, RAW_CACHELINE, RAW_MEMCPY]
+            if WANT_IOX {
+                &[RAW_EVENTFD, RAW_CACHELINE, RAW_MEMCPY, PEER_IOX]
+            } else {
+                &[RAW_EVENTFD, RAW_CACHELINE, RAW_MEMCPY]
+            }
         }
+        "shm" if WANT_IOX => &[RAW_CACHELINE, RAW_EVENTFD, RAW_UNIX, RAW_MEMCPY, PEER_IOX],
         "shm" => &[RAW_CACHELINE, RAW_EVENTFD, RAW_UNIX, RAW_MEMCPY],
         _ => &[],
     }
@@ -169,6 +189,7 @@ fn baseline_exists(name: &str) -> bool {
         RAW_TCP | RAW_MEMCPY => true,
         RAW_UNIX => cfg!(unix),
         RAW_CACHELINE | RAW_EVENTFD => sys::HAS_SHM_BASELINES,
+        PEER_IOX => cfg!(all(feature = "peer-iceoryx2", target_os = "linux")),
         _ => false,
     }
 }
@@ -477,6 +498,9 @@ fn run_inner(args: BenchArgs) -> Result<i32, (i32, String)> {
         if !chosen.iter().any(|s| s.transport.scheme() == "shm") {
             wanted_baselines.retain(|b| *b != RAW_MEMCPY);
         }
+        if !WANT_IOX {
+            wanted_baselines.retain(|b| *b != PEER_IOX);
+        }
     }
     for &b in ALL_BASELINES {
         if !wanted_baselines.contains(&b) {
@@ -553,6 +577,7 @@ fn run_inner(args: BenchArgs) -> Result<i32, (i32, String)> {
                 None,
                 Some(raw::memcpy(*size, timing.warmup, timing.duration)),
             )),
+            Cell::Raw { name, size } if *name == PEER_IOX => iox_baseline(*size, peer_cpu, timing),
             Cell::Raw { name, size } => {
                 let path = names.socket_path();
                 rt.block_on(async {
@@ -662,6 +687,22 @@ fn shm_baseline(
     {
         let _ = (spin, cpu, t);
         Err("shared-memory baselines are Linux only".into())
+    }
+}
+
+fn iox_baseline(
+    size: usize,
+    cpu: Option<usize>,
+    t: Timing,
+) -> Result<(Option<Rtt>, Option<Throughput>), String> {
+    #[cfg(all(feature = "peer-iceoryx2", target_os = "linux"))]
+    {
+        iox::measure(size, cpu, t).map(|r| (Some(r), None))
+    }
+    #[cfg(not(all(feature = "peer-iceoryx2", target_os = "linux")))]
+    {
+        let _ = (size, cpu, t);
+        Err("peer-iceoryx2 needs Linux and the cargo feature `peer-iceoryx2`".into())
     }
 }
 

@@ -44,6 +44,12 @@ pub enum Job {
         /// Inherited eventfd the peer signals.
         pong: i32,
     },
+    /// iceoryx2 ping-pong (`peer-iceoryx2`, see `iox.rs`): echo samples from the service
+    /// `{service}/ping` on `{service}/pong`.
+    Iceoryx2 {
+        /// The services' common name prefix.
+        service: String,
+    },
 }
 
 /// The peer's instructions.
@@ -149,6 +155,8 @@ pub fn run(spec: &str) -> i32 {
     let result = match &spec.job {
         Job::Cacheline { mem } => sys::cacheline_peer(*mem, deadline),
         Job::Eventfd { mem, ping, pong } => sys::eventfd_peer(*mem, *ping, *pong, deadline),
+        #[cfg(all(feature = "peer-iceoryx2", target_os = "linux"))]
+        Job::Iceoryx2 { service } => super::iox::peer(service, spec.size, deadline),
         _ => {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()

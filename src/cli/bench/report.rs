@@ -8,6 +8,7 @@
 //!                "warmup_s", "elapsed_s" },
 //!   "results":   [ ROW... ],     // one per transport and size
 //!   "baselines": [ ROW... ],     // raw-cacheline, raw-eventfd, raw-memcpy, raw-unix, raw-tcp
+//!                                // (and peer-iceoryx2 with that cargo feature)
 //!   "notes":     [ "skipped ...", ... ] }
 //! ROW = { "transport", "size",
 //!         "rtt_ns": { "p50", "p99", "p999", "max", "samples" } | null,
@@ -216,7 +217,9 @@ impl Report {
             };
             let mut vs = match (&r.baseline, &r.ratio) {
                 (Some(b), Some(ratio)) => format!("{b} {}", ratio_text(ratio)),
-                _ if r.transport.starts_with("raw-") => "(baseline)".into(),
+                _ if r.transport.starts_with("raw-") || r.transport.starts_with("peer-") => {
+                    "(baseline)".into()
+                }
                 _ => "-".into(),
             };
             for o in &r.other_ratios {
