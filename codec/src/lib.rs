@@ -172,7 +172,7 @@ pub enum Frame {
 
 /// The stream codec: 4-byte big-endian length, then the payload; `0xFFFF_FFFF` closes.
 ///
-/// Built on [`LengthDelimitedCodec`]. Every announced length is checked against `max_frame`
+/// Encodes with [`LengthDelimitedCodec`]; decodes by hand (see `decode`). Every announced length is checked against `max_frame`
 /// before any memory is reserved for it, so a peer cannot make the receiver allocate more than
 /// `max_frame + 4` bytes of buffer.
 #[derive(Debug)]
@@ -248,18 +248,18 @@ impl Decoder for FrameCodec {
         let len = len as usize;
         check_len(len, self.max_frame)?;
         if src.len() < HEADER_LEN + len {
-            // Wait for the whole frame here, so the inner codec is only ever handed complete
-            // frames and never keeps a half-read header in its own state.
+            // Wait for the whole frame; the header stays in `src` until then, so this codec
+            // keeps no state between calls.
             src.reserve(HEADER_LEN + len - src.len());
             return Ok(None);
         }
-        match self.inner.decode(src) {
-            Ok(Some(frame)) => Ok(Some(Frame::Data(frame))),
-            Ok(None) => Err(CodecError::Protocol(
-                "internal framing state out of step".into(),
-            )),
-            Err(e) => Err(CodecError::Io(e)),
-        }
+        // Split the frame off by hand rather than through the inner codec: that one reserves
+        // room for the next header right after the split, while the frame still shares the
+        // buffer, which forces a fresh buffer (and, for large frames, a large allocation and
+        // copy) per frame. Reserving only on the next call, once the consumer has dropped the
+        // frame, lets the buffer be reused.
+        src.advance(HEADER_LEN);
+        Ok(Some(Frame::Data(src.split_to(len))))
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
@@ -489,5 +489,40 @@ mod tests {
             }
             let _ = codec.decode_eof(&mut src);
         }
+    }
+
+    /// A decoded frame shares the read buffer, and nothing is reserved while it is alive: a
+    /// read that ended exactly at the frame's end (the usual case for large frames, whose room
+    /// is reserved exactly) must not send the buffer's rest to a fresh allocation, so that once
+    /// the consumer drops the frame the next one reuses the same memory. (The inner codec
+    /// reserved room for the next header right after the split, which cost a new buffer, and
+    /// for large frames a large allocation and copy, per frame.)
+    #[test]
+    fn decoding_keeps_the_buffer_for_reuse() {
+        let big = 1 << 20;
+        let filled = HEADER_LEN + big;
+        let mut src = BytesMut::with_capacity(filled);
+        src.put_u32(big as u32);
+        src.put_bytes(7, big);
+        assert_eq!(src.capacity(), filled, "the read filled the buffer");
+        let base = src.as_ptr() as usize;
+        let mut codec = FrameCodec::new(2 * big);
+        let Some(Frame::Data(first)) = codec.decode(&mut src).unwrap() else {
+            panic!("expected the frame")
+        };
+        assert_eq!(first.len(), big);
+        assert_eq!(first.as_ptr() as usize, base + HEADER_LEN, "split in place");
+        assert_eq!(
+            src.as_ptr() as usize,
+            base + filled,
+            "the empty rest was not moved to a new buffer while the frame is alive"
+        );
+        assert!(codec.decode(&mut src).unwrap().is_none());
+        drop(first);
+        // What the framed reader does before its next read: the buffer is unshared now and
+        // is reused from its start.
+        src.reserve(1);
+        assert_eq!(src.as_ptr() as usize, base, "the same allocation is reused");
+        assert!(src.capacity() >= filled);
     }
 }
