@@ -51,6 +51,11 @@ fn bad_pin_and_duration_are_usage_errors() {
         assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
         assert!(stderr(&o).contains("--duration"), "{}", stderr(&o));
     }
+    for bad in ["--rounds=0", "--rounds=101", "--rounds=some"] {
+        let o = run(&["bench", bad]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("--rounds"), "{}", stderr(&o));
+    }
 }
 
 #[test]
@@ -515,6 +520,49 @@ fn shm_variants_and_memcpy_baseline() {
     if cfg!(target_os = "linux") {
         assert_eq!(row("shm?spin=0", 64)["baseline"], "raw-eventfd");
         assert_eq!(row("shm", 64)["baseline"], "raw-cacheline");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Rounds are merged: every row holds the samples of all its rounds, and the machine block
+/// says how many. With a vanishing duration each round records exactly the minimum of 20
+/// round trips, so two merged rounds hold exactly 40.
+#[test]
+fn rounds_are_merged_into_one_row() {
+    let dir = std::env::temp_dir().join(format!("ductwork-cli-rounds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("out.json");
+    let o = run(&[
+        "bench",
+        "--duration",
+        "0.000001",
+        "--rounds",
+        "2",
+        "--sizes",
+        "64",
+        "--transports",
+        "tcp",
+        "--pin",
+        "none",
+        "--json",
+        json.to_str().unwrap(),
+        "--plot",
+        dir.join("out.svg").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["machine"]["rounds"], 2);
+    let rows: Vec<&serde_json::Value> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(v["baselines"].as_array().unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "one tcp row and one raw-tcp row: {v:#}");
+    for r in rows {
+        assert_eq!(r["rtt_ns"]["samples"], 40, "{r}");
+        let tp = &r["throughput"];
+        assert_eq!(tp["sent"], tp["received"], "{r}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

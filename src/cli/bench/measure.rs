@@ -31,6 +31,31 @@ pub struct Rtt {
     pub max: u64,
     /// Round trips measured.
     pub samples: u64,
+    /// The samples, so that rounds of one cell can be merged.
+    #[serde(skip)]
+    pub hist: Option<Box<Histogram<u64>>>,
+}
+
+impl Rtt {
+    /// Adds `other`'s samples (another round of the same cell) and recomputes the percentiles.
+    pub fn merge(&mut self, other: &Rtt) {
+        if let (Some(h), Some(o)) = (self.hist.as_mut(), other.hist.as_ref()) {
+            if h.add(o.as_ref()).is_ok() {
+                *self = Rtt::from_hist(h);
+            }
+        }
+    }
+
+    fn from_hist(h: &Histogram<u64>) -> Rtt {
+        Rtt {
+            p50: h.value_at_quantile(0.50),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+            samples: h.len(),
+            hist: Some(Box::new(h.clone())),
+        }
+    }
 }
 
 /// One-way throughput.
@@ -46,6 +71,9 @@ pub struct Throughput {
     pub received: u64,
     /// Fraction of messages lost (best-effort transports), 0 otherwise.
     pub loss: f64,
+    /// Payload size and measuring time, so that rounds can be merged.
+    #[serde(skip)]
+    basis: (usize, Duration),
 }
 
 impl Throughput {
@@ -62,7 +90,19 @@ impl Throughput {
             } else {
                 1.0 - (received.min(sent) as f64 / sent as f64)
             },
+            basis: (size, elapsed),
         }
+    }
+
+    /// Adds another round of the same cell: rates over the summed counts and times.
+    pub fn merge(&mut self, other: &Throughput) {
+        let (size, elapsed) = self.basis;
+        *self = Throughput::new(
+            self.sent + other.sent,
+            self.received + other.received,
+            size,
+            elapsed + other.basis.1,
+        );
     }
 }
 
@@ -90,13 +130,7 @@ impl Sampler {
 
     /// The percentiles.
     pub fn finish(&self) -> Rtt {
-        Rtt {
-            p50: self.hist.value_at_quantile(0.50),
-            p99: self.hist.value_at_quantile(0.99),
-            p999: self.hist.value_at_quantile(0.999),
-            max: self.hist.max(),
-            samples: self.hist.len(),
-        }
+        Rtt::from_hist(&self.hist)
     }
 }
 

@@ -53,6 +53,8 @@ use std::{
 pub const DEFAULT_SIZES: &[usize] = &[64, 1024, 64 * 1024, 1024 * 1024];
 /// Default duration of each measurement, in seconds.
 pub const DEFAULT_DURATION: f64 = 0.5;
+/// Default number of rounds per cell.
+pub const DEFAULT_ROUNDS: u32 = 3;
 
 /// Where parent and peer run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -90,6 +92,12 @@ pub struct BenchArgs {
     /// Seconds per measurement (latency and throughput each; default 0.5).
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub duration: Option<f64>,
+    /// Rounds per cell (default 3): the cells of each size run this many times in turn, each
+    /// round for an equal share of `--duration`, and the rounds are merged. A baseline and
+    /// the transports compared with it thus sample the same moments of a machine whose load
+    /// drifts, which keeps their ratios steady.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: Option<u32>,
     /// CPU placement of parent and peer (default: cross when there are 2+ CPUs; pinning is
     /// Linux only, elsewhere the run is unpinned).
     #[arg(long, value_enum)]
@@ -397,7 +405,9 @@ fn run_inner(args: BenchArgs) -> Result<i32, (i32, String)> {
         return Err(usage("--sizes names no size".into()));
     }
     let dur_s = args.duration.unwrap_or(DEFAULT_DURATION);
-    let duration = Duration::from_secs_f64(dur_s);
+    let rounds = args.rounds.unwrap_or(DEFAULT_ROUNDS);
+    // Each round measures for its share of the duration, after its own warm-up.
+    let duration = Duration::from_secs_f64(dur_s) / rounds;
     let timing = Timing {
         warmup: (duration / 5).min(Duration::from_millis(100)),
         duration,
@@ -545,8 +555,24 @@ fn run_inner(args: BenchArgs) -> Result<i32, (i32, String)> {
         Cell::Dw { size, .. } | Cell::Raw { size, .. } => (*size, nearest(c)),
     });
 
-    // Run.
-    let total = cells.len() as u64;
+    // Run: the cells of one size form a group, and each group runs `rounds` times in turn.
+    let mut schedule: Vec<usize> = Vec::new();
+    let mut group_start = 0;
+    while group_start < cells.len() {
+        let size_of = |c: &Cell| match c {
+            Cell::Dw { size, .. } | Cell::Raw { size, .. } => *size,
+        };
+        let size = size_of(&cells[group_start]);
+        let group_end = cells[group_start..]
+            .iter()
+            .position(|c| size_of(c) != size)
+            .map_or(cells.len(), |n| group_start + n);
+        for _ in 0..rounds {
+            schedule.extend(group_start..group_end);
+        }
+        group_start = group_end;
+    }
+    let total = schedule.len() as u64;
     let pb = if std::io::stderr().is_terminal() {
         let pb = ProgressBar::new(total);
         if let Ok(style) =
@@ -560,16 +586,22 @@ fn run_inner(args: BenchArgs) -> Result<i32, (i32, String)> {
         ProgressBar::hidden()
     };
     let started = Instant::now();
-    let mut rows: Vec<Row> = Vec::new();
-    let mut baselines: Vec<Row> = Vec::new();
+    // Per cell: the merged rounds so far, or None once a round failed.
+    type Measured = (Option<Rtt>, Option<Throughput>);
+    let mut results: Vec<Option<Option<Measured>>> = vec![Some(None); cells.len()];
     let cell_limit = timing.warmup + timing.duration * 3 + Duration::from_secs(30);
-    for (i, cell) in cells.iter().enumerate() {
+    for (i, &ci) in schedule.iter().enumerate() {
+        let cell = &cells[ci];
+        if results[ci].is_none() {
+            pb.inc(1);
+            continue;
+        }
         let label = cell.label();
         pb.set_message(label.clone());
         if pb.is_hidden() {
             eprintln!("[{}/{total}] {label}", i + 1);
         }
-        let result: Result<(Option<Rtt>, Option<Throughput>), String> = match cell {
+        let result: Result<Measured, String> = match cell {
             Cell::Raw { name, .. } if *name == RAW_CACHELINE || *name == RAW_EVENTFD => {
                 shm_baseline(*name == RAW_CACHELINE, peer_cpu, timing)
             }
@@ -608,23 +640,39 @@ fn run_inner(args: BenchArgs) -> Result<i32, (i32, String)> {
         };
         match result {
             Ok((rtt, tp)) => {
-                let (name, size) = match cell {
-                    Cell::Dw { subject, size } => (subject.name.clone(), *size),
-                    Cell::Raw { name, size } => (name.to_string(), *size),
-                };
-                let row = Row::new(name, size, rtt, tp);
-                match cell {
-                    Cell::Dw { .. } => rows.push(row),
-                    Cell::Raw { .. } => baselines.push(row),
-                }
+                let slot = &mut results[ci];
+                *slot = Some(Some(match slot.take().flatten() {
+                    None => (rtt, tp),
+                    Some((mut r0, mut t0)) => {
+                        if let (Some(a), Some(b)) = (r0.as_mut(), rtt.as_ref()) {
+                            a.merge(b);
+                        }
+                        if let (Some(a), Some(b)) = (t0.as_mut(), tp.as_ref()) {
+                            a.merge(b);
+                        }
+                        (r0, t0)
+                    }
+                }));
             }
             Err(e) => {
                 let note = format!("{label}: failed: {e}");
                 pb.println(format!("ductwork bench: {note}"));
                 notes.push(note);
+                results[ci] = None;
             }
         }
         pb.inc(1);
+    }
+    let mut rows: Vec<Row> = Vec::new();
+    let mut baselines: Vec<Row> = Vec::new();
+    for (cell, result) in cells.iter().zip(results) {
+        let Some(Some((rtt, tp))) = result else {
+            continue;
+        };
+        match cell {
+            Cell::Dw { subject, size } => rows.push(Row::new(subject.name.clone(), *size, rtt, tp)),
+            Cell::Raw { name, size } => baselines.push(Row::new(name.to_string(), *size, rtt, tp)),
+        }
     }
     pb.finish_and_clear();
     let elapsed = started.elapsed();
@@ -651,6 +699,7 @@ fn run_inner(args: BenchArgs) -> Result<i32, (i32, String)> {
             parent_cpu,
             peer_cpu,
             duration_s: dur_s,
+            rounds,
             warmup_s: timing.warmup.as_secs_f64(),
             elapsed_s: elapsed.as_secs_f64(),
         },

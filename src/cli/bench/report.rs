@@ -5,7 +5,7 @@
 //! ```text
 //! { "version": 1,
 //!   "machine": { "os", "arch", "cpus", "pin", "parent_cpu", "peer_cpu", "duration_s",
-//!                "warmup_s", "elapsed_s" },
+//!                "rounds", "warmup_s", "elapsed_s" },
 //!   "results":   [ ROW... ],     // one per transport and size
 //!   "baselines": [ ROW... ],     // raw-cacheline, raw-eventfd, raw-memcpy, raw-unix, raw-tcp
 //!                                // (and peer-iceoryx2 with that cargo feature)
@@ -42,8 +42,10 @@ pub struct Machine {
     pub parent_cpu: Option<usize>,
     /// The peer's CPU, when pinned.
     pub peer_cpu: Option<usize>,
-    /// Seconds per measurement.
+    /// Seconds per measurement (all rounds together).
     pub duration_s: f64,
+    /// Rounds each measurement was split into (merged in the results).
+    pub rounds: u32,
     /// Seconds of warm-up per cell.
     pub warmup_s: f64,
     /// Seconds the whole run took.
@@ -273,14 +275,16 @@ impl Report {
         let m = &self.machine;
         let _ = writeln!(
             out,
-            "\n{} {} with {} CPUs, pin {} (parent CPU {}, peer CPU {}), {:.2} s per measurement",
+            "\n{} {} with {} CPUs, pin {} (parent CPU {}, peer CPU {}), {:.2} s per measurement \
+             in {} rounds",
             m.os,
             m.arch,
             m.cpus,
             m.pin,
             m.parent_cpu.map_or("any".into(), |c| c.to_string()),
             m.peer_cpu.map_or("any".into(), |c| c.to_string()),
-            m.duration_s
+            m.duration_s,
+            m.rounds
         );
         let _ = writeln!(
             out,
