@@ -24,6 +24,10 @@
 //!   spinning (`shm`) and always parked (`shm?spin=0`).
 //!   Each transport row names its nearest baseline and the ratios: `p50` = latency / raw
 //!   latency (lower is better), `throughput` = bytes/s / raw bytes/s (higher is better).
+//! - **Rounds** (`--rounds`, default 3): the cells of one size run that many times in turn,
+//!   each for an equal share of `--duration` after its own warm-up, and the rounds are merged
+//!   (histograms added, counts and times summed), so load drift hits a baseline and its
+//!   transports alike.
 //! - **Pinning** (`--pin`): `cross` puts parent and peer on two different CPUs, `same` on one,
 //!   `none` lets the OS choose (Linux only; elsewhere the run is unpinned, with a note).
 
