@@ -4,7 +4,8 @@
 //! Correctness only: nothing here asserts how fast anything is.
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader, Read, Write},
+    path::PathBuf,
     process::{Command, Output, Stdio},
     time::Duration,
 };
@@ -15,6 +16,52 @@ fn ductwork() -> Command {
 
 fn run(args: &[&str]) -> Output {
     ductwork().args(args).output().expect("runs the binary")
+}
+
+/// A `ductwork bench` run whose JSON and SVG go to a private temp dir (removed on drop); it
+/// must end within five minutes.
+struct Bench {
+    dir: PathBuf,
+    out: Output,
+}
+
+impl Bench {
+    /// Runs `ductwork bench ARGS --json .. --plot ..` with `env` added.
+    fn run(tag: &str, args: &[&str], env: &[(&str, &str)]) -> Bench {
+        let dir = std::env::temp_dir().join(format!("ductwork-cli-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = ductwork()
+            .arg("bench")
+            .args(args)
+            .arg("--json")
+            .arg(dir.join("out.json"))
+            .arg("--plot")
+            .arg(dir.join("out.svg"))
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = wait_with_timeout(child, Duration::from_secs(300));
+        Bench { dir, out }
+    }
+
+    /// The JSON the run wrote; the run must have succeeded.
+    fn json(&self) -> serde_json::Value {
+        assert!(self.out.status.success(), "{}", stderr(&self.out));
+        serde_json::from_slice(&std::fs::read(self.dir.join("out.json")).unwrap()).unwrap()
+    }
+
+    /// The SVG the run wrote.
+    fn svg(&self) -> String {
+        std::fs::read_to_string(self.dir.join("out.svg")).unwrap()
+    }
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 fn stderr(o: &Output) -> String {
@@ -60,34 +107,28 @@ fn bad_pin_and_duration_are_usage_errors() {
 
 #[test]
 fn tiny_bench_writes_table_json_and_svg() {
-    let dir = std::env::temp_dir().join(format!("ductwork-cli-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let json = dir.join("out.json");
-    let svg = dir.join("out.svg");
     let transports = if cfg!(unix) { "tcp,unix" } else { "tcp" };
-    let o = run(&[
-        "bench",
-        "--duration",
-        "0.05",
-        "--sizes",
-        "64,1KiB",
-        "--transports",
-        transports,
-        "--pin",
-        "none",
-        "--json",
-        json.to_str().unwrap(),
-        "--plot",
-        svg.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let table = String::from_utf8_lossy(&o.stdout);
+    let b = Bench::run(
+        "test",
+        &[
+            "--duration",
+            "0.05",
+            "--sizes",
+            "64,1KiB",
+            "--transports",
+            transports,
+            "--pin",
+            "none",
+        ],
+        &[],
+    );
+    let v = b.json();
+    let table = String::from_utf8_lossy(&b.out.stdout);
     assert!(
         table.contains("transport") && table.contains("p99.9"),
         "{table}"
     );
 
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(v["version"], 1);
     assert_eq!(v["machine"]["pin"], "none");
     assert!(v["machine"]["cpus"].as_u64().unwrap() >= 1);
@@ -127,66 +168,50 @@ fn tiny_bench_writes_table_json_and_svg() {
             "{baselines:?}"
         );
     }
-    let plot = std::fs::read_to_string(&svg).unwrap();
+    let plot = b.svg();
     assert!(plot.starts_with("<?xml") && plot.trim_end().ends_with("</svg>"));
     assert!(plot.contains("raw-tcp"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn one_way_setup_measures_through_two_endpoints() {
     // The setup one-way transports (mailslot, copydata) use: pings out over the peer's
     // endpoint, echoes back over ours. Forced here on tcp so every platform runs that path.
-    let dir = std::env::temp_dir().join(format!("ductwork-cli-2ep-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let json = dir.join("out.json");
-    let o = run(&[
-        "bench",
-        "--two-endpoints",
-        "--duration",
-        "0.05",
-        "--sizes",
-        "1KiB",
-        "--transports",
-        "tcp",
-        "--json",
-        json.to_str().unwrap(),
-        "--plot",
-        dir.join("out.svg").to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let b = Bench::run(
+        "2ep",
+        &[
+            "--two-endpoints",
+            "--duration",
+            "0.05",
+            "--sizes",
+            "1KiB",
+            "--transports",
+            "tcp",
+        ],
+        &[],
+    );
+    let v = b.json();
     let r = &v["results"][0];
     assert_eq!(r["transport"], "tcp", "{v:#}");
     assert!(r["rtt_ns"]["p50"].as_u64().unwrap() > 0);
     assert_eq!(r["throughput"]["sent"], r["throughput"]["received"]);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_peer_that_dies_fails_its_cell_and_the_run_goes_on() {
-    let dir = std::env::temp_dir().join(format!("ductwork-cli-dies-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let json = dir.join("out.json");
-    let o = ductwork()
-        .args([
-            "bench",
+    let b = Bench::run(
+        "dies",
+        &[
             "--duration",
             "0.05",
             "--sizes",
             "64,1KiB",
             "--transports",
             "tcp",
-            "--json",
-            json.to_str().unwrap(),
-            "--plot",
-            dir.join("out.svg").to_str().unwrap(),
-        ])
-        .env("DUCTWORK_BENCH_PEER_DIES_AFTER", "50")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        ],
+        &[("DUCTWORK_BENCH_PEER_DIES_AFTER", "50")],
+    );
+    let v = b.json();
     // Both tcp cells failed (their peers died), the baselines (no ductwork peer) were measured.
     assert_eq!(v["results"].as_array().unwrap().len(), 0, "{v:#}");
     assert_eq!(v["baselines"].as_array().unwrap().len(), 2, "{v:#}");
@@ -202,7 +227,6 @@ fn a_peer_that_dies_fails_its_cell_and_the_run_goes_on() {
         "{notes:?}"
     );
     assert!(notes.iter().all(|n| n.contains("failed")), "{notes:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// With the `peer-iceoryx2` feature, measuring shm also measures iceoryx2 between the same
@@ -210,25 +234,20 @@ fn a_peer_that_dies_fails_its_cell_and_the_run_goes_on() {
 #[cfg(all(feature = "peer-iceoryx2", target_os = "linux"))]
 #[test]
 fn iceoryx2_baseline_runs_next_to_shm() {
-    let dir = std::env::temp_dir().join(format!("ductwork-cli-iox-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let json = dir.join("out.json");
-    let o = run(&[
-        "bench",
-        "--duration",
-        "0.05",
-        "--sizes",
-        "64,1KiB",
-        "--transports",
-        "shm",
-        "--json",
-        json.to_str().unwrap(),
-        "--plot",
-        dir.join("out.svg").to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("peer-iceoryx2"));
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let b = Bench::run(
+        "iox",
+        &[
+            "--duration",
+            "0.05",
+            "--sizes",
+            "64,1KiB",
+            "--transports",
+            "shm",
+        ],
+        &[],
+    );
+    let v = b.json();
+    assert!(String::from_utf8_lossy(&b.out.stdout).contains("peer-iceoryx2"));
     let iox: Vec<&serde_json::Value> = v["baselines"]
         .as_array()
         .unwrap()
@@ -270,38 +289,18 @@ fn iceoryx2_baseline_runs_next_to_shm() {
             "{r}"
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// An iceoryx2 peer that crashes fails its row with a note, without a hang.
 #[cfg(all(feature = "peer-iceoryx2", target_os = "linux"))]
 #[test]
 fn an_iceoryx2_peer_that_dies_fails_its_row() {
-    let dir = std::env::temp_dir().join(format!("ductwork-cli-ioxdies-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let json = dir.join("out.json");
-    let child = ductwork()
-        .args([
-            "bench",
-            "--duration",
-            "0.05",
-            "--sizes",
-            "64",
-            "--transports",
-            "shm",
-            "--json",
-            json.to_str().unwrap(),
-            "--plot",
-            dir.join("out.svg").to_str().unwrap(),
-        ])
-        .env("DUCTWORK_BENCH_PEER_DIES_AFTER", "50")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let o = wait_with_timeout(child, Duration::from_secs(120));
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let b = Bench::run(
+        "ioxdies",
+        &["--duration", "0.05", "--sizes", "64", "--transports", "shm"],
+        &[("DUCTWORK_BENCH_PEER_DIES_AFTER", "50")],
+    );
+    let v = b.json();
     let baselines: Vec<&str> = v["baselines"]
         .as_array()
         .unwrap()
@@ -322,7 +321,6 @@ fn an_iceoryx2_peer_that_dies_fails_its_row() {
             .any(|n| n.starts_with("peer-iceoryx2 64 B: failed") && n.contains("exited")),
         "{notes:?}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -430,18 +428,34 @@ fn send_rejects_a_line_that_is_not_json() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "{\"ok\":1}");
 }
 
-/// Waits for `child`, killing it (and failing) if it takes longer than `limit`.
+/// Waits for `child`, killing it (and failing) if it takes longer than `limit`. Its piped
+/// output is drained meanwhile, so a child that writes a lot cannot stall on a full pipe.
 fn wait_with_timeout(mut child: std::process::Child, limit: Duration) -> Output {
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let (out, err) = (drain(child.stdout.take()), drain(child.stderr.take()));
     let start = std::time::Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
         }
         if start.elapsed() > limit {
             let _ = child.kill();
             panic!("process did not exit within {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
     }
 }
 
@@ -462,26 +476,21 @@ fn bad_transport_options_are_usage_errors() {
 /// bulk sizes get a memcpy baseline that shm throughput is compared with.
 #[test]
 fn shm_variants_and_memcpy_baseline() {
-    let dir = std::env::temp_dir().join(format!("ductwork-cli-shm-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let json = dir.join("out.json");
-    let o = run(&[
-        "bench",
-        "--duration",
-        "0.05",
-        "--sizes",
-        "64,64KiB",
-        "--transports",
-        "shm,shm?spin=0",
-        "--pin",
-        "none",
-        "--json",
-        json.to_str().unwrap(),
-        "--plot",
-        dir.join("out.svg").to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let b = Bench::run(
+        "shm",
+        &[
+            "--duration",
+            "0.05",
+            "--sizes",
+            "64,64KiB",
+            "--transports",
+            "shm,shm?spin=0",
+            "--pin",
+            "none",
+        ],
+        &[],
+    );
+    let v = b.json();
     let rows = v["results"].as_array().unwrap();
     let row = |t: &str, size: u64| {
         rows.iter()
@@ -521,7 +530,6 @@ fn shm_variants_and_memcpy_baseline() {
         assert_eq!(row("shm?spin=0", 64)["baseline"], "raw-eventfd");
         assert_eq!(row("shm", 64)["baseline"], "raw-cacheline");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Rounds are merged: every row holds the samples of all its rounds, and the machine block
@@ -529,28 +537,23 @@ fn shm_variants_and_memcpy_baseline() {
 /// round trips, so two merged rounds hold exactly 40.
 #[test]
 fn rounds_are_merged_into_one_row() {
-    let dir = std::env::temp_dir().join(format!("ductwork-cli-rounds-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let json = dir.join("out.json");
-    let o = run(&[
-        "bench",
-        "--duration",
-        "0.000001",
-        "--rounds",
-        "2",
-        "--sizes",
-        "64",
-        "--transports",
-        "tcp",
-        "--pin",
-        "none",
-        "--json",
-        json.to_str().unwrap(),
-        "--plot",
-        dir.join("out.svg").to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let b = Bench::run(
+        "rounds",
+        &[
+            "--duration",
+            "0.000001",
+            "--rounds",
+            "2",
+            "--sizes",
+            "64",
+            "--transports",
+            "tcp",
+            "--pin",
+            "none",
+        ],
+        &[],
+    );
+    let v = b.json();
     assert_eq!(v["machine"]["rounds"], 2);
     let rows: Vec<&serde_json::Value> = v["results"]
         .as_array()
@@ -564,5 +567,4 @@ fn rounds_are_merged_into_one_row() {
         let tp = &r["throughput"];
         assert_eq!(tp["sent"], tp["received"], "{r}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
