@@ -33,6 +33,9 @@ use std::{
 /// A typed channel over one connection: sends `Out`, receives `In`.
 pub struct Channel<Out, In = Out> {
     conn: BoxConnection,
+    /// The connection's endpoint, cloned once, for encoding errors: the encoder runs while
+    /// the connection is borrowed, and cloning per message cost two allocations per send.
+    endpoint: crate::Endpoint,
     _types: PhantomData<fn(Out) -> In>,
 }
 
@@ -44,6 +47,7 @@ where
     /// Wraps a connection.
     pub fn new(conn: BoxConnection) -> Self {
         Channel {
+            endpoint: conn.info().endpoint.clone(),
             conn,
             _types: PhantomData,
         }
@@ -78,11 +82,10 @@ where
 
     /// Encodes `msg` straight into the connection (see [`crate::Connection::start_send_encoded`]).
     fn start_send_msg(&mut self, msg: &Out) -> Result<()> {
-        let info = self.conn.info();
-        let max = info.capabilities.max_message;
-        let endpoint = info.endpoint.clone();
+        let max = self.conn.info().capabilities.max_message;
+        let endpoint = &self.endpoint;
         self.conn.start_send_encoded(&mut |buf| {
-            ductwork_codec::encode_into(msg, buf, max).map_err(|e| Error::codec(&endpoint, e))
+            ductwork_codec::encode_into(msg, buf, max).map_err(|e| Error::codec(endpoint, e))
         })
     }
 

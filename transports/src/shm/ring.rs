@@ -204,11 +204,22 @@ pub(crate) enum RingError {
 /// The part of a ring both ends share: the region, where this ring's header and data are,
 /// and its capacity.
 struct RingMem {
-    region: Arc<dyn SharedRegion>,
-    header: usize,
-    data: usize,
+    /// Keeps the mapping alive for the two pointers below.
+    _region: Arc<dyn SharedRegion>,
+    /// This ring's header (`RING_HEADER` bytes), 128-aligned, inside the region.
+    header: *mut u8,
+    /// This ring's data area (`cap` bytes), inside the region. Both pointers are computed
+    /// once, so the hot path makes no virtual call to find the mapping.
+    data: *mut u8,
     cap: u64,
 }
+
+// SAFETY: the pointers point into the region, which `_region` keeps mapped for as long as
+// this value lives, whichever thread holds it; all access through them is atomic or a raw
+// copy, never a reference into shared memory.
+unsafe impl Send for RingMem {}
+// SAFETY: as above; `&RingMem` only allows the same atomic accesses and raw copies.
+unsafe impl Sync for RingMem {}
 
 impl RingMem {
     fn new(region: Arc<dyn SharedRegion>, capacity: usize, which: Which) -> RingMem {
@@ -220,20 +231,28 @@ impl RingMem {
             region.len() >= segment_len(capacity) && capacity % LINE == 0 && capacity > 0,
             "ring outside its region (checked by check_segment)"
         );
+        // SAFETY: `header + RING_HEADER + capacity <= segment_len(capacity) <= region.len()`
+        // (asserted above), so both offsets stay inside the mapping.
+        let (hdr, data) = unsafe {
+            let base = region.base();
+            (base.add(header), base.add(header + RING_HEADER))
+        };
         RingMem {
-            region,
-            header,
-            data: header + RING_HEADER,
+            _region: region,
+            header: hdr,
+            data,
             cap: capacity as u64,
         }
     }
 
     /// One of the header words.
     fn word(&self, off: usize) -> &AtomicU64 {
-        // SAFETY: `header + off` is 8-aligned (header is a multiple of 128, off of 8) and lies
-        // within the region (checked in `new`); the region outlives `self` (we hold an Arc).
-        // Only atomic accesses are made to header words, by both processes.
-        unsafe { AtomicU64::from_ptr(self.region.base().add(self.header + off).cast()) }
+        debug_assert!(off % 8 == 0 && off < RING_HEADER);
+        // SAFETY: `header + off` is 8-aligned (header is 128-aligned, off a multiple of 8) and
+        // lies within the ring header (off < RING_HEADER), inside the region (checked in
+        // `new`); the region outlives `self` (we hold an Arc). Only atomic accesses are made
+        // to header words, by both processes.
+        unsafe { AtomicU64::from_ptr(self.header.add(off).cast()) }
     }
 
     /// Copies `src` into the data area at ring position `pos`, splitting at the end.
@@ -244,7 +263,7 @@ impl RingMem {
         // never copy more than `cap` bytes), so both destination ranges lie in the data area,
         // which is in the region. Raw copies, no references into shared memory.
         unsafe {
-            let data = self.region.base().add(self.data);
+            let data = self.data;
             ptr::copy_nonoverlapping(src.as_ptr(), data.add(at), first);
             if first < src.len() {
                 ptr::copy_nonoverlapping(src.as_ptr().add(first), data, src.len() - first);
@@ -260,7 +279,7 @@ impl RingMem {
         // SAFETY: `pos` is 8-aligned and `cap` a multiple of 8, so `at + 8 <= cap`: the word
         // lies in the data area. A fixed-size raw copy, no reference into shared memory.
         unsafe {
-            let data = self.region.base().add(self.data);
+            let data = self.data;
             ptr::copy_nonoverlapping(word.as_ptr(), data.add(at), 8);
         }
     }
@@ -272,7 +291,7 @@ impl RingMem {
         let mut word = [0u8; 8];
         // SAFETY: as in `write_word`: `at + 8 <= cap`, inside the data area.
         unsafe {
-            let data = self.region.base().add(self.data);
+            let data = self.data;
             ptr::copy_nonoverlapping(data.add(at), word.as_mut_ptr(), 8);
         }
         word
@@ -290,7 +309,7 @@ impl RingMem {
         // record length); `dst` is a slice of `len` writable bytes. Raw copies, no reference
         // into shared memory.
         unsafe {
-            let data = self.region.base().add(self.data);
+            let data = self.data;
             ptr::copy_nonoverlapping(data.add(at), dst, first);
             if first < len {
                 ptr::copy_nonoverlapping(data, dst.add(first), len - first);
