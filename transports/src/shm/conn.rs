@@ -120,7 +120,7 @@ pub(crate) struct ShmConnection {
 }
 
 /// A frame waiting for space in the ring.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 enum Pending {
     None,
     /// A frame given to `start_send`.
@@ -314,7 +314,7 @@ impl ShmConnection {
     }
 
     fn clear_pending(&mut self) {
-        if self.pending == Pending::Scratch {
+        if matches!(self.pending, Pending::Scratch) {
             self.scratch.clear();
         }
         self.pending = Pending::None;
@@ -356,7 +356,7 @@ impl Connection for ShmConnection {
     ) -> Result<()> {
         self.check_send()?;
         debug_assert!(
-            self.pending == Pending::None,
+            matches!(self.pending, Pending::None),
             "start_send without poll_ready"
         );
         self.scratch.clear();
@@ -455,7 +455,7 @@ impl Sink<Bytes> for ShmConnection {
             return Err(this.too_large(item.len()));
         }
         debug_assert!(
-            this.pending == Pending::None,
+            matches!(this.pending, Pending::None),
             "start_send without poll_ready"
         );
         match this.tx.try_push(&item) {
@@ -492,7 +492,7 @@ impl Drop for ShmConnection {
         // the published messages) that the connection was lost.
         if !self.tx_closed {
             self.tx_closed = true;
-            let wake = if self.pending == Pending::None && self.tx_broken.is_none() {
+            let wake = if matches!(self.pending, Pending::None) && self.tx_broken.is_none() {
                 self.tx.close()
             } else {
                 self.tx.abandon()
