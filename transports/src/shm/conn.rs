@@ -145,10 +145,13 @@ fn copy_out(rec: Record<'_>, pool: &mut BytesMut) -> Bytes {
     // faults; otherwise it allocates afresh and the old frames keep their memory.
     pool.clear();
     pool.reserve(len);
-    let copied = rec.copy_to(&mut pool.spare_capacity_mut()[..len]);
-    debug_assert!(copied, "the slice has the record's length");
-    // SAFETY: `copy_to` initialized all `len` bytes (it returns true for a slice of exactly
-    // `len()` bytes, which we passed), and `reserve` made room for them.
+    if !rec.copy_to(&mut pool.spare_capacity_mut()[..len]) {
+        // Unreachable (the slice has exactly `len` bytes), but never set_len over bytes
+        // that were not written.
+        return Bytes::from(rec.to_vec());
+    }
+    // SAFETY: `copy_to` returned true, so it initialized all `len` bytes of the spare
+    // capacity, which `reserve` made at least `len` long.
     unsafe { pool.set_len(len) };
     pool.split().freeze()
 }

@@ -15,6 +15,10 @@
 //! The Unix socket then stays open, idle, for the life of the connection: when a process
 //! dies the kernel closes its end, the survivor's socket becomes readable with end-of-file,
 //! and its waiting `recv`/`send` fail with `ConnectionLost`.
+//!
+//! Doorbells: each eventfd is registered with tokio (edge-triggered epoll). Ringing is one
+//! `write(2)`; the woken side reads nothing (Linux signals an edge per write), so a parked
+//! message costs the ringer's write and the waiter's `epoll_wait`, nothing else.
 
 use super::{
     caps,
