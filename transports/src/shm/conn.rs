@@ -1,8 +1,8 @@
 //! The portable shared-memory connection: two rings, a spin-then-park receive loop, and
 //! backpressure, over doorbells and a liveness signal the OS layer provides.
 
-use super::ring::{Consumer, Pop, Producer, RingError};
-use bytes::Bytes;
+use super::ring::{Consumer, Pop, Producer, Record, RingError};
+use bytes::{Bytes, BytesMut};
 use ductwork_core::{Connection, ConnectionInfo, Error, ErrorKind, Result};
 use futures::{Sink, Stream};
 use std::{
@@ -99,8 +99,15 @@ pub(crate) struct ShmConnection {
     info: ConnectionInfo,
     spin_rx: Spinner,
     spin_tx: Spinner,
-    /// A frame accepted by `start_send` that did not fit yet.
-    pending: Option<Bytes>,
+    /// A frame accepted by `start_send` or `start_send_encoded` that did not fit yet.
+    pending: Pending,
+    /// The buffer typed sends encode into, reused: no allocation per message (it keeps the
+    /// capacity of the largest message sent, at most the ring capacity).
+    scratch: BytesMut,
+    /// The buffer large messages are copied out into; a frame handed out shares it, and
+    /// once the application dropped that frame the next message reuses the memory (see
+    /// `copy_out`).
+    rx_pool: BytesMut,
     /// The receiving side announced parking and has not withdrawn it.
     rx_parked: bool,
     tx_parked: bool,
@@ -110,6 +117,43 @@ pub(crate) struct ShmConnection {
     tx_closed: bool,
     /// The sending side failed for good.
     tx_broken: Option<ErrorKind>,
+}
+
+/// A frame waiting for space in the ring.
+#[derive(Debug)]
+enum Pending {
+    None,
+    /// A frame given to `start_send`.
+    Frame(Bytes),
+    /// The frame in `scratch`, encoded by `start_send_encoded`.
+    Scratch,
+}
+
+/// Messages at least this long are copied out into the reused `rx_pool` buffer; smaller ones
+/// into an exact-size allocation (cheap at that size, and a small frame the application keeps
+/// then never pins a large buffer).
+const POOL_MIN: usize = 4096;
+
+/// Copies a record out of the ring into a frame the application owns.
+fn copy_out(rec: Record<'_>, pool: &mut BytesMut) -> Bytes {
+    let len = rec.len();
+    if len < POOL_MIN {
+        return Bytes::from(rec.to_vec());
+    }
+    // `reserve` takes the memory back when every frame split off it earlier was dropped (the
+    // steady state of a receive loop), so large messages cost no allocation and no page
+    // faults; otherwise it allocates afresh and the old frames keep their memory.
+    pool.clear();
+    pool.reserve(len);
+    if !rec.copy_to(&mut pool.spare_capacity_mut()[..len]) {
+        // Unreachable (the slice has exactly `len` bytes), but never set_len over bytes
+        // that were not written.
+        return Bytes::from(rec.to_vec());
+    }
+    // SAFETY: `copy_to` returned true, so it initialized all `len` bytes of the spare
+    // capacity, which `reserve` made at least `len` long.
+    unsafe { pool.set_len(len) };
+    pool.split().freeze()
 }
 
 impl ShmConnection {
@@ -127,7 +171,9 @@ impl ShmConnection {
             info,
             spin_rx: Spinner::new(spin),
             spin_tx: Spinner::new(spin),
-            pending: None,
+            pending: Pending::None,
+            scratch: BytesMut::new(),
+            rx_pool: BytesMut::new(),
             rx_parked: false,
             tx_parked: false,
             rx_done: false,
@@ -181,10 +227,11 @@ impl ShmConnection {
 
     /// One receive attempt without waiting.
     fn pop(&mut self) -> Option<Option<Result<Bytes>>> {
-        match self.rx.try_pop() {
+        let pool = &mut self.rx_pool;
+        match self.rx.try_pop_with(|rec| copy_out(rec, pool)) {
             Ok(Pop::Message(m)) => {
                 self.wake_producer();
-                Some(Some(Ok(Bytes::from(m))))
+                Some(Some(Ok(m)))
             }
             Ok(Pop::Empty) => None,
             Ok(Pop::Closed) => {
@@ -207,14 +254,19 @@ impl ShmConnection {
         if let Some(kind) = self.tx_broken {
             return Poll::Ready(Err(self.err(kind, "the connection failed earlier")));
         }
-        while let Some(frame) = self.pending.as_ref() {
+        loop {
+            let frame: &[u8] = match &self.pending {
+                Pending::None => break,
+                Pending::Frame(f) => f,
+                Pending::Scratch => &self.scratch,
+            };
             if self.tx_parked {
                 self.tx.cancel_wait();
                 self.tx_parked = false;
             }
             match self.tx.try_push(frame) {
                 Ok(true) => {
-                    self.pending = None;
+                    self.clear_pending();
                     return Poll::Ready(self.wake_consumer());
                 }
                 Ok(false) => {}
@@ -260,14 +312,77 @@ impl ShmConnection {
     fn fail_tx(&mut self, e: RingError) -> Error {
         let err = self.ring_err(e);
         self.tx_broken = Some(err.kind());
-        self.pending = None;
+        self.clear_pending();
         err
+    }
+
+    fn clear_pending(&mut self) {
+        if matches!(self.pending, Pending::Scratch) {
+            self.scratch.clear();
+        }
+        self.pending = Pending::None;
+    }
+
+    /// Whether a new frame may be queued now.
+    fn check_send(&self) -> Result<()> {
+        if self.tx_closed {
+            return Err(self.err(ErrorKind::Closed, "send after close"));
+        }
+        if let Some(kind) = self.tx_broken {
+            return Err(self.err(kind, "the connection failed earlier"));
+        }
+        Ok(())
+    }
+
+    fn too_large(&self, len: usize) -> Error {
+        let max = self.info.capabilities.max_message;
+        self.err(
+            ErrorKind::FrameTooLarge,
+            format!(
+                "message of {len} bytes exceeds the limit of {max} bytes (ring capacity {} \
+                 bytes; raise it with ?capacity=)",
+                self.tx.max_message() + super::ring::RECORD_HEADER
+            ),
+        )
     }
 }
 
 impl Connection for ShmConnection {
     fn info(&self) -> &ConnectionInfo {
         &self.info
+    }
+
+    /// Encodes into a reused buffer, then copies into the ring: no allocation per message.
+    fn start_send_encoded(
+        &mut self,
+        encode: &mut dyn FnMut(&mut BytesMut) -> Result<usize>,
+    ) -> Result<()> {
+        self.check_send()?;
+        debug_assert!(
+            matches!(self.pending, Pending::None),
+            "start_send without poll_ready"
+        );
+        self.scratch.clear();
+        if let Err(e) = encode(&mut self.scratch) {
+            self.scratch.clear();
+            return Err(e);
+        }
+        let len = self.scratch.len();
+        if len > self.info.capabilities.max_message {
+            self.scratch.clear();
+            return Err(self.too_large(len));
+        }
+        match self.tx.try_push(&self.scratch) {
+            Ok(true) => {
+                self.scratch.clear();
+                self.wake_consumer()
+            }
+            Ok(false) => {
+                self.pending = Pending::Scratch;
+                Ok(())
+            }
+            Err(e) => Err(self.fail_tx(e)),
+        }
     }
 }
 
@@ -338,29 +453,18 @@ impl Sink<Bytes> for ShmConnection {
 
     fn start_send(self: Pin<&mut Self>, item: Bytes) -> Result<()> {
         let this = self.get_mut();
-        if this.tx_closed {
-            return Err(this.err(ErrorKind::Closed, "send after close"));
+        this.check_send()?;
+        if item.len() > this.info.capabilities.max_message {
+            return Err(this.too_large(item.len()));
         }
-        if let Some(kind) = this.tx_broken {
-            return Err(this.err(kind, "the connection failed earlier"));
-        }
-        let max = this.info.capabilities.max_message;
-        if item.len() > max {
-            return Err(this.err(
-                ErrorKind::FrameTooLarge,
-                format!(
-                    "message of {} bytes exceeds the limit of {max} bytes (ring capacity {} \
-                     bytes; raise it with ?capacity=)",
-                    item.len(),
-                    this.tx.max_message() + super::ring::RECORD_HEADER
-                ),
-            ));
-        }
-        debug_assert!(this.pending.is_none(), "start_send without poll_ready");
+        debug_assert!(
+            matches!(this.pending, Pending::None),
+            "start_send without poll_ready"
+        );
         match this.tx.try_push(&item) {
             Ok(true) => this.wake_consumer(),
             Ok(false) => {
-                this.pending = Some(item);
+                this.pending = Pending::Frame(item);
                 Ok(())
             }
             Err(e) => Err(this.fail_tx(e)),
@@ -391,7 +495,7 @@ impl Drop for ShmConnection {
         // the published messages) that the connection was lost.
         if !self.tx_closed {
             self.tx_closed = true;
-            let wake = if self.pending.is_none() && self.tx_broken.is_none() {
+            let wake = if matches!(self.pending, Pending::None) && self.tx_broken.is_none() {
                 self.tx.close()
             } else {
                 self.tx.abandon()
@@ -404,5 +508,87 @@ impl Drop for ShmConnection {
         if self.rx.close() {
             let _ = self.os.ring_space();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shm::ring::{self, HeapRegion, SharedRegion, Which};
+    use std::sync::Arc;
+
+    fn pair(cap: usize) -> (Producer, Consumer) {
+        let region: Arc<dyn SharedRegion> = Arc::new(HeapRegion::new(ring::segment_len(cap)));
+        ring::init_segment(&*region, cap);
+        let p = Producer::new(region.clone(), cap, Which::A);
+        let c = Consumer::new(region, cap, Which::A, ring::max_message(cap));
+        (p, c)
+    }
+
+    fn take(c: &mut Consumer, pool: &mut BytesMut) -> Bytes {
+        match c.try_pop_with(|rec| copy_out(rec, pool)) {
+            Ok(Pop::Message(m)) => m,
+            other => panic!("expected a message, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
+    fn large_frames_reuse_the_pool_once_dropped() {
+        let (mut p, mut c) = pair(1 << 16);
+        let mut pool = BytesMut::new();
+        let a: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
+        assert!(p.try_push(&a).unwrap());
+        let first = take(&mut c, &mut pool);
+        assert_eq!(first[..], a[..]);
+        let addr = first.as_ptr();
+        drop(first);
+        let b = vec![0x5a; 20_000];
+        assert!(p.try_push(&b).unwrap());
+        let second = take(&mut c, &mut pool);
+        assert_eq!(second[..], b[..]);
+        assert_eq!(
+            second.as_ptr(),
+            addr,
+            "the dropped frame's memory is reused"
+        );
+    }
+
+    #[test]
+    fn a_kept_frame_is_never_overwritten() {
+        let (mut p, mut c) = pair(1 << 16);
+        let mut pool = BytesMut::new();
+        let mut kept = Vec::new();
+        for round in 0..6u8 {
+            // Sizes around the pooling threshold, large ones bigger than what is left.
+            let len = [POOL_MIN, 5000, 100, 30_000, POOL_MIN - 1, 9000][round as usize];
+            assert!(p.try_push(&vec![round; len]).unwrap());
+            kept.push((round, len, take(&mut c, &mut pool)));
+        }
+        for (round, len, frame) in kept {
+            assert_eq!(frame.len(), len);
+            assert!(frame.iter().all(|&b| b == round), "frame {round} intact");
+        }
+    }
+
+    #[test]
+    fn spinner_parks_at_once_after_spinning_keeps_failing() {
+        let mut s = Spinner::new(Duration::from_micros(20));
+        let mut calls;
+        for _ in 0..Spinner::SCORE_MAX {
+            assert!(!s.spin(|| false));
+        }
+        // Now most attempts look once (after a yield) instead of spinning the budget.
+        let mut quick = 0;
+        for _ in 0..32 {
+            calls = 0;
+            assert!(!s.spin(|| {
+                calls += 1;
+                false
+            }));
+            if calls == 1 {
+                quick += 1;
+            }
+        }
+        assert!(quick >= 30, "{quick} of 32 attempts were a single look");
     }
 }

@@ -60,6 +60,7 @@
 //! store plus `mfence`; loads cost the same as Acquire loads.)
 
 use std::{
+    mem::MaybeUninit,
     ptr,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -203,11 +204,22 @@ pub(crate) enum RingError {
 /// The part of a ring both ends share: the region, where this ring's header and data are,
 /// and its capacity.
 struct RingMem {
-    region: Arc<dyn SharedRegion>,
-    header: usize,
-    data: usize,
+    /// Keeps the mapping alive for the two pointers below.
+    _region: Arc<dyn SharedRegion>,
+    /// This ring's header (`RING_HEADER` bytes), 128-aligned, inside the region.
+    header: *mut u8,
+    /// This ring's data area (`cap` bytes), inside the region. Both pointers are computed
+    /// once, so the hot path makes no virtual call to find the mapping.
+    data: *mut u8,
     cap: u64,
 }
+
+// SAFETY: the pointers point into the region, which `_region` keeps mapped for as long as
+// this value lives, whichever thread holds it; all access through them is atomic or a raw
+// copy, never a reference into shared memory.
+unsafe impl Send for RingMem {}
+// SAFETY: as above; `&RingMem` only allows the same atomic accesses and raw copies.
+unsafe impl Sync for RingMem {}
 
 impl RingMem {
     fn new(region: Arc<dyn SharedRegion>, capacity: usize, which: Which) -> RingMem {
@@ -219,20 +231,28 @@ impl RingMem {
             region.len() >= segment_len(capacity) && capacity % LINE == 0 && capacity > 0,
             "ring outside its region (checked by check_segment)"
         );
+        // SAFETY: `header + RING_HEADER + capacity <= segment_len(capacity) <= region.len()`
+        // (asserted above), so both offsets stay inside the mapping.
+        let (hdr, data) = unsafe {
+            let base = region.base();
+            (base.add(header), base.add(header + RING_HEADER))
+        };
         RingMem {
-            region,
-            header,
-            data: header + RING_HEADER,
+            _region: region,
+            header: hdr,
+            data,
             cap: capacity as u64,
         }
     }
 
     /// One of the header words.
     fn word(&self, off: usize) -> &AtomicU64 {
-        // SAFETY: `header + off` is 8-aligned (header is a multiple of 128, off of 8) and lies
-        // within the region (checked in `new`); the region outlives `self` (we hold an Arc).
-        // Only atomic accesses are made to header words, by both processes.
-        unsafe { AtomicU64::from_ptr(self.region.base().add(self.header + off).cast()) }
+        debug_assert!(off % 8 == 0 && off < RING_HEADER);
+        // SAFETY: `header + off` is 8-aligned (header is 128-aligned, off a multiple of 8) and
+        // lies within the ring header (off < RING_HEADER), inside the region (checked in
+        // `new`); the region outlives `self` (we hold an Arc). Only atomic accesses are made
+        // to header words, by both processes.
+        unsafe { AtomicU64::from_ptr(self.header.add(off).cast()) }
     }
 
     /// Copies `src` into the data area at ring position `pos`, splitting at the end.
@@ -243,36 +263,92 @@ impl RingMem {
         // never copy more than `cap` bytes), so both destination ranges lie in the data area,
         // which is in the region. Raw copies, no references into shared memory.
         unsafe {
-            let data = self.region.base().add(self.data);
+            let data = self.data;
             ptr::copy_nonoverlapping(src.as_ptr(), data.add(at), first);
-            ptr::copy_nonoverlapping(src.as_ptr().add(first), data, src.len() - first);
+            if first < src.len() {
+                ptr::copy_nonoverlapping(src.as_ptr().add(first), data, src.len() - first);
+            }
         }
     }
 
-    /// Copies `dst.len()` bytes from the data area at ring position `pos`, splitting at the end.
-    fn copy_out(&self, pos: u64, dst: &mut [u8]) {
-        self.copy_out_raw(pos, dst.as_mut_ptr(), dst.len());
+    /// Writes the 8 bytes at the 8-aligned ring position `pos` (a record header or the last
+    /// word of a record): one store instead of a split-aware copy.
+    fn write_word(&self, pos: u64, word: [u8; 8]) {
+        debug_assert!(pos % 8 == 0);
+        let at = (pos % self.cap) as usize;
+        // SAFETY: `pos` is 8-aligned and `cap` a multiple of 8, so `at + 8 <= cap`: the word
+        // lies in the data area. A fixed-size raw copy, no reference into shared memory.
+        unsafe {
+            let data = self.data;
+            ptr::copy_nonoverlapping(word.as_ptr(), data.add(at), 8);
+        }
     }
 
-    /// Copies `len` bytes from ring position `pos` to `dst`.
-    fn copy_out_raw(&self, pos: u64, dst: *mut u8, len: usize) {
+    /// Reads the 8 bytes at the 8-aligned ring position `pos` (see `write_word`).
+    fn read_word(&self, pos: u64) -> [u8; 8] {
+        debug_assert!(pos % 8 == 0);
+        let at = (pos % self.cap) as usize;
+        let mut word = [0u8; 8];
+        // SAFETY: as in `write_word`: `at + 8 <= cap`, inside the data area.
+        unsafe {
+            let data = self.data;
+            ptr::copy_nonoverlapping(data.add(at), word.as_mut_ptr(), 8);
+        }
+        word
+    }
+
+    /// Copies `dst.len()` bytes from ring position `pos` to `dst` (which may be uninitialized
+    /// memory), splitting at the end. Callers pass at most `cap` bytes.
+    fn copy_out_uninit(&self, pos: u64, dst: &mut [MaybeUninit<u8>]) {
+        let len = dst.len();
+        debug_assert!(len as u64 <= self.cap);
         let at = (pos % self.cap) as usize;
         let first = len.min(self.cap as usize - at);
-        // SAFETY: as in `copy_in`, with `len <= cap` checked by the callers; `dst` is valid
-        // for `len` bytes of writes (callers pass a slice or a Vec's spare capacity).
+        let dst = dst.as_mut_ptr().cast::<u8>();
+        // SAFETY: as in `copy_in`, with `len <= cap` guaranteed by the callers (a checked
+        // record length); `dst` is a slice of `len` writable bytes. Raw copies, no reference
+        // into shared memory.
         unsafe {
-            let data = self.region.base().add(self.data);
+            let data = self.data;
             ptr::copy_nonoverlapping(data.add(at), dst, first);
-            ptr::copy_nonoverlapping(data, dst.add(first), len - first);
+            if first < len {
+                ptr::copy_nonoverlapping(data, dst.add(first), len - first);
+            }
         }
     }
+}
 
-    /// Copies `len` bytes from ring position `pos` into a new Vec (not zeroed first).
-    fn read_vec(&self, pos: u64, len: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(len);
-        self.copy_out_raw(pos, v.as_mut_ptr(), len);
-        // SAFETY: the capacity is at least `len` and all `len` bytes were just written.
-        unsafe { v.set_len(len) };
+/// A message found in the ring, not yet copied out: [`Consumer::try_pop_with`] hands it to
+/// the caller, who copies it (once) into memory of its choosing.
+pub(crate) struct Record<'a> {
+    mem: &'a RingMem,
+    pos: u64,
+    len: usize,
+}
+
+impl Record<'_> {
+    /// The payload length (checked: within the published bytes and the consumer's limit).
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Copies the payload into `dst`, which must be exactly `len()` bytes long (else nothing
+    /// is copied and `false` is returned). Afterwards every byte of `dst` is initialized.
+    pub(crate) fn copy_to(&self, dst: &mut [MaybeUninit<u8>]) -> bool {
+        if dst.len() != self.len {
+            return false;
+        }
+        self.mem.copy_out_uninit(self.pos, dst);
+        true
+    }
+
+    /// Copies the payload into a new Vec of exactly its length.
+    pub(crate) fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.len);
+        self.mem
+            .copy_out_uninit(self.pos, &mut v.spare_capacity_mut()[..self.len]);
+        // SAFETY: the first `len` bytes of the spare capacity were just written.
+        unsafe { v.set_len(self.len) };
         v
     }
 }
@@ -365,18 +441,16 @@ impl Producer {
         if !self.has_space(msg.len())? {
             return Ok(false);
         }
+        let rec = record_len(msg.len());
         let mut header = [0u8; RECORD_HEADER];
         header[..4].copy_from_slice(&(msg.len() as u32).to_le_bytes());
-        self.mem.copy_in(self.write, &header);
-        self.mem.copy_in(self.write + RECORD_HEADER as u64, msg);
-        let pad = (record_len(msg.len()) as usize) - RECORD_HEADER - msg.len();
-        if pad > 0 {
-            self.mem.copy_in(
-                self.write + (RECORD_HEADER + msg.len()) as u64,
-                &[0u8; 8][..pad],
-            );
+        self.mem.write_word(self.write, header);
+        if rec > (RECORD_HEADER + msg.len()) as u64 {
+            // Zero the record's last word (its padding) before the payload fills its head.
+            self.mem.write_word(self.write + rec - 8, [0; 8]);
         }
-        self.write = self.write.wrapping_add(record_len(msg.len()));
+        self.mem.copy_in(self.write + RECORD_HEADER as u64, msg);
+        self.write = self.write.wrapping_add(rec);
         // SeqCst (at least Release): the record bytes above become visible to a consumer that
         // loads this value; SeqCst for the Dekker pairing with the consumer's parking.
         self.mem.word(OFF_WRITE).store(self.write, Ordering::SeqCst);
@@ -448,9 +522,9 @@ impl Producer {
 
 /// What `Consumer::try_pop` found.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Pop {
+pub(crate) enum Pop<T = Vec<u8>> {
     /// One message, copied out of the ring.
-    Message(Vec<u8>),
+    Message(T),
     /// Nothing yet.
     Empty,
     /// Nothing, and the producer closed cleanly: nothing more will come.
@@ -525,8 +599,18 @@ impl Consumer {
         self.has_message() || self.mem.word(OFF_TX_CLOSED).load(Ordering::SeqCst) != 0
     }
 
-    /// Takes the next message, if one is published.
+    /// Takes the next message, if one is published, copying it into a new Vec.
     pub(crate) fn try_pop(&mut self) -> Result<Pop, RingError> {
+        self.try_pop_with(|rec| rec.to_vec())
+    }
+
+    /// Takes the next message, if one is published: `take` copies it out of the ring (see
+    /// [`Record`]) into memory of the caller's choosing; the record's bytes are released to
+    /// the producer once `take` returns.
+    pub(crate) fn try_pop_with<T>(
+        &mut self,
+        take: impl FnOnce(Record<'_>) -> T,
+    ) -> Result<Pop<T>, RingError> {
         if self.write_cache == self.read && self.load_write()? == self.read {
             // SeqCst (at least Acquire): if the producer closed, everything it published
             // before is visible now.
@@ -543,9 +627,8 @@ impl Consumer {
             }
         }
         let avail = self.write_cache.wrapping_sub(self.read);
-        let mut header = [0u8; RECORD_HEADER];
-        // avail >= 8: both indices are multiples of 8 and differ.
-        self.mem.copy_out(self.read, &mut header);
+        // avail >= 8: both indices are multiples of 8 and differ; the header never splits.
+        let header = self.mem.read_word(self.read);
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
         if len > self.max {
             return Err(RingError::TooLarge { len, max: self.max });
@@ -557,10 +640,12 @@ impl Consumer {
                 avail - RECORD_HEADER as u64
             )));
         }
-        // len <= rec - 8 <= avail - 8 <= cap - 8: within bounds of copy_out's contract.
-        let msg = self
-            .mem
-            .read_vec(self.read.wrapping_add(RECORD_HEADER as u64), len);
+        // len <= rec - 8 <= avail - 8 <= cap - 8: within bounds of the copy's contract.
+        let msg = take(Record {
+            mem: &self.mem,
+            pos: self.read.wrapping_add(RECORD_HEADER as u64),
+            len,
+        });
         self.read = self.read.wrapping_add(rec);
         // SeqCst (at least Release): our copy above happens-before the producer's reuse of
         // these bytes (it loads `read`); SeqCst for the Dekker pairing in
@@ -768,6 +853,25 @@ mod tests {
             assert!(!p.try_push(b"").unwrap(), "ring must be full");
             assert_eq!(c.try_pop(), Ok(Pop::Message(big.clone())));
         }
+    }
+
+    #[test]
+    fn padding_is_zeroed_over_old_bytes() {
+        let cap = 4096;
+        let (mut p, mut c, r) = pair(cap);
+        // Move to the middle of the data area, scribble there, then send a short message.
+        assert!(p.try_push(&[0xff; 4000]).unwrap());
+        assert!(matches!(c.try_pop(), Ok(Pop::Message(_))));
+        let at = p.write as usize % cap;
+        let data = SEGMENT_HEADER + RING_HEADER + at;
+        // SAFETY: test: the 16 bytes at `at` lie inside ring A's data area (at + 16 <= cap).
+        unsafe { ptr::write_bytes(r.base().add(data), 0xee, 16) };
+        assert!(p.try_push(b"abc").unwrap());
+        let mut rec = [0u8; 16];
+        // SAFETY: as above.
+        unsafe { ptr::copy_nonoverlapping(r.base().add(data), rec.as_mut_ptr(), 16) };
+        assert_eq!(rec, *b"\x03\0\0\0\0\0\0\0abc\0\0\0\0\0");
+        assert_eq!(c.try_pop(), Ok(Pop::Message(b"abc".to_vec())));
     }
 
     #[test]

@@ -15,6 +15,10 @@
 //! The Unix socket then stays open, idle, for the life of the connection: when a process
 //! dies the kernel closes its end, the survivor's socket becomes readable with end-of-file,
 //! and its waiting `recv`/`send` fail with `ConnectionLost`.
+//!
+//! Doorbells: each eventfd is registered with tokio (edge-triggered epoll). Ringing is one
+//! `write(2)`; the woken side reads nothing (Linux signals an edge per write), so a parked
+//! message costs the ringer's write and the waiter's `epoll_wait`, nothing else.
 
 use super::{
     caps,
@@ -188,15 +192,13 @@ struct Link {
 }
 
 fn poll_eventfd(fd: &AsyncFd<OwnedFd>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-    loop {
-        let mut guard = ready!(fd.poll_read_ready(cx))?;
-        let mut buf = [0u8; 8];
-        match guard.try_io(|inner| Ok(rustix::io::read(inner.get_ref(), &mut buf)?)) {
-            Ok(Ok(_)) => return Poll::Ready(Ok(())),
-            Ok(Err(e)) => return Poll::Ready(Err(e)),
-            Err(_would_block) => continue,
-        }
-    }
+    // The counter is never read: tokio registers the fd edge-triggered, and Linux reports
+    // an edge for every write to an eventfd, even one that is still readable (mio's own
+    // waker relies on the same). So clearing tokio's readiness is all a wait needs, and a
+    // wake-up costs no read(2). The ringing side resets a saturated counter.
+    let mut guard = ready!(fd.poll_read_ready(cx))?;
+    guard.clear_ready();
+    Poll::Ready(Ok(()))
 }
 
 fn poll_gone(fd: &AsyncFd<OwnedFd>, cx: &mut Context<'_>) -> Poll<()> {
@@ -224,8 +226,17 @@ fn poll_gone(fd: &AsyncFd<OwnedFd>, cx: &mut Context<'_>) -> Poll<()> {
 
 fn ring_eventfd(fd: &OwnedFd) -> io::Result<()> {
     match rustix::io::write(fd, &1u64.to_ne_bytes()) {
-        // EAGAIN: the counter is saturated, so the doorbell is ringing anyway.
-        Ok(_) | Err(rustix::io::Errno::AGAIN) => Ok(()),
+        Ok(_) => Ok(()),
+        // EAGAIN: the counter is saturated (nobody reads it, see `poll_eventfd`; only after
+        // 2^64 rings or a peer writing huge values). Drain it and ring again.
+        Err(rustix::io::Errno::AGAIN) => {
+            let mut buf = [0u8; 8];
+            let _ = rustix::io::read(fd, &mut buf);
+            match rustix::io::write(fd, &1u64.to_ne_bytes()) {
+                Ok(_) | Err(rustix::io::Errno::AGAIN) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -588,4 +599,29 @@ pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection>
         info,
         cfg.spin,
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counter(fd: &OwnedFd) -> Option<u64> {
+        let mut buf = [0u8; 8];
+        rustix::io::read(fd, &mut buf)
+            .ok()
+            .map(|_| u64::from_ne_bytes(buf))
+    }
+
+    #[test]
+    fn ringing_a_saturated_doorbell_resets_it_and_rings() {
+        let fd = new_eventfd().unwrap();
+        ring_eventfd(&fd).unwrap();
+        ring_eventfd(&fd).unwrap();
+        assert_eq!(counter(&fd), Some(2), "rings add up while nobody reads");
+        // The largest value an eventfd holds: one more write would block.
+        rustix::io::write(&fd, &(u64::MAX - 1).to_ne_bytes()).unwrap();
+        ring_eventfd(&fd).unwrap();
+        assert_eq!(counter(&fd), Some(1), "drained, then rung once");
+        assert_eq!(counter(&fd), None, "nothing left");
+    }
 }
