@@ -34,7 +34,7 @@
 //! See `docs/wire-format.md` in the repository for the full description.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
@@ -149,7 +149,10 @@ pub fn encode_into<T: Serialize + ?Sized>(
 }
 
 /// Decodes exactly one value from a frame payload. Trailing bytes are an error.
-pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, CodecError> {
+///
+/// `T` may borrow from `frame` (`&str`, `&[u8]` fields with `#[serde(borrow)]`): such a value
+/// points into the frame instead of copying, which saves a pass over large payloads.
+pub fn decode<'de, T: Deserialize<'de>>(frame: &'de [u8]) -> Result<T, CodecError> {
     let (value, rest) =
         postcard::take_from_bytes::<T>(frame).map_err(|e| CodecError::Decode(e.to_string()))?;
     if !rest.is_empty() {

@@ -23,7 +23,7 @@
 use crate::{BoxConnection, ConnectionInfo, Error, ErrorKind, Result};
 use bytes::Bytes;
 use futures::{Sink, SinkExt, Stream, StreamExt};
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::{
     marker::PhantomData,
     pin::Pin,
@@ -109,6 +109,43 @@ where
             Some(Err(e)) => Err(e),
             Some(Ok(frame)) => self.decode(&frame).map(Some),
         }
+    }
+
+    /// Receives the next frame without decoding it: `Ok(None)` once the peer closed cleanly.
+    /// Cancel-safe.
+    ///
+    /// With [`decode_frame`](Self::decode_frame) this decodes into types that borrow from the
+    /// frame, so large byte or string fields are read in place rather than copied into an
+    /// owned value:
+    ///
+    /// ```
+    /// # async fn demo(mut ch: ductwork_core::Channel<()>) -> ductwork_core::Result<()> {
+    /// #[derive(serde::Deserialize)]
+    /// struct Chunk<'a> {
+    ///     offset: u64,
+    ///     data: &'a [u8], // `&[u8]` and `&str` borrow by default
+    /// }
+    /// while let Some(frame) = ch.recv_frame().await? {
+    ///     let chunk: Chunk<'_> = ch.decode_frame(&frame)?;
+    ///     println!("{} bytes at {}", chunk.data.len(), chunk.offset);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// The sender may send an owned type of the same shape (a `Vec<u8>` where the receiver
+    /// borrows `&[u8]`, a `String` for a `&str`): postcard encodes them alike.
+    pub async fn recv_frame(&mut self) -> Result<Option<Bytes>> {
+        match self.conn.next().await {
+            None => Ok(None),
+            Some(Err(e)) => Err(e),
+            Some(Ok(frame)) => Ok(Some(frame)),
+        }
+    }
+
+    /// Decodes a frame from [`recv_frame`](Self::recv_frame) as `T`, which may borrow from
+    /// it. Errors name this channel's endpoint, as [`recv`](Self::recv)'s do.
+    pub fn decode_frame<'a, T: Deserialize<'a>>(&self, frame: &'a [u8]) -> Result<T> {
+        ductwork_codec::decode(frame).map_err(|e| Error::codec(&self.conn.info().endpoint, e))
     }
 
     /// Closes the sending side after flushing; the peer receives everything sent, then `None`.
