@@ -99,6 +99,17 @@ pub struct BenchMsg {
     pub payload: Vec<u8>,
 }
 
+/// [`BenchMsg`] as the peer reads it: the payload borrowed from the received frame.
+#[derive(Debug, Deserialize)]
+pub struct BenchMsgRef<'a> {
+    /// Sequence number.
+    pub seq: u64,
+    /// What to do with it.
+    pub op: Op,
+    /// The payload, in place.
+    pub payload: &'a [u8],
+}
+
 /// The payload content both sides expect for `size` bytes.
 pub fn pattern(size: usize) -> Vec<u8> {
     (0..size)
@@ -246,17 +257,28 @@ async fn serve_dw(endpoint: &str, back: Option<&str>, size: usize) -> Result<(),
     let mut handled = 0u64;
     let (mut received, mut bad, mut next) = (0u64, 0u64, 0u64);
     loop {
-        let msg = match link.rx().recv().await {
-            Ok(Some(m)) => m,
+        // Decoded in place: the payload is checked where it lies in the received frame, as a
+        // bulk consumer using `decode_frame` would read it, with no owned copy.
+        let frame = match link.rx().recv_frame().await {
+            Ok(Some(f)) => f,
             Ok(None) => return Ok(()),
             Err(e) => return Err(e.to_string()),
         };
+        let msg: BenchMsgRef<'_> = link.rx().decode_frame(&frame).map_err(|e| e.to_string())?;
         handled += 1;
         if die_after.is_some_and(|n| handled > n) {
             std::process::exit(101);
         }
         match msg.op {
-            Op::Ping => link.tx().send(&msg).await.map_err(|e| e.to_string())?,
+            // The echo is a typed message like any other: an owned value, encoded again.
+            Op::Ping => {
+                let echo = BenchMsg {
+                    seq: msg.seq,
+                    op: msg.op,
+                    payload: msg.payload.to_vec(),
+                };
+                link.tx().send(&echo).await.map_err(|e| e.to_string())?
+            }
             Op::Data => {
                 received += 1;
                 if msg.payload != expected || (reliable && msg.seq != next) {
