@@ -22,6 +22,7 @@
 
 use crate::{BoxConnection, ConnectionInfo, Error, ErrorKind, Result};
 use bytes::Bytes;
+use ductwork_codec::CodecError;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::{
@@ -76,20 +77,35 @@ where
         self.start_send_msg(msg)
     }
 
-    /// Encodes `msg` straight into the connection (see [`crate::Connection::start_send_encoded`]).
+    /// Encodes `msg` straight into the connection (see
+    /// [`crate::Connection::start_send_sized`]): the size is computed once, checked against
+    /// the endpoint's limit, and the connection lets the encoder write where the frame goes.
     fn start_send_msg(&mut self, msg: &Out) -> Result<()> {
-        let max = self.conn.info().capabilities.max_message;
+        let info = self.conn.info();
+        let len = match postcard::experimental::serialized_size(msg) {
+            Ok(len) => len,
+            Err(e) => return Err(Error::codec(&info.endpoint, CodecError::Encode(e))),
+        };
+        if let Err(e) = ductwork_codec::check_len(len, info.capabilities.max_message) {
+            return Err(Error::codec(&info.endpoint, e));
+        }
         // The endpoint is only needed for an error: the closure parks the codec error and
         // returns a placeholder, so a successful send copies no endpoint string.
         let mut failed = None;
-        let sent = self.conn.start_send_encoded(&mut |buf| {
-            ductwork_codec::encode_into(msg, buf, max).map_err(|e| {
-                failed = Some(e);
-                Error::new(ErrorKind::Encode, "", "")
-            })
-        });
+        let sent = self
+            .conn
+            .start_send_sized(len, &mut |w| match postcard::to_io(msg, w) {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    failed = Some(e);
+                    Err(Error::new(ErrorKind::Encode, "", ""))
+                }
+            });
         match (sent, failed) {
-            (Err(_), Some(e)) => Err(Error::codec(&self.conn.info().endpoint, e)),
+            (Err(_), Some(e)) => Err(Error::codec(
+                &self.conn.info().endpoint,
+                CodecError::Encode(e),
+            )),
             (r, _) => r,
         }
     }

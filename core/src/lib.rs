@@ -18,7 +18,9 @@ pub use capabilities::{Accept, Boundaries, Capabilities, Delivery, Direction, Re
 pub use channel::Channel;
 pub use endpoint::{parse_size, Endpoint, KNOWN_SCHEMES, OPT_MAX_FRAME};
 pub use error::{Error, ErrorKind, Result};
-pub use transport::{BoxConnection, BoxListener, Connection, ConnectionInfo, Listener, Transport};
+pub use transport::{
+    BoxConnection, BoxListener, Connection, ConnectionInfo, FrameWriter, Listener, Transport,
+};
 
 /// Re-export for transports implementing the traits.
 pub use async_trait::async_trait;

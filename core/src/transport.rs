@@ -41,12 +41,30 @@
 //!   fails with [`ErrorKind::Unsupported`](crate::ErrorKind).
 //! - **Cancellation.** `accept` and `recv` (`Stream::poll_next`) are cancel-safe: dropping the
 //!   future loses nothing.
+//!
+//! # Sized sends
+//! [`Connection::start_send_sized`] queues a frame whose length the caller knows before
+//! encoding it (the typed [`Channel`](crate::Channel) computes it once), so a transport can
+//! let the encoder write straight into its mechanism (the shared-memory ring) or its write
+//! buffer. Rules, for callers and implementors:
+//!
+//! - **When.** Like `Sink::start_send`: only after `poll_ready` returned `Ready(Ok(()))`.
+//! - **Size limit.** A `len` over `max_message` is refused with `FrameTooLarge` before the
+//!   encoder runs; the connection stays usable.
+//! - **Exactly `len` bytes.** The encoder writes the payload into the [`FrameWriter`] it is
+//!   given. The writer holds exactly `len` bytes: a write past them is refused (an
+//!   [`std::io::Error`] of kind `WriteZero`, nothing of it written). If the encoder fails, or
+//!   returns having written fewer or more than `len` bytes, *nothing is queued or published*:
+//!   the send fails (with the encoder's error if it failed, else
+//!   [`ErrorKind::Encode`](crate::ErrorKind)) and the connection stays usable.
+//! - **Then as `start_send`.** Once the encoder wrote `len` bytes the frame is queued exactly as
+//!   if it had been given to `start_send`: flushing, ordering and close rules are the same.
 
-use crate::{Capabilities, Endpoint, Result};
+use crate::{Capabilities, Endpoint, Error, ErrorKind, Result};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::{Sink, Stream};
-use std::pin::Pin;
+use std::{fmt, io, marker::PhantomData, mem::MaybeUninit, pin::Pin, ptr};
 
 /// Facts about one connection.
 #[derive(Debug, Clone)]
@@ -73,7 +91,8 @@ pub trait Connection:
     /// the payload's length; like [`Sink::start_send`], call it only after `poll_ready`
     /// returned `Ready(Ok(()))`.
     ///
-    /// The typed [`Channel`](crate::Channel) sends through this. The default encodes into a
+    /// The default [`start_send_sized`](Self::start_send_sized), which the typed
+    /// [`Channel`](crate::Channel) sends through, encodes via this. The default encodes into a
     /// fresh buffer and calls `start_send`; transports that keep a write buffer override it to
     /// encode in place, which saves an allocation and a copy per message. If `encode` fails,
     /// nothing is queued and the connection stays usable.
@@ -84,6 +103,242 @@ pub trait Connection:
         let mut buf = BytesMut::new();
         encode(&mut buf)?;
         Pin::new(self).start_send(buf.freeze())
+    }
+
+    /// Queues one frame of exactly `len` bytes that `encode` writes into the [`FrameWriter`]
+    /// it is given; like [`Sink::start_send`], call it only after `poll_ready` returned
+    /// `Ready(Ok(()))`. See [Sized sends](self#sized-sends) for the rules.
+    ///
+    /// The typed [`Channel`](crate::Channel) sends through this. The default reserves `len`
+    /// bytes in the buffer of [`start_send_encoded`](Self::start_send_encoded) and encodes
+    /// there (so a transport that overrides that one keeps encoding in place); a transport
+    /// that can hand out its mechanism's memory overrides this one to skip the buffer.
+    fn start_send_sized(
+        &mut self,
+        len: usize,
+        encode: &mut dyn FnMut(&mut FrameWriter<'_>) -> Result<()>,
+    ) -> Result<()> {
+        // A wrong byte count is parked and the real error built afterwards, once `self` is no
+        // longer borrowed: the closure cannot reach the endpoint.
+        let mut wrong = None;
+        let sent = self.start_send_encoded(&mut |buf| {
+            let start = buf.len();
+            buf.reserve(len);
+            let mut w = FrameWriter::new(&mut buf.spare_capacity_mut()[..len]);
+            encode(&mut w)?;
+            if let Some(why) = w.problem() {
+                wrong = Some(why);
+                return Err(Error::new(ErrorKind::Encode, "", ""));
+            }
+            // SAFETY: `problem` returned None, so the writer received exactly `len` bytes,
+            // written in order from the start of the `len`-byte spare region it was given:
+            // bytes `start..start + len` are initialized, and `reserve` made room for them.
+            unsafe { buf.set_len(start + len) };
+            Ok(len)
+        });
+        match (sent, wrong) {
+            (Err(_), Some(why)) => Err(Error::new(ErrorKind::Encode, &self.info().endpoint, why)),
+            (r, _) => r,
+        }
+    }
+}
+
+/// Where a [sized send](Connection::start_send_sized) writes its payload: exactly `len`
+/// bytes, in one region or split over two (a ring's end and its start).
+///
+/// Implements [`std::io::Write`]; writes go straight to the memory behind it, by raw copies.
+/// A write that would pass `len` bytes writes nothing and fails with
+/// [`io::ErrorKind::WriteZero`]; [`finish`](Self::finish) then reports the overrun.
+pub struct FrameWriter<'a> {
+    /// The first region: `first_len` bytes.
+    first: *mut u8,
+    first_len: usize,
+    /// The second region: `len - first_len` bytes.
+    second: *mut u8,
+    /// Total bytes the frame holds.
+    len: usize,
+    /// Bytes written so far, in order from the start (`written <= len`).
+    written: usize,
+    /// A write was refused because it would have passed `len`.
+    overrun: bool,
+    _mem: PhantomData<&'a mut [u8]>,
+}
+
+// SAFETY: the writer only holds the two regions for its lifetime `'a` (as a `&'a mut [u8]`
+// would) and accesses them by raw copies through `&mut self`; nothing ties it to a thread.
+unsafe impl Send for FrameWriter<'_> {}
+
+impl<'a> FrameWriter<'a> {
+    /// A writer over `buf` (which may be uninitialized): the frame is `buf.len()` bytes.
+    /// Once [`is_complete`](Self::is_complete), every byte of `buf` is initialized.
+    pub fn new(buf: &'a mut [MaybeUninit<u8>]) -> Self {
+        let len = buf.len();
+        FrameWriter {
+            first: buf.as_mut_ptr().cast(),
+            first_len: len,
+            second: ptr::null_mut(),
+            len,
+            written: 0,
+            overrun: false,
+            _mem: PhantomData,
+        }
+    }
+
+    /// A writer over two raw regions: the frame's first `first_len` bytes go to `first`,
+    /// the remaining `second_len` to `second`. The writer only ever writes into them with raw
+    /// copies (it forms no reference to them), so they may be memory another process shares.
+    ///
+    /// # Safety
+    /// For the lifetime `'a`, `first` must be valid for writes of `first_len` bytes and
+    /// `second` for writes of `second_len` bytes (either may be dangling when its length is
+    /// 0), the two regions must not overlap, and nothing else in this process may read or
+    /// write them while the writer lives.
+    pub unsafe fn from_raw_parts(
+        first: *mut u8,
+        first_len: usize,
+        second: *mut u8,
+        second_len: usize,
+    ) -> Self {
+        FrameWriter {
+            first,
+            first_len,
+            second,
+            len: first_len + second_len,
+            written: 0,
+            overrun: false,
+            _mem: PhantomData,
+        }
+    }
+
+    /// The frame's length: the bytes the encoder must write.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the frame is empty (`len() == 0`).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> usize {
+        self.written
+    }
+
+    /// Whether exactly `len()` bytes were written and no write was refused.
+    pub fn is_complete(&self) -> bool {
+        self.written == self.len && !self.overrun
+    }
+
+    /// Appends `src` whole, or, if it would pass `len()`, writes nothing and returns false.
+    #[inline]
+    pub fn put(&mut self, src: &[u8]) -> bool {
+        let at = self.written;
+        let n = src.len();
+        if at <= self.first_len && n <= self.first_len - at {
+            // The common case, inlined so that an encoder's one-byte writes become stores.
+            // SAFETY: `at + n <= first_len`: the destination lies in the first region, which
+            // is valid for writes and not aliased (constructor contracts); `src` is a
+            // separate borrow, so the ranges do not overlap.
+            unsafe { ptr::copy_nonoverlapping(src.as_ptr(), self.first.add(at), n) };
+            self.written = at + n;
+            return true;
+        }
+        self.put_split(src)
+    }
+
+    /// `put` when `src` reaches into the second region or past the end.
+    #[cold]
+    #[inline(never)]
+    fn put_split(&mut self, src: &[u8]) -> bool {
+        let n = src.len();
+        if n > self.len - self.written {
+            self.overrun = true;
+            return false;
+        }
+        let at = self.written;
+        let in_first = self.first_len.saturating_sub(at).min(n);
+        // SAFETY: `at + n <= len` (checked above). The first `in_first` bytes go to
+        // `first[at..at + in_first]`, within `first_len` since `in_first <= first_len - at`;
+        // the rest goes to `second[at + in_first - first_len..][..n - in_first]`, which is
+        // only reached when the first region is full (`at + in_first == first_len` whenever
+        // `n > in_first`) and ends at `at + n - first_len <= len - first_len`, the second
+        // region's length. Both regions are valid for writes and not aliased (constructor
+        // contracts); `src` is a separate borrow, so the copies do not overlap.
+        unsafe {
+            if in_first > 0 {
+                ptr::copy_nonoverlapping(src.as_ptr(), self.first.add(at), in_first);
+            }
+            if in_first < n {
+                let off = at + in_first - self.first_len;
+                ptr::copy_nonoverlapping(
+                    src.as_ptr().add(in_first),
+                    self.second.add(off),
+                    n - in_first,
+                );
+            }
+        }
+        self.written += n;
+        true
+    }
+
+    /// Checks that the encoder wrote exactly `len()` bytes; if not, the error (of kind
+    /// [`ErrorKind::Encode`], naming `endpoint`) says what it did instead.
+    pub fn finish(&self, endpoint: impl fmt::Display) -> Result<()> {
+        match self.problem() {
+            None => Ok(()),
+            Some(why) => Err(Error::new(ErrorKind::Encode, endpoint, why)),
+        }
+    }
+
+    /// What is wrong with the byte count, if anything.
+    fn problem(&self) -> Option<String> {
+        if self.overrun {
+            Some(format!(
+                "the encoder wrote more than the {} bytes it announced; nothing was sent",
+                self.len
+            ))
+        } else if self.written != self.len {
+            Some(format!(
+                "the encoder wrote {} of the {} bytes it announced; nothing was sent",
+                self.written, self.len
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+impl io::Write for FrameWriter<'_> {
+    #[inline]
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_all(buf).map(|()| buf.len())
+    }
+
+    #[inline]
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        if self.put(buf) {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "write past the end of the announced frame length",
+            ))
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl fmt::Debug for FrameWriter<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameWriter")
+            .field("len", &self.len)
+            .field("written", &self.written)
+            .field("overrun", &self.overrun)
+            .finish()
     }
 }
 
@@ -117,4 +372,120 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Connects to a listener at `endpoint`.
     async fn connect(&self, endpoint: &Endpoint) -> Result<BoxConnection>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Accept, Boundaries, Delivery, Direction, Reach};
+    use futures::task::{Context, Poll};
+    use std::io::Write;
+
+    #[test]
+    fn frame_writer_splits_over_two_regions() {
+        let (mut a, mut b) = ([0u8; 5], [0u8; 7]);
+        // SAFETY: two distinct local arrays of the stated lengths, used only via the writer
+        // while it lives.
+        let mut w = unsafe { FrameWriter::from_raw_parts(a.as_mut_ptr(), 5, b.as_mut_ptr(), 7) };
+        assert_eq!(w.len(), 12);
+        w.write_all(b"abc").unwrap();
+        w.write_all(b"").unwrap();
+        w.write_all(b"defgh").unwrap(); // crosses the split
+        assert!(!w.is_complete());
+        assert!(w.finish("shm://t").is_err());
+        w.write_all(b"ijkl").unwrap();
+        assert!(w.is_complete());
+        w.finish("shm://t").unwrap();
+        let e = w.write_all(b"m").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WriteZero);
+        assert_eq!(w.written(), 12);
+        let e = w.finish("shm://t").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Encode);
+        assert!(e.to_string().contains("shm://t"), "{e}");
+        assert_eq!(&a, b"abcde");
+        assert_eq!(&b, b"fghijkl");
+    }
+
+    #[test]
+    fn frame_writer_refuses_a_write_past_the_end_whole() {
+        let mut buf = [MaybeUninit::new(0u8); 4];
+        let mut w = FrameWriter::new(&mut buf);
+        assert!(w.put(b"ab"));
+        assert!(!w.put(b"cde"), "would pass len");
+        assert_eq!(w.written(), 2);
+        assert!(w.put(b"cd"));
+        assert!(!w.is_complete(), "a refused write is remembered");
+    }
+
+    /// A connection that keeps the frames given to `start_send` (the default path).
+    struct Collect {
+        info: ConnectionInfo,
+        sent: Vec<Bytes>,
+    }
+    impl Stream for Collect {
+        type Item = Result<Bytes>;
+        fn poll_next(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
+            Poll::Ready(None)
+        }
+    }
+    impl Sink<Bytes> for Collect {
+        type Error = Error;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, item: Bytes) -> Result<()> {
+            self.get_mut().sent.push(item);
+            Ok(())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+    impl Connection for Collect {
+        fn info(&self) -> &ConnectionInfo {
+            &self.info
+        }
+    }
+
+    #[test]
+    fn default_sized_send_queues_exactly_the_announced_bytes_or_nothing() {
+        let mut c = Collect {
+            info: ConnectionInfo {
+                endpoint: Endpoint::parse("tcp://127.0.0.1:1").unwrap(),
+                peer: None,
+                capabilities: Capabilities {
+                    direction: Direction::Duplex,
+                    delivery: Delivery::Reliable,
+                    ordered: true,
+                    boundaries: Boundaries::Messages,
+                    max_message: 64,
+                    reach: Reach::Host,
+                    peer_loss: true,
+                    accept: Accept::PerPeer,
+                },
+            },
+            sent: Vec::new(),
+        };
+        for (len, wrote) in [(5usize, 4usize), (5, 6), (0, 1)] {
+            let e = c
+                .start_send_sized(len, &mut |w| {
+                    let _ = w.write_all(&vec![1; wrote]);
+                    Ok(())
+                })
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Encode, "{len}/{wrote}");
+            assert!(e.to_string().contains("tcp://127.0.0.1:1"), "{e}");
+        }
+        assert!(c.sent.is_empty(), "nothing queued");
+        c.start_send_sized(5, &mut |w| {
+            assert!(w.put(b"hel") && w.put(b"lo"));
+            Ok(())
+        })
+        .unwrap();
+        c.start_send_sized(0, &mut |_| Ok(())).unwrap();
+        assert_eq!(c.sent, [Bytes::from_static(b"hello"), Bytes::new()]);
+    }
 }

@@ -3,7 +3,7 @@
 
 use super::ring::{Consumer, Pop, Producer, Record, RingError};
 use bytes::{Bytes, BytesMut};
-use ductwork_core::{Connection, ConnectionInfo, Error, ErrorKind, Result};
+use ductwork_core::{Connection, ConnectionInfo, Error, ErrorKind, FrameWriter, Result};
 use futures::{Sink, Stream};
 use std::{
     io,
@@ -352,6 +352,44 @@ impl Connection for ShmConnection {
         &self.info
     }
 
+    /// Encodes straight into the ring when the record fits now (no copy besides the
+    /// encoder's own writes), else into the reused scratch buffer, pushed once there is room.
+    fn start_send_sized(
+        &mut self,
+        len: usize,
+        encode: &mut dyn FnMut(&mut FrameWriter<'_>) -> Result<()>,
+    ) -> Result<()> {
+        self.check_send()?;
+        debug_assert!(
+            matches!(self.pending, Pending::None),
+            "start_send without poll_ready"
+        );
+        if len > self.info.capabilities.max_message {
+            return Err(self.too_large(len));
+        }
+        let mut slot = match self.tx.reserve(len) {
+            Ok(Some(slot)) => slot,
+            Ok(None) => return self.encode_to_scratch(len, encode),
+            Err(e) => return Err(self.fail_tx(e)),
+        };
+        let (first, first_len, second, second_len) = slot.regions();
+        let done = {
+            // SAFETY: `Slot::regions` guarantees both regions are valid for writes and
+            // disjoint while `slot` lives, which outlives `w` (dropped at the end of this
+            // block, before `publish`); the consumer does not read them before `publish`, and
+            // this producer writes them only through `w`. `FrameWriter` writes by raw copies
+            // and forms no reference into the shared memory, so a misbehaving peer writing
+            // there at the same time can only garble this message.
+            let mut w =
+                unsafe { FrameWriter::from_raw_parts(first, first_len, second, second_len) };
+            encode(&mut w).and_then(|()| w.finish(&self.info.endpoint))
+        };
+        // On error `slot` is dropped unpublished: the consumer never sees those bytes.
+        done?;
+        slot.publish();
+        self.wake_consumer()
+    }
+
     /// Encodes into a reused buffer, then copies into the ring: no allocation per message.
     fn start_send_encoded(
         &mut self,
@@ -383,6 +421,27 @@ impl Connection for ShmConnection {
             }
             Err(e) => Err(self.fail_tx(e)),
         }
+    }
+}
+
+impl ShmConnection {
+    /// The sized send when the ring is full: encode into `scratch`, to be pushed by
+    /// `poll_pending` once there is room.
+    fn encode_to_scratch(
+        &mut self,
+        len: usize,
+        encode: &mut dyn FnMut(&mut FrameWriter<'_>) -> Result<()>,
+    ) -> Result<()> {
+        self.scratch.clear();
+        self.scratch.reserve(len);
+        let mut w = FrameWriter::new(&mut self.scratch.spare_capacity_mut()[..len]);
+        encode(&mut w).and_then(|()| w.finish(&self.info.endpoint))?;
+        // SAFETY: `finish` succeeded, so the writer received exactly `len` bytes in order
+        // from the start of the `len`-byte spare region (`reserve` made it) it was given:
+        // the first `len` bytes of `scratch` (empty before) are initialized.
+        unsafe { self.scratch.set_len(len) };
+        self.pending = Pending::Scratch;
+        Ok(())
     }
 }
 
@@ -530,6 +589,188 @@ mod tests {
             Ok(Pop::Message(m)) => m,
             other => panic!("expected a message, got {:?}", other.map(|_| ())),
         }
+    }
+
+    /// Doorbells that never ring and a peer that never dies: the tests below only poll when
+    /// the ring already has what they wait for.
+    struct Quiet;
+    impl OsLink for Quiet {
+        fn poll_data(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+        fn poll_space(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+        fn ring_data(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn ring_space(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn poll_gone_rx(&self, _: &mut Context<'_>) -> Poll<()> {
+            Poll::Pending
+        }
+        fn poll_gone_tx(&self, _: &mut Context<'_>) -> Poll<()> {
+            Poll::Pending
+        }
+    }
+
+    /// Two connected in-process connections over one segment with rings of `cap` bytes.
+    fn conn_pair(cap: usize) -> (ShmConnection, ShmConnection) {
+        let region: Arc<dyn SharedRegion> = Arc::new(HeapRegion::new(ring::segment_len(cap)));
+        ring::init_segment(&*region, cap);
+        let max = ring::max_message(cap);
+        let info = ConnectionInfo {
+            endpoint: ductwork_core::Endpoint::parse("shm://sized-test").unwrap(),
+            peer: None,
+            capabilities: super::super::caps(cap, usize::MAX),
+        };
+        let a = ShmConnection::new(
+            Producer::new(region.clone(), cap, Which::A),
+            Consumer::new(region.clone(), cap, Which::B, max),
+            Box::new(Quiet),
+            info.clone(),
+            Duration::ZERO,
+        );
+        let b = ShmConnection::new(
+            Producer::new(region.clone(), cap, Which::B),
+            Consumer::new(region, cap, Which::A, max),
+            Box::new(Quiet),
+            info,
+            Duration::ZERO,
+        );
+        (a, b)
+    }
+
+    /// Receives one frame that must already be in the ring.
+    fn recv_now(c: &mut ShmConnection) -> Option<Result<Bytes>> {
+        c.pop().expect("a frame or an end is ready")
+    }
+
+    /// A sized send whose encoder writes `wrote` bytes of `0xaa` for an announced `len`.
+    fn send_sized(c: &mut ShmConnection, len: usize, wrote: usize) -> Result<()> {
+        c.start_send_sized(len, &mut |w| {
+            let _ = w.put(&vec![0xaa; wrote]);
+            Ok(())
+        })
+    }
+
+    #[test]
+    fn sized_sends_with_a_wrong_byte_count_publish_nothing() {
+        let (mut a, mut b) = conn_pair(4096);
+        // Move to the end of the ring so a direct record would wrap.
+        send_sized(&mut a, 4072, 4072).unwrap();
+        assert_eq!(recv_now(&mut b).unwrap().unwrap().len(), 4072);
+        for (len, wrote) in [(100, 99), (100, 0), (100, 101), (0, 1)] {
+            let e = send_sized(&mut a, len, wrote).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Encode, "{len}/{wrote}: {e}");
+            assert!(e.to_string().contains("shm://sized-test"), "{e}");
+            assert!(b.pop().is_none(), "{len}/{wrote}: nothing published");
+        }
+        // A failing encoder: its own error, nothing published.
+        let e = a
+            .start_send_sized(100, &mut |w| {
+                w.put(&[1; 50]);
+                Err(Error::new(ErrorKind::Timeout, "x", "encoder gave up"))
+            })
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout);
+        assert!(b.pop().is_none());
+        // Over the limit: refused before the encoder runs.
+        let mut ran = false;
+        let e = a
+            .start_send_sized(4089, &mut |_| {
+                ran = true;
+                Ok(())
+            })
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::FrameTooLarge);
+        assert!(!ran);
+        // The connection stays usable: a wrapped record arrives whole.
+        let msg: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+        a.start_send_sized(300, &mut |w| {
+            w.put(&msg[..7]);
+            w.put(&msg[7..]);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(recv_now(&mut b).unwrap().unwrap()[..], msg[..]);
+    }
+
+    #[test]
+    fn sized_sends_to_a_full_ring_wait_in_scratch() {
+        let (mut a, mut b) = conn_pair(4096);
+        send_sized(&mut a, 4000, 4000).unwrap();
+        // No room: a wrong byte count is still refused and leaves nothing pending.
+        let e = send_sized(&mut a, 500, 499).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Encode);
+        assert!(matches!(a.pending, Pending::None));
+        send_sized(&mut a, 500, 500).unwrap();
+        assert!(matches!(a.pending, Pending::Scratch));
+        assert_eq!(recv_now(&mut b).unwrap().unwrap().len(), 4000);
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(matches!(
+            Pin::new(&mut a).poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        assert!(matches!(a.pending, Pending::None));
+        let got = recv_now(&mut b).unwrap().unwrap();
+        assert!(got.len() == 500 && got.iter().all(|&x| x == 0xaa));
+    }
+
+    #[test]
+    fn typed_messages_round_trip_through_the_ring() {
+        use ductwork_core::Channel;
+        #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        struct Msg {
+            seq: u32,
+            name: String,
+            body: Vec<u8>,
+        }
+        let (a, b) = conn_pair(4096);
+        let mut tx: Channel<Msg> = Channel::new(Box::new(a));
+        let mut rx: Channel<Msg> = Channel::new(Box::new(b));
+        let make = |seq: u32| Msg {
+            seq,
+            name: format!("m{seq}"),
+            body: (0..(seq * 37 % 1500)).map(|i| (i ^ seq) as u8).collect(),
+        };
+        futures::executor::block_on(async {
+            // Sizes that wrap the ring at every offset pattern, one message in flight.
+            for seq in 0..300 {
+                tx.send(&make(seq)).await.unwrap();
+                assert_eq!(rx.recv().await.unwrap(), Some(make(seq)));
+            }
+            // Several in flight: the ones that do not fit wait in scratch until a flush.
+            let big = |seq: u32| Msg {
+                seq,
+                name: String::new(),
+                body: vec![seq as u8; 1500],
+            };
+            tx.feed(&big(1)).await.unwrap();
+            tx.feed(&big(2)).await.unwrap();
+            tx.feed(&big(3)).await.unwrap();
+            assert_eq!(rx.recv().await.unwrap(), Some(big(1)));
+            tx.flush().await.unwrap();
+            assert_eq!(rx.recv().await.unwrap(), Some(big(2)));
+            assert_eq!(rx.recv().await.unwrap(), Some(big(3)));
+            // Over the limit: FrameTooLarge naming the endpoint, the channel stays usable.
+            let e = tx
+                .send(&Msg {
+                    seq: 0,
+                    name: String::new(),
+                    body: vec![0; 4096],
+                })
+                .await;
+            let e = e.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::FrameTooLarge);
+            assert!(e.to_string().contains("shm://sized-test"), "{e}");
+            tx.send(&make(7)).await.unwrap();
+            assert_eq!(rx.recv().await.unwrap(), Some(make(7)));
+            tx.close().await.unwrap();
+            assert_eq!(rx.recv().await.unwrap(), None);
+        });
     }
 
     #[test]

@@ -12,12 +12,15 @@
 //! - **Size limit.** A message must fit in the ring: `max_message` = the smaller of
 //!   `max_frame` and `capacity - 8`. A larger send fails with `FrameTooLarge` (naming the
 //!   capacity) and the connection stays usable. Messages are not chunked.
+//! - **Copies.** A typed send whose record fits in the ring right away is encoded straight
+//!   into the ring (one pass over the payload); one that must wait for space is encoded into
+//!   a reusable buffer and copied in once there is room.
 //! - **Memory.** Besides the mapping (`2 * capacity` plus 1 KiB, pages touched as used),
 //!   each connection keeps two reusable heap buffers so that steady traffic allocates
-//!   nothing: typed sends encode into one (it keeps the size of the largest message sent),
-//!   and messages of 4 KiB or more are copied out into the other (a received frame shares
-//!   it; its memory is reused once the application dropped the frame). Each is at most the
-//!   ring capacity.
+//!   nothing: typed sends that wait for space encode into one (it keeps the size of the
+//!   largest such message), and messages of 4 KiB or more are copied out into the other (a
+//!   received frame shares it; its memory is reused once the application dropped the frame).
+//!   Each is at most the ring capacity.
 //! - **Backpressure.** A full ring makes `send` wait (asynchronously) until the receiver
 //!   consumed enough; nothing is dropped, nothing grows.
 //! - **Close.** `close` marks the direction closed in shared memory; the peer receives every

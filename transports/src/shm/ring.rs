@@ -429,34 +429,47 @@ impl Producer {
     /// written). The caller checked `msg.len() <= max_message()`.
     pub(crate) fn try_push(&mut self, msg: &[u8]) -> Result<bool, RingError> {
         debug_assert!(msg.len() <= self.max_message());
+        match self.reserve(msg.len())? {
+            Some(slot) => {
+                slot.mem().copy_in(slot.payload_pos(), msg);
+                slot.publish();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Claims room for a record of `len` payload bytes, if it fits now: `Ok(None)` when the
+    /// ring is full right now. The record's header and padding are written; the caller
+    /// writes the payload into [`Slot::regions`] and calls [`Slot::publish`]. A slot dropped
+    /// without `publish` publishes nothing (its bytes lie past `write`, which the consumer
+    /// never reads, and the next record overwrites them).
+    pub(crate) fn reserve(&mut self, len: usize) -> Result<Option<Slot<'_>>, RingError> {
         if self.peer_closed() {
             return Err(RingError::PeerClosed);
         }
-        if msg.len() > self.max_message() {
+        if len > self.max_message() {
             return Err(RingError::TooLarge {
-                len: msg.len(),
+                len,
                 max: self.max_message(),
             });
         }
-        if !self.has_space(msg.len())? {
-            return Ok(false);
+        if !self.has_space(len)? {
+            return Ok(None);
         }
-        let rec = record_len(msg.len());
+        let rec = record_len(len);
         let mut header = [0u8; RECORD_HEADER];
-        header[..4].copy_from_slice(&(msg.len() as u32).to_le_bytes());
+        header[..4].copy_from_slice(&(len as u32).to_le_bytes());
         self.mem.write_word(self.write, header);
-        if rec > (RECORD_HEADER + msg.len()) as u64 {
+        if rec > (RECORD_HEADER + len) as u64 {
             // Zero the record's last word (its padding) before the payload fills its head.
             self.mem.write_word(self.write + rec - 8, [0; 8]);
         }
-        self.mem.copy_in(self.write + RECORD_HEADER as u64, msg);
-        self.write = self.write.wrapping_add(rec);
-        // SeqCst (at least Release): the record bytes above become visible to a consumer that
-        // loads this value; SeqCst for the Dekker pairing with the consumer's parking.
-        self.mem.word(OFF_WRITE).store(self.write, Ordering::SeqCst);
-        Ok(true)
+        Ok(Some(Slot {
+            producer: self,
+            len,
+        }))
     }
-
     /// After publishing: whether the consumer announced parking and must be woken. Call it
     /// after `try_push` or `close`; ring the doorbell when it returns true.
     pub(crate) fn consumer_needs_wake(&mut self) -> bool {
@@ -517,6 +530,56 @@ impl Producer {
         // that sees the flag; SeqCst for the Dekker pairing in `consumer_needs_wake`.
         self.mem.word(OFF_TX_CLOSED).store(how, Ordering::SeqCst);
         self.consumer_needs_wake()
+    }
+}
+
+/// Room for one record claimed by [`Producer::reserve`], not yet published.
+pub(crate) struct Slot<'a> {
+    producer: &'a mut Producer,
+    len: usize,
+}
+
+impl Slot<'_> {
+    fn mem(&self) -> &RingMem {
+        &self.producer.mem
+    }
+
+    /// The ring position of the payload's first byte.
+    fn payload_pos(&self) -> u64 {
+        self.producer.write + RECORD_HEADER as u64
+    }
+
+    /// Where the payload goes, as raw memory in the shared data area: `(first, first_len,
+    /// second, second_len)`, with `first_len + second_len` the payload length. The payload
+    /// is split (`second_len > 0`) when the record runs past the end of the data area; its
+    /// rest then starts at offset 0.
+    ///
+    /// Both regions are valid for writes for as long as the slot lives, do not overlap, and
+    /// the consumer reads neither until [`publish`](Self::publish): they lie past the
+    /// published `write` index, in room the consumer has released (`read` moved past it).
+    /// A peer that breaks the protocol may still scribble on them at any time, so write them
+    /// with raw copies only, never through a reference.
+    pub(crate) fn regions(&mut self) -> (*mut u8, usize, *mut u8, usize) {
+        let mem = &self.producer.mem;
+        let at = (self.payload_pos() % mem.cap) as usize;
+        let first = self.len.min(mem.cap as usize - at);
+        // SAFETY: `at < cap`, so `data + at` stays inside the data area, which lies in the
+        // mapping `mem` keeps alive; `data` itself is the start of the data area. The lengths keep both regions inside it: `first <= cap - at`, and
+        // `len - first <= len <= cap - 8` (`reserve` checked `len <= max_message`).
+        let first_ptr = unsafe { mem.data.add(at) };
+        (first_ptr, first, mem.data, self.len - first)
+    }
+
+    /// Publishes the record, exactly as `try_push` does: advances `write` with a SeqCst
+    /// store, which makes the header, padding and payload written before visible to the
+    /// consumer. Then call `consumer_needs_wake`.
+    pub(crate) fn publish(self) {
+        let p = self.producer;
+        p.write = p.write.wrapping_add(record_len(self.len));
+        // SeqCst (at least Release): the record bytes written before become visible to a
+        // consumer that loads this value; SeqCst for the Dekker pairing with the consumer's
+        // parking.
+        p.mem.word(OFF_WRITE).store(p.write, Ordering::SeqCst);
     }
 }
 
@@ -872,6 +935,85 @@ mod tests {
         unsafe { ptr::copy_nonoverlapping(r.base().add(data), rec.as_mut_ptr(), 16) };
         assert_eq!(rec, *b"\x03\0\0\0\0\0\0\0abc\0\0\0\0\0");
         assert_eq!(c.try_pop(), Ok(Pop::Message(b"abc".to_vec())));
+    }
+
+    /// Moves both indices to ring position `pos` (a multiple of 8) with one record.
+    fn advance_to(p: &mut Producer, c: &mut Consumer, pos: usize) {
+        assert!(pos >= 8 && pos % 8 == 0);
+        assert!(p.try_push(&vec![7u8; pos - 8]).unwrap());
+        assert!(matches!(c.try_pop(), Ok(Pop::Message(m)) if m.len() == pos - 8));
+    }
+
+    /// Writes `msg` into a reserved slot through a `FrameWriter` over its raw regions.
+    fn write_slot(slot: &mut Slot<'_>, msg: &[u8]) -> bool {
+        let (a, alen, b, blen) = slot.regions();
+        assert_eq!(alen + blen, msg.len());
+        // SAFETY: test; `regions` guarantees the regions while the slot lives.
+        let mut w = unsafe { ductwork_core::FrameWriter::from_raw_parts(a, alen, b, blen) };
+        assert!(w.put(msg));
+        w.is_complete()
+    }
+
+    #[test]
+    fn reserved_records_are_published_as_try_push_publishes_them() {
+        let cap = 4096;
+        // Positions: at the start, in the middle, the payload split 8 / rest at the end, the
+        // header in the last word (payload wholly at the start), and an exact fit.
+        for (pos, len) in [
+            (8, 100),
+            (1000, 333),
+            (cap - 16, 100),
+            (cap - 8, 50),
+            (8, 4088),
+        ] {
+            let (mut p1, mut c1, r1) = pair(cap);
+            let (mut p2, mut c2, r2) = pair(cap);
+            advance_to(&mut p1, &mut c1, pos);
+            advance_to(&mut p2, &mut c2, pos);
+            let msg: Vec<u8> = (0..len).map(|i| (i * 7 + 1) as u8).collect();
+            assert!(p1.try_push(&msg).unwrap());
+            let mut slot = p2.reserve(len).unwrap().expect("room");
+            let (_, first_len, _, second_len) = slot.regions();
+            let split = (pos + 8) % cap;
+            assert_eq!(first_len, len.min(cap - split), "pos {pos}");
+            assert_eq!(second_len, len - first_len);
+            assert!(write_slot(&mut slot, &msg));
+            slot.publish();
+            // Byte for byte the same segment (header words, record, padding).
+            let (mut a, mut b) = (vec![0u8; segment_len(cap)], vec![0u8; segment_len(cap)]);
+            // SAFETY: test; both regions are `segment_len(cap)` bytes.
+            unsafe {
+                ptr::copy_nonoverlapping(r1.base(), a.as_mut_ptr(), a.len());
+                ptr::copy_nonoverlapping(r2.base(), b.as_mut_ptr(), b.len());
+            }
+            assert!(a == b, "pos {pos} len {len}: segments differ");
+            assert_eq!(c2.try_pop(), Ok(Pop::Message(msg)));
+            assert_eq!(c2.try_pop(), Ok(Pop::Empty));
+        }
+    }
+
+    #[test]
+    fn a_dropped_slot_publishes_nothing() {
+        let cap = 4096;
+        let (mut p, mut c, _r) = pair(cap);
+        advance_to(&mut p, &mut c, cap - 16);
+        {
+            let mut slot = p.reserve(100).unwrap().expect("room");
+            let (a, alen, b, blen) = slot.regions();
+            // SAFETY: test; as in `write_slot`.
+            let mut w = unsafe { ductwork_core::FrameWriter::from_raw_parts(a, alen, b, blen) };
+            assert!(w.put(&[0xee; 60]));
+            assert!(!w.put(&[0xee; 41]), "past the announced length");
+            assert!(!w.is_complete());
+        }
+        assert_eq!(c.try_pop(), Ok(Pop::Empty), "nothing published");
+        assert!(p.try_push(b"next").unwrap());
+        assert_eq!(c.try_pop(), Ok(Pop::Message(b"next".to_vec())));
+        // Full ring: no slot; closed consumer: an error, as for try_push.
+        assert!(p.try_push(&vec![1u8; 4000]).unwrap());
+        assert!(p.reserve(100).unwrap().is_none());
+        c.close();
+        assert!(matches!(p.reserve(1), Err(RingError::PeerClosed)));
     }
 
     #[test]
