@@ -56,7 +56,7 @@ use std::{
 /// Default payload sizes: 64 B, 1 KiB, 64 KiB, 1 MiB.
 pub const DEFAULT_SIZES: &[usize] = &[64, 1024, 64 * 1024, 1024 * 1024];
 /// Default duration of each measurement, in seconds.
-pub const DEFAULT_DURATION: f64 = 0.5;
+pub const DEFAULT_DURATION: f64 = 1.0;
 /// Default number of rounds per cell.
 pub const DEFAULT_ROUNDS: u32 = 3;
 
@@ -93,7 +93,7 @@ pub struct BenchArgs {
     /// Payload sizes, comma-separated, with optional KiB/MiB suffix (default: 64,1KiB,64KiB,1MiB).
     #[arg(long, value_delimiter = ',', value_name = "LIST", value_parser = parse_size_arg)]
     pub sizes: Option<Vec<usize>>,
-    /// Seconds per measurement (latency and throughput each; default 0.5).
+    /// Seconds per measurement (latency and throughput each, all rounds together; default 1).
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub duration: Option<f64>,
     /// Rounds per cell (default 3): the cells of each size run this many times in turn, each
