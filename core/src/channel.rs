@@ -120,10 +120,9 @@ where
     /// A frame that does not decode as `In` is a [`crate::ErrorKind::Decode`] error for that
     /// frame; the channel stays usable.
     pub async fn recv(&mut self) -> Result<Option<In>> {
-        match self.conn.next().await {
+        match self.recv_frame().await? {
             None => Ok(None),
-            Some(Err(e)) => Err(e),
-            Some(Ok(frame)) => self.decode(&frame).map(Some),
+            Some(frame) => self.decode_frame(&frame).map(Some),
         }
     }
 
@@ -173,10 +172,6 @@ where
     pub fn into_inner(self) -> BoxConnection {
         self.conn
     }
-
-    fn decode(&self, frame: &[u8]) -> Result<In> {
-        ductwork_codec::decode(frame).map_err(|e| Error::codec(&self.conn.info().endpoint, e))
-    }
 }
 
 impl<Out, In> std::fmt::Debug for Channel<Out, In> {
@@ -215,7 +210,7 @@ impl<Out: Serialize, In: DeserializeOwned> Stream for Channel<Out, In> {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
-            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(self.decode(&frame))),
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(self.decode_frame(&frame))),
         }
     }
 }
