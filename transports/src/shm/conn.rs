@@ -99,10 +99,10 @@ pub(crate) struct ShmConnection {
     info: ConnectionInfo,
     spin_rx: Spinner,
     spin_tx: Spinner,
-    /// A frame accepted by `start_send` or `start_send_encoded` that did not fit yet.
+    /// A frame accepted by `start_send` or `start_send_sized` that did not fit yet.
     pending: Pending,
-    /// The buffer typed sends encode into, reused: no allocation per message (it keeps the
-    /// capacity of the largest message sent, at most the ring capacity).
+    /// The buffer typed sends encode into when the ring is full, reused: no allocation per
+    /// message (it keeps the capacity of the largest such message, at most the ring capacity).
     scratch: BytesMut,
     /// The buffer large messages are copied out into; a frame handed out shares it, and
     /// once the application dropped that frame the next message reuses the memory (see
@@ -125,7 +125,7 @@ enum Pending {
     None,
     /// A frame given to `start_send`.
     Frame(Bytes),
-    /// The frame in `scratch`, encoded by `start_send_encoded`.
+    /// The frame in `scratch`, encoded by `start_send_sized` while the ring was full.
     Scratch,
 }
 
@@ -388,39 +388,6 @@ impl Connection for ShmConnection {
         done?;
         slot.publish();
         self.wake_consumer()
-    }
-
-    /// Encodes into a reused buffer, then copies into the ring: no allocation per message.
-    fn start_send_encoded(
-        &mut self,
-        encode: &mut dyn FnMut(&mut BytesMut) -> Result<usize>,
-    ) -> Result<()> {
-        self.check_send()?;
-        debug_assert!(
-            matches!(self.pending, Pending::None),
-            "start_send without poll_ready"
-        );
-        self.scratch.clear();
-        if let Err(e) = encode(&mut self.scratch) {
-            self.scratch.clear();
-            return Err(e);
-        }
-        let len = self.scratch.len();
-        if len > self.info.capabilities.max_message {
-            self.scratch.clear();
-            return Err(self.too_large(len));
-        }
-        match self.tx.try_push(&self.scratch) {
-            Ok(true) => {
-                self.scratch.clear();
-                self.wake_consumer()
-            }
-            Ok(false) => {
-                self.pending = Pending::Scratch;
-                Ok(())
-            }
-            Err(e) => Err(self.fail_tx(e)),
-        }
     }
 }
 
