@@ -41,21 +41,24 @@ pub struct Rtt {
 impl Rtt {
     /// Adds `other`'s samples (another round of the same cell) and recomputes the percentiles.
     pub fn merge(&mut self, other: &Rtt) {
-        if let (Some(h), Some(o)) = (self.hist.as_mut(), other.hist.as_ref()) {
-            if h.add(o.as_ref()).is_ok() {
-                *self = Rtt::from_hist(h);
-            }
+        let Some(o) = other.hist.as_ref() else {
+            return;
+        };
+        if let Some(mut h) = self.hist.take() {
+            // Both come from `Sampler::new`, with the same bounds, so adding cannot fail.
+            let _ = h.add(o.as_ref());
+            *self = Rtt::from_hist(h);
         }
     }
 
-    fn from_hist(h: &Histogram<u64>) -> Rtt {
+    fn from_hist(h: Box<Histogram<u64>>) -> Rtt {
         Rtt {
             p50: h.value_at_quantile(0.50),
             p99: h.value_at_quantile(0.99),
             p999: h.value_at_quantile(0.999),
             max: h.max(),
             samples: h.len(),
-            hist: Some(Box::new(h.clone())),
+            hist: Some(h),
         }
     }
 }
@@ -130,9 +133,9 @@ impl Sampler {
         let _ = self.hist.record(ns);
     }
 
-    /// The percentiles.
-    pub fn finish(&self) -> Rtt {
-        Rtt::from_hist(&self.hist)
+    /// The percentiles (and the samples, for merging rounds).
+    pub fn finish(self) -> Rtt {
+        Rtt::from_hist(Box::new(self.hist))
     }
 }
 

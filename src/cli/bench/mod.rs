@@ -263,6 +263,12 @@ enum Cell {
 }
 
 impl Cell {
+    fn size(&self) -> usize {
+        match self {
+            Cell::Dw { size, .. } | Cell::Raw { size, .. } => *size,
+        }
+    }
+
     fn label(&self) -> String {
         match self {
             Cell::Dw { subject, size } => format!("{} {}", subject.name, report::size(*size)),
@@ -555,21 +561,16 @@ fn run_inner(args: BenchArgs) -> Result<i32, (i32, String)> {
     cells.extend(dw_cells);
     // The sort is stable: a baseline stays ahead of its transports, and transports keep the
     // order they were chosen in.
-    cells.sort_by_key(|c| match c {
-        Cell::Dw { size, .. } | Cell::Raw { size, .. } => (*size, nearest(c)),
-    });
+    cells.sort_by_key(|c| (c.size(), nearest(c)));
 
     // Run: the cells of one size form a group, and each group runs `rounds` times in turn.
     let mut schedule: Vec<usize> = Vec::new();
     let mut group_start = 0;
     while group_start < cells.len() {
-        let size_of = |c: &Cell| match c {
-            Cell::Dw { size, .. } | Cell::Raw { size, .. } => *size,
-        };
-        let size = size_of(&cells[group_start]);
+        let size = cells[group_start].size();
         let group_end = cells[group_start..]
             .iter()
-            .position(|c| size_of(c) != size)
+            .position(|c| c.size() != size)
             .map_or(cells.len(), |n| group_start + n);
         for _ in 0..rounds {
             schedule.extend(group_start..group_end);
