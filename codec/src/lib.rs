@@ -175,9 +175,9 @@ pub enum Frame {
 
 /// The stream codec: 4-byte big-endian length, then the payload; `0xFFFF_FFFF` closes.
 ///
-/// Encodes with [`LengthDelimitedCodec`]; decodes by hand (see `decode`). Every announced length is checked against `max_frame`
-/// before any memory is reserved for it, so a peer cannot make the receiver allocate more than
-/// `max_frame + 4` bytes of buffer.
+/// Encodes with [`LengthDelimitedCodec`]; decodes by hand (see `decode`). Every announced
+/// length is checked against `max_frame` before any memory is reserved for it, so a peer
+/// cannot make the receiver allocate more than `max_frame + 4` bytes of buffer.
 #[derive(Debug)]
 pub struct FrameCodec {
     inner: LengthDelimitedCodec,
