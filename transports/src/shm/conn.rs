@@ -1,16 +1,55 @@
 //! The portable shared-memory connection: two rings, a spin-then-park receive loop, and
 //! backpressure, over doorbells and a liveness signal the OS layer provides.
 
-use super::ring::{Consumer, Pop, Producer, Record, RingError};
+use super::{
+    caps,
+    ring::{Consumer, Pop, Producer, Record, RingError, SharedRegion, Which},
+    Config,
+};
 use bytes::{Bytes, BytesMut};
-use ductwork_core::{Connection, ConnectionInfo, Error, ErrorKind, FrameWriter, Result};
+use ductwork_core::{
+    BoxConnection, Connection, ConnectionInfo, Endpoint, Error, ErrorKind, FrameWriter, Result,
+};
 use futures::{Sink, Stream};
 use std::{
     io,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::{Duration, Instant},
 };
+
+/// The connection over a segment of two `cap`-byte rings, as both OS layers build it: the
+/// server sends on ring A and receives on ring B, the client the other way round.
+#[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
+pub(crate) fn connection(
+    ep: &Endpoint,
+    cfg: Config,
+    region: Arc<dyn SharedRegion>,
+    cap: usize,
+    server: bool,
+    os: Box<dyn OsLink>,
+    peer: Option<String>,
+) -> BoxConnection {
+    let info = ConnectionInfo {
+        endpoint: ep.clone(),
+        peer,
+        capabilities: caps(cap, cfg.max_frame),
+    };
+    let max = info.capabilities.max_message;
+    let (out, inn) = if server {
+        (Which::A, Which::B)
+    } else {
+        (Which::B, Which::A)
+    };
+    Box::new(ShmConnection::new(
+        Producer::new(region.clone(), cap, out),
+        Consumer::new(region, cap, inn, max),
+        os,
+        info,
+        cfg.spin,
+    ))
+}
 
 /// What the OS layer gives a connection: doorbells to wait on and to ring, and a signal that
 /// the peer process is gone. Waits must not block the thread: they register the task's waker.

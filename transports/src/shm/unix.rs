@@ -21,15 +21,13 @@
 //! message costs the ringer's write and the waiter's `epoll_wait`, nothing else.
 
 use super::{
-    caps,
-    conn::{OsLink, ShmConnection},
-    ring::{self, Consumer, Producer, SharedRegion, Which},
+    conn::{connection, OsLink},
+    ring::{self, SharedRegion},
     Config,
 };
 use crate::socket_file::{clear_stale, Probe};
 use ductwork_core::{
-    async_trait, BoxConnection, BoxListener, ConnectionInfo, Endpoint, Error, ErrorKind, Listener,
-    Result,
+    async_trait, BoxConnection, BoxListener, Endpoint, Error, ErrorKind, Listener, Result,
 };
 use rustix::{
     event::{eventfd, EventfdFlags},
@@ -441,23 +439,17 @@ async fn serve_handshake(
         return Err(Error::new(ErrorKind::Io, ep, "short set-up reply"));
     }
     drop(memfd);
-    let cap = cfg.capacity;
-    let region: Arc<dyn SharedRegion> = map;
-    let info = ConnectionInfo {
-        endpoint: ep.clone(),
-        peer,
-        capabilities: caps(cap, cfg.max_frame),
-    };
-    let max = info.capabilities.max_message;
     let link = link(stream, s_data, s_space, c_data, c_space)
         .map_err(|e| Error::io(ep, "register the doorbells", e))?;
-    Ok(Box::new(ShmConnection::new(
-        Producer::new(region.clone(), cap, Which::A),
-        Consumer::new(region, cap, Which::B, max),
+    Ok(connection(
+        ep,
+        cfg,
+        map,
+        cfg.capacity,
+        true,
         Box::new(link),
-        info,
-        cfg.spin,
-    )))
+        peer,
+    ))
 }
 
 struct ShmListener {
@@ -583,22 +575,9 @@ pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection>
     let map = map_received(&memfd, seg_len).map_err(bad)?;
     drop(memfd);
     let cap = ring::check_segment(&*map).map_err(bad)?;
-    let region: Arc<dyn SharedRegion> = map;
-    let info = ConnectionInfo {
-        endpoint: ep.clone(),
-        peer,
-        capabilities: caps(cap, cfg.max_frame),
-    };
-    let max = info.capabilities.max_message;
     let link = link(stream, c_data, c_space, s_data, s_space)
         .map_err(|e| Error::io(ep, "register the doorbells", e))?;
-    Ok(Box::new(ShmConnection::new(
-        Producer::new(region.clone(), cap, Which::B),
-        Consumer::new(region, cap, Which::A, max),
-        Box::new(link),
-        info,
-        cfg.spin,
-    )))
+    Ok(connection(ep, cfg, map, cap, false, Box::new(link), peer))
 }
 
 #[cfg(test)]

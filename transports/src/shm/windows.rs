@@ -21,14 +21,12 @@
 //! signal: it becomes signalled when the peer exits or is killed.
 
 use super::{
-    caps,
-    conn::{OsLink, ShmConnection},
-    ring::{self, Consumer, Producer, SharedRegion, Which},
+    conn::{connection, OsLink},
+    ring::{self, SharedRegion},
     Config,
 };
 use ductwork_core::{
-    async_trait, BoxConnection, BoxListener, ConnectionInfo, Endpoint, Error, ErrorKind, Listener,
-    Result,
+    async_trait, BoxConnection, BoxListener, Endpoint, Error, ErrorKind, Listener, Result,
 };
 use futures::task::AtomicWaker;
 use std::{
@@ -359,35 +357,6 @@ fn link(
     })
 }
 
-fn connection(
-    ep: &Endpoint,
-    cfg: Config,
-    region: Arc<dyn SharedRegion>,
-    cap: usize,
-    server: bool,
-    link: Link,
-    peer: Option<String>,
-) -> BoxConnection {
-    let info = ConnectionInfo {
-        endpoint: ep.clone(),
-        peer,
-        capabilities: caps(cap, cfg.max_frame),
-    };
-    let max = info.capabilities.max_message;
-    let (out, inn) = if server {
-        (Which::A, Which::B)
-    } else {
-        (Which::B, Which::A)
-    };
-    Box::new(ShmConnection::new(
-        Producer::new(region.clone(), cap, out),
-        Consumer::new(region, cap, inn, max),
-        Box::new(link),
-        info,
-        cfg.spin,
-    ))
-}
-
 // ----------------------------------------------------------------------------------------
 // Listener.
 
@@ -543,7 +512,7 @@ async fn serve_handshake(
         view,
         cfg.capacity,
         true,
-        link,
+        Box::new(link),
         Some(format!("pid {pid}")),
     ))
 }
@@ -661,7 +630,7 @@ pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection>
         Arc::new(view),
         cap,
         false,
-        link,
+        Box::new(link),
         Some(format!("pid {pid}")),
     ))
 }
