@@ -6,7 +6,7 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     path::PathBuf,
-    process::{Command, Output, Stdio},
+    process::{Child, ChildStderr, Command, Output, Stdio},
     time::Duration,
 };
 
@@ -325,38 +325,12 @@ fn an_iceoryx2_peer_that_dies_fails_its_row() {
 
 #[test]
 fn send_and_listen_round_trip_over_tcp() {
-    let mut listen = ductwork()
-        .args(["listen", "tcp://127.0.0.1:0", "--count", "3"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The first stderr line names the bound endpoint with its real port.
-    let mut err = BufReader::new(listen.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    let endpoint = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_string();
-
+    let (listener, _stderr, endpoint) = listen(&["tcp://127.0.0.1:0", "--count", "3"]);
     let input = "{\"item\":\"bolt\",\"qty\":3,\"price\":-1.5}\n\n[1,-2,null,true,\"x\"]\n\"just a string\"\n";
-    let mut send = ductwork()
-        .args(["send", &endpoint])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    send.stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let sent = send.wait_with_output().unwrap();
+    let sent = send(&endpoint, input.as_bytes());
     assert!(sent.status.success(), "{}", stderr(&sent));
 
-    let out = wait_with_timeout(listen, Duration::from_secs(30));
+    let out = wait_with_timeout(listener, Duration::from_secs(30));
     assert!(out.status.success());
     let got: Vec<serde_json::Value> = String::from_utf8(out.stdout)
         .unwrap()
@@ -380,14 +354,7 @@ fn send_errors_name_the_endpoint() {
         .unwrap()
         .port();
     let ep = format!("tcp://127.0.0.1:{port}");
-    let mut send = ductwork()
-        .args(["send", &ep])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(send.stdin.take());
-    let o = send.wait_with_output().unwrap();
+    let o = send(&ep, b"");
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains(&ep), "{}", stderr(&o));
 
@@ -398,39 +365,52 @@ fn send_errors_name_the_endpoint() {
 
 #[test]
 fn send_rejects_a_line_that_is_not_json() {
-    let mut listen = ductwork()
-        .args(["listen", "tcp://127.0.0.1:0", "--connections", "1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(listen.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    let endpoint = line.trim().trim_start_matches("listening on ").to_string();
-    let mut send = ductwork()
-        .args(["send", &endpoint])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    send.stdin
-        .take()
-        .unwrap()
-        .write_all(b"{\"ok\":1}\n{not json\n")
-        .unwrap();
-    let o = send.wait_with_output().unwrap();
+    let (listener, _stderr, endpoint) = listen(&["tcp://127.0.0.1:0", "--connections", "1"]);
+    let o = send(&endpoint, b"{\"ok\":1}\n{not json\n");
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
     assert!(e.contains("line 2") && e.contains(&endpoint), "{e}");
     // The first message still arrived before the sender gave up.
-    let out = wait_with_timeout(listen, Duration::from_secs(30));
+    let out = wait_with_timeout(listener, Duration::from_secs(30));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "{\"ok\":1}");
+}
+
+/// Starts `ductwork listen ARGS`; returns it, its stderr (kept open: the listener logs there)
+/// and the endpoint it bound, which its first stderr line names with the real port.
+fn listen(args: &[&str]) -> (Child, BufReader<ChildStderr>, String) {
+    let mut child = ductwork()
+        .arg("listen")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    let endpoint = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_string();
+    (child, err, endpoint)
+}
+
+/// Runs `ductwork send ENDPOINT` with `input` on its stdin, then end of input.
+fn send(endpoint: &str, input: &[u8]) -> Output {
+    let mut child = ductwork()
+        .args(["send", endpoint])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
 }
 
 /// Waits for `child`, killing it (and failing) if it takes longer than `limit`. Its piped
 /// output is drained meanwhile, so a child that writes a lot cannot stall on a full pipe.
-fn wait_with_timeout(mut child: std::process::Child, limit: Duration) -> Output {
+fn wait_with_timeout(mut child: Child, limit: Duration) -> Output {
     fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
         std::thread::spawn(move || {
             let mut buf = Vec::new();
