@@ -3,7 +3,7 @@
 //! connected to it. Datagrams keep boundaries, and on one host the kernel neither drops nor
 //! reorders them: when the receiver's queue is full, the sender's send waits.
 
-use super::{recv_on_sender, second_accept, send_on_receiver, SlotAddr};
+use super::{second_accept, SlotAddr};
 use crate::local::unix::socket_path;
 use crate::socket_file::{clear_stale, Probe};
 use bytes::Bytes;
@@ -218,25 +218,7 @@ impl Stream for Receiver {
     }
 }
 
-impl Sink<Bytes> for Receiver {
-    type Error = Error;
-
-    fn poll_ready(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<()>> {
-        Poll::Ready(Err(send_on_receiver(&self.info.endpoint)))
-    }
-
-    fn start_send(self: Pin<&mut Self>, _item: Bytes) -> Result<()> {
-        Err(send_on_receiver(&self.info.endpoint))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
+receive_only_sink!(Receiver);
 
 /// A sending connection.
 struct Sender {
@@ -275,17 +257,7 @@ impl Connection for Sender {
     }
 }
 
-impl Stream for Sender {
-    type Item = Result<Bytes>;
-
-    fn poll_next(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
-        if self.recv_reported {
-            return Poll::Ready(None);
-        }
-        self.recv_reported = true;
-        Poll::Ready(Some(Err(recv_on_sender(&self.info.endpoint))))
-    }
-}
+send_only_stream!(Sender);
 
 impl Sink<Bytes> for Sender {
     type Error = Error;

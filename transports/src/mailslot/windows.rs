@@ -10,7 +10,7 @@
 //! Local writes complete as soon as the OS has queued the message in the mailslot; they do not
 //! wait for the reader. Writes to a remote or broadcast mailslot run on tokio's blocking pool.
 
-use super::{recv_on_sender, second_accept, send_on_receiver, SlotAddr};
+use super::{second_accept, SlotAddr};
 use crate::local::windows::Security;
 use bytes::Bytes;
 use ductwork_core::{
@@ -302,25 +302,7 @@ impl Stream for Receiver {
     }
 }
 
-impl Sink<Bytes> for Receiver {
-    type Error = Error;
-
-    fn poll_ready(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<()>> {
-        Poll::Ready(Err(send_on_receiver(&self.info.endpoint)))
-    }
-
-    fn start_send(self: Pin<&mut Self>, _item: Bytes) -> Result<()> {
-        Err(send_on_receiver(&self.info.endpoint))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
+receive_only_sink!(Receiver);
 
 fn open(path: &str) -> io::Result<OwnedHandle> {
     let name = wide(path);
@@ -436,17 +418,7 @@ impl Connection for Sender {
     }
 }
 
-impl Stream for Sender {
-    type Item = Result<Bytes>;
-
-    fn poll_next(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
-        if self.recv_reported {
-            return Poll::Ready(None);
-        }
-        self.recv_reported = true;
-        Poll::Ready(Some(Err(recv_on_sender(&self.info.endpoint))))
-    }
-}
+send_only_stream!(Sender);
 
 impl Sink<Bytes> for Sender {
     type Error = Error;
