@@ -216,11 +216,17 @@ struct Subject {
 }
 
 impl Subject {
-    fn plain(transport: Arc<dyn Transport>) -> Subject {
+    /// `transport` with `options`, named `scheme` or `scheme?k=v&k=v`.
+    fn new(transport: Arc<dyn Transport>, options: Vec<(String, String)>) -> Subject {
+        let mut name = transport.scheme().to_string();
+        for (i, (k, v)) in options.iter().enumerate() {
+            name.push(if i == 0 { '?' } else { '&' });
+            name.push_str(&format!("{k}={v}"));
+        }
         Subject {
-            name: transport.scheme().to_string(),
             transport,
-            options: Vec::new(),
+            options,
+            name,
         }
     }
 
@@ -358,14 +364,10 @@ fn run_inner(args: BenchArgs) -> Result<i32, (i32, String)> {
         None => {
             let mut v = Vec::new();
             for t in &all {
-                v.push(Subject::plain(t.clone()));
+                v.push(Subject::new(t.clone(), Vec::new()));
                 if t.scheme() == "shm" {
                     let (_, options) = parse_subject(SHM_PARKED).map_err(usage)?;
-                    v.push(Subject {
-                        transport: t.clone(),
-                        options,
-                        name: SHM_PARKED.into(),
-                    });
+                    v.push(Subject::new(t.clone(), options));
                 }
             }
             v
@@ -377,19 +379,13 @@ fn run_inner(args: BenchArgs) -> Result<i32, (i32, String)> {
                     continue;
                 }
                 let (name, options) = parse_subject(entry).map_err(usage)?;
-                let label = if options.is_empty() {
-                    name.clone()
-                } else {
-                    let q: Vec<String> = options.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    format!("{name}?{}", q.join("&"))
-                };
                 match all.iter().find(|t| t.scheme() == name) {
-                    Some(t) if !v.iter().any(|x| x.name == label) => v.push(Subject {
-                        transport: t.clone(),
-                        options,
-                        name: label,
-                    }),
-                    Some(_) => {}
+                    Some(t) => {
+                        let subject = Subject::new(t.clone(), options);
+                        if !v.iter().any(|x| x.name == subject.name) {
+                            v.push(subject);
+                        }
+                    }
                     None if ductwork_known(&name) => {
                         return Err(usage(format!(
                             "transport `{name}` is not built into this binary (this build has: {})",
