@@ -5,9 +5,9 @@
 //! [`Sink::poll_close`] (and, best-effort, on drop), and end-of-stream without a close marker
 //! reported as [`ErrorKind::ConnectionLost`].
 
-use bytes::{BufMut, Bytes, BytesMut};
-use ductwork_codec::{Frame, FrameCodec, CLOSE_MARKER, HEADER_LEN};
-use ductwork_core::{Connection, ConnectionInfo, Error, ErrorKind, Result};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use ductwork_codec::{check_len, CodecError, Frame, FrameCodec, CLOSE_MARKER, HEADER_LEN};
+use ductwork_core::{Connection, ConnectionInfo, Error, ErrorKind, FrameWriter, Result};
 use futures::{ready, Sink, Stream};
 use std::{
     io,
@@ -15,12 +15,16 @@ use std::{
     task::{Context, Poll},
 };
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::Framed;
+use tokio_util::codec::FramedRead;
 
 /// Read buffer size: one read takes in up to this much. tokio-util's default (8 KiB) costs a
 /// system call per ~100 small messages when a sender streams; 64 KiB cuts that eightfold, and
 /// received frames keep sharing the buffer until they are dropped.
 const READ_CAPACITY: usize = 64 * 1024;
+
+/// Queued bytes past which `poll_ready` flushes before accepting another frame (tokio-util's
+/// `Framed` default, kept): bounds the write buffer at this plus one frame.
+const WRITE_BOUNDARY: usize = 8 * 1024;
 
 /// A byte stream a framed connection can run on.
 pub(crate) trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
@@ -29,8 +33,15 @@ pub(crate) trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
 }
 
 /// A connection over a byte stream. See the module docs.
+///
+/// Reading goes through tokio-util's `FramedRead`; writing is done here, from one contiguous
+/// buffer with plain `poll_write` (`send`/`write`): `Framed` would use `writev` for its
+/// single-chunk buffer, which costs the kernel ~0.25 µs more per call on Linux sockets and
+/// buys nothing.
 pub(crate) struct FramedConnection<S: ByteStream> {
-    framed: Framed<S, FrameCodec>,
+    framed: FramedRead<S, FrameCodec>,
+    /// Encoded frames (header and payload) not yet written to the stream.
+    write_buf: BytesMut,
     info: ConnectionInfo,
     close_sent: bool,
     read_done: bool,
@@ -44,7 +55,8 @@ impl<S: ByteStream> FramedConnection<S> {
     pub(crate) fn new(stream: S, info: ConnectionInfo) -> Self {
         let codec = FrameCodec::new(info.capabilities.max_message);
         FramedConnection {
-            framed: Framed::with_capacity(stream, codec, READ_CAPACITY),
+            framed: FramedRead::with_capacity(stream, codec, READ_CAPACITY),
+            write_buf: BytesMut::with_capacity(WRITE_BOUNDARY),
             info,
             close_sent: false,
             read_done: false,
@@ -52,8 +64,28 @@ impl<S: ByteStream> FramedConnection<S> {
         }
     }
 
-    fn err(&self, e: ductwork_codec::CodecError) -> Error {
+    fn err(&self, e: CodecError) -> Error {
         Error::codec(&self.info.endpoint, e)
+    }
+
+    fn closed_err(&self) -> Error {
+        Error::new(ErrorKind::Closed, &self.info.endpoint, "send after close")
+    }
+
+    /// Writes the whole write buffer to the stream, then flushes the stream.
+    fn poll_write_all(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let stream = self.framed.get_mut();
+        while !self.write_buf.is_empty() {
+            let n = ready!(Pin::new(&mut *stream).poll_write(cx, &self.write_buf))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "failed to write frame to transport",
+                )));
+            }
+            self.write_buf.advance(n);
+        }
+        Pin::new(stream).poll_flush(cx)
     }
 }
 
@@ -69,21 +101,17 @@ impl<S: ByteStream> Connection for FramedConnection<S> {
         encode: &mut dyn FnMut(&mut BytesMut) -> Result<usize>,
     ) -> Result<()> {
         if self.close_sent {
-            return Err(Error::new(
-                ErrorKind::Closed,
-                &self.info.endpoint,
-                "send after close",
-            ));
+            return Err(self.closed_err());
         }
         let max = self.info.capabilities.max_message;
-        let buf = self.framed.write_buffer_mut();
+        let buf = &mut self.write_buf;
         let start = buf.len();
         buf.put_u32(0);
         let len = match encode(buf) {
             Ok(len) if len <= max && buf.len() == start + HEADER_LEN + len => len,
             Ok(len) => {
                 buf.truncate(start);
-                return Err(self.err(ductwork_codec::CodecError::FrameTooLarge { len, max }));
+                return Err(self.err(CodecError::FrameTooLarge { len, max }));
             }
             Err(e) => {
                 buf.truncate(start);
@@ -91,6 +119,36 @@ impl<S: ByteStream> Connection for FramedConnection<S> {
             }
         };
         buf[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+        Ok(())
+    }
+
+    /// Encodes straight into the write buffer, after the header: the length is known, so
+    /// the header is written first and nothing is patched or moved.
+    fn start_send_sized(
+        &mut self,
+        len: usize,
+        encode: &mut dyn FnMut(&mut FrameWriter<'_>) -> Result<()>,
+    ) -> Result<()> {
+        if self.close_sent {
+            return Err(self.closed_err());
+        }
+        if let Err(e) = check_len(len, self.info.capabilities.max_message) {
+            return Err(self.err(e));
+        }
+        let buf = &mut self.write_buf;
+        let start = buf.len();
+        buf.reserve(HEADER_LEN + len);
+        buf.put_u32(len as u32);
+        let mut w = FrameWriter::new(&mut buf.spare_capacity_mut()[..len]);
+        let done = encode(&mut w).and_then(|()| w.finish(&self.info.endpoint));
+        if let Err(e) = done {
+            buf.truncate(start);
+            return Err(e);
+        }
+        // SAFETY: `finish` returned Ok, so the writer received exactly `len` bytes, written in
+        // order from the start of the `len`-byte spare region it was given: the `len` bytes
+        // after the header are initialized, and `reserve` made room for them.
+        unsafe { buf.set_len(start + HEADER_LEN + len) };
         Ok(())
     }
 }
@@ -129,29 +187,32 @@ impl<S: ByteStream> Stream for FramedConnection<S> {
 impl<S: ByteStream> Sink<Bytes> for FramedConnection<S> {
     type Error = Error;
 
-    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         if self.close_sent {
-            return Poll::Ready(Err(Error::new(
-                ErrorKind::Closed,
-                &self.info.endpoint,
-                "send after close",
-            )));
+            return Poll::Ready(Err(self.closed_err()));
         }
-        Pin::new(&mut self.framed)
-            .poll_ready(cx)
-            .map_err(|e| self.err(e))
+        if self.write_buf.len() >= WRITE_BOUNDARY {
+            return self.poll_flush(cx);
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn start_send(mut self: Pin<&mut Self>, item: Bytes) -> Result<()> {
-        Pin::new(&mut self.framed)
-            .start_send(item)
-            .map_err(|e| self.err(e))
+        if self.close_sent {
+            return Err(self.closed_err());
+        }
+        if let Err(e) = check_len(item.len(), self.info.capabilities.max_message) {
+            return Err(self.err(e));
+        }
+        self.write_buf.reserve(HEADER_LEN + item.len());
+        self.write_buf.put_u32(item.len() as u32);
+        self.write_buf.extend_from_slice(&item);
+        Ok(())
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        Pin::new(&mut self.framed)
-            .poll_flush(cx)
-            .map_err(|e| self.err(e))
+        self.poll_write_all(cx)
+            .map_err(|e| self.err(CodecError::from(e)))
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
@@ -163,19 +224,23 @@ impl<S: ByteStream> Sink<Bytes> for FramedConnection<S> {
                 }
                 r => r?,
             }
-            FrameCodec::encode_close(self.framed.write_buffer_mut());
+            FrameCodec::encode_close(&mut self.write_buf);
             self.close_sent = true;
         }
-        match ready!(Pin::new(&mut self.framed).poll_close(cx)) {
+        let done = match ready!(self.poll_write_all(cx)) {
+            Ok(()) => ready!(Pin::new(self.framed.get_mut()).poll_shutdown(cx)),
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(()) => Poll::Ready(Ok(())),
             Err(e) => {
-                let e = self.err(e);
+                let e = self.err(CodecError::from(e));
                 if self.peer_closed && e.kind() == ErrorKind::ConnectionLost {
                     Poll::Ready(Ok(()))
                 } else {
                     Poll::Ready(Err(e))
                 }
             }
-            ok => Poll::Ready(ok.map_err(|e| self.err(e))),
         }
     }
 }
@@ -185,11 +250,69 @@ impl<S: ByteStream> Drop for FramedConnection<S> {
         // Best effort: a connection dropped with nothing pending closes cleanly. If the marker
         // cannot be written whole, the peer sees a truncated header: ConnectionLost, as if this
         // side had died, which is what the contract allows for drop without close.
-        if !self.close_sent && self.framed.write_buffer().is_empty() {
+        if !self.close_sent && self.write_buf.is_empty() {
             let _ = self
                 .framed
                 .get_ref()
                 .try_write_now(&CLOSE_MARKER.to_be_bytes());
         }
+    }
+}
+
+#[cfg(all(test, feature = "socket"))]
+mod tests {
+    use super::*;
+    use futures::{SinkExt, StreamExt};
+    use std::io::Write;
+
+    /// Sized sends on a real loopback TCP connection: a wrong byte count or an over-long
+    /// frame queues nothing and leaves the connection usable; good frames, sized or not,
+    /// arrive whole and in order.
+    #[tokio::test]
+    async fn sized_sends_queue_exactly_the_announced_bytes_or_nothing() {
+        let mut listener = crate::bind("tcp://127.0.0.1:0?max_frame=64").await.unwrap();
+        let ep = listener.endpoint().to_string();
+        let (a, b) = tokio::join!(crate::connect(ep.as_str()), listener.accept());
+        let (mut a, mut b) = (a.unwrap(), b.unwrap());
+        for (len, wrote) in [(5usize, 4usize), (5, 6), (0, 1)] {
+            a.flush().await.unwrap(); // poll_ready, as a caller must
+            let e = a
+                .start_send_sized(len, &mut |w| {
+                    let _ = w.write_all(&vec![1; wrote]);
+                    Ok(())
+                })
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Encode, "{len}/{wrote}");
+            assert!(e.to_string().contains(&ep), "{e}");
+        }
+        let mut ran = false;
+        let e = a
+            .start_send_sized(65, &mut |_| {
+                ran = true;
+                Ok(())
+            })
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::FrameTooLarge);
+        assert!(!ran, "the encoder does not run for an over-long frame");
+        let e = a
+            .start_send_sized(3, &mut |_| {
+                Err(Error::new(ErrorKind::Encode, "x", "failed"))
+            })
+            .unwrap_err();
+        assert!(e.to_string().contains("failed"), "{e}");
+
+        a.start_send_sized(5, &mut |w| {
+            assert!(w.put(b"hel") && w.put(b"lo"));
+            Ok(())
+        })
+        .unwrap();
+        a.start_send_sized(0, &mut |_| Ok(())).unwrap();
+        a.feed(Bytes::from_static(b"abc")).await.unwrap();
+        a.close().await.unwrap();
+        let mut got = Vec::new();
+        while let Some(frame) = b.next().await {
+            got.push(frame.unwrap());
+        }
+        assert_eq!(got, ["hello".as_bytes(), b"", b"abc"]);
     }
 }
