@@ -351,7 +351,8 @@ async fn run_link(link: &mut Link, size: usize, t: Timing) -> Result<(Rtt, Throu
                 link.tx().send(&msg).await.map_err(err)?;
                 let echo = if reliable {
                     // No timer per ping on a reliable link (the raw baselines have none either):
-                    // one timer guards the whole phase instead, below.
+                    // one timer guards the whole phase instead, below, as it does the raw
+                    // baselines' (`raw::measure`).
                     match link.rx().recv().await {
                         Err(e) => return Err(err(e)),
                         Ok(None) => return Err(format!("{ep}: the peer closed early")),

@@ -785,7 +785,7 @@ async fn raw_cell(
         .await?
         .0;
         let _ = s.set_nodelay(true);
-        let r = measure::or_peer_exit(&mut peer, raw::measure(s, size, t.warmup, t.duration)).await;
+        let r = measure::or_peer_exit(&mut peer, raw::measure(s, size, t)).await;
         let _ = peer.finish(Duration::from_secs(2)).await;
         return r;
     }
@@ -804,7 +804,7 @@ async fn raw_cell(
         })
         .await?
         .0;
-        let r = measure::or_peer_exit(&mut peer, raw::measure(s, size, t.warmup, t.duration)).await;
+        let r = measure::or_peer_exit(&mut peer, raw::measure(s, size, t)).await;
         let _ = peer.finish(Duration::from_secs(2)).await;
         let _ = std::fs::remove_file(&path);
         r

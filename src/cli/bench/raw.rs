@@ -7,7 +7,7 @@
 //! stream transport must do, so ductwork's rows are compared with it.
 
 use super::{
-    measure::{Rtt, Sampler, Throughput},
+    measure::{Rtt, Sampler, Throughput, Timing},
     peer::pattern,
 };
 use std::time::{Duration, Instant};
@@ -65,37 +65,47 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(s: S, size: usize) -> Resu
 pub async fn measure<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
     size: usize,
-    warmup: Duration,
-    dur: Duration,
+    t: Timing,
 ) -> Result<(Rtt, Throughput), String> {
+    let (warmup, dur) = (t.warmup, t.duration);
     let payload = pattern(size);
     let mut frame = Vec::with_capacity(4 + size);
     frame.extend_from_slice(&((size as u32) | ECHO).to_be_bytes());
     frame.extend_from_slice(&payload);
     let mut back = vec![0u8; 4 + size];
     let mut sampler = Sampler::new();
-    for measuring in [false, true] {
-        let phase = if measuring { dur } else { warmup };
-        let start = Instant::now();
-        let mut n = 0u64;
-        while start.elapsed() < phase || (measuring && n < Sampler::MIN_SAMPLES) {
-            let t0 = Instant::now();
-            s.write_all(&frame)
-                .await
-                .map_err(|e| format!("raw write: {e}"))?;
-            s.read_exact(&mut back)
-                .await
-                .map_err(|e| format!("raw read: {e}"))?;
-            let t = t0.elapsed();
-            if back != frame {
-                return Err("raw echo differs from what was sent".into());
+    // One timer guards the whole latency phase, as in ductwork's cells (`measure::run_link`),
+    // so that both rows carry the same bookkeeping: the timer is polled each time a read
+    // waits (~140 instructions per round trip).
+    let latency = async {
+        for measuring in [false, true] {
+            let phase = if measuring { dur } else { warmup };
+            let start = Instant::now();
+            let mut n = 0u64;
+            while start.elapsed() < phase || (measuring && n < Sampler::MIN_SAMPLES) {
+                let t0 = Instant::now();
+                s.write_all(&frame)
+                    .await
+                    .map_err(|e| format!("raw write: {e}"))?;
+                s.read_exact(&mut back)
+                    .await
+                    .map_err(|e| format!("raw read: {e}"))?;
+                let t = t0.elapsed();
+                if back != frame {
+                    return Err("raw echo differs from what was sent".into());
+                }
+                if measuring {
+                    sampler.record(t);
+                }
+                n += 1;
             }
-            if measuring {
-                sampler.record(t);
-            }
-            n += 1;
         }
-    }
+        Ok::<(), String>(())
+    };
+    let guard = warmup + dur + t.reply_limit;
+    tokio::time::timeout(guard, latency)
+        .await
+        .map_err(|_| format!("raw echoes did not come back within {guard:?}"))??;
     // Throughput: each message written (header, payload) into a buffered writer, flushed once
     // per batch: what a hand-written sender does, and what ductwork's feed + flush does.
     let per_batch = super::measure::batch_len(4 + size);
