@@ -453,7 +453,8 @@ fn bad_transport_options_are_usage_errors() {
 }
 
 /// `shm?spin=0` is a row of its own, compared first with the eventfd ping-pong (Linux), and
-/// bulk sizes get a memcpy baseline that shm throughput is compared with.
+/// bulk sizes get a memcpy baseline (and on Linux a raw shared-ring copy) that shm throughput
+/// is compared with.
 #[test]
 fn shm_variants_and_memcpy_baseline() {
     let b = Bench::run(
@@ -489,23 +490,40 @@ fn shm_variants_and_memcpy_baseline() {
         for r in bulk["other_ratios"].as_array().into_iter().flatten() {
             ratios.push((r["baseline"].clone(), r.clone()));
         }
-        let vs_memcpy = ratios
-            .iter()
-            .find(|(b, _)| *b == "raw-memcpy")
-            .unwrap_or_else(|| panic!("no raw-memcpy ratio: {bulk}"));
-        assert!(vs_memcpy.1["throughput"].as_f64().unwrap() > 0.0, "{bulk}");
+        let mut bulk_baselines = vec!["raw-memcpy"];
+        if cfg!(target_os = "linux") {
+            bulk_baselines.push("raw-shmcopy");
+        }
+        for base in &bulk_baselines {
+            let vs = ratios
+                .iter()
+                .find(|(b, _)| b == base)
+                .unwrap_or_else(|| panic!("no {base} ratio: {bulk}"));
+            assert!(vs.1["throughput"].as_f64().unwrap() > 0.0, "{bulk}");
+        }
     }
-    let memcpy = v["baselines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["transport"] == "raw-memcpy")
-        .unwrap_or_else(|| panic!("no raw-memcpy baseline: {v:#}"));
-    assert_eq!(
-        memcpy["size"], 65536,
-        "memcpy is measured at bulk sizes only"
-    );
-    assert!(memcpy["throughput"]["bytes_per_s"].as_f64().unwrap() > 0.0);
+    let baselines = v["baselines"].as_array().unwrap();
+    for base in ["raw-memcpy", "raw-shmcopy"] {
+        let found: Vec<_> = baselines
+            .iter()
+            .filter(|b| b["transport"] == base)
+            .collect();
+        if base == "raw-shmcopy" && !cfg!(target_os = "linux") {
+            assert!(found.is_empty(), "{v:#}");
+            continue;
+        }
+        assert_eq!(
+            found.len(),
+            1,
+            "{base} is measured at bulk sizes only: {v:#}"
+        );
+        assert_eq!(found[0]["size"], 65536, "{v:#}");
+        assert!(found[0]["throughput"]["bytes_per_s"].as_f64().unwrap() > 0.0);
+        assert!(
+            found[0]["rtt_ns"].is_null(),
+            "{base} measures throughput only"
+        );
+    }
     if cfg!(target_os = "linux") {
         assert_eq!(row("shm?spin=0", 64)["baseline"], "raw-eventfd");
         assert_eq!(row("shm", 64)["baseline"], "raw-cacheline");

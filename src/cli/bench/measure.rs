@@ -4,7 +4,9 @@
 //! parent checks the echo (sequence number and every payload byte) before recording the round
 //! trip in an HdrHistogram. Throughput: the parent queues `Op::Data` messages with
 //! `Channel::feed` and flushes once per batch for the cell's duration, then sends `Op::End`;
-//! the peer replies with how many it received and how many were wrong. The peer decodes each
+//! the peer replies with how many it received and how many were wrong (by
+//! [`payload_ok`](super::peer::payload_ok): every byte up to 64 KiB, a sample of larger
+//! payloads, the same check on every row, baselines included). The peer decodes each
 //! message in place (`Channel::recv_frame` + `decode_frame` into a type that borrows the
 //! payload), as a bulk consumer would; its echoes are owned values encoded again. The rate is what the
 //! peer received divided by the time from the first send to the report. Reliable transports

@@ -15,8 +15,10 @@
 //!   throughput counts what arrived and the table shows the loss.
 //! - **Baselines** (the `baselines` list): `raw-tcp` and `raw-unix` (plain tokio streams with a
 //!   length header, no ductwork, no serde), `raw-cacheline` (busy-polled atomics on one shared
-//!   cache line, 64 B), `raw-eventfd` (eventfd wake-ups, 64 B) and `raw-memcpy` (one thread
-//!   copying buffers, throughput only, sizes of 64 KiB and up); see [`raw`] and [`sys`].
+//!   cache line, 64 B), `raw-eventfd` (eventfd wake-ups, 64 B), `raw-memcpy` (one thread
+//!   copying buffers) and `raw-shmcopy` (two processes copying messages into and out of a
+//!   shared ring, busy-polled): the last two throughput only, at sizes of 64 KiB and up; see
+//!   [`raw`] and [`sys`].
 //!   Built with the cargo feature `peer-iceoryx2` (Linux), also `peer-iceoryx2`: the same
 //!   round trip over the iceoryx2 crate, every size (see `iox.rs`).
 //! - **Variants**: `--transports` takes endpoint options after the scheme (`shm?spin=0`,
@@ -152,12 +154,15 @@ pub const RAW_CACHELINE: &str = "raw-cacheline";
 pub const RAW_EVENTFD: &str = "raw-eventfd";
 /// Single-thread memcpy bandwidth (throughput only).
 pub const RAW_MEMCPY: &str = "raw-memcpy";
-/// The smallest size `raw-memcpy` is measured at.
+/// One-way copies through a shared ring between two processes (throughput only).
+pub const RAW_SHMCOPY: &str = "raw-shmcopy";
+/// The smallest size `raw-memcpy` and `raw-shmcopy` are measured at.
 pub const MEMCPY_MIN_SIZE: usize = 64 * 1024;
 /// Every baseline, in report order.
 pub const ALL_BASELINES: &[&str] = &[
     RAW_CACHELINE,
     RAW_EVENTFD,
+    RAW_SHMCOPY,
     RAW_MEMCPY,
     RAW_UNIX,
     RAW_TCP,
@@ -185,13 +190,32 @@ pub fn baselines_for(name: &str) -> &'static [&'static str] {
         // polls memory, like the cache-line ping-pong. Throughput compares with memcpy.
         "shm" if query.split('&').any(|kv| kv == "spin=0") => {
             if WANT_IOX {
-                &[RAW_EVENTFD, RAW_CACHELINE, RAW_MEMCPY, PEER_IOX]
+                &[
+                    RAW_EVENTFD,
+                    RAW_CACHELINE,
+                    RAW_SHMCOPY,
+                    RAW_MEMCPY,
+                    PEER_IOX,
+                ]
             } else {
-                &[RAW_EVENTFD, RAW_CACHELINE, RAW_MEMCPY]
+                &[RAW_EVENTFD, RAW_CACHELINE, RAW_SHMCOPY, RAW_MEMCPY]
             }
         }
-        "shm" if WANT_IOX => &[RAW_CACHELINE, RAW_EVENTFD, RAW_UNIX, RAW_MEMCPY, PEER_IOX],
-        "shm" => &[RAW_CACHELINE, RAW_EVENTFD, RAW_UNIX, RAW_MEMCPY],
+        "shm" if WANT_IOX => &[
+            RAW_CACHELINE,
+            RAW_EVENTFD,
+            RAW_UNIX,
+            RAW_SHMCOPY,
+            RAW_MEMCPY,
+            PEER_IOX,
+        ],
+        "shm" => &[
+            RAW_CACHELINE,
+            RAW_EVENTFD,
+            RAW_UNIX,
+            RAW_SHMCOPY,
+            RAW_MEMCPY,
+        ],
         _ => &[],
     }
 }
@@ -200,7 +224,7 @@ fn baseline_exists(name: &str) -> bool {
     match name {
         RAW_TCP | RAW_MEMCPY => true,
         RAW_UNIX => cfg!(unix),
-        RAW_CACHELINE | RAW_EVENTFD => sys::HAS_SHM_BASELINES,
+        RAW_CACHELINE | RAW_EVENTFD | RAW_SHMCOPY => sys::HAS_SHM_BASELINES,
         PEER_IOX => cfg!(all(feature = "peer-iceoryx2", target_os = "linux")),
         _ => false,
     }
@@ -512,7 +536,7 @@ fn run_inner(args: BenchArgs) -> Result<i32, (i32, String)> {
     if !explicit {
         wanted_baselines = ALL_BASELINES.to_vec();
         if !chosen.iter().any(|s| s.transport.scheme() == "shm") {
-            wanted_baselines.retain(|b| *b != RAW_MEMCPY);
+            wanted_baselines.retain(|b| *b != RAW_MEMCPY && *b != RAW_SHMCOPY);
         }
         if !WANT_IOX {
             wanted_baselines.retain(|b| *b != PEER_IOX);
@@ -530,7 +554,7 @@ fn run_inner(args: BenchArgs) -> Result<i32, (i32, String)> {
         }
         if b == RAW_CACHELINE || b == RAW_EVENTFD {
             cells.push(Cell::Raw { name: b, size: 64 });
-        } else if b == RAW_MEMCPY {
+        } else if b == RAW_MEMCPY || b == RAW_SHMCOPY {
             // Copy bandwidth bounds bulk transfers only; small messages are bound by wake-ups.
             for &size in sizes.iter().filter(|&&s| s >= MEMCPY_MIN_SIZE) {
                 cells.push(Cell::Raw { name: b, size });
@@ -610,6 +634,9 @@ fn run_inner(args: BenchArgs) -> Result<i32, (i32, String)> {
                 None,
                 Some(raw::memcpy(*size, timing.warmup, timing.duration)),
             )),
+            Cell::Raw { name, size } if *name == RAW_SHMCOPY => {
+                shmcopy_baseline(*size, peer_cpu, timing)
+            }
             Cell::Raw { name, size } if *name == PEER_IOX => iox_baseline(*size, peer_cpu, timing),
             Cell::Raw { name, size } => {
                 let path = names.socket_path();
@@ -736,6 +763,22 @@ fn shm_baseline(
     #[cfg(not(target_os = "linux"))]
     {
         let _ = (spin, cpu, t);
+        Err("shared-memory baselines are Linux only".into())
+    }
+}
+
+fn shmcopy_baseline(
+    size: usize,
+    cpu: Option<usize>,
+    t: Timing,
+) -> Result<(Option<Rtt>, Option<Throughput>), String> {
+    #[cfg(target_os = "linux")]
+    {
+        sys::shmcopy_baseline(size, cpu, t.warmup, t.duration).map(|r| (None, Some(r)))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (size, cpu, t);
         Err("shared-memory baselines are Linux only".into())
     }
 }

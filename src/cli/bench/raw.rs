@@ -8,7 +8,7 @@
 
 use super::{
     measure::{Rtt, Sampler, Throughput, Timing},
-    peer::pattern,
+    peer::{pattern, payload_ok},
 };
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
@@ -54,7 +54,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(s: S, size: usize) -> Resu
                 .map_err(|e| format!("raw peer write: {e}"))?;
         } else {
             count += 1;
-            if buf[4..] != expected[..] {
+            if !payload_ok(&buf[4..], &expected) {
                 bad += 1;
             }
         }

@@ -7,8 +7,13 @@
 //!   cache line. The 64-byte payload is copied through two further lines of the mapping.
 //! - `raw-eventfd`: the same payload exchange, but each side sleeps in `poll` on an eventfd
 //!   the other side signals: the floor for any shared-memory transport that parks its reader.
+//! - `raw-shmcopy`: one-way bulk throughput through a shared ring in a memfd mapping (the shm
+//!   transport's default 4 MiB, or four messages if more): the parent copies each message in,
+//!   the peer copies it out into its own buffer and checks it as every throughput row does.
+//!   Busy-polled indices, no framing, no wake-ups: the least a shared-memory transport that
+//!   copies in and out must do, on this machine's caches and cores.
 //!
-//! Both baselines pass their fds to the peer by inheritance (created without `CLOEXEC`, their
+//! All three baselines pass their fds to the peer by inheritance (created without `CLOEXEC`, their
 //! numbers given in the peer's spec). Every wait has a deadline, so a dead peer is an error,
 //! never a hang. Linux only; other platforms skip them with a note.
 
@@ -49,10 +54,16 @@ pub fn eventfd_peer(_mem: i32, _ping: i32, _pong: i32, _deadline: Instant) -> Re
     Err("raw-eventfd is Linux only".into())
 }
 
+/// Unavailable here.
+#[cfg(not(target_os = "linux"))]
+pub fn shmcopy_peer(_mem: i32, _size: usize, _deadline: Instant) -> Result<(), String> {
+    Err("raw-shmcopy is Linux only".into())
+}
+
 #[cfg(target_os = "linux")]
 mod linux {
     use super::super::{
-        measure::{Rtt, Sampler},
+        measure::{Rtt, Sampler, Throughput},
         peer::{Job, PeerSpec},
     };
     use rustix::{
@@ -105,16 +116,28 @@ mod linux {
     /// A shared read-write mapping of a memfd, unmapped on drop.
     struct Shared {
         ptr: *mut u8,
+        len: usize,
     }
 
     impl Shared {
-        fn map(fd: impl AsFd) -> Result<Shared, String> {
-            // SAFETY: a fresh shared mapping of MAP_LEN bytes of a memfd at least that long;
-            // the kernel chooses the address, so no existing memory is affected.
+        /// Maps the first `len` bytes of `fd`, which must be at least that long (checked:
+        /// touching a page past the end of a memfd would raise SIGBUS).
+        fn map(fd: impl AsFd, len: usize) -> Result<Shared, String> {
+            let have = rustix::fs::fstat(&fd)
+                .map_err(|e| format!("fstat: {e}"))?
+                .st_size;
+            if u64::try_from(have).map_or(true, |have| have < len as u64) {
+                return Err(format!(
+                    "the shared memfd holds {have} bytes, {len} are needed"
+                ));
+            }
+            // SAFETY: a fresh shared mapping of `len` bytes of a memfd at least that long
+            // (checked above); the kernel chooses the address, so no existing memory is
+            // affected.
             let ptr = unsafe {
                 mmap(
                     std::ptr::null_mut(),
-                    MAP_LEN,
+                    len,
                     ProtFlags::READ | ProtFlags::WRITE,
                     MapFlags::SHARED,
                     fd,
@@ -122,11 +145,17 @@ mod linux {
                 )
             }
             .map_err(|e| format!("mmap: {e}"))?;
-            Ok(Shared { ptr: ptr.cast() })
+            Ok(Shared {
+                ptr: ptr.cast(),
+                len,
+            })
         }
 
         fn atomic(&self, off: usize) -> &AtomicU64 {
-            debug_assert!(off + 8 <= MAP_LEN && off % 8 == 0);
+            assert!(
+                off + 8 <= self.len && off % 8 == 0,
+                "atomic outside the mapping"
+            );
             // SAFETY: `off` is 8-aligned inside the page-aligned mapping, which lives as long
             // as `self`; both processes access these words only atomically.
             unsafe { &*(self.ptr.add(off) as *const AtomicU64) }
@@ -156,21 +185,45 @@ mod linux {
             // SAFETY: the range lies inside the mapping; exclusivity as for `copy`.
             unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(from), out.as_mut_ptr(), n) }
         }
+
+        /// Copies `data` into the mapping at `to` (any length; range checked). Exclusivity as
+        /// for `copy`.
+        fn copy_in(&self, to: usize, data: &[u8]) {
+            assert!(
+                to <= self.len && data.len() <= self.len - to,
+                "copy outside the mapping"
+            );
+            // SAFETY: the range lies inside the mapping (asserted); exclusivity as for `copy`.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(to), data.len()) }
+        }
+
+        /// Copies `out.len()` bytes of the mapping at `from` into `out` (range checked).
+        /// Exclusivity as for `copy`.
+        fn copy_out(&self, from: usize, out: &mut [u8]) {
+            assert!(
+                from <= self.len && out.len() <= self.len - from,
+                "copy outside the mapping"
+            );
+            // SAFETY: the range lies inside the mapping (asserted); exclusivity as for `copy`.
+            unsafe {
+                std::ptr::copy_nonoverlapping(self.ptr.add(from), out.as_mut_ptr(), out.len())
+            }
+        }
     }
 
     impl Drop for Shared {
         fn drop(&mut self) {
             // SAFETY: unmaps exactly the mapping made in `map`; no reference into it outlives
             // `self` (`atomic` borrows from `self`).
-            let _ = unsafe { munmap(self.ptr.cast(), MAP_LEN) };
+            let _ = unsafe { munmap(self.ptr.cast(), self.len) };
         }
     }
 
-    fn new_memfd() -> Result<OwnedFd, String> {
+    fn new_memfd(len: usize) -> Result<OwnedFd, String> {
         // No CLOEXEC: the peer inherits it.
         let fd = memfd_create("ductwork-bench", MemfdFlags::empty())
             .map_err(|e| format!("memfd_create: {e}"))?;
-        ftruncate(&fd, MAP_LEN as u64).map_err(|e| format!("ftruncate: {e}"))?;
+        ftruncate(&fd, len as u64).map_err(|e| format!("ftruncate: {e}"))?;
         Ok(fd)
     }
 
@@ -199,10 +252,15 @@ mod linux {
         }
     }
 
-    fn spawn(job: Job, cpu: Option<usize>, limit: Duration) -> Result<KillOnDrop, String> {
+    fn spawn(
+        job: Job,
+        size: usize,
+        cpu: Option<usize>,
+        limit: Duration,
+    ) -> Result<KillOnDrop, String> {
         let spec = PeerSpec {
             job,
-            size: SHM_PAYLOAD,
+            size,
             cpu,
             deadline_ms: limit.as_millis() as u64,
         };
@@ -222,9 +280,14 @@ mod linux {
     /// Spins (yielding now and then, so a peer pinned to the same CPU can run) until `word`
     /// equals `want`, or fails after [`STALL`] or at `deadline`.
     fn spin_until(word: &AtomicU64, want: u64, deadline: Option<Instant>) -> Result<(), String> {
+        spin_while(|| word.load(Ordering::Acquire) != want, deadline)
+    }
+
+    /// Spins as [`spin_until`] does while `busy` returns true.
+    fn spin_while(mut busy: impl FnMut() -> bool, deadline: Option<Instant>) -> Result<(), String> {
         let start = Instant::now();
         let mut spins = 0u32;
-        while word.load(Ordering::Acquire) != want {
+        while busy() {
             std::hint::spin_loop();
             spins += 1;
             if spins % 1024 == 0 {
@@ -270,8 +333,8 @@ mod linux {
         warmup: Duration,
         dur: Duration,
     ) -> Result<Rtt, String> {
-        let mem = new_memfd()?;
-        let shared = Shared::map(&mem)?;
+        let mem = new_memfd(MAP_LEN)?;
+        let shared = Shared::map(&mem, MAP_LEN)?;
         let limit = (warmup + dur) * 2 + STALL * 2;
         let efds = if spin {
             None
@@ -290,7 +353,7 @@ mod linux {
                 pong: pong.as_raw_fd(),
             },
         };
-        let _peer = spawn(job, cpu, limit)?;
+        let _peer = spawn(job, SHM_PAYLOAD, cpu, limit)?;
         let mut payload = super::super::peer::pattern(SHM_PAYLOAD);
         let mut back = vec![0u8; SHM_PAYLOAD];
         let mut sampler = Sampler::new();
@@ -332,7 +395,7 @@ mod linux {
     /// Peer side of `raw-cacheline`.
     pub fn cacheline_peer(mem: i32, deadline: Instant) -> Result<(), String> {
         let mem = inherited(mem)?;
-        let shared = Shared::map(&mem)?;
+        let shared = Shared::map(&mem, MAP_LEN)?;
         let mut seq = 0u64;
         loop {
             seq += 1;
@@ -354,7 +417,7 @@ mod linux {
         let mem = inherited(mem)?;
         let ping = inherited(ping)?;
         let pong = inherited(pong)?;
-        let shared = Shared::map(&mem)?;
+        let shared = Shared::map(&mem, MAP_LEN)?;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -365,6 +428,105 @@ mod linux {
             shared.copy(REQ, REPLY);
             shared.atomic(PONG).store(seq, Ordering::Release);
             signal(&pong)?;
+        }
+    }
+
+    /// `raw-shmcopy` header: the parent's count of messages written, the peer's count read
+    /// and its count of wrong payloads, each on its own 128-byte line.
+    const COPY_WRITE: usize = 0;
+    const COPY_READ: usize = 128;
+    const COPY_BAD: usize = 256;
+    /// Where the slots start.
+    const COPY_DATA: usize = 4096;
+
+    /// The `raw-shmcopy` ring for `size`-byte messages: (slot length, slots, mapping length).
+    /// At least the shm transport's default capacity, and room for four messages.
+    fn copy_geometry(size: usize) -> (usize, u64, usize) {
+        let slot = size.max(1).div_ceil(128) * 128;
+        let cap = ductwork_transports::shm::DEFAULT_CAPACITY.max(4 * slot);
+        let slots = cap / slot;
+        (slot, slots as u64, COPY_DATA + slots * slot)
+    }
+
+    /// Parent side of `raw-shmcopy`: warm up, then copy `size`-byte messages into the ring
+    /// for `dur`; the phase ends when the peer has copied the last one out.
+    pub fn shmcopy_baseline(
+        size: usize,
+        cpu: Option<usize>,
+        warmup: Duration,
+        dur: Duration,
+    ) -> Result<Throughput, String> {
+        let (slot, slots, len) = copy_geometry(size);
+        let mem = new_memfd(len)?;
+        let shared = Shared::map(&mem, len)?;
+        let limit = (warmup + dur) * 2 + STALL * 2;
+        let _peer = spawn(
+            Job::ShmCopy {
+                mem: mem.as_raw_fd(),
+            },
+            size,
+            cpu,
+            limit,
+        )?;
+        let payload = super::super::peer::pattern(size);
+        let mut written = 0u64;
+        let mut result = None;
+        for measuring in [false, true] {
+            let phase = if measuring { dur } else { warmup };
+            let first = written;
+            let start = Instant::now();
+            while start.elapsed() < phase || written == first {
+                let w = written;
+                spin_while(
+                    || w - shared.atomic(COPY_READ).load(Ordering::Acquire) >= slots,
+                    None,
+                )?;
+                shared.copy_in(COPY_DATA + (w % slots) as usize * slot, &payload);
+                written += 1;
+                shared.atomic(COPY_WRITE).store(written, Ordering::Release);
+            }
+            spin_while(
+                || shared.atomic(COPY_READ).load(Ordering::Acquire) != written,
+                None,
+            )?;
+            if measuring {
+                let n = written - first;
+                result = Some(Throughput::new(n, n, size, start.elapsed()));
+            }
+        }
+        match shared.atomic(COPY_BAD).load(Ordering::Acquire) {
+            0 => result.ok_or_else(|| "nothing was measured".to_string()),
+            bad => Err(format!("the peer found {bad} wrong payloads")),
+        }
+    }
+
+    /// Peer side of `raw-shmcopy`: copy each message out, check it, release its slot.
+    pub fn shmcopy_peer(mem: i32, size: usize, deadline: Instant) -> Result<(), String> {
+        let (slot, slots, len) = copy_geometry(size);
+        let mem = inherited(mem)?;
+        let shared = Shared::map(&mem, len)?;
+        let expected = super::super::peer::pattern(size);
+        let mut buf = vec![0u8; size];
+        let mut read = 0u64;
+        loop {
+            // The parent may pause between phases; only the deadline ends the wait.
+            loop {
+                let r = read;
+                match spin_while(
+                    || shared.atomic(COPY_WRITE).load(Ordering::Acquire) == r,
+                    Some(deadline),
+                ) {
+                    Ok(()) => break,
+                    Err(_) if Instant::now() < deadline => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            shared.copy_out(COPY_DATA + (read % slots) as usize * slot, &mut buf);
+            read += 1;
+            shared.atomic(COPY_READ).store(read, Ordering::Release);
+            if !super::super::peer::payload_ok(&buf, &expected) {
+                shared.atomic(COPY_BAD).fetch_add(1, Ordering::Release);
+            }
         }
     }
 }
