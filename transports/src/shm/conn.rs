@@ -380,7 +380,7 @@ impl ShmConnection {
             format!(
                 "message of {len} bytes exceeds the limit of {max} bytes (ring capacity {} \
                  bytes; raise it with ?capacity=)",
-                self.tx.max_message() + super::ring::RECORD_HEADER
+                self.tx.capacity()
             ),
         )
     }
