@@ -580,9 +580,8 @@ impl Producer {
     pub(crate) fn consumer_needs_wake(&mut self) -> bool {
         // Dekker: our SeqCst store of a header word (or `tx_closed`) precedes this SeqCst load;
         // the consumer's SeqCst store of `rx_park` precedes its SeqCst re-check of the header
-        // word at its position. In the
-        // single total order of these four operations at least one of us sees the other's
-        // store, so no wake-up is lost.
+        // word at its position. In the single total order of these four operations at least
+        // one of us sees the other's store, so no wake-up is lost.
         let park = self.mem.word(OFF_RX_PARK).load(Ordering::SeqCst);
         if park % 2 == 1 && park != self.rang {
             self.rang = park;
