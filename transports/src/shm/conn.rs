@@ -171,7 +171,7 @@ enum Pending {
 
 /// Typed messages up to this long are encoded on the stack and then copied into the ring
 /// (see `send_small`); longer ones are encoded straight into the ring.
-const SMALL_SEND: usize = 256;
+const SMALL_SEND: usize = 128;
 
 /// Messages at least this long are copied out into the reused `rx_pool` buffer; smaller ones
 /// into an exact-size allocation (cheap at that size, and a small frame the application keeps

@@ -54,8 +54,8 @@
 //!
 //! Cache lines (a performance matter only; nothing depends on it for correctness): a
 //! waiting consumer loads the header word and prefetches the next 64-byte line, and a
-//! producer writes a small record's bytes past the header's line first and the header's
-//! line (payload head, then header word) last. So a record of up to two lines reaches the
+//! producer writes a record that spans the header's line and the next one tail first: the
+//! bytes in the next line, then the header's line (payload head, then header word). So a record of up to two lines reaches the
 //! consumer in about one cache-line transfer, the producer's writes are not interrupted by
 //! the consumer pulling a line back, and the consumer needs no other shared line per
 //! message (the parking and closing words stay cached; `read` is loaded by the producer only
@@ -653,20 +653,27 @@ impl Slot<'_> {
     /// Copies the payload in, which must be exactly the reserved length (else nothing is
     /// written and `false` is returned); then call [`publish`](Self::publish).
     ///
-    /// The bytes past the cache line that holds the header word are written first, the head
-    /// of the payload last: the consumer spins on the header's line and prefetches the next
-    /// one (see [`Consumer::has_message`]), so each line changes hands once, complete,
-    /// instead of being pulled back by the consumer between our stores to it.
+    /// A record that spans the header's cache line and the next one has the bytes in the
+    /// next line written first, the head of the payload last: the consumer spins on the
+    /// header's line and prefetches the next one (see [`Consumer::has_message`]), so each
+    /// line changes hands once, complete, instead of being pulled back by the consumer
+    /// between our stores to it. Other records are copied in one go (the split costs a
+    /// second copy call, worth it only when it saves the consumer a cache-line transfer).
     pub(crate) fn fill(&mut self, msg: &[u8]) -> bool {
         if msg.len() != self.len {
             return false;
         }
         let pos = self.payload_pos();
-        let line_end = (self.producer.write / CACHE_LINE + 1) * CACHE_LINE;
-        let head = (line_end - pos).min(msg.len() as u64) as usize;
         let mem = &self.producer.mem;
-        mem.copy_in(pos + head as u64, &msg[head..]);
-        mem.copy_in(pos, &msg[..head]);
+        let line_end = (self.producer.write / CACHE_LINE + 1) * CACHE_LINE;
+        let end = pos + msg.len() as u64;
+        if end > line_end && end <= line_end + CACHE_LINE {
+            let head = (line_end - pos) as usize;
+            mem.copy_in(line_end, &msg[head..]);
+            mem.copy_in(pos, &msg[..head]);
+        } else {
+            mem.copy_in(pos, msg);
+        }
         true
     }
 
