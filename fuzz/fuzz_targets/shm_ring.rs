@@ -1,5 +1,6 @@
 //! Fuzzes the shared-memory ring reader and writer: the input becomes a ring's header words
-//! (write/read indices, close flag) and data area, as a hostile peer could leave them. Any
+//! (read index, close flag) and data area (record headers and payload), as a hostile peer
+//! could leave them. Any
 //! outcome but a panic, an out-of-bounds access or an allocation beyond the ring is fine.
 #![no_main]
 

@@ -1,7 +1,8 @@
 //! Behaviour specific to `shm://` (Linux), beyond the conformance suite:
 //!
 //! - a raw client in another process that does the set-up by hand, maps the segment and
-//!   scribbles on the ring (bad indices, bad lengths) makes the survivor's connection fail
+//!   scribbles on the ring (bad record headers, bad lengths, a bad read index) makes the
+//!   survivor's connection fail
 //!   with `Protocol` / `FrameTooLarge`, never a panic, and the listener keeps serving;
 //! - a full ring makes `send` wait (backpressure) until the receiver reads;
 //! - a sender waiting for space when the peer is killed gets `ConnectionLost`;
@@ -141,9 +142,16 @@ impl RawClient {
         unsafe { std::ptr::write_volatile(self.base.add(off).cast::<u64>(), v) }
     }
 
-    fn put_bytes(&self, off: usize, b: &[u8]) {
-        // SAFETY: as above.
-        unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), self.base.add(off), b.len()) }
+    /// A record header word as the layout documents it: `len | stamp << 32`, the stamp
+    /// derived from the record's absolute position.
+    fn header_word(pos: u64, len: u32) -> u64 {
+        let stamp = ((pos / 8) as u32) ^ 0x5354_4d50;
+        len as u64 | (stamp as u64) << 32
+    }
+
+    /// Stores the header word at the first record position of ring B (client to server).
+    fn put_first_header(&self, word: u64) {
+        self.put_u64(self.ring_b() + 512, word);
     }
 
     /// Rings the server's data doorbell.
@@ -168,30 +176,29 @@ fn child() {
         {}
     };
     match mode.as_str() {
-        "bad-write-index" => {
+        "bad-header" => {
             let c = RawClient::connect(&name);
-            c.put_u64(c.ring_b(), 12345);
+            c.put_first_header(12345);
             c.ring_server();
             wait_stdin();
         }
-        "write-index-beyond-capacity" => {
+        "header-for-the-next-lap" => {
             let c = RawClient::connect(&name);
-            c.put_u64(c.ring_b(), (c.cap as u64) * 3);
+            // A well-formed record, but stamped for position C, not 0.
+            c.put_first_header(RawClient::header_word(c.cap as u64, 5));
             c.ring_server();
             wait_stdin();
         }
-        "bad-length" => {
+        "unstamped-record" => {
             let c = RawClient::connect(&name);
-            // A record claiming 100 bytes, of which only 8 are published.
-            c.put_bytes(c.ring_b() + 512, &100u32.to_le_bytes());
-            c.put_u64(c.ring_b(), 16);
+            // A record header of the previous layout: length 100, zero high word.
+            c.put_first_header(100);
             c.ring_server();
             wait_stdin();
         }
         "huge-length" => {
             let c = RawClient::connect(&name);
-            c.put_bytes(c.ring_b() + 512, &0x7fff_fff0u32.to_le_bytes());
-            c.put_u64(c.ring_b(), 16);
+            c.put_first_header(RawClient::header_word(0, 0x7fff_fff0));
             c.ring_server();
             wait_stdin();
         }
@@ -246,14 +253,14 @@ fn garbage_case(mode: &str, expect: ErrorKind) {
 }
 
 #[test]
-fn garbage_write_index_from_peer_is_protocol() {
-    garbage_case("bad-write-index", ErrorKind::Protocol);
-    garbage_case("write-index-beyond-capacity", ErrorKind::Protocol);
+fn garbage_record_header_from_peer_is_protocol() {
+    garbage_case("bad-header", ErrorKind::Protocol);
+    garbage_case("header-for-the-next-lap", ErrorKind::Protocol);
 }
 
 #[test]
-fn garbage_record_length_from_peer_is_protocol() {
-    garbage_case("bad-length", ErrorKind::Protocol);
+fn unstamped_record_from_peer_is_protocol() {
+    garbage_case("unstamped-record", ErrorKind::Protocol);
 }
 
 #[test]
@@ -380,7 +387,7 @@ fn over_the_ring_is_frame_too_large_naming_the_capacity() {
         let ep = format!("shm://{}?capacity=8KiB", name("too-large"));
         let (_l, mut server, mut client) = pair(&ep).await;
         let max = client.info().capabilities.max_message;
-        assert_eq!(max, 8192 - 8);
+        assert_eq!(max, 8192 - 16);
         let e = client
             .send(Bytes::from(vec![0u8; max + 1]))
             .await

@@ -10,7 +10,7 @@
 //! # Behaviour
 //! - **Duplex, reliable, ordered, message boundaries kept**, one host.
 //! - **Size limit.** A message must fit in the ring: `max_message` = the smaller of
-//!   `max_frame` and `capacity - 8`. A larger send fails with `FrameTooLarge` (naming the
+//!   `max_frame` and `capacity - 16`. A larger send fails with `FrameTooLarge` (naming the
 //!   capacity) and the connection stays usable. Messages are not chunked.
 //! - **Copies.** A typed send whose record fits in the ring right away is encoded straight
 //!   into the ring (one pass over the payload); one that must wait for space is encoded into
@@ -238,7 +238,7 @@ mod tests {
         let c = Config::from_endpoint(&ep).unwrap();
         assert_eq!(c.capacity, 65536);
         assert_eq!(c.spin, Duration::from_micros(2));
-        assert_eq!(Shm.capabilities(&ep).unwrap().max_message, 65536 - 8);
+        assert_eq!(Shm.capabilities(&ep).unwrap().max_message, 65536 - 16);
         let ep = Endpoint::parse("shm://a?max_frame=1000").unwrap();
         assert_eq!(Shm.capabilities(&ep).unwrap().max_message, 1000);
         let ep = Endpoint::parse("shm://a").unwrap();

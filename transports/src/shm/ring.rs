@@ -7,7 +7,7 @@
 //! # Segment layout (all integers little-endian, all offsets from the start of the mapping)
 //!
 //! ```text
-//! 0      segment header, 128 B: magic "DWSHMv1\n" (u64), capacity C (u64), zero padding
+//! 0      segment header, 128 B: magic "DWSHMv2\n" (u64), capacity C (u64), zero padding
 //! 128    ring A (server -> client): ring header, 512 B, then C data bytes
 //! 640+C  ring B (client -> server): ring header, 512 B, then C data bytes
 //! total  128 + 2 * (512 + C)             C is a multiple of 128, 4 KiB <= C <= 1 GiB
@@ -17,8 +17,8 @@
 //! does not make the two sides share a line). Every field is written by exactly one side:
 //!
 //! ```text
-//! +0    write: u64      producer  bytes ever published (monotonic; position = write % C)
-//! +128  read: u64       consumer  bytes ever consumed  (monotonic; read <= write <= read + C)
+//! +0    reserved: u64   (was `write` in layout v1; unused, left zero)
+//! +128  read: u64       consumer  bytes ever consumed (monotonic; position = read % C)
 //! +256  rx_park: u64    consumer  odd while the consumer is parked waiting for data
 //!       rx_closed: u64  consumer  non-zero: the consumer is gone, sends fail with Closed
 //! +384  tx_wait: u64    producer  odd while the producer is parked waiting for space
@@ -26,24 +26,54 @@
 //!                                 non-zero value: the producer went away uncleanly
 //! ```
 //!
-//! `write` and `read` change per message and sit alone on their lines; the parking and
-//! closing words change rarely, so reading them on every message stays a cache hit.
+//! `read` changes per message and sits alone on its line; the parking and closing words
+//! change rarely, so reading them on every message stays a cache hit.
 //!
-//! A message is a record at an 8-aligned position: `len: u32`, `reserved: u32` (zero), then
-//! `len` payload bytes, padded with zeros to a multiple of 8. A record that does not fit
-//! before the end of the data area is split: its payload continues at offset 0 (the 8-byte
-//! header never splits, since C and positions are multiples of 8). So any record up to C
-//! bytes fits into an empty ring, and the largest message is C - 8 bytes.
+//! # Records
+//! A message is a record at an 8-aligned position: an 8-byte header word, then `len` payload
+//! bytes, padded with zeros to a multiple of 8. A record that does not fit before the end of
+//! the data area is split: its payload continues at offset 0 (the header word never splits,
+//! since C and positions are multiples of 8).
+//!
+//! The header word is `len | stamp << 32` (`len: u32` low, `stamp: u32` high), where the
+//! stamp is derived from the record's absolute position `pos` (bytes ever published before
+//! it): `stamp = (pos / 8) as u32 ^ 0x5354_4d50`. The producer writes it *last*, with one
+//! atomic store, after payload and padding: the header word doubles as the "published" flag,
+//! so a consumer waiting for a message spins on the line that also carries the message's
+//! first bytes (one cache-line transfer per message instead of two: a separate `write`
+//! index, then the record). The word `EMPTY = u64::MAX` (an impossible length) means "no
+//! record here yet".
+//!
+//! Before publishing a record that ends at position `p`, the producer stores `EMPTY` at `p`,
+//! the next header slot. That slot therefore never holds stale bytes from an earlier lap
+//! (which may be payload, and payload could imitate a header for a predictable position);
+//! the creator of a segment writes `EMPTY` at position 0 of both rings. The slot must be
+//! free, so a record of `r` bytes fits only if `write + r + 8 <= read + C` (`write` is the
+//! producer's private count of bytes published): one word of slack, and the largest message
+//! is C - 16 bytes (its record is C - 8 bytes).
+//!
+//! Cache lines (a performance matter only; nothing depends on it for correctness): a
+//! waiting consumer loads the header word and prefetches the next 64-byte line, and a
+//! producer writes a record that spans the header's line and the next one tail first: the
+//! bytes in the next line, then the header's line (payload head, then header word). So a record of up to two lines reaches the
+//! consumer in about one cache-line transfer, the producer's writes are not interrupted by
+//! the consumer pulling a line back, and the consumer needs no other shared line per
+//! message (the parking and closing words stay cached; `read` is loaded by the producer only
+//! when its cached value says the ring is full).
 //!
 //! # Trust
 //! The peer can write anything anywhere in the mapping at any time. Each side therefore
-//! keeps its own index privately and only *reads* the peer's index, checking it before use:
-//! `write` must be 8-aligned, never move back and satisfy `read <= write <= read + C`; `read`
-//! must be 8-aligned, never move back and satisfy `write - C <= read <= write`; a record length must fit in the published bytes.
-//! A violation is `RingError::Corrupt` (the connection fails with `Protocol`), never a
-//! panic or an out-of-bounds access. Payload bytes are copied out with raw pointer copies
-//! before anyone looks at them (no reference into shared memory is ever formed), so a peer
-//! that scribbles on a message while we copy it can only garble its own message.
+//! keeps its own index privately and only *reads* what the peer wrote, checking it before
+//! use. The producer checks the consumer's `read`: 8-aligned, never moving back, and
+//! `write - C <= read <= write`. The consumer checks the header word at its position: an
+//! honest producer leaves only `EMPTY` or a header stamped for that position there, so any
+//! other value is corruption; the length must be within the consumer's limit and its record
+//! (plus the slack word) must fit in C. A violation is `RingError::Corrupt` (the connection
+//! fails with `Protocol`), never a panic or an out-of-bounds access. Payload bytes are copied
+//! out with raw pointer copies before anyone looks at them (no reference into shared memory
+//! is ever formed), so a peer that scribbles on a message while we copy it can only garble
+//! its own message. The stamp is an integrity check, not a defence: a hostile peer can write
+//! well-stamped headers too, and can only harm its own connection by it.
 //!
 //! # Wake-ups (eventcount)
 //! A consumer that finds the ring empty *announces* parking (`rx_park` to an odd value),
@@ -53,11 +83,16 @@
 //! same scheme runs in the other direction for a producer waiting for space (`tx_wait`).
 //! This is the Dekker pattern: each side stores its word, then loads the other's, both with
 //! `SeqCst` ordering, so the two stores and loads fall into one total order and at least one
-//! side sees the other's store: either the consumer's re-check sees the message, or the
-//! producer sees the announcement. (`SeqCst` also gives the Acquire/Release pairing the data
-//! needs: a store of `write` publishes the record bytes before it, a store of `read` releases
-//! the bytes before it for reuse. On x86 a `SeqCst` store is one `xchg`, cheaper than a
-//! store plus `mfence`; loads cost the same as Acquire loads.)
+//! side sees the other's store: either the consumer's re-check (a load of the header word at
+//! its position) sees the message, or the producer sees the announcement. (`SeqCst` also
+//! gives the Acquire/Release pairing the data needs: the store of a header word publishes
+//! the record bytes and the `EMPTY` word before it, a store of `read` releases the bytes
+//! before it for reuse. On x86 a `SeqCst` store is one `xchg`, cheaper than a store plus
+//! `mfence`; loads cost the same as Acquire loads.)
+//!
+//! Closing: the producer stores `tx_closed` after its last header word. A consumer that finds
+//! `EMPTY` at its position and `tx_closed` set looks at its position once more before
+//! reporting the close, so every message published before the close is delivered.
 
 use std::{
     mem::MaybeUninit,
@@ -74,16 +109,25 @@ pub(crate) const LINE: usize = 128;
 pub(crate) const SEGMENT_HEADER: usize = LINE;
 /// Size of one ring header.
 pub(crate) const RING_HEADER: usize = 4 * LINE;
-/// Size of a record header (length + reserved).
+/// Size of a record header word (length + stamp).
 pub(crate) const RECORD_HEADER: usize = 8;
+/// The header word of a slot that holds no record (yet): an impossible length.
+const EMPTY: u64 = u64::MAX;
+/// The cache-line size the write order and the consumer's prefetch assume (a hint only:
+/// correctness does not depend on it).
+const CACHE_LINE: u64 = 64;
+/// Mixed into every stamp, so that a zeroed word is not a valid header at position 0.
+const STAMP_SALT: u32 = 0x5354_4d50;
 /// The smallest ring capacity.
 pub(crate) const MIN_CAPACITY: usize = 4096;
 /// The largest ring capacity.
 pub(crate) const MAX_CAPACITY: usize = 1 << 30;
 /// The segment magic.
-pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"DWSHMv1\n");
+pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"DWSHMv2\n");
+/// The magic of the previous layout (a separate `write` index, no stamps), to name it in
+/// the error.
+const MAGIC_V1: u64 = u64::from_le_bytes(*b"DWSHMv1\n");
 
-const OFF_WRITE: usize = 0;
 const OFF_READ: usize = LINE;
 const OFF_RX_PARK: usize = 2 * LINE;
 const OFF_RX_CLOSED: usize = 2 * LINE + 8;
@@ -114,9 +158,21 @@ pub(crate) fn valid_capacity(requested: usize) -> Result<usize, String> {
     Ok(requested.div_ceil(LINE) * LINE)
 }
 
-/// The largest message a ring of `capacity` bytes carries.
+/// The largest message a ring of `capacity` bytes carries: its record (header word and
+/// payload) plus the `EMPTY` word after it fill the ring.
 pub(crate) fn max_message(capacity: usize) -> usize {
-    capacity - RECORD_HEADER
+    capacity - 2 * RECORD_HEADER
+}
+
+/// The stamp of a record at absolute position `pos`.
+fn stamp(pos: u64) -> u32 {
+    ((pos >> 3) as u32) ^ STAMP_SALT
+}
+
+/// The header word of a record of `len` payload bytes at absolute position `pos`.
+fn header_word(pos: u64, len: usize) -> u64 {
+    debug_assert!(len <= MAX_CAPACITY);
+    len as u64 | (stamp(pos) as u64) << 32
 }
 
 /// A mapping both processes share.
@@ -131,15 +187,27 @@ pub(crate) unsafe trait SharedRegion: Send + Sync + 'static {
     fn len(&self) -> usize;
 }
 
-/// Writes the segment header of a fresh (zeroed) segment.
+/// Writes the segment header of a fresh (zeroed) segment, and `EMPTY` at the first header
+/// slot of both rings (a consumer may look there before its producer exists).
 pub(crate) fn init_segment(region: &dyn SharedRegion, capacity: usize) {
-    assert!(region.len() >= segment_len(capacity), "segment too small");
-    // SAFETY: the region is at least SEGMENT_HEADER bytes long and 128-aligned (trait
-    // contract), so both u64 slots are in bounds and aligned; the atomics make concurrent
-    // access by the peer well-defined.
+    assert!(
+        region.len() >= segment_len(capacity) && capacity % LINE == 0,
+        "segment too small"
+    );
+    // SAFETY: the region is at least `segment_len(capacity)` bytes long and 128-aligned
+    // (trait contract, asserted length), so the two u64 slots of the segment header and the
+    // first word of each data area (at 128-aligned offsets below `segment_len(capacity)`)
+    // are in bounds and aligned; the atomics make concurrent access by the peer well-defined.
     unsafe {
-        AtomicU64::from_ptr(region.base().cast()).store(MAGIC, Ordering::Relaxed);
-        AtomicU64::from_ptr(region.base().add(8).cast()).store(capacity as u64, Ordering::Relaxed);
+        let base = region.base();
+        AtomicU64::from_ptr(base.cast()).store(MAGIC, Ordering::Relaxed);
+        AtomicU64::from_ptr(base.add(8).cast()).store(capacity as u64, Ordering::Relaxed);
+        for data in [
+            SEGMENT_HEADER + RING_HEADER,
+            SEGMENT_HEADER + 2 * RING_HEADER + capacity,
+        ] {
+            AtomicU64::from_ptr(base.add(data).cast()).store(EMPTY, Ordering::Relaxed);
+        }
     }
 }
 
@@ -156,9 +224,16 @@ pub(crate) fn check_segment(region: &dyn SharedRegion) -> Result<usize, String> 
             AtomicU64::from_ptr(region.base().add(8).cast()).load(Ordering::Relaxed),
         )
     };
+    if magic == MAGIC_V1 {
+        return Err(
+            "the shared segment has the older layout v1: the peer runs an older \
+                    ductwork; both sides need the same version (layout v2)"
+                .into(),
+        );
+    }
     if magic != MAGIC {
         return Err(
-            "the shared segment has a wrong magic number (not a ductwork v1 segment)".into(),
+            "the shared segment has a wrong magic number (not a ductwork v2 segment)".into(),
         );
     }
     let cap = usize::try_from(cap).map_err(|_| "capacity out of range".to_string())?;
@@ -284,17 +359,36 @@ impl RingMem {
         }
     }
 
-    /// Reads the 8 bytes at the 8-aligned ring position `pos` (see `write_word`).
-    fn read_word(&self, pos: u64) -> [u8; 8] {
+    /// The header slot at the 8-aligned ring position `pos`, as an atomic word.
+    fn slot(&self, pos: u64) -> &AtomicU64 {
         debug_assert!(pos % 8 == 0);
         let at = (pos % self.cap) as usize;
-        let mut word = [0u8; 8];
-        // SAFETY: as in `write_word`: `at + 8 <= cap`, inside the data area.
+        // SAFETY: `pos` is 8-aligned and `cap` a multiple of 8, so `at + 8 <= cap`: the word
+        // lies in the data area, inside the region that `self` keeps mapped for the returned
+        // lifetime; the data area is 128-aligned (region base 128-aligned, header and ring
+        // sizes multiples of 128), so `data + at` is 8-aligned. Header slots are accessed
+        // atomically while they can hold a header; the plain copies that reuse the bytes on
+        // a later lap are ordered after the consumer is done with them (by `read`). No
+        // reference to anything but the atomic is formed.
+        unsafe { AtomicU64::from_ptr(self.data.add(at).cast()) }
+    }
+
+    /// Hints the CPU to fetch the 64-byte cache line after the one holding ring position
+    /// `pos` (the first line of the data area after the last one). Not a memory access: no
+    /// effect on what any load or store sees, and a no-op where no prefetch hint is available.
+    #[inline]
+    fn prefetch_line_after(&self, pos: u64) {
+        let next = (pos % self.cap) / CACHE_LINE * CACHE_LINE + CACHE_LINE;
+        let at = if next >= self.cap { 0 } else { next as usize };
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `at < cap`, so the pointer lies in the data area; a prefetch is a hint that
+        // never faults and neither reads nor writes memory as far as the program can tell.
         unsafe {
-            let data = self.data;
-            ptr::copy_nonoverlapping(data.add(at), word.as_mut_ptr(), 8);
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            _mm_prefetch::<_MM_HINT_T0>(self.data.add(at).cast::<i8>().cast_const());
         }
-        word
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = at;
     }
 
     /// Copies `dst.len()` bytes from ring position `pos` to `dst` (which may be uninitialized
@@ -327,7 +421,7 @@ pub(crate) struct Record<'a> {
 }
 
 impl Record<'_> {
-    /// The payload length (checked: within the published bytes and the consumer's limit).
+    /// The payload length (checked: within the ring's capacity and the consumer's limit).
     pub(crate) fn len(&self) -> usize {
         self.len
     }
@@ -360,7 +454,8 @@ fn record_len(payload: usize) -> u64 {
 /// The sending end of one ring.
 pub(crate) struct Producer {
     mem: RingMem,
-    /// Our private copy of `write`: the shared one is only ever stored, never trusted back.
+    /// Bytes ever published (the position of the next record). Private: the consumer learns
+    /// of records from their header words.
     write: u64,
     /// The last `read` we loaded (and checked).
     read_cache: u64,
@@ -392,6 +487,11 @@ impl Producer {
         max_message(self.mem.cap as usize)
     }
 
+    /// The ring's capacity in bytes.
+    pub(crate) fn capacity(&self) -> usize {
+        self.mem.cap as usize
+    }
+
     /// Loads the consumer's `read` and checks it. SeqCst (at least Acquire): the consumer's
     /// store of `read` comes after it finished copying those bytes out, so once we see the new
     /// value we may overwrite them; SeqCst for the Dekker pairing with `producer_needs_wake`.
@@ -415,9 +515,10 @@ impl Producer {
         self.mem.word(OFF_RX_CLOSED).load(Ordering::SeqCst) != 0
     }
 
-    /// Whether a message of `len` bytes would fit now (reloads `read` if needed).
+    /// Whether a message of `len` bytes would fit now (reloads `read` if needed): its record
+    /// and the `EMPTY` word after it.
     pub(crate) fn has_space(&mut self, len: usize) -> Result<bool, RingError> {
-        let need = record_len(len);
+        let need = record_len(len) + RECORD_HEADER as u64;
         if self.mem.cap - self.write.wrapping_sub(self.read_cache) >= need {
             return Ok(true);
         }
@@ -430,8 +531,9 @@ impl Producer {
     pub(crate) fn try_push(&mut self, msg: &[u8]) -> Result<bool, RingError> {
         debug_assert!(msg.len() <= self.max_message());
         match self.reserve(msg.len())? {
-            Some(slot) => {
-                slot.mem().copy_in(slot.payload_pos(), msg);
+            Some(mut slot) => {
+                let filled = slot.fill(msg);
+                debug_assert!(filled, "reserved for msg.len()");
                 slot.publish();
                 Ok(true)
             }
@@ -440,10 +542,11 @@ impl Producer {
     }
 
     /// Claims room for a record of `len` payload bytes, if it fits now: `Ok(None)` when the
-    /// ring is full right now. The record's header and padding are written; the caller
-    /// writes the payload into [`Slot::regions`] and calls [`Slot::publish`]. A slot dropped
-    /// without `publish` publishes nothing (its bytes lie past `write`, which the consumer
-    /// never reads, and the next record overwrites them).
+    /// ring is full right now. The record's padding and the `EMPTY` word after it are
+    /// written; the caller writes the payload into [`Slot::regions`] and calls
+    /// [`Slot::publish`], which writes the header word. A slot dropped without `publish`
+    /// publishes nothing (the header slot at `write` still holds `EMPTY`, so the consumer
+    /// reads none of it, and the next record overwrites it).
     pub(crate) fn reserve(&mut self, len: usize) -> Result<Option<Slot<'_>>, RingError> {
         if self.peer_closed() {
             return Err(RingError::PeerClosed);
@@ -458,13 +561,15 @@ impl Producer {
             return Ok(None);
         }
         let rec = record_len(len);
-        let mut header = [0u8; RECORD_HEADER];
-        header[..4].copy_from_slice(&(len as u32).to_le_bytes());
-        self.mem.write_word(self.write, header);
         if rec > (RECORD_HEADER + len) as u64 {
             // Zero the record's last word (its padding) before the payload fills its head.
             self.mem.write_word(self.write + rec - 8, [0; 8]);
         }
+        // The next header slot (free: `has_space` counted it) says "nothing here" before the
+        // header word publishes this record, whose store orders it (Release) for the consumer.
+        self.mem
+            .slot(self.write.wrapping_add(rec))
+            .store(EMPTY, Ordering::Relaxed);
         Ok(Some(Slot {
             producer: self,
             len,
@@ -473,10 +578,10 @@ impl Producer {
     /// After publishing: whether the consumer announced parking and must be woken. Call it
     /// after `try_push` or `close`; ring the doorbell when it returns true.
     pub(crate) fn consumer_needs_wake(&mut self) -> bool {
-        // Dekker: our SeqCst store of `write` (or `tx_closed`) precedes this SeqCst load; the
-        // consumer's SeqCst store of `rx_park` precedes its SeqCst re-check of `write`. In the
-        // single total order of these four operations at least one of us sees the other's
-        // store, so no wake-up is lost.
+        // Dekker: our SeqCst store of a header word (or `tx_closed`) precedes this SeqCst load;
+        // the consumer's SeqCst store of `rx_park` precedes its SeqCst re-check of the header
+        // word at its position. In the single total order of these four operations at least
+        // one of us sees the other's store, so no wake-up is lost.
         let park = self.mem.word(OFF_RX_PARK).load(Ordering::SeqCst);
         if park % 2 == 1 && park != self.rang {
             self.rang = park;
@@ -540,13 +645,36 @@ pub(crate) struct Slot<'a> {
 }
 
 impl Slot<'_> {
-    fn mem(&self) -> &RingMem {
-        &self.producer.mem
-    }
-
     /// The ring position of the payload's first byte.
     fn payload_pos(&self) -> u64 {
         self.producer.write + RECORD_HEADER as u64
+    }
+
+    /// Copies the payload in, which must be exactly the reserved length (else nothing is
+    /// written and `false` is returned); then call [`publish`](Self::publish).
+    ///
+    /// A record that spans the header's cache line and the next one has the bytes in the
+    /// next line written first, the head of the payload last: the consumer spins on the
+    /// header's line and prefetches the next one (see [`Consumer::has_message`]), so each
+    /// line changes hands once, complete, instead of being pulled back by the consumer
+    /// between our stores to it. Other records are copied in one go (the split costs a
+    /// second copy call, worth it only when it saves the consumer a cache-line transfer).
+    pub(crate) fn fill(&mut self, msg: &[u8]) -> bool {
+        if msg.len() != self.len {
+            return false;
+        }
+        let pos = self.payload_pos();
+        let mem = &self.producer.mem;
+        let line_end = (self.producer.write / CACHE_LINE + 1) * CACHE_LINE;
+        let end = pos + msg.len() as u64;
+        if end > line_end && end <= line_end + CACHE_LINE {
+            let head = (line_end - pos) as usize;
+            mem.copy_in(line_end, &msg[head..]);
+            mem.copy_in(pos, &msg[..head]);
+        } else {
+            mem.copy_in(pos, msg);
+        }
+        true
     }
 
     /// Where the payload goes, as raw memory in the shared data area: `(first, first_len,
@@ -555,8 +683,9 @@ impl Slot<'_> {
     /// rest then starts at offset 0.
     ///
     /// Both regions are valid for writes for as long as the slot lives, do not overlap, and
-    /// the consumer reads neither until [`publish`](Self::publish): they lie past the
-    /// published `write` index, in room the consumer has released (`read` moved past it).
+    /// the consumer reads neither until [`publish`](Self::publish): they lie behind the
+    /// record's header slot, which holds `EMPTY` until then, in room the consumer has
+    /// released (`read` moved past it).
     /// A peer that breaks the protocol may still scribble on them at any time, so write them
     /// with raw copies only, never through a reference.
     pub(crate) fn regions(&mut self) -> (*mut u8, usize, *mut u8, usize) {
@@ -564,22 +693,25 @@ impl Slot<'_> {
         let at = (self.payload_pos() % mem.cap) as usize;
         let first = self.len.min(mem.cap as usize - at);
         // SAFETY: `at < cap`, so `data + at` stays inside the data area, which lies in the
-        // mapping `mem` keeps alive; `data` itself is the start of the data area. The lengths keep both regions inside it: `first <= cap - at`, and
-        // `len - first <= len <= cap - 8` (`reserve` checked `len <= max_message`).
+        // mapping `mem` keeps alive; `data` itself is the start of the data area. The lengths
+        // keep both regions inside it: `first <= cap - at`, and
+        // `len - first <= len <= cap - 16` (`reserve` checked `len <= max_message`).
         let first_ptr = unsafe { mem.data.add(at) };
         (first_ptr, first, mem.data, self.len - first)
     }
 
-    /// Publishes the record, exactly as `try_push` does: advances `write` with a SeqCst
-    /// store, which makes the header, padding and payload written before visible to the
-    /// consumer. Then call `consumer_needs_wake`.
+    /// Publishes the record, exactly as `try_push` does: stores its header word with a
+    /// SeqCst store, which makes the padding, payload and next `EMPTY` word written before
+    /// visible to the consumer. Then call `consumer_needs_wake`.
     pub(crate) fn publish(self) {
         let p = self.producer;
-        p.write = p.write.wrapping_add(record_len(self.len));
         // SeqCst (at least Release): the record bytes written before become visible to a
-        // consumer that loads this value; SeqCst for the Dekker pairing with the consumer's
+        // consumer that loads this word; SeqCst for the Dekker pairing with the consumer's
         // parking.
-        p.mem.word(OFF_WRITE).store(p.write, Ordering::SeqCst);
+        p.mem
+            .slot(p.write)
+            .store(header_word(p.write, self.len), Ordering::SeqCst);
+        p.write = p.write.wrapping_add(record_len(self.len));
     }
 }
 
@@ -599,10 +731,8 @@ pub(crate) enum Pop<T = Vec<u8>> {
 /// The receiving end of one ring.
 pub(crate) struct Consumer {
     mem: RingMem,
-    /// Our private copy of `read`.
+    /// Our private copy of `read`: the position of the next record.
     read: u64,
-    /// The last `write` we loaded (and checked).
-    write_cache: u64,
     /// Our `rx_park` value (odd while parked).
     park: u64,
     /// The `tx_wait` value we last rang the doorbell for.
@@ -622,39 +752,32 @@ impl Consumer {
         Consumer {
             mem: RingMem::new(region, capacity, which),
             read: 0,
-            write_cache: 0,
             park: 0,
             rang: 0,
             max,
         }
     }
 
-    /// Loads the producer's `write` and checks it. SeqCst (at least Acquire): pairs with the
-    /// producer's store, so the record bytes before that index are visible to our copy; SeqCst
-    /// for the Dekker pairing with our parking announcement.
-    fn load_write(&mut self) -> Result<u64, RingError> {
-        let w = self.mem.word(OFF_WRITE).load(Ordering::SeqCst);
-        let avail = w.wrapping_sub(self.read);
-        // `write` only moves forward.
-        let backwards = avail < self.write_cache.wrapping_sub(self.read);
-        if w % 8 != 0 || avail > self.mem.cap || backwards {
-            return Err(RingError::Corrupt(format!(
-                "the peer's write index {w} is impossible (our read index is {})",
-                self.read
-            )));
-        }
-        self.write_cache = w;
-        Ok(w)
+    /// Loads the header word at our position. SeqCst (at least Acquire): pairs with the
+    /// producer's store of it, so the record bytes written before are visible to our copy;
+    /// SeqCst for the Dekker pairing with our parking announcement.
+    fn header(&self) -> u64 {
+        self.mem.slot(self.read).load(Ordering::SeqCst)
     }
 
-    /// Whether a message is published (cheap; for spinning). Errors count as "something to
-    /// do": `try_pop` will report them.
+    /// Whether a message is published (cheap; for spinning: one load of the word the message
+    /// arrives in). Errors count as "something to do": `try_pop` will report them.
+    ///
+    /// While the answer is no, it also prefetches the cache line after the header's: a small
+    /// record (header and payload up to 56 bytes past a line boundary) spans both, and the
+    /// producer writes that line before the header word, so the next look fetches both lines
+    /// at once instead of the copy fetching the second after the header was seen.
     pub(crate) fn has_message(&mut self) -> bool {
-        self.write_cache != self.read
-            || match self.load_write() {
-                Ok(w) => w != self.read,
-                Err(_) => true,
-            }
+        if self.header() != EMPTY {
+            return true;
+        }
+        self.mem.prefetch_line_after(self.read);
+        false
     }
 
     /// Whether there is anything for `try_pop` to report (a message, the close, an error).
@@ -674,13 +797,15 @@ impl Consumer {
         &mut self,
         take: impl FnOnce(Record<'_>) -> T,
     ) -> Result<Pop<T>, RingError> {
-        if self.write_cache == self.read && self.load_write()? == self.read {
-            // SeqCst (at least Acquire): if the producer closed, everything it published
-            // before is visible now.
+        let mut header = self.header();
+        if header == EMPTY {
+            // SeqCst (at least Acquire): if the producer closed, every header word it stored
+            // before is visible to the load below.
             if self.mem.word(OFF_TX_CLOSED).load(Ordering::SeqCst) == 0 {
                 return Ok(Pop::Empty);
             }
-            if self.load_write()? == self.read {
+            header = self.header();
+            if header == EMPTY {
                 let how = self.mem.word(OFF_TX_CLOSED).load(Ordering::SeqCst);
                 return Ok(if how == CLOSED_CLEANLY {
                     Pop::Closed
@@ -689,21 +814,25 @@ impl Consumer {
                 });
             }
         }
-        let avail = self.write_cache.wrapping_sub(self.read);
-        // avail >= 8: both indices are multiples of 8 and differ; the header never splits.
-        let header = self.mem.read_word(self.read);
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        if (header >> 32) as u32 != stamp(self.read) {
+            return Err(RingError::Corrupt(format!(
+                "the record header at position {} is {header:#018x}, neither a record for \
+                 that position nor empty",
+                self.read
+            )));
+        }
+        let len = header as u32 as usize;
         if len > self.max {
             return Err(RingError::TooLarge { len, max: self.max });
         }
         let rec = record_len(len);
-        if rec > avail {
+        if rec + RECORD_HEADER as u64 > self.mem.cap {
             return Err(RingError::Corrupt(format!(
-                "a record announces {len} bytes but only {} are published",
-                avail - RECORD_HEADER as u64
+                "a record announces {len} bytes, more than a ring of {} bytes holds",
+                self.mem.cap
             )));
         }
-        // len <= rec - 8 <= avail - 8 <= cap - 8: within bounds of the copy's contract.
+        // len <= rec - 8 <= cap - 16: within bounds of the copy's contract.
         let msg = take(Record {
             mem: &self.mem,
             pos: self.read.wrapping_add(RECORD_HEADER as u64),
@@ -736,7 +865,8 @@ impl Consumer {
     pub(crate) fn announce_park(&mut self) {
         if self.park % 2 == 0 {
             self.park += 1;
-            // SeqCst, then `ready` loads `write` SeqCst (Dekker, see `consumer_needs_wake`).
+            // SeqCst, then `ready` loads the header word SeqCst (Dekker, see
+            // `consumer_needs_wake`).
             self.mem
                 .word(OFF_RX_PARK)
                 .store(self.park, Ordering::SeqCst);
@@ -808,6 +938,11 @@ impl Drop for HeapRegion {
 
 /// Runs a ring pair over a segment whose ring-A header words and data come from `input`
 /// (fuzzing and randomized tests): any outcome but a panic or out-of-bounds access is fine.
+///
+/// Input: word 0 selects variants, word 1 is the consumer's `read` as the producer finds it,
+/// word 2 the `tx_closed` flag, the rest the data area. When selected, the header words of
+/// the record chain the consumer will walk get valid stamps (keeping their lengths), so the
+/// fuzzer reaches the length checks and copies without guessing stamps.
 pub(crate) fn fuzz_one(input: &[u8]) {
     let cap = MIN_CAPACITY;
     let region: Arc<dyn SharedRegion> = Arc::new(HeapRegion::new(segment_len(cap)));
@@ -820,31 +955,49 @@ pub(crate) fn fuzz_one(input: &[u8]) {
         u64::from_le_bytes(b)
     };
     let header = SEGMENT_HEADER;
+    let data = header + RING_HEADER;
     // The first words of input choose the indices and flags, small values more likely.
-    let shrink = |v: u64, sel: u64| {
-        if sel % 2 == 0 {
-            v % (2 * cap as u64 + 64)
-        } else {
-            v
-        }
-    };
     let sel = word_of(0);
-    let write = shrink(word_of(1), sel);
-    let read = shrink(word_of(2), sel >> 1);
-    let closed = word_of(3) % 2;
-    // SAFETY: header words of ring A inside the region; data copy stays within the data area
-    // (at most `cap` bytes).
+    let read = match sel % 2 {
+        0 => word_of(1) % (2 * cap as u64 + 64),
+        _ => word_of(1),
+    };
+    let closed = word_of(2) % 3;
+    let rest = input.get(24..).unwrap_or(&[]);
+    // SAFETY: header words of ring A inside the region; the data copy stays within the data
+    // area (at most `cap` bytes).
     unsafe {
         let base = region.base();
-        AtomicU64::from_ptr(base.add(header + OFF_WRITE).cast()).store(write, Ordering::Relaxed);
         AtomicU64::from_ptr(base.add(header + OFF_READ).cast()).store(read, Ordering::Relaxed);
         AtomicU64::from_ptr(base.add(header + OFF_TX_CLOSED).cast())
             .store(closed, Ordering::Relaxed);
-        let rest = input.get(32..).unwrap_or(&[]);
-        let n = rest.len().min(cap);
-        ptr::copy_nonoverlapping(rest.as_ptr(), base.add(header + RING_HEADER), n);
+        ptr::copy_nonoverlapping(rest.as_ptr(), base.add(data), rest.len().min(cap));
+    }
+    let mem = RingMem::new(region.clone(), cap, Which::A);
+    if sel & 2 != 0 {
+        // Stamp the chain of records from position 0 the consumer will follow, keeping each
+        // header's length (whatever its size: the consumer must refuse bad ones).
+        let mut pos = 0u64;
+        for _ in 0..64 {
+            let w = mem.slot(pos).load(Ordering::Relaxed);
+            if w == EMPTY {
+                break;
+            }
+            let len = w as u32 as usize;
+            mem.slot(pos)
+                .store(len as u64 | (stamp(pos) as u64) << 32, Ordering::Relaxed);
+            pos += record_len(len);
+        }
     }
     let mut c = Consumer::new(region.clone(), cap, Which::A, max_message(cap));
+    for _ in 0..64 {
+        match c.try_pop() {
+            Ok(Pop::Message(m)) => assert!(m.len() <= max_message(cap)),
+            Ok(_) | Err(_) => break,
+        }
+    }
+    // A consumer whose limit is above what the ring holds still refuses oversized records.
+    let mut c = Consumer::new(region.clone(), cap, Which::A, usize::MAX);
     for _ in 0..64 {
         match c.try_pop() {
             Ok(Pop::Message(m)) => assert!(m.len() <= max_message(cap)),
@@ -929,11 +1082,15 @@ mod tests {
         let data = SEGMENT_HEADER + RING_HEADER + at;
         // SAFETY: test: the 16 bytes at `at` lie inside ring A's data area (at + 16 <= cap).
         unsafe { ptr::write_bytes(r.base().add(data), 0xee, 16) };
+        let pos = p.write;
         assert!(p.try_push(b"abc").unwrap());
         let mut rec = [0u8; 16];
         // SAFETY: as above.
         unsafe { ptr::copy_nonoverlapping(r.base().add(data), rec.as_mut_ptr(), 16) };
-        assert_eq!(rec, *b"\x03\0\0\0\0\0\0\0abc\0\0\0\0\0");
+        let mut want = [0u8; 16];
+        want[..8].copy_from_slice(&(3 | (stamp(pos) as u64) << 32).to_le_bytes());
+        want[8..11].copy_from_slice(b"abc");
+        assert_eq!(rec, want);
         assert_eq!(c.try_pop(), Ok(Pop::Message(b"abc".to_vec())));
     }
 
@@ -959,12 +1116,20 @@ mod tests {
         let cap = 4096;
         // Positions: at the start, in the middle, the payload split 8 / rest at the end, the
         // header in the last word (payload wholly at the start), and an exact fit.
+        // And headers at every offset in a cache line, so `fill` (behind `try_push`) splits
+        // the payload at the line boundary in every way: before, inside, after the payload.
         for (pos, len) in [
             (8, 100),
+            (56, 100),
+            (64, 56),
+            (64, 57),
+            (120, 3),
+            (128, 0),
+            (184, 300),
             (1000, 333),
             (cap - 16, 100),
             (cap - 8, 50),
-            (8, 4088),
+            (8, 4080),
         ] {
             let (mut p1, mut c1, r1) = pair(cap);
             let (mut p2, mut c2, r2) = pair(cap);
@@ -973,6 +1138,7 @@ mod tests {
             let msg: Vec<u8> = (0..len).map(|i| (i * 7 + 1) as u8).collect();
             assert!(p1.try_push(&msg).unwrap());
             let mut slot = p2.reserve(len).unwrap().expect("room");
+            assert!(!slot.fill(&vec![0; len + 1]), "a wrong length is refused");
             let (_, first_len, _, second_len) = slot.regions();
             let split = (pos + 8) % cap;
             assert_eq!(first_len, len.min(cap - split), "pos {pos}");
@@ -1126,17 +1292,130 @@ mod tests {
         p.cancel_wait();
     }
 
+    /// The header slot at ring offset `at` of ring A's data area.
+    fn slot_at(region: &Arc<dyn SharedRegion>, at: usize) -> &AtomicU64 {
+        assert!(at % 8 == 0 && at < 4096);
+        // SAFETY: test helper; an 8-aligned word inside ring A's data area (cap >= 4096).
+        unsafe { AtomicU64::from_ptr(region.base().add(SEGMENT_HEADER + RING_HEADER + at).cast()) }
+    }
+
     #[test]
-    fn garbage_write_index_is_an_error_not_a_panic() {
+    fn a_wrong_header_word_is_an_error_not_a_panic() {
         let cap = 4096;
-        for bad in [1u64, 7, cap as u64 + 8, u64::MAX, u64::MAX - 7, 1 << 40] {
-            let (_p, mut c, r) = pair(cap);
-            word(&r, cap, Which::A, OFF_WRITE).store(bad, Ordering::Relaxed);
+        for (at, bad) in [
+            (0u64, 0u64),
+            (0, header_word(8, 5)),
+            (0, header_word(cap as u64, 5)),
+            (0, EMPTY - 1),
+            (0, 0xffff_ffff_0000_0000),
+            (1000, header_word(1000u64.wrapping_sub(cap as u64), 3)),
+            (1000, header_word(1000 + cap as u64, 3)),
+            (1000, 12),
+        ] {
+            let (mut p, mut c, r) = pair(cap);
+            if at > 0 {
+                advance_to(&mut p, &mut c, at as usize);
+            }
+            assert_eq!(c.try_pop(), Ok(Pop::Empty));
+            slot_at(&r, at as usize % cap).store(bad, Ordering::Relaxed);
+            assert!(c.has_message(), "something to report");
             assert!(
                 matches!(c.try_pop(), Err(RingError::Corrupt(_))),
-                "write index {bad}"
+                "header {bad:#x} at {at}"
             );
         }
+    }
+
+    #[test]
+    fn stale_bytes_imitating_headers_are_never_delivered() {
+        let cap = 4096;
+        let (mut p, mut c, r) = pair(cap);
+        // One record filling the ring whose payload is, at every 8-aligned ring offset, a
+        // header word that would be valid there on the next lap (a zero-length message).
+        let len = max_message(cap);
+        let mut msg = vec![0u8; len];
+        for (i, w) in msg.chunks_exact_mut(8).enumerate() {
+            let at = 8 + 8 * i as u64;
+            w.copy_from_slice(&header_word(at + cap as u64, 0).to_le_bytes());
+        }
+        assert!(p.try_push(&msg).unwrap());
+        assert_eq!(c.try_pop(), Ok(Pop::Message(msg)));
+        assert_eq!(c.try_pop(), Ok(Pop::Empty));
+        // The next lap: after every message the next slot says EMPTY, never a stale fake.
+        let mut rng = Rng(77);
+        for k in 0..200u32 {
+            let n = (rng.next() % 300) as usize;
+            let m: Vec<u8> = (0..n).map(|i| (i as u32 ^ k) as u8).collect();
+            assert!(p.try_push(&m).unwrap());
+            assert_eq!(c.try_pop(), Ok(Pop::Message(m)), "message {k}");
+            assert_eq!(c.try_pop(), Ok(Pop::Empty), "after message {k}");
+            assert_eq!(
+                slot_at(&r, (p.write % cap as u64) as usize).load(Ordering::Relaxed),
+                EMPTY
+            );
+        }
+    }
+
+    #[test]
+    fn a_record_ending_at_the_end_of_the_data_area_empties_offset_zero() {
+        let cap = 4096;
+        let (mut p, mut c, r) = pair(cap);
+        advance_to(&mut p, &mut c, 8);
+        // Leave a fake header for the next lap at offset 0.
+        slot_at(&r, 0).store(header_word(cap as u64, 0), Ordering::Relaxed);
+        // A record from position 8 to exactly `cap`: payload cap - 16 bytes.
+        let big = vec![3u8; cap - 16];
+        assert!(p.try_push(&big).unwrap());
+        assert_eq!(slot_at(&r, 0).load(Ordering::Relaxed), EMPTY);
+        assert_eq!(c.try_pop(), Ok(Pop::Message(big)));
+        assert_eq!(c.try_pop(), Ok(Pop::Empty));
+        assert!(p.try_push(b"wrapped").unwrap());
+        assert_eq!(c.try_pop(), Ok(Pop::Message(b"wrapped".to_vec())));
+    }
+
+    #[test]
+    fn a_full_ring_keeps_one_word_of_slack() {
+        let cap = 4096;
+        let (mut p, mut c, _r) = pair(cap);
+        // Two records (2048 and 2040 bytes) use all but the slack word.
+        let (one, two) = (2040, 2032);
+        assert!(p.try_push(&vec![1u8; one]).unwrap());
+        assert!(p.try_push(&vec![2u8; two]).unwrap());
+        assert_eq!(p.write, cap as u64 - 8);
+        assert!(
+            !p.has_space(0).unwrap(),
+            "an empty record needs 8 + 8 bytes"
+        );
+        assert!(!p.try_push(b"").unwrap());
+        assert_eq!(c.try_pop(), Ok(Pop::Message(vec![1u8; one])));
+        assert!(p.try_push(b"").unwrap());
+        assert_eq!(c.try_pop(), Ok(Pop::Message(vec![2u8; two])));
+        assert_eq!(c.try_pop(), Ok(Pop::Message(vec![])));
+        assert_eq!(c.try_pop(), Ok(Pop::Empty));
+        // The largest message, and one byte more is refused before touching the ring.
+        assert!(p.try_push(&vec![4u8; max_message(cap)]).unwrap());
+        assert!(!p.try_push(b"").unwrap());
+        assert_eq!(c.try_pop(), Ok(Pop::Message(vec![4u8; max_message(cap)])));
+        assert!(matches!(
+            p.reserve(max_message(cap) + 1),
+            Err(RingError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn a_fresh_segment_is_empty_in_both_directions() {
+        let cap = 4096;
+        let region: Arc<dyn SharedRegion> = Arc::new(HeapRegion::new(segment_len(cap)));
+        init_segment(&*region, cap);
+        for which in [Which::A, Which::B] {
+            let mut c = Consumer::new(region.clone(), cap, which, max_message(cap));
+            assert!(!c.ready());
+            assert_eq!(c.try_pop(), Ok(Pop::Empty));
+        }
+        // Without `init_segment` a zeroed slot is corruption, not a fake message.
+        let raw: Arc<dyn SharedRegion> = Arc::new(HeapRegion::new(segment_len(cap)));
+        let mut c = Consumer::new(raw, cap, Which::A, max_message(cap));
+        assert!(matches!(c.try_pop(), Err(RingError::Corrupt(_))));
     }
 
     #[test]
@@ -1164,17 +1443,35 @@ mod tests {
     #[test]
     fn garbage_length_is_an_error_not_a_panic() {
         let cap = 4096;
-        let (mut p, mut c, r) = pair(cap);
-        p.try_push(&[5; 16]).unwrap();
-        // Claim a length beyond what is published.
-        let data = SEGMENT_HEADER + RING_HEADER;
-        // SAFETY: test: the record header is at the start of ring A's data area.
-        unsafe { ptr::copy_nonoverlapping(200u32.to_le_bytes().as_ptr(), r.base().add(data), 4) };
-        assert!(matches!(c.try_pop(), Err(RingError::Corrupt(_))));
-        // Claim more than the limit: TooLarge before anything is allocated.
-        // SAFETY: as above.
-        unsafe { ptr::copy_nonoverlapping(u32::MAX.to_le_bytes().as_ptr(), r.base().add(data), 4) };
-        assert!(matches!(c.try_pop(), Err(RingError::TooLarge { .. })));
+        let region: Arc<dyn SharedRegion> = Arc::new(HeapRegion::new(segment_len(cap)));
+        init_segment(&*region, cap);
+        // Well-stamped headers with lengths the ring cannot hold: Corrupt even for a
+        // consumer without a limit of its own; over the consumer's limit: TooLarge, before
+        // anything is allocated.
+        for (max, len, tolerant) in [
+            (usize::MAX, cap - 15, false),
+            (usize::MAX, cap, false),
+            (usize::MAX, u32::MAX as usize - 1, false),
+            (100, 101, true),
+            (max_message(cap), u32::MAX as usize - 1, true),
+        ] {
+            let mut c = Consumer::new(region.clone(), cap, Which::A, max);
+            let header = len as u64 | (stamp(0) as u64) << 32;
+            slot_at(&region, 0).store(header, Ordering::Relaxed);
+            let got = c.try_pop();
+            if tolerant {
+                assert!(
+                    matches!(got, Err(RingError::TooLarge { .. })),
+                    "{len}: {got:?}"
+                );
+            } else {
+                assert!(matches!(got, Err(RingError::Corrupt(_))), "{len}: {got:?}");
+            }
+        }
+        // The largest valid length is accepted.
+        let mut c = Consumer::new(region.clone(), cap, Which::A, usize::MAX);
+        slot_at(&region, 0).store(header_word(0, cap - 16), Ordering::Relaxed);
+        assert!(matches!(c.try_pop(), Ok(Pop::Message(m)) if m.len() == cap - 16));
     }
 
     #[test]
@@ -1190,6 +1487,16 @@ mod tests {
             capw.store(bad, Ordering::Relaxed);
             assert!(check_segment(&region).is_err(), "capacity {bad}");
         }
+        capw.store(cap as u64, Ordering::Relaxed);
+        assert_eq!(check_segment(&region), Ok(cap));
+        // A segment of the previous layout is named as such.
+        // SAFETY: test: the magic word of the segment header.
+        let magic = unsafe { AtomicU64::from_ptr(region.base().cast()) };
+        magic.store(MAGIC_V1, Ordering::Relaxed);
+        let e = check_segment(&region).unwrap_err();
+        assert!(e.contains("layout v1") && e.contains("same version"), "{e}");
+        magic.store(0x1234, Ordering::Relaxed);
+        assert!(check_segment(&region).unwrap_err().contains("wrong magic"));
         let small = HeapRegion::new(16);
         assert!(check_segment(&small).is_err());
     }
