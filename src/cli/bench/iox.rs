@@ -39,7 +39,7 @@ use iceoryx2::{
 };
 use std::{
     io::Read,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
@@ -120,13 +120,7 @@ struct PeerProc(Child);
 
 impl PeerProc {
     fn spawn(spec: &PeerSpec) -> Result<PeerProc, String> {
-        let exe =
-            std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
-        let child = Command::new(exe)
-            .arg("__peer")
-            .arg(serde_json::to_string(spec).map_err(|e| e.to_string())?)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+        let child = super::peer::command(spec)?
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot start the peer process: {e}"))?;

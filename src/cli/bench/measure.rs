@@ -154,14 +154,7 @@ pub struct Peer {
 impl Peer {
     /// Starts `ductwork __peer` with `spec`.
     pub fn spawn(spec: &PeerSpec) -> Result<Peer, String> {
-        let exe =
-            std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
-        let spec = serde_json::to_string(spec).map_err(|e| e.to_string())?;
-        let child = tokio::process::Command::new(exe)
-            .arg("__peer")
-            .arg(spec)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+        let child = tokio::process::Command::from(super::peer::command(spec)?)
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()

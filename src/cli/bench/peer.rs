@@ -58,6 +58,19 @@ pub enum Job {
     },
 }
 
+/// The command that starts `ductwork __peer` with `spec` (this same executable), stdin and
+/// stdout closed; callers choose what happens to stderr.
+pub fn command(spec: &PeerSpec) -> Result<std::process::Command, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
+    let spec = serde_json::to_string(spec).map_err(|e| e.to_string())?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("__peer")
+        .arg(spec)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    Ok(cmd)
+}
+
 /// The peer's instructions.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerSpec {

@@ -74,7 +74,7 @@ mod linux {
         thread::{sched_getaffinity, sched_setaffinity, CpuSet},
     };
     use std::{
-        process::{Child, Command, Stdio},
+        process::{Child, Stdio},
         sync::atomic::{AtomicU64, Ordering},
         time::{Duration, Instant},
     };
@@ -264,13 +264,7 @@ mod linux {
             cpu,
             deadline_ms: limit.as_millis() as u64,
         };
-        let exe =
-            std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
-        let child = Command::new(exe)
-            .arg("__peer")
-            .arg(serde_json::to_string(&spec).map_err(|e| e.to_string())?)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+        let child = super::super::peer::command(&spec)?
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot start the peer process: {e}"))?;
