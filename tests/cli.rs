@@ -64,6 +64,13 @@ impl Drop for Bench {
     }
 }
 
+/// A row's `rtt_ns` holds ordered, non-zero percentiles.
+fn assert_percentiles(rtt: &serde_json::Value) {
+    let p = |k: &str| rtt[k].as_u64().unwrap_or_else(|| panic!("no {k} in {rtt}"));
+    let (p50, p99, p999, max) = (p("p50"), p("p99"), p("p999"), p("max"));
+    assert!(0 < p50 && p50 <= p99 && p99 <= p999 && p999 <= max, "{rtt}");
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -139,14 +146,7 @@ fn tiny_bench_writes_table_json_and_svg() {
         let t = r["transport"].as_str().unwrap();
         assert!(schemes.contains(&t), "{t}");
         assert!([64, 1024].contains(&r["size"].as_u64().unwrap()));
-        let rtt = &r["rtt_ns"];
-        let (p50, p99, p999, max) = (
-            rtt["p50"].as_u64().unwrap(),
-            rtt["p99"].as_u64().unwrap(),
-            rtt["p999"].as_u64().unwrap(),
-            rtt["max"].as_u64().unwrap(),
-        );
-        assert!(0 < p50 && p50 <= p99 && p99 <= p999 && p999 <= max, "{rtt}");
+        assert_percentiles(&r["rtt_ns"]);
         let tp = &r["throughput"];
         assert!(tp["msgs_per_s"].as_f64().unwrap() > 0.0);
         assert!(tp["bytes_per_s"].as_f64().unwrap() > 0.0);
@@ -258,13 +258,7 @@ fn iceoryx2_baseline_runs_next_to_shm() {
     assert_eq!(sizes, [64, 1024], "{v:#}");
     for b in &iox {
         let rtt = &b["rtt_ns"];
-        let (p50, p99, p999, max) = (
-            rtt["p50"].as_u64().unwrap(),
-            rtt["p99"].as_u64().unwrap(),
-            rtt["p999"].as_u64().unwrap(),
-            rtt["max"].as_u64().unwrap(),
-        );
-        assert!(0 < p50 && p50 <= p99 && p99 <= p999 && p999 <= max, "{rtt}");
+        assert_percentiles(rtt);
         assert!(rtt["samples"].as_u64().unwrap() >= 20, "{rtt}");
     }
     // Each measured shm row carries its ratio to the iceoryx2 row of its size.

@@ -742,15 +742,16 @@ mod tests {
         assert_eq!(recv_now(&mut b).unwrap().unwrap()[..], msg[..]);
     }
 
-    #[test]
-    fn sized_sends_to_a_full_ring_wait_in_scratch() {
+    /// Fills a 4 KiB ring, then checks that a sized send of `len` bytes with a wrong byte
+    /// count is refused and leaves nothing pending, that a right one waits in scratch, and
+    /// that a flush after the receiver made room publishes it whole.
+    fn full_ring_send_waits_in_scratch(len: usize) -> (ShmConnection, ShmConnection) {
         let (mut a, mut b) = conn_pair(4096);
         send_sized(&mut a, 4000, 4000).unwrap();
-        // No room: a wrong byte count is still refused and leaves nothing pending.
-        let e = send_sized(&mut a, 500, 499).unwrap_err();
+        let e = send_sized(&mut a, len, len - 1).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Encode);
         assert!(matches!(a.pending, Pending::None));
-        send_sized(&mut a, 500, 500).unwrap();
+        send_sized(&mut a, len, len).unwrap();
         assert!(matches!(a.pending, Pending::Scratch));
         assert_eq!(recv_now(&mut b).unwrap().unwrap().len(), 4000);
         let waker = futures::task::noop_waker();
@@ -761,28 +762,19 @@ mod tests {
         ));
         assert!(matches!(a.pending, Pending::None));
         let got = recv_now(&mut b).unwrap().unwrap();
-        assert!(got.len() == 500 && got.iter().all(|&x| x == 0xaa));
+        assert!(got.len() == len && got.iter().all(|&x| x == 0xaa));
+        (a, b)
+    }
+
+    #[test]
+    fn sized_sends_to_a_full_ring_wait_in_scratch() {
+        full_ring_send_waits_in_scratch(500);
     }
 
     #[test]
     fn small_sized_sends_to_a_full_ring_wait_in_scratch() {
-        let (mut a, mut b) = conn_pair(4096);
-        send_sized(&mut a, 4000, 4000).unwrap();
-        // Small frames take the stack path: a wrong count is refused, nothing pending.
-        let e = send_sized(&mut a, 100, 99).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Encode);
-        assert!(matches!(a.pending, Pending::None));
-        send_sized(&mut a, SMALL_SEND, SMALL_SEND).unwrap();
-        assert!(matches!(a.pending, Pending::Scratch));
-        assert_eq!(recv_now(&mut b).unwrap().unwrap().len(), 4000);
-        let waker = futures::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        assert!(matches!(
-            Pin::new(&mut a).poll_flush(&mut cx),
-            Poll::Ready(Ok(()))
-        ));
-        let got = recv_now(&mut b).unwrap().unwrap();
-        assert!(got.len() == SMALL_SEND && got.iter().all(|&x| x == 0xaa));
+        // Small frames take the stack path.
+        let (mut a, mut b) = full_ring_send_waits_in_scratch(SMALL_SEND);
         // Small frames at every offset in a cache line arrive whole.
         for len in 0..=80 {
             let msg: Vec<u8> = (0..len).map(|i| (i * 3 + len) as u8).collect();
