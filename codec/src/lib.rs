@@ -260,9 +260,11 @@ impl Decoder for FrameCodec {
         // room for the next header right after the split, while the frame still shares the
         // buffer, which forces a fresh buffer (and, for large frames, a large allocation and
         // copy) per frame. Reserving only on the next call, once the consumer has dropped the
-        // frame, lets the buffer be reused.
-        src.advance(HEADER_LEN);
-        Ok(Some(Frame::Data(src.split_to(len))))
+        // frame, lets the buffer be reused. The header is dropped from the split-off frame,
+        // not from `src`: advancing a buffer that owns its allocation costs more.
+        let mut frame = src.split_to(HEADER_LEN + len);
+        frame.advance(HEADER_LEN);
+        Ok(Some(Frame::Data(frame)))
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {

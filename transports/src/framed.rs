@@ -37,9 +37,8 @@ pub(crate) trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
 /// Reading and writing are done here rather than through tokio-util's `Framed`. Writes go
 /// from one contiguous buffer with plain `poll_write` (`send`/`write`): `Framed` would use
 /// `writev` for its single-chunk buffer, which costs the kernel ~0.25 µs more per call on
-/// Linux sockets and buys nothing. Reads split a whole data frame off the read buffer
-/// directly and leave everything else (partial frames, the close marker, bad lengths, end of
-/// stream) to [`FrameCodec`].
+/// Linux sockets and buys nothing. Reads fill one buffer and let [`FrameCodec`] split frames
+/// off it.
 pub(crate) struct FramedConnection<S: ByteStream> {
     stream: S,
     codec: FrameCodec,
@@ -169,38 +168,18 @@ impl<S: ByteStream> Stream for FramedConnection<S> {
         }
         let this = &mut *self;
         loop {
-            let buffered = this.read_buf.len();
-            if buffered >= HEADER_LEN {
-                let len = u32::from_be_bytes([
-                    this.read_buf[0],
-                    this.read_buf[1],
-                    this.read_buf[2],
-                    this.read_buf[3],
-                ]);
-                let whole = HEADER_LEN + len as usize;
-                if len != CLOSE_MARKER
-                    && len as usize <= this.codec.max_frame()
-                    && buffered >= whole
-                {
-                    // The common case: a whole data frame within the limit.
-                    let mut frame = this.read_buf.split_to(whole).freeze();
-                    frame.advance(HEADER_LEN);
-                    return Poll::Ready(Some(Ok(frame)));
+            match this.codec.decode(&mut this.read_buf) {
+                // Not a whole frame yet (the codec reserved room for the rest of it).
+                Ok(None) => {}
+                Ok(Some(Frame::Data(b))) => return Poll::Ready(Some(Ok(b.freeze()))),
+                Ok(Some(Frame::Close)) => {
+                    this.read_done = true;
+                    this.peer_closed = true;
+                    return Poll::Ready(None);
                 }
-                // The close marker, a bad length, or a partial frame (the codec reserves room
-                // for the rest of it).
-                match this.codec.decode(&mut this.read_buf) {
-                    Ok(None) => {}
-                    Ok(Some(Frame::Data(b))) => return Poll::Ready(Some(Ok(b.freeze()))),
-                    Ok(Some(Frame::Close)) => {
-                        this.read_done = true;
-                        this.peer_closed = true;
-                        return Poll::Ready(None);
-                    }
-                    Err(e) => {
-                        this.read_done = true;
-                        return Poll::Ready(Some(Err(this.err(e))));
-                    }
+                Err(e) => {
+                    this.read_done = true;
+                    return Poll::Ready(Some(Err(this.err(e))));
                 }
             }
             // Room for at least one byte, so that a read of 0 means end of stream.
