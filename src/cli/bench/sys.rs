@@ -174,18 +174,6 @@ mod linux {
             }
         }
 
-        fn write(&self, to: usize, data: &[u8]) {
-            let n = data.len().min(SHM_PAYLOAD);
-            // SAFETY: the range lies inside the mapping; exclusivity as for `copy`.
-            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(to), n) }
-        }
-
-        fn read(&self, from: usize, out: &mut [u8]) {
-            let n = out.len().min(SHM_PAYLOAD);
-            // SAFETY: the range lies inside the mapping; exclusivity as for `copy`.
-            unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(from), out.as_mut_ptr(), n) }
-        }
-
         /// Copies `data` into the mapping at `to` (any length; range checked). Exclusivity as
         /// for `copy`.
         fn copy_in(&self, to: usize, data: &[u8]) {
@@ -360,7 +348,7 @@ mod linux {
                 seq += 1;
                 payload[..8].copy_from_slice(&seq.to_le_bytes());
                 let t0 = Instant::now();
-                shared.write(REQ, &payload);
+                shared.copy_in(REQ, &payload);
                 shared.atomic(PING).store(seq, Ordering::Release);
                 match &efds {
                     None => spin_until(shared.atomic(PONG), seq, None)?,
@@ -372,7 +360,7 @@ mod linux {
                         }
                     }
                 }
-                shared.read(REPLY, &mut back);
+                shared.copy_out(REPLY, &mut back);
                 let t = t0.elapsed();
                 if back != payload {
                     return Err("the peer's reply differs from the request".into());
