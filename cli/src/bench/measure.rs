@@ -241,7 +241,7 @@ pub async fn dw_cell(
     cpu: Option<usize>,
     t: Timing,
 ) -> Result<(Rtt, Throughput), String> {
-    let mut listener = crate::cli::bind_ep(&ep).await.map_err(err)?;
+    let mut listener = crate::bind_ep(&ep).await.map_err(err)?;
     let real = listener.endpoint().clone();
     let spec = PeerSpec {
         job: Job::Dw {

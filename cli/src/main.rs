@@ -1,4 +1,6 @@
-//! Command line parsing and dispatch for the `ductwork` binary.
+//! The `ductwork` command line tool: benchmark every transport against raw OS baselines
+//! (`ductwork bench`), and send or receive JSON messages over any endpoint (`ductwork send`,
+//! `ductwork listen`). Run `ductwork --help` for details.
 //!
 //! - `bench`: measures latency and throughput of every transport against raw baselines
 //!   ([`bench`]).
@@ -9,9 +11,9 @@
 //! Every failure prints one clear line to stderr and exits non-zero; nothing panics on bad
 //! input.
 
-pub mod bench;
-pub mod json;
-pub mod sendlisten;
+mod bench;
+mod json;
+mod sendlisten;
 
 use clap::{Parser, Subcommand};
 
@@ -52,7 +54,7 @@ enum Command {
 }
 
 /// Parses the command line, runs the command and returns the process exit code.
-pub fn main() -> i32 {
+fn run() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -78,4 +80,8 @@ pub async fn bind_ep(ep: &ductwork::Endpoint) -> ductwork::Result<ductwork::BoxL
 /// Connects to a parsed endpoint; see [`bind_ep`].
 pub async fn connect_ep(ep: &ductwork::Endpoint) -> ductwork::Result<ductwork::BoxConnection> {
     ductwork::transport_for(ep)?.connect(ep).await
+}
+
+fn main() {
+    std::process::exit(run());
 }

@@ -265,20 +265,13 @@ async fn serve_dw(endpoint: &str, back: Option<&str>, size: usize) -> Result<(),
     let ep = Endpoint::parse(endpoint).map_err(|e| e.to_string())?;
     let mut link = match back {
         None => Link::Duplex(Channel::new(
-            crate::cli::connect_ep(&ep)
-                .await
-                .map_err(|e| e.to_string())?,
+            crate::connect_ep(&ep).await.map_err(|e| e.to_string())?,
         )),
         Some(back) => {
             let back = Endpoint::parse(back).map_err(|e| e.to_string())?;
-            let mut listener = crate::cli::bind_ep(&back)
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut tx: Channel<BenchMsg> = Channel::new(
-                crate::cli::connect_ep(&ep)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            );
+            let mut listener = crate::bind_ep(&back).await.map_err(|e| e.to_string())?;
+            let mut tx: Channel<BenchMsg> =
+                Channel::new(crate::connect_ep(&ep).await.map_err(|e| e.to_string())?);
             let ready = BenchMsg {
                 seq: 0,
                 op: Op::Ready,
