@@ -364,6 +364,12 @@ pub trait Transport: Send + Sync + 'static {
     /// The scheme this transport serves (`tcp`, `shm`, ...).
     fn scheme(&self) -> &'static str;
 
+    /// A fresh endpoint of this transport on this machine, for the tests, benches and examples
+    /// that need one without knowing the transport's address format. `unique` (letters,
+    /// digits, `-`) tells concurrent users apart; transports with ports ask for port 0, so the
+    /// listener's [`endpoint`](Listener::endpoint) names the port it was given.
+    fn local_endpoint(&self, unique: &str) -> String;
+
     /// What this transport offers on `endpoint` (with its options), or why it cannot serve it.
     fn capabilities(&self, endpoint: &Endpoint) -> Result<Capabilities>;
 

@@ -162,6 +162,10 @@ impl Transport for CopyData {
         "copydata"
     }
 
+    fn local_endpoint(&self, unique: &str) -> String {
+        format!("copydata://{unique}")
+    }
+
     fn capabilities(&self, ep: &Endpoint) -> Result<Capabilities> {
         let cfg = Config::new(ep)?;
         Ok(Capabilities {

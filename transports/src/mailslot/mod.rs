@@ -234,6 +234,10 @@ impl Transport for Mailslot {
         "mailslot"
     }
 
+    fn local_endpoint(&self, unique: &str) -> String {
+        format!("mailslot://{unique}")
+    }
+
     fn capabilities(&self, ep: &Endpoint) -> Result<Capabilities> {
         let addr = SlotAddr::parse(ep)?;
         caps_for(ep, &addr)

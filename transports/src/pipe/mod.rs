@@ -109,6 +109,10 @@ impl Transport for Pipe {
         "pipe"
     }
 
+    fn local_endpoint(&self, unique: &str) -> String {
+        format!("pipe://{unique}")
+    }
+
     fn capabilities(&self, ep: &Endpoint) -> Result<Capabilities> {
         let addr = PipeAddr::parse(ep)?;
         let mut caps = crate::socket::local_stream_caps(ep)?;

@@ -212,6 +212,10 @@ impl Transport for Shm {
         "shm"
     }
 
+    fn local_endpoint(&self, unique: &str) -> String {
+        format!("shm://{unique}")
+    }
+
     fn capabilities(&self, ep: &Endpoint) -> Result<Capabilities> {
         let cfg = Config::from_endpoint(ep)?;
         Ok(caps(cfg.capacity, cfg.max_frame))

@@ -43,6 +43,10 @@ impl Transport for Tcp {
         "tcp"
     }
 
+    fn local_endpoint(&self, _unique: &str) -> String {
+        "tcp://127.0.0.1:0".into()
+    }
+
     fn capabilities(&self, ep: &Endpoint) -> Result<Capabilities> {
         ep.check_options(OPTIONS)?;
         Ok(Capabilities {

@@ -50,6 +50,10 @@ impl Transport for Udp {
         "udp"
     }
 
+    fn local_endpoint(&self, _unique: &str) -> String {
+        "udp://127.0.0.1:0".into()
+    }
+
     fn capabilities(&self, ep: &Endpoint) -> Result<Capabilities> {
         ep.check_options(OPTIONS)?;
         Ok(Capabilities {

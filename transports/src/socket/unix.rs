@@ -37,6 +37,10 @@ impl Transport for Unix {
         "unix"
     }
 
+    fn local_endpoint(&self, unique: &str) -> String {
+        format!("unix://{}/{unique}.sock", std::env::temp_dir().display())
+    }
+
     fn capabilities(&self, ep: &Endpoint) -> Result<Capabilities> {
         ep.check_options(OPTIONS)?;
         local_stream_caps(ep)
