@@ -28,8 +28,8 @@
 //! the empty `/tmp/iceoryx2/` folders and one global management segment in `/dev/shm`.
 
 use super::{
-    measure::{Rtt, Sampler, Timing},
-    peer::{pattern, Job, PeerSpec},
+    proto::{command, die_after, Job, PeerSpec},
+    types::{pattern, RoundTrips, Rtt, Timing},
 };
 use iceoryx2::{
     port::{publisher::Publisher, subscriber::Subscriber},
@@ -120,7 +120,7 @@ struct PeerProc(Child);
 
 impl PeerProc {
     fn spawn(spec: &PeerSpec) -> Result<PeerProc, String> {
-        let child = super::peer::command(spec)?
+        let child = command(spec)?
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot start the peer process: {e}"))?;
@@ -228,7 +228,7 @@ pub fn measure(size: usize, cpu: Option<usize>, t: Timing) -> Result<Rtt, String
         job: Job::Iceoryx2 { service: name },
         size,
         cpu,
-        deadline_ms: (t.duration * 4 + t.reply_limit * 4).as_millis() as u64,
+        deadline_ms: t.peer_deadline_ms(),
     })?;
     match run(&tx, &rx, size, t, &mut peer) {
         Ok(rtt) => {
@@ -246,31 +246,23 @@ fn run(tx: &Pub, rx: &Sub, size: usize, t: Timing, peer: &mut PeerProc) -> Resul
     // Handshake: repeat ping 0 until the peer echoes it.
     send(tx, 0, &payload)?;
     await_echo(rx, 0, peer, t.reply_limit, Some((tx, &payload)))?;
-    let mut sampler = Sampler::new();
+    let mut round_trips = RoundTrips::new(t);
     let mut seq = 0u64;
-    for measuring in [false, true] {
-        let phase = if measuring { t.duration } else { t.warmup };
-        let start = Instant::now();
-        let mut n = 0u64;
-        while start.elapsed() < phase || (measuring && n < Sampler::MIN_SAMPLES) {
-            seq += 1;
-            let t0 = Instant::now();
-            send(tx, seq, &payload)?;
-            let echo = await_echo(rx, seq, peer, t.reply_limit, None)?;
-            let elapsed = t0.elapsed();
-            if echo.payload() != payload.as_slice() {
-                return Err(format!(
-                    "the echo of message {seq} differs from what was sent"
-                ));
-            }
-            drop(echo);
-            if measuring {
-                sampler.record(elapsed);
-            }
-            n += 1;
+    while round_trips.next() {
+        seq += 1;
+        let t0 = Instant::now();
+        send(tx, seq, &payload)?;
+        let echo = await_echo(rx, seq, peer, t.reply_limit, None)?;
+        let elapsed = t0.elapsed();
+        if echo.payload() != payload.as_slice() {
+            return Err(format!(
+                "the echo of message {seq} differs from what was sent"
+            ));
         }
+        drop(echo);
+        round_trips.record(elapsed);
     }
-    Ok(sampler.finish())
+    Ok(round_trips.finish())
 }
 
 /// Peer side (`ductwork __peer`): echoes every sample on `{service}/ping` to
@@ -283,10 +275,7 @@ pub fn peer(service_name: &str, size: usize, deadline: Instant) -> Result<(), St
     let pong = service(&node, &format!("{service_name}/pong"), false)?;
     let rx = subscriber(&ping)?;
     let tx = publisher(&pong, size)?;
-    // Testing aid: die abruptly after this many messages, as a crashed peer would.
-    let die_after: Option<u64> = std::env::var("DUCTWORK_BENCH_PEER_DIES_AFTER")
-        .ok()
-        .and_then(|v| v.parse().ok());
+    let die_after = die_after();
     let mut handled = 0u64;
     let mut idle = 0u32;
     let mut since = Instant::now();

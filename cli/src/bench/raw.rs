@@ -3,18 +3,104 @@
 //!
 //! Each message is a 4-byte big-endian header and the payload. The header's top bit asks the
 //! peer to echo the message (latency); without it the peer only counts and checks it
-//! (throughput, written through a `BufWriter` and flushed per batch); [`END`] asks the peer for its count as 8 bytes. This is the least any framed
-//! stream transport must do, so ductwork's rows are compared with it.
+//! (throughput, written through a `BufWriter` and flushed per batch); [`END`] asks the peer
+//! for its count as 8 bytes. This is the least any framed stream transport must do, so
+//! ductwork's rows are compared with it.
 
 use super::{
-    measure::{Rtt, Sampler, Throughput, Timing},
-    peer::{pattern, payload_ok},
+    proto::{or_peer_exit, Job, Peer, PeerSpec},
+    types::{batch_len, pattern, payload_ok, RoundTrips, Rtt, Throughput, Timing},
 };
-use std::time::{Duration, Instant};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 const ECHO: u32 = 0x8000_0000;
 const END: u32 = 0xFFFF_FFFE;
+
+/// Which plain stream a raw cell measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// `raw-tcp`: loopback TCP with `TCP_NODELAY`.
+    Tcp,
+    /// `raw-unix`: a Unix domain stream socket (Unix only).
+    Unix,
+}
+
+/// Measures one raw stream cell: starts the peer, accepts its connection, runs [`measure`].
+/// `path` is where the Unix socket goes (unused for TCP).
+pub async fn stream_cell(
+    stream: Stream,
+    size: usize,
+    cpu: Option<usize>,
+    t: Timing,
+    path: &Path,
+) -> Result<(Rtt, Throughput), String> {
+    let spec = |job| PeerSpec {
+        job,
+        size,
+        cpu,
+        deadline_ms: t.peer_deadline_ms(),
+    };
+    match stream {
+        Stream::Tcp => {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|e| format!("raw-tcp bind: {e}"))?;
+            let addr = l.local_addr().map_err(|e| e.to_string())?.to_string();
+            let mut peer = Peer::spawn(&spec(Job::RawTcp { addr }))?;
+            let s = accept(&mut peer, "raw-tcp", t, l.accept()).await?;
+            let _ = s.set_nodelay(true);
+            finish(peer, measure(s, size, t)).await
+        }
+        #[cfg(unix)]
+        Stream::Unix => {
+            let l = tokio::net::UnixListener::bind(path)
+                .map_err(|e| format!("raw-unix bind {}: {e}", path.display()))?;
+            let mut peer = Peer::spawn(&spec(Job::RawUnix {
+                path: path.display().to_string(),
+            }))?;
+            let s = accept(&mut peer, "raw-unix", t, l.accept()).await?;
+            let r = finish(peer, measure(s, size, t)).await;
+            let _ = std::fs::remove_file(path);
+            r
+        }
+        #[cfg(not(unix))]
+        Stream::Unix => {
+            let _ = path;
+            Err("raw-unix is not available on this platform".into())
+        }
+    }
+}
+
+/// The peer's connection, from `accept`, unless the peer exits or takes longer than
+/// `t.reply_limit`.
+async fn accept<S, A>(
+    peer: &mut Peer,
+    name: &str,
+    t: Timing,
+    accept: impl std::future::Future<Output = std::io::Result<(S, A)>>,
+) -> Result<S, String> {
+    let accepted = async {
+        tokio::time::timeout(t.reply_limit, accept)
+            .await
+            .map_err(|_| format!("{name}: the peer did not connect"))?
+            .map_err(|e| format!("{name} accept: {e}"))
+    };
+    Ok(or_peer_exit(peer, accepted).await?.0)
+}
+
+/// Runs `work` unless the peer exits first, then lets the peer exit.
+async fn finish<T>(
+    mut peer: Peer,
+    work: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    let r = or_peer_exit(&mut peer, work).await;
+    let _ = peer.finish(Duration::from_secs(2)).await;
+    r
+}
 
 /// The peer side: echo, count, report, until the parent closes.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(s: S, size: usize) -> Result<(), String> {
@@ -67,58 +153,66 @@ pub async fn measure<S: AsyncRead + AsyncWrite + Unpin>(
     size: usize,
     t: Timing,
 ) -> Result<(Rtt, Throughput), String> {
-    let (warmup, dur) = (t.warmup, t.duration);
     let payload = pattern(size);
-    let mut frame = Vec::with_capacity(4 + size);
-    frame.extend_from_slice(&((size as u32) | ECHO).to_be_bytes());
-    frame.extend_from_slice(&payload);
-    let mut back = vec![0u8; 4 + size];
-    let mut sampler = Sampler::new();
     // One timer guards the whole latency phase, as in ductwork's cells (`measure::run_link`),
     // so that both rows carry the same bookkeeping: the timer is polled each time a read
     // waits (~140 instructions per round trip).
-    let latency = async {
-        for measuring in [false, true] {
-            let phase = if measuring { dur } else { warmup };
-            let start = Instant::now();
-            let mut n = 0u64;
-            while start.elapsed() < phase || (measuring && n < Sampler::MIN_SAMPLES) {
-                let t0 = Instant::now();
-                s.write_all(&frame)
-                    .await
-                    .map_err(|e| format!("raw write: {e}"))?;
-                s.read_exact(&mut back)
-                    .await
-                    .map_err(|e| format!("raw read: {e}"))?;
-                let t = t0.elapsed();
-                if back != frame {
-                    return Err("raw echo differs from what was sent".into());
-                }
-                if measuring {
-                    sampler.record(t);
-                }
-                n += 1;
-            }
-        }
-        Ok::<(), String>(())
-    };
-    let guard = warmup + dur + t.reply_limit;
-    tokio::time::timeout(guard, latency)
+    let guard = t.warmup + t.duration + t.reply_limit;
+    let rtt = tokio::time::timeout(guard, latency(&mut s, &payload, t))
         .await
         .map_err(|_| format!("raw echoes did not come back within {guard:?}"))??;
-    // Throughput: each message written (header, payload) into a buffered writer, flushed once
-    // per batch: what a hand-written sender does, and what ductwork's feed + flush does.
-    let per_batch = super::measure::batch_len(4 + size);
+    let tp = throughput(&mut s, &payload, t).await?;
+    let _ = s.shutdown().await;
+    Ok((rtt, tp))
+}
+
+/// Echoed round trips of `payload` with the echo flag set in the header.
+async fn latency<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    payload: &[u8],
+    t: Timing,
+) -> Result<Rtt, String> {
+    let mut frame = Vec::with_capacity(4 + payload.len());
+    frame.extend_from_slice(&((payload.len() as u32) | ECHO).to_be_bytes());
+    frame.extend_from_slice(payload);
+    let mut back = vec![0u8; frame.len()];
+    let mut round_trips = RoundTrips::new(t);
+    while round_trips.next() {
+        let t0 = Instant::now();
+        s.write_all(&frame)
+            .await
+            .map_err(|e| format!("raw write: {e}"))?;
+        s.read_exact(&mut back)
+            .await
+            .map_err(|e| format!("raw read: {e}"))?;
+        let elapsed = t0.elapsed();
+        if back != frame {
+            return Err("raw echo differs from what was sent".into());
+        }
+        round_trips.record(elapsed);
+    }
+    Ok(round_trips.finish())
+}
+
+/// Each message written (header, payload) into a buffered writer, flushed once per batch:
+/// what a hand-written sender does, and what ductwork's feed + flush does.
+async fn throughput<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    payload: &[u8],
+    t: Timing,
+) -> Result<Throughput, String> {
+    let size = payload.len();
+    let per_batch = batch_len(4 + size);
     let hdr = (size as u32).to_be_bytes();
-    let mut w = tokio::io::BufWriter::with_capacity(64 * 1024, &mut s);
+    let mut w = tokio::io::BufWriter::with_capacity(64 * 1024, &mut *s);
     let start = Instant::now();
     let mut sent = 0u64;
-    while start.elapsed() < dur {
+    while start.elapsed() < t.duration {
         for _ in 0..per_batch {
             w.write_all(&hdr)
                 .await
                 .map_err(|e| format!("raw write: {e}"))?;
-            w.write_all(&payload)
+            w.write_all(payload)
                 .await
                 .map_err(|e| format!("raw write: {e}"))?;
         }
@@ -140,23 +234,19 @@ pub async fn measure<S: AsyncRead + AsyncWrite + Unpin>(
             "raw peer counted {received} messages of {sent} sent (or saw corrupt ones)"
         ));
     }
-    let _ = s.shutdown().await;
-    Ok((
-        sampler.finish(),
-        Throughput::new(sent, received, size, elapsed),
-    ))
+    Ok(Throughput::new(sent, received, size, elapsed))
 }
 
 /// The `raw-memcpy` baseline: how fast one thread copies `size`-byte buffers (one `memcpy`
 /// per message, source and destination allocated once). Shared-memory throughput is bounded
 /// by copying: a message crosses at least one copy into the ring and one out of it.
-pub fn memcpy(size: usize, warmup: Duration, dur: Duration) -> Throughput {
+pub fn memcpy(size: usize, t: Timing) -> Throughput {
     let src = pattern(size);
     let mut dst = vec![0u8; size];
     let mut copied = 0u64;
     let mut elapsed = Duration::ZERO;
     for measuring in [false, true] {
-        let phase = if measuring { dur } else { warmup };
+        let phase = if measuring { t.duration } else { t.warmup };
         let start = Instant::now();
         let mut n = 0u64;
         // The clock is read once per batch of copies, so small sizes measure memcpy, not

@@ -23,7 +23,7 @@
 //! (higher is better). The SVG is written by hand (no font or system dependencies) and opens
 //! in any browser.
 
-use super::{baselines_for, measure::Rtt, measure::Throughput, Pin};
+use super::types::{Pin, Rtt, Throughput};
 use serde::Serialize;
 use std::{fmt::Write as _, path::Path};
 
@@ -98,9 +98,10 @@ impl Row {
         }
     }
 
-    /// Fills `baseline` and the ratios from the measured baselines.
-    pub fn compare(&mut self, baselines: &[Row]) {
-        for name in baselines_for(&self.transport) {
+    /// Fills `baseline` and the ratios from the measured `baselines`, comparing with those
+    /// named in `compare_with` (nearest first) that were measured at this row's size.
+    pub fn compare(&mut self, baselines: &[Row], compare_with: &[&str]) {
+        for name in compare_with {
             let Some(b) = baselines
                 .iter()
                 .find(|b| b.transport == *name && b.size == self.size)
@@ -187,91 +188,98 @@ fn ratio_text(r: &Ratio) -> String {
     format!("{} / {}", f(r.p50), f(r.throughput))
 }
 
+/// The table's header.
+const HEADER: [&str; 9] = [
+    "transport",
+    "size",
+    "p50",
+    "p99",
+    "p99.9",
+    "max",
+    "msgs/s",
+    "MB/s",
+    "vs raw (p50 / MB/s)",
+];
+
+/// One row of the table, one string per column.
+fn line(r: &Row) -> [String; 9] {
+    let (p50, p99, p999, max) = match &r.rtt_ns {
+        Some(t) => (nanos(t.p50), nanos(t.p99), nanos(t.p999), nanos(t.max)),
+        None => ("n/a".into(), "".into(), "".into(), "".into()),
+    };
+    let (msgs, mbs) = match &r.throughput {
+        Some(t) => {
+            let mut m = format!("{:.1}", t.bytes_per_s / 1e6);
+            if t.loss > 0.0 {
+                let _ = write!(m, " ({:.1}% lost)", t.loss * 100.0);
+            }
+            (rate(t.msgs_per_s), m)
+        }
+        None => ("n/a".into(), "n/a".into()),
+    };
+    let mut vs = match (&r.baseline, &r.ratio) {
+        (Some(b), Some(ratio)) => format!("{b} {}", ratio_text(ratio)),
+        _ if r.transport.starts_with("raw-") || r.transport.starts_with("peer-") => {
+            "(baseline)".into()
+        }
+        _ => "-".into(),
+    };
+    for o in &r.other_ratios {
+        let _ = write!(
+            vs,
+            "; {} {}",
+            o.baseline.as_deref().unwrap_or("?"),
+            ratio_text(o)
+        );
+    }
+    let name = r.transport.clone();
+    [name, size(r.size), p50, p99, p999, max, msgs, mbs, vs]
+}
+
+/// `lines` under `HEADER` and a rule, in columns as wide as their widest cell: names and the
+/// comparison left-aligned, numbers right-aligned.
+fn columns(lines: &[[String; 9]]) -> String {
+    let mut width = HEADER.map(|h| h.chars().count());
+    for l in lines {
+        for (w, c) in width.iter_mut().zip(l) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut put = |cells: &[String]| {
+        let mut line = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            let pad = " ".repeat(width[i].saturating_sub(c.chars().count()));
+            if i == 0 || i == 8 {
+                line.push_str(c);
+                line.push_str(&pad);
+            } else {
+                line.push_str(&pad);
+                line.push_str(c);
+            }
+            line.push_str("  ");
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    };
+    put(&HEADER.map(String::from));
+    put(&width.map(|w| "-".repeat(w)));
+    for l in lines {
+        put(l);
+    }
+    out
+}
+
 impl Report {
-    /// The aligned text table.
+    /// The aligned text table, then the machine, a legend and the notes.
     pub fn table(&self) -> String {
-        let header = [
-            "transport",
-            "size",
-            "p50",
-            "p99",
-            "p99.9",
-            "max",
-            "msgs/s",
-            "MB/s",
-            "vs raw (p50 / MB/s)",
-        ];
-        let mut lines: Vec<[String; 9]> = Vec::new();
-        for r in self.baselines.iter().chain(&self.results) {
-            let (p50, p99, p999, max) = match &r.rtt_ns {
-                Some(t) => (nanos(t.p50), nanos(t.p99), nanos(t.p999), nanos(t.max)),
-                None => ("n/a".into(), "".into(), "".into(), "".into()),
-            };
-            let (msgs, mbs) = match &r.throughput {
-                Some(t) => {
-                    let mut m = format!("{:.1}", t.bytes_per_s / 1e6);
-                    if t.loss > 0.0 {
-                        let _ = write!(m, " ({:.1}% lost)", t.loss * 100.0);
-                    }
-                    (rate(t.msgs_per_s), m)
-                }
-                None => ("n/a".into(), "n/a".into()),
-            };
-            let mut vs = match (&r.baseline, &r.ratio) {
-                (Some(b), Some(ratio)) => format!("{b} {}", ratio_text(ratio)),
-                _ if r.transport.starts_with("raw-") || r.transport.starts_with("peer-") => {
-                    "(baseline)".into()
-                }
-                _ => "-".into(),
-            };
-            for o in &r.other_ratios {
-                let _ = write!(
-                    vs,
-                    "; {} {}",
-                    o.baseline.as_deref().unwrap_or("?"),
-                    ratio_text(o)
-                );
-            }
-            lines.push([
-                r.transport.clone(),
-                size(r.size),
-                p50,
-                p99,
-                p999,
-                max,
-                msgs,
-                mbs,
-                vs,
-            ]);
-        }
-        let mut width = header.map(|h| h.chars().count());
-        for l in &lines {
-            for (w, c) in width.iter_mut().zip(l) {
-                *w = (*w).max(c.chars().count());
-            }
-        }
-        let mut out = String::new();
-        let mut put = |cells: &[String]| {
-            let mut line = String::new();
-            for (i, c) in cells.iter().enumerate() {
-                let pad = width[i].saturating_sub(c.chars().count());
-                if i == 0 || i == 8 {
-                    line.push_str(c);
-                    line.push_str(&" ".repeat(pad));
-                } else {
-                    line.push_str(&" ".repeat(pad));
-                    line.push_str(c);
-                }
-                line.push_str("  ");
-            }
-            out.push_str(line.trim_end());
-            out.push('\n');
-        };
-        put(&header.map(String::from));
-        put(&width.map(|w| "-".repeat(w)));
-        for l in &lines {
-            put(l);
-        }
+        let lines: Vec<[String; 9]> = self
+            .baselines
+            .iter()
+            .chain(&self.results)
+            .map(line)
+            .collect();
+        let mut out = columns(&lines);
         let m = &self.machine;
         let _ = writeln!(
             out,

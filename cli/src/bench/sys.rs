@@ -20,7 +20,14 @@
 #[cfg(target_os = "linux")]
 pub use linux::*;
 #[cfg(not(target_os = "linux"))]
-use std::time::Instant;
+use {
+    super::types::{Rtt, Throughput, Timing},
+    std::time::Instant,
+};
+
+/// Why the shared-memory baselines are missing elsewhere.
+#[cfg(not(target_os = "linux"))]
+const LINUX_ONLY: &str = "shared-memory baselines are Linux only";
 
 /// The CPUs this process may run on, in order.
 #[cfg(not(target_os = "linux"))]
@@ -44,27 +51,43 @@ pub const HAS_SHM_BASELINES: bool = false;
 
 /// Unavailable here.
 #[cfg(not(target_os = "linux"))]
+pub fn shm_baseline(_spin: bool, _cpu: Option<usize>, _t: Timing) -> Result<Rtt, String> {
+    Err(LINUX_ONLY.into())
+}
+
+/// Unavailable here.
+#[cfg(not(target_os = "linux"))]
+pub fn shmcopy_baseline(
+    _size: usize,
+    _cpu: Option<usize>,
+    _t: Timing,
+) -> Result<Throughput, String> {
+    Err(LINUX_ONLY.into())
+}
+
+/// Unavailable here.
+#[cfg(not(target_os = "linux"))]
 pub fn cacheline_peer(_mem: i32, _deadline: Instant) -> Result<(), String> {
-    Err("raw-cacheline is Linux only".into())
+    Err(LINUX_ONLY.into())
 }
 
 /// Unavailable here.
 #[cfg(not(target_os = "linux"))]
 pub fn eventfd_peer(_mem: i32, _ping: i32, _pong: i32, _deadline: Instant) -> Result<(), String> {
-    Err("raw-eventfd is Linux only".into())
+    Err(LINUX_ONLY.into())
 }
 
 /// Unavailable here.
 #[cfg(not(target_os = "linux"))]
 pub fn shmcopy_peer(_mem: i32, _size: usize, _deadline: Instant) -> Result<(), String> {
-    Err("raw-shmcopy is Linux only".into())
+    Err(LINUX_ONLY.into())
 }
 
 #[cfg(target_os = "linux")]
 mod linux {
     use super::super::{
-        measure::{Rtt, Sampler, Throughput},
-        peer::{Job, PeerSpec},
+        proto::{command, Job, PeerSpec},
+        types::{pattern, payload_ok, RoundTrips, Rtt, Throughput, Timing},
     };
     use rustix::{
         event::{eventfd, poll, EventfdFlags, PollFd, PollFlags},
@@ -252,7 +275,7 @@ mod linux {
             cpu,
             deadline_ms: limit.as_millis() as u64,
         };
-        let child = super::super::peer::command(&spec)?
+        let child = command(&spec)?
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot start the peer process: {e}"))?;
@@ -308,16 +331,11 @@ mod linux {
     }
 
     /// Parent side of `raw-cacheline` (`spin = true`) or `raw-eventfd`: warm up, then measure
-    /// round trips for `dur`.
-    pub fn shm_baseline(
-        spin: bool,
-        cpu: Option<usize>,
-        warmup: Duration,
-        dur: Duration,
-    ) -> Result<Rtt, String> {
+    /// round trips for `t.duration`.
+    pub fn shm_baseline(spin: bool, cpu: Option<usize>, t: Timing) -> Result<Rtt, String> {
         let mem = new_memfd(MAP_LEN)?;
         let shared = Shared::map(&mem, MAP_LEN)?;
-        let limit = (warmup + dur) * 2 + STALL * 2;
+        let limit = (t.warmup + t.duration) * 2 + STALL * 2;
         let efds = if spin {
             None
         } else {
@@ -336,42 +354,34 @@ mod linux {
             },
         };
         let _peer = spawn(job, SHM_PAYLOAD, cpu, limit)?;
-        let mut payload = super::super::peer::pattern(SHM_PAYLOAD);
+        let mut payload = pattern(SHM_PAYLOAD);
         let mut back = vec![0u8; SHM_PAYLOAD];
-        let mut sampler = Sampler::new();
+        let mut round_trips = RoundTrips::new(t);
         let mut seq = 0u64;
-        for measuring in [false, true] {
-            let phase = if measuring { dur } else { warmup };
-            let start = Instant::now();
-            let mut n = 0u64;
-            while start.elapsed() < phase || (measuring && n < Sampler::MIN_SAMPLES) {
-                seq += 1;
-                payload[..8].copy_from_slice(&seq.to_le_bytes());
-                let t0 = Instant::now();
-                shared.copy_in(REQ, &payload);
-                shared.atomic(PING).store(seq, Ordering::Release);
-                match &efds {
-                    None => spin_until(shared.atomic(PONG), seq, None)?,
-                    Some((ping, pong)) => {
-                        signal(ping)?;
-                        wait_fd(pong, STALL)?;
-                        if shared.atomic(PONG).load(Ordering::Acquire) != seq {
-                            return Err("the peer answered out of turn".into());
-                        }
+        while round_trips.next() {
+            seq += 1;
+            payload[..8].copy_from_slice(&seq.to_le_bytes());
+            let t0 = Instant::now();
+            shared.copy_in(REQ, &payload);
+            shared.atomic(PING).store(seq, Ordering::Release);
+            match &efds {
+                None => spin_until(shared.atomic(PONG), seq, None)?,
+                Some((ping, pong)) => {
+                    signal(ping)?;
+                    wait_fd(pong, STALL)?;
+                    if shared.atomic(PONG).load(Ordering::Acquire) != seq {
+                        return Err("the peer answered out of turn".into());
                     }
                 }
-                shared.copy_out(REPLY, &mut back);
-                let t = t0.elapsed();
-                if back != payload {
-                    return Err("the peer's reply differs from the request".into());
-                }
-                if measuring {
-                    sampler.record(t);
-                }
-                n += 1;
             }
+            shared.copy_out(REPLY, &mut back);
+            let elapsed = t0.elapsed();
+            if back != payload {
+                return Err("the peer's reply differs from the request".into());
+            }
+            round_trips.record(elapsed);
         }
-        Ok(sampler.finish())
+        Ok(round_trips.finish())
     }
 
     /// Peer side of `raw-cacheline`.
@@ -431,13 +441,13 @@ mod linux {
     }
 
     /// Parent side of `raw-shmcopy`: warm up, then copy `size`-byte messages into the ring
-    /// for `dur`; the phase ends when the peer has copied the last one out.
+    /// for `t.duration`; the phase ends when the peer has copied the last one out.
     pub fn shmcopy_baseline(
         size: usize,
         cpu: Option<usize>,
-        warmup: Duration,
-        dur: Duration,
+        t: Timing,
     ) -> Result<Throughput, String> {
+        let (warmup, dur) = (t.warmup, t.duration);
         let (slot, slots, len) = copy_geometry(size);
         let mem = new_memfd(len)?;
         let shared = Shared::map(&mem, len)?;
@@ -450,7 +460,7 @@ mod linux {
             cpu,
             limit,
         )?;
-        let payload = super::super::peer::pattern(size);
+        let payload = pattern(size);
         let mut written = 0u64;
         let mut result = None;
         for measuring in [false, true] {
@@ -487,7 +497,7 @@ mod linux {
         let (slot, slots, len) = copy_geometry(size);
         let mem = inherited(mem)?;
         let shared = Shared::map(&mem, len)?;
-        let expected = super::super::peer::pattern(size);
+        let expected = pattern(size);
         let mut buf = vec![0u8; size];
         let mut read = 0u64;
         loop {
@@ -506,7 +516,7 @@ mod linux {
             shared.copy_out(COPY_DATA + (read % slots) as usize * slot, &mut buf);
             read += 1;
             shared.atomic(COPY_READ).store(read, Ordering::Release);
-            if !super::super::peer::payload_ok(&buf, &expected) {
+            if !payload_ok(&buf, &expected) {
                 shared.atomic(COPY_BAD).fetch_add(1, Ordering::Release);
             }
         }

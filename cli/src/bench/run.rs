@@ -1,0 +1,187 @@
+//! The runner: executes a [`Plan`]'s cells in rounds and merges each cell's rounds.
+//!
+//! The cells of one size form a group, and each group runs `rounds` times in turn, so load
+//! drift hits a baseline and its transports alike. A cell whose round fails is dropped with a
+//! note; the run goes on.
+
+use super::{
+    baseline::Env,
+    measure,
+    plan::{Cell, Names, Plan},
+    proto::one_way,
+    report::Row,
+    types::{merge, Measured},
+};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::{
+    io::IsTerminal,
+    time::{Duration, Instant},
+};
+
+/// What a run produced: rows for the report.
+pub struct Outcome {
+    /// Transport rows, in the order subjects were chosen, then by size.
+    pub results: Vec<Row>,
+    /// Baseline rows, in report order, then by size.
+    pub baselines: Vec<Row>,
+    /// Cells that failed.
+    pub notes: Vec<String>,
+    /// How long the run took.
+    pub elapsed: Duration,
+}
+
+/// The order cells run in: indices into `cells` (sorted by size), each size's group repeated
+/// `rounds` times.
+fn schedule(cells: &[Cell], rounds: u32) -> Vec<usize> {
+    let mut order = Vec::new();
+    let mut start = 0;
+    while start < cells.len() {
+        let size = cells[start].size();
+        let end = cells[start..]
+            .iter()
+            .position(|c| c.size() != size)
+            .map_or(cells.len(), |n| start + n);
+        for _ in 0..rounds {
+            order.extend(start..end);
+        }
+        start = end;
+    }
+    order
+}
+
+fn progress_bar(total: u64) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(total);
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+    {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.enable_steady_tick(Duration::from_millis(120));
+    pb
+}
+
+/// Runs every cell of `plan` in rounds.
+pub fn execute(plan: &Plan, rt: &tokio::runtime::Runtime, names: &mut Names) -> Outcome {
+    let order = schedule(&plan.cells, plan.rounds);
+    let total = order.len() as u64;
+    let pb = progress_bar(total);
+    let started = Instant::now();
+    let mut notes = Vec::new();
+    // Per cell: the merged rounds so far, or None once a round failed.
+    let mut merged: Vec<Option<Option<Measured>>> = vec![Some(None); plan.cells.len()];
+    for (i, &ci) in order.iter().enumerate() {
+        let cell = &plan.cells[ci];
+        if merged[ci].is_none() {
+            pb.inc(1);
+            continue;
+        }
+        let label = cell.label();
+        pb.set_message(label.clone());
+        if pb.is_hidden() {
+            eprintln!("[{}/{total}] {label}", i + 1);
+        }
+        match measure_cell(plan, cell, rt, names) {
+            Ok(m) => {
+                let slot = &mut merged[ci];
+                *slot = Some(Some(match slot.take().flatten() {
+                    None => m,
+                    Some(mut sum) => {
+                        merge(&mut sum, &m);
+                        sum
+                    }
+                }));
+            }
+            Err(e) => {
+                let note = format!("{label}: failed: {e}");
+                pb.println(format!("ductwork bench: {note}"));
+                notes.push(note);
+                merged[ci] = None;
+            }
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let (results, baselines) = rows(plan, merged);
+    Outcome {
+        results,
+        baselines,
+        notes,
+        elapsed: started.elapsed(),
+    }
+}
+
+/// One round of one cell.
+fn measure_cell(
+    plan: &Plan,
+    cell: &Cell,
+    rt: &tokio::runtime::Runtime,
+    names: &mut Names,
+) -> Result<Measured, String> {
+    let t = plan.timing;
+    let cpu = plan.pinning.peer_cpu;
+    let limit = t.warmup + t.duration * 3 + Duration::from_secs(30);
+    match cell {
+        Cell::Raw { baseline, size } => {
+            let socket = names.socket_path();
+            let env = Env {
+                rt,
+                cpu,
+                timing: t,
+                limit,
+                socket: &socket,
+            };
+            baseline.measure(*size, &env)
+        }
+        Cell::Dw { subject, size } => {
+            let (ep, back) = names.endpoint(subject)?;
+            let back = match subject.transport.capabilities(&ep) {
+                Ok(c) if plan.two_endpoints || one_way(c.direction) => Some(back),
+                _ => None,
+            };
+            let (rtt, tp) = rt.block_on(async {
+                tokio::time::timeout(limit, measure::dw_cell(ep, back, *size, cpu, t))
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no result within {limit:?}")))
+            })?;
+            Ok((Some(rtt), Some(tp)))
+        }
+    }
+}
+
+/// The report's rows from the merged cells: transport rows compared with their baselines,
+/// both sorted for the report.
+fn rows(plan: &Plan, merged: Vec<Option<Option<Measured>>>) -> (Vec<Row>, Vec<Row>) {
+    let mut results: Vec<(usize, Row, &[_])> = Vec::new();
+    let mut baselines: Vec<(usize, Row)> = Vec::new();
+    for (cell, m) in plan.cells.iter().zip(merged) {
+        let Some(Some((rtt, tp))) = m else {
+            continue;
+        };
+        match cell {
+            Cell::Dw { subject, size } => {
+                let order = plan.subjects.iter().position(|s| s.name == subject.name);
+                let row = Row::new(subject.name.clone(), *size, rtt, tp);
+                results.push((order.unwrap_or(usize::MAX), row, &subject.baselines));
+            }
+            Cell::Raw { baseline, size } => {
+                let row = Row::new(baseline.name().to_string(), *size, rtt, tp);
+                baselines.push((baseline.rank(), row));
+            }
+        }
+    }
+    results.sort_by_key(|(order, r, _)| (*order, r.size));
+    baselines.sort_by_key(|(rank, r)| (*rank, r.size));
+    let baselines: Vec<Row> = baselines.into_iter().map(|(_, r)| r).collect();
+    let results = results
+        .into_iter()
+        .map(|(_, mut row, compare_with)| {
+            let names: Vec<&str> = compare_with.iter().map(|b| b.name()).collect();
+            row.compare(&baselines, &names);
+            row
+        })
+        .collect();
+    (results, baselines)
+}
