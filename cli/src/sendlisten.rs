@@ -52,40 +52,39 @@ pub struct ListenArgs {
     pub connections: Option<u64>,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_current_thread()
+/// Parses `endpoint` and runs `work` on it on a fresh runtime; returns the exit code. A bad
+/// endpoint is a usage error, any other failure is reported as `ductwork COMMAND: ...`.
+fn run_on<F, Fut>(command: &str, endpoint: &str, work: F) -> i32
+where
+    F: FnOnce(Endpoint) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let ep = match Endpoint::parse(endpoint) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("ductwork: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))
-}
-
-fn parse_endpoint(s: &str) -> Result<Endpoint, i32> {
-    Endpoint::parse(s).map_err(|e| {
-        eprintln!("ductwork: {e}");
-        EXIT_USAGE
-    })
+        .and_then(|rt| rt.block_on(work(ep)));
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("ductwork {command}: {e}");
+            EXIT_FAILURE
+        }
+    }
 }
 
 /// Runs `ductwork send`; returns the exit code.
 pub fn send(args: SendArgs) -> i32 {
-    let ep = match parse_endpoint(&args.endpoint) {
-        Ok(e) => e,
-        Err(code) => return code,
-    };
-    let rt = match runtime() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("ductwork send: {e}");
-            return EXIT_FAILURE;
-        }
-    };
-    match rt.block_on(send_lines(ep, std::io::stdin().lock())) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("ductwork send: {e}");
-            EXIT_FAILURE
-        }
-    }
+    run_on("send", &args.endpoint, |ep| {
+        send_lines(ep, std::io::stdin().lock())
+    })
 }
 
 async fn send_lines(ep: Endpoint, input: impl BufRead) -> Result<(), String> {
@@ -107,24 +106,9 @@ async fn send_lines(ep: Endpoint, input: impl BufRead) -> Result<(), String> {
 
 /// Runs `ductwork listen`; returns the exit code.
 pub fn listen(args: ListenArgs) -> i32 {
-    let ep = match parse_endpoint(&args.endpoint) {
-        Ok(e) => e,
-        Err(code) => return code,
-    };
-    let rt = match runtime() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("ductwork listen: {e}");
-            return EXIT_FAILURE;
-        }
-    };
-    match rt.block_on(listen_loop(ep, args.count, args.connections)) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("ductwork listen: {e}");
-            EXIT_FAILURE
-        }
-    }
+    run_on("listen", &args.endpoint, |ep| {
+        listen_loop(ep, args.count, args.connections)
+    })
 }
 
 async fn listen_loop(ep: Endpoint, count: Option<u64>, conns: Option<u64>) -> Result<(), String> {
