@@ -71,6 +71,32 @@ fn assert_percentiles(rtt: &serde_json::Value) {
     assert!(0 < p50 && p50 <= p99 && p99 <= p999 && p999 <= max, "{rtt}");
 }
 
+/// The `transport` of every row under `key` (`results` or `baselines`).
+fn row_names<'a>(v: &'a serde_json::Value, key: &str) -> Vec<&'a str> {
+    let rows = v[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {key}: {v:#}"));
+    rows.iter()
+        .map(|r| r["transport"].as_str().unwrap())
+        .collect()
+}
+
+/// The rows under `key` (`results` or `baselines`) of one transport or baseline.
+fn rows_of<'a>(v: &'a serde_json::Value, key: &str, transport: &str) -> Vec<&'a serde_json::Value> {
+    let rows = v[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {key}: {v:#}"));
+    rows.iter()
+        .filter(|r| r["transport"] == transport)
+        .collect()
+}
+
+/// A JSON array of strings.
+fn strings(v: &serde_json::Value) -> Vec<&str> {
+    let items = v.as_array().unwrap_or_else(|| panic!("not an array: {v}"));
+    items.iter().map(|n| n.as_str().unwrap()).collect()
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -156,12 +182,7 @@ fn tiny_bench_writes_table_json_and_svg() {
         assert!(r["ratio"]["p50"].as_f64().unwrap() > 0.0);
         assert!(r["ratio"]["throughput"].as_f64().unwrap() > 0.0);
     }
-    let baselines: Vec<&str> = v["baselines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["transport"].as_str().unwrap())
-        .collect();
+    let baselines = row_names(&v, "baselines");
     for s in &schemes {
         assert!(
             baselines.contains(&format!("raw-{s}").as_str()),
@@ -215,12 +236,7 @@ fn a_peer_that_dies_fails_its_cell_and_the_run_goes_on() {
     // Both tcp cells failed (their peers died), the baselines (no ductwork peer) were measured.
     assert_eq!(v["results"].as_array().unwrap().len(), 0, "{v:#}");
     assert_eq!(v["baselines"].as_array().unwrap().len(), 2, "{v:#}");
-    let notes: Vec<&str> = v["notes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n.as_str().unwrap())
-        .collect();
+    let notes = strings(&v["notes"]);
     assert_eq!(
         notes.iter().filter(|n| n.starts_with("tcp ")).count(),
         2,
@@ -248,12 +264,7 @@ fn iceoryx2_baseline_runs_next_to_shm() {
     );
     let v = b.json();
     assert!(String::from_utf8_lossy(&b.out.stdout).contains("peer-iceoryx2"));
-    let iox: Vec<&serde_json::Value> = v["baselines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|b| b["transport"] == "peer-iceoryx2")
-        .collect();
+    let iox = rows_of(&v, "baselines", "peer-iceoryx2");
     let sizes: Vec<u64> = iox.iter().map(|b| b["size"].as_u64().unwrap()).collect();
     assert_eq!(sizes, [64, 1024], "{v:#}");
     for b in &iox {
@@ -262,12 +273,7 @@ fn iceoryx2_baseline_runs_next_to_shm() {
         assert!(rtt["samples"].as_u64().unwrap() >= 20, "{rtt}");
     }
     // Each measured shm row carries its ratio to the iceoryx2 row of its size.
-    let shm: Vec<&serde_json::Value> = v["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["transport"] == "shm")
-        .collect();
+    let shm = rows_of(&v, "results", "shm");
     assert!(!shm.is_empty(), "{v:#}");
     for r in shm {
         // 64 B: nearest is raw-eventfd, iceoryx2 comes after; 1 KiB: iceoryx2 is the only one.
@@ -295,20 +301,10 @@ fn an_iceoryx2_peer_that_dies_fails_its_row() {
         &[("DUCTWORK_BENCH_PEER_DIES_AFTER", "50")],
     );
     let v = b.json();
-    let baselines: Vec<&str> = v["baselines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["transport"].as_str().unwrap())
-        .collect();
+    let baselines = row_names(&v, "baselines");
     assert!(!baselines.contains(&"peer-iceoryx2"), "{v:#}");
     assert!(baselines.contains(&"raw-cacheline"), "{v:#}");
-    let notes: Vec<&str> = v["notes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n.as_str().unwrap())
-        .collect();
+    let notes = strings(&v["notes"]);
     assert!(
         notes
             .iter()
@@ -496,12 +492,8 @@ fn shm_variants_and_memcpy_baseline() {
             assert!(vs.1["throughput"].as_f64().unwrap() > 0.0, "{bulk}");
         }
     }
-    let baselines = v["baselines"].as_array().unwrap();
     for base in ["raw-memcpy", "raw-shmcopy"] {
-        let found: Vec<_> = baselines
-            .iter()
-            .filter(|b| b["transport"] == base)
-            .collect();
+        let found = rows_of(&v, "baselines", base);
         if base == "raw-shmcopy" && !cfg!(target_os = "linux") {
             assert!(found.is_empty(), "{v:#}");
             continue;
