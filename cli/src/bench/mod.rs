@@ -32,12 +32,18 @@
 //!   transports alike.
 //! - **Pinning** (`--pin`): `cross` puts parent and peer on two different CPUs, `same` on one,
 //!   `none` lets the OS choose (Linux only; elsewhere the run is unpinned, with a note).
-
 //!
-//! Layout, each file using only those below it: `plan` (arguments -> [`plan::Plan`]) ->
-//! `run` (the rounds) -> `baseline` (the raw baselines) -> `measure`, `raw`, `sys`, `iox`
-//! (how to measure) and `peer` (the peer process) -> `proto` (what parent and peer share),
-//! `report` (table, JSON, SVG) -> `types` (timing, results, payload pattern).
+//! Layout: each file uses only files further down this list, so their imports form no cycle.
+//! - `run`: executes a plan's cells in rounds and builds the report's rows.
+//! - [`plan`]: arguments -> [`plan::Plan`]: transports with their options, sizes, timing,
+//!   pinning, and the cells to measure.
+//! - [`baseline`]: the raw baselines, what each is and how to measure it.
+//! - [`peer`]: the peer process, `ductwork __peer`.
+//! - [`measure`], [`raw`], [`sys`], `iox`: how to measure a ductwork cell, the raw streams and
+//!   memcpy, shared memory (and CPU pinning), iceoryx2.
+//! - [`report`]: the table, the JSON file and the SVG plot.
+//! - [`proto`]: what parent and peer share (peer spec, messages, the peer's handle).
+//! - [`types`]: timing, results, the payload pattern.
 
 pub mod baseline;
 #[cfg(all(feature = "peer-iceoryx2", target_os = "linux"))]

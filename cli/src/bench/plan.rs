@@ -126,8 +126,11 @@ impl Subject {
         let scheme = scheme.trim().to_ascii_lowercase();
         let Some(t) = built.iter().find(|t| t.scheme() == scheme) else {
             let names: Vec<&str> = built.iter().map(|t| t.scheme()).collect();
+            // Whether `scheme` is a transport left out of this build or no transport at all,
+            // only the transports compiled in can say; both get the same answer.
             return Err(format!(
-                "unknown transport `{scheme}` (this build has: {})",
+                "unknown transport `{scheme}` (this build has: {}; others need their cargo \
+                 feature)",
                 names.join(", ")
             ));
         };
