@@ -136,14 +136,14 @@ impl Subject {
         };
         let mut options = Vec::new();
         if let Some(q) = query {
+            let hint = "endpoint options must be key=value pairs joined by `&` (for example \
+                        shm?spin=0)";
+            // `Endpoint` skips empty pairs; on the command line they are more likely a typo.
+            if q.split('&').any(str::is_empty) {
+                return Err(format!("`{entry}`: {hint}"));
+            }
             let ep = Endpoint::parse(&format!("{}?{q}", t.local_endpoint("bench-options")))
-                .map_err(|e| {
-                    format!(
-                        "`{entry}`: {}; endpoint options must be key=value pairs joined by `&` \
-                         (for example shm?spin=0)",
-                        e.detail()
-                    )
-                })?;
+                .map_err(|e| format!("`{entry}`: {}; {hint}", e.detail()))?;
             options = ep.options().map(|(k, v)| (k.into(), v.into())).collect();
         }
         Ok(Subject::new(t.clone(), options))
