@@ -3,7 +3,7 @@
 //! `ductwork listen`). Run `ductwork --help` for details.
 //!
 //! - `bench`: measures latency and throughput of every transport against raw baselines
-//!   ([`bench`]).
+//!   ([`bench`](mod@bench)).
 //! - `send` / `listen`: JSON lines on stdin/stdout carried as postcard frames ([`sendlisten`],
 //!   with the envelope type in [`json`]).
 //! - `__peer`: hidden; the bench re-executes this binary as its peer process.
