@@ -30,6 +30,27 @@ pub struct Outcome {
     pub elapsed: Duration,
 }
 
+/// A cell's rounds so far.
+enum Slot {
+    /// No round has run yet.
+    Pending,
+    /// The rounds so far, merged.
+    Merged(Measured),
+    /// A round failed: the cell is dropped.
+    Failed,
+}
+
+impl Slot {
+    /// Adds one more round.
+    fn add(&mut self, m: Measured) {
+        match self {
+            Slot::Pending => *self = Slot::Merged(m),
+            Slot::Merged(sum) => merge(sum, &m),
+            Slot::Failed => {}
+        }
+    }
+}
+
 /// The order cells run in: indices into `cells` (sorted by size), each size's group repeated
 /// `rounds` times.
 fn schedule(cells: &[Cell], rounds: u32) -> Vec<usize> {
@@ -70,11 +91,10 @@ pub fn execute(plan: &Plan, rt: &tokio::runtime::Runtime, names: &mut Names) -> 
     let pb = progress_bar(total);
     let started = Instant::now();
     let mut notes = Vec::new();
-    // Per cell: the merged rounds so far, or None once a round failed.
-    let mut merged: Vec<Option<Option<Measured>>> = vec![Some(None); plan.cells.len()];
+    let mut slots: Vec<Slot> = plan.cells.iter().map(|_| Slot::Pending).collect();
     for (i, &ci) in order.iter().enumerate() {
         let cell = &plan.cells[ci];
-        if merged[ci].is_none() {
+        if matches!(slots[ci], Slot::Failed) {
             pb.inc(1);
             continue;
         }
@@ -84,27 +104,18 @@ pub fn execute(plan: &Plan, rt: &tokio::runtime::Runtime, names: &mut Names) -> 
             eprintln!("[{}/{total}] {label}", i + 1);
         }
         match measure_cell(plan, cell, rt, names) {
-            Ok(m) => {
-                let slot = &mut merged[ci];
-                *slot = Some(Some(match slot.take().flatten() {
-                    None => m,
-                    Some(mut sum) => {
-                        merge(&mut sum, &m);
-                        sum
-                    }
-                }));
-            }
+            Ok(m) => slots[ci].add(m),
             Err(e) => {
                 let note = format!("{label}: failed: {e}");
                 pb.println(format!("ductwork bench: {note}"));
                 notes.push(note);
-                merged[ci] = None;
+                slots[ci] = Slot::Failed;
             }
         }
         pb.inc(1);
     }
     pb.finish_and_clear();
-    let (results, baselines) = rows(plan, merged);
+    let (results, baselines) = rows(plan, slots);
     Outcome {
         results,
         baselines,
@@ -153,11 +164,11 @@ fn measure_cell(
 
 /// The report's rows from the merged cells: transport rows compared with their baselines,
 /// both sorted for the report.
-fn rows(plan: &Plan, merged: Vec<Option<Option<Measured>>>) -> (Vec<Row>, Vec<Row>) {
+fn rows(plan: &Plan, slots: Vec<Slot>) -> (Vec<Row>, Vec<Row>) {
     let mut results: Vec<(usize, Row, &[_])> = Vec::new();
     let mut baselines: Vec<(usize, Row)> = Vec::new();
-    for (cell, m) in plan.cells.iter().zip(merged) {
-        let Some(Some((rtt, tp))) = m else {
+    for (cell, slot) in plan.cells.iter().zip(slots) {
+        let Slot::Merged((rtt, tp)) = slot else {
             continue;
         };
         match cell {
