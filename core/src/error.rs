@@ -40,6 +40,9 @@ pub enum ErrorKind {
     Encode,
     /// An operation did not complete in time.
     Timeout,
+    /// The peer received the request but reports that it could not answer it (for example a
+    /// request/reply handler that panicked).
+    Remote,
     /// Any other operating-system error.
     Io,
 }
@@ -59,6 +62,7 @@ impl ErrorKind {
             ErrorKind::Decode => "cannot decode message",
             ErrorKind::Encode => "cannot encode message",
             ErrorKind::Timeout => "timed out",
+            ErrorKind::Remote => "the peer failed the request",
             ErrorKind::Io => "I/O error",
         }
     }

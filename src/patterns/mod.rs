@@ -1,0 +1,14 @@
+//! Messaging patterns for services, built on [`Channel`](crate::Channel) alone, so they work the
+//! same over every transport (and every transport added later).
+//!
+//! - [`reqrep`]: request/reply. A [`Client`] that many tasks share over one connection (each
+//!   request carries an id, a reply goes to its caller only, a deadline fails one request, a
+//!   late reply is discarded) and a [`Server`] that runs handlers concurrently with a bound.
+//!
+//! The patterns know nothing of backends: they see frames through the typed channel and the
+//! endpoint's [`Capabilities`](crate::Capabilities), as the layer diagram in the design notes
+//! draws it.
+
+pub mod reqrep;
+
+pub use reqrep::{Client, ClientOptions, Reply, Request, Server, ServerHandle, ServerOptions};
