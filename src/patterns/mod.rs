@@ -4,11 +4,16 @@
 //! - [`reqrep`]: request/reply. A [`Client`] that many tasks share over one connection (each
 //!   request carries an id, a reply goes to its caller only, a deadline fails one request, a
 //!   late reply is discarded) and a [`Server`] that runs handlers concurrently with a bound.
+//! - [`pubsub`]: publish/subscribe. A [`Publisher`] fans each message out to every
+//!   [`Subscriber`] whose topic prefixes match, with a per-endpoint policy for slow
+//!   subscribers and bounded memory.
 //!
 //! The patterns know nothing of backends: they see frames through the typed channel and the
 //! endpoint's [`Capabilities`](crate::Capabilities), as the layer diagram in the design notes
 //! draws it.
 
+pub mod pubsub;
 pub mod reqrep;
 
+pub use pubsub::{Message, Publisher, PublisherOptions, SlowSubscriber, Subscriber};
 pub use reqrep::{Client, ClientOptions, Reply, Request, Server, ServerHandle, ServerOptions};
