@@ -165,7 +165,10 @@ async fn max_in_flight_bounds_the_handlers_of_a_connection() {
     let server = Server::bind("tcp://127.0.0.1:0", h)
         .await
         .unwrap()
-        .with_options(ServerOptions { max_in_flight: 2 })
+        .with_options(ServerOptions {
+            max_in_flight: 2,
+            ..ServerOptions::default()
+        })
         .spawn();
     let client = Client::<Op, i64>::connect(server.endpoint()).await.unwrap();
     let mut tasks = tokio::task::JoinSet::new();
@@ -187,7 +190,10 @@ async fn a_lost_server_fails_waiting_and_later_calls() {
         .await
         .unwrap()
         .spawn();
-    let opts = ClientOptions { timeout: None };
+    let opts = ClientOptions {
+        timeout: None,
+        ..ClientOptions::default()
+    };
     let ch = ductwork::connect_channel(server.endpoint()).await.unwrap();
     let client = Client::<Op, i64>::with_options(ch, opts);
     let c = client.clone();
@@ -222,4 +228,67 @@ async fn the_client_is_a_tower_service() {
         .unwrap();
     assert_eq!(client.call(Op::Add(20, 22)).await.unwrap(), 42);
     server.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// A client with `reconnect` notices a server that went away while it was idle, reports each
+/// step, lets calls wait for the new connection, and works again once a server is back at
+/// the same endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_client_finds_a_restarted_server() {
+    use ductwork::patterns::{Backoff, LinkState};
+    let first = Server::bind("tcp://127.0.0.1:0", handler)
+        .await
+        .unwrap()
+        .spawn();
+    let at = first.endpoint().clone();
+    let opts = ClientOptions {
+        reconnect: Some(Backoff {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(200),
+            jitter: 0.5,
+        }),
+        ..ClientOptions::default()
+    };
+    let client = Client::<Op, i64>::connect_with(&at, opts).await.unwrap();
+    let mut state = client.state();
+    assert_eq!(*state.borrow(), LinkState::Connected);
+    assert_eq!(client.call(Op::Add(1, 1)).await.unwrap(), 2);
+
+    first.shutdown(Duration::from_secs(5)).await.unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            state.changed().await.unwrap();
+            if let LinkState::Reconnecting { attempt } = *state.borrow_and_update() {
+                if attempt >= 2 {
+                    return attempt; // at least one attempt failed: nobody is listening
+                }
+            }
+        }
+    })
+    .await
+    .expect("the idle client must notice the loss and retry");
+    assert!(seen >= 2);
+    // While nothing listens, a call waits for the link within its deadline.
+    let e = client
+        .call_timeout(Op::Add(1, 2), Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+
+    let second = Server::bind(&at, handler).await.unwrap().spawn();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while *state.borrow_and_update() != LinkState::Connected {
+            state.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("reconnected to the restarted server");
+    assert_eq!(client.call(Op::Add(2, 2)).await.unwrap(), 4);
+    client.close().await.unwrap();
+    assert_eq!(*client.state().borrow(), LinkState::Lost);
+    assert_eq!(
+        client.call(Op::Add(1, 1)).await.unwrap_err().kind(),
+        ErrorKind::Closed
+    );
+    second.shutdown(Duration::from_secs(5)).await.unwrap();
 }

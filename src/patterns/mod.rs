@@ -12,8 +12,10 @@
 //! endpoint's [`Capabilities`](crate::Capabilities), as the layer diagram in the design notes
 //! draws it.
 
+mod liveness;
 pub mod pubsub;
 pub mod reqrep;
 
+pub use liveness::{Backoff, Heartbeat, Heartbeats, LinkState};
 pub use pubsub::{Message, Publisher, PublisherOptions, SlowSubscriber, Subscriber};
 pub use reqrep::{Client, ClientOptions, Reply, Request, Server, ServerHandle, ServerOptions};

@@ -30,8 +30,9 @@
 //! # Ok(()) }
 //! ```
 //!
-//! On the wire the client sends [`Request`] (`id`, `body`) and the server answers [`Reply`]
-//! (`Ok { id, body }` or `Failed { id, reason }`), each one postcard frame
+//! On the wire the client sends [`Request`] (`Call { id, body }`, or a heartbeat `Ping`) and
+//! the server answers [`Reply`] (`Ok { id, body }`, `Failed { id, reason }` or `Pong`), each
+//! one postcard frame
 //! (`docs/wire-format.md`), so a service in another language can speak it too.
 //!
 //! Semantics:
@@ -40,7 +41,13 @@
 //! - **Ids** are unique per client connection; a reply whose caller gave up (deadline, future
 //!   dropped) is discarded with a `debug` event.
 //! - **Broken connection.** When the connection fails or the server closes it, every waiting
-//!   caller gets that error, and every later call fails at once with it.
+//!   caller gets that error. Then, without [`ClientOptions::reconnect`], every later call
+//!   fails at once with it; with it, the client connects again with exponential backoff and
+//!   jitter ([`Client::state`] shows each step), later calls wait for the new connection
+//!   within their deadline, and the calls that were in flight stay failed: nothing is retried.
+//! - **Dead peers** on transports that cannot see one (udp): with [`Heartbeats`] (on there by
+//!   default) the client pings when idle and counts the server lost after
+//!   `interval * misses` of silence; the server drops a client silent that long.
 //! - **No background task.** The caller whose reply is due reads the connection and hands
 //!   other callers' replies to them, so a lone caller pays one lock and one map entry over a
 //!   plain [`Channel`] round trip.
@@ -49,6 +56,7 @@
 //!   client); a handler that burns CPU should hand work to `tokio::task::spawn_blocking`. A
 //!   handler that panics is answered with `Failed`, and the server goes on.
 
+use super::{Backoff, Heartbeat, Heartbeats, LinkState};
 use crate::{BoxListener, Channel, Endpoint, Error, ErrorKind, Result};
 use futures::{
     future::FutureExt,
@@ -63,24 +71,29 @@ use std::{
     pin::Pin,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
+        Arc, Mutex, Weak,
     },
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
-use tokio::sync::{oneshot, Mutex as AsyncMutex};
+use tokio::sync::{oneshot, watch, Mutex as AsyncMutex};
 use tokio_util::sync::CancellationToken;
 
-/// A request on the wire: the caller's value tagged with an id unique on its connection.
+/// What a client sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Request<T> {
-    /// Chosen by the client; the reply carries it back.
-    pub id: u64,
-    /// The caller's request.
-    pub body: T,
+pub enum Request<T> {
+    /// A call: the caller's value tagged with an id unique on its connection.
+    Call {
+        /// Chosen by the client; the reply carries it back.
+        id: u64,
+        /// The caller's request.
+        body: T,
+    },
+    /// A heartbeat; the server answers [`Reply::Pong`].
+    Ping,
 }
 
-/// A reply on the wire: the handler's answer for request `id`, or why there is none.
+/// What a server sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply<T> {
     /// The handler's answer.
@@ -97,13 +110,16 @@ pub enum Reply<T> {
         /// Why, in words.
         reason: String,
     },
+    /// The answer to a [`Request::Ping`].
+    Pong,
 }
 
 impl<T> Reply<T> {
-    /// The id of the request this answers.
-    pub fn id(&self) -> u64 {
+    /// The id of the request this answers (none for a pong).
+    pub fn id(&self) -> Option<u64> {
         match self {
-            Reply::Ok { id, .. } | Reply::Failed { id, .. } => *id,
+            Reply::Ok { id, .. } | Reply::Failed { id, .. } => Some(*id),
+            Reply::Pong => None,
         }
     }
 }
@@ -114,12 +130,20 @@ pub struct ClientOptions {
     /// The deadline [`Client::call`] puts on each request; `None` waits as long as the
     /// connection lives. Default: 30 s.
     pub timeout: Option<Duration>,
+    /// Connect again after the connection is lost, waiting as this says between attempts;
+    /// `None` (the default) leaves a lost client lost. Calls in flight when the connection
+    /// is lost fail either way; nothing is retried.
+    pub reconnect: Option<Backoff>,
+    /// Heartbeats, to notice a dead server on transports that cannot. Default: `Auto`.
+    pub heartbeats: Heartbeats,
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             timeout: Some(Duration::from_secs(30)),
+            reconnect: None,
+            heartbeats: Heartbeats::Auto,
         }
     }
 }
@@ -146,25 +170,68 @@ impl<Req, Resp> Clone for Client<Req, Resp> {
 impl<Req, Resp> std::fmt::Debug for Client<Req, Resp> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("endpoint", &self.shared.endpoint)
+            .field("endpoint", &self.shared.endpoint.to_string())
+            .field("state", &*self.shared.state.borrow())
             .finish_non_exhaustive()
     }
 }
 
-struct Shared<Req, Resp> {
-    endpoint: String,
-    opts: ClientOptions,
-    next_id: AtomicU64,
-    tx: AsyncMutex<SplitSink<ClientChannel<Req, Resp>, Request<Req>>>,
-    rx: AsyncMutex<SplitStream<ClientChannel<Req, Resp>>>,
-    state: Mutex<State<Resp>>,
+/// Why a link ended, kept to fail later calls with the same error.
+#[derive(Debug, Clone)]
+struct Failure {
+    kind: ErrorKind,
+    detail: String,
 }
 
-struct State<Resp> {
+impl Failure {
+    fn of(e: &Error) -> Self {
+        Failure {
+            kind: e.kind(),
+            detail: e.detail().to_string(),
+        }
+    }
+
+    fn error(&self, endpoint: impl std::fmt::Display) -> Error {
+        Error::new(self.kind, endpoint, self.detail.clone())
+    }
+}
+
+/// What every clone of a client shares: the current link, and how to replace it.
+struct Shared<Req, Resp> {
+    endpoint: Endpoint,
+    opts: ClientOptions,
+    next_id: AtomicU64,
+    current: Mutex<Current<Req, Resp>>,
+    state: watch::Sender<LinkState>,
+}
+
+enum Current<Req, Resp> {
+    Up(Arc<Link<Req, Resp>>),
+    Reconnecting,
+    Down(Failure),
+}
+
+/// One connection and the calls waiting on it.
+struct Link<Req, Resp> {
+    endpoint: String,
+    tx: AsyncMutex<SplitSink<ClientChannel<Req, Resp>, Request<Req>>>,
+    rx: AsyncMutex<SplitStream<ClientChannel<Req, Resp>>>,
+    calls: Mutex<Calls<Resp>>,
+    /// When a frame last arrived (for heartbeats).
+    heard: Mutex<Instant>,
+}
+
+struct Calls<Resp> {
     /// Callers waiting for a reply, by request id.
     waiting: HashMap<u64, Waiter<Resp>>,
-    /// Set once the connection failed: every later call fails with it.
-    broken: Option<(ErrorKind, String)>,
+    /// Set once the link failed: every later call on it fails with it.
+    broken: Option<Failure>,
+}
+
+/// Locks a std mutex whose data stays consistent even if a holder panicked (single inserts,
+/// removes and assignments), so poisoning is ignored.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl<Req, Resp> Client<Req, Resp>
@@ -174,38 +241,47 @@ where
 {
     /// Connects to a [`Server`] at `endpoint` with default options.
     pub async fn connect(endpoint: impl TryInto<Endpoint, Error: Into<Error>>) -> Result<Self> {
-        let ch = crate::connect_channel(endpoint).await?;
-        Ok(Self::with_options(ch, ClientOptions::default()))
+        Self::connect_with(endpoint, ClientOptions::default()).await
     }
 
-    /// A client over a channel that is already connected to a server.
+    /// Connects to a [`Server`] at `endpoint` with `opts`.
+    pub async fn connect_with(
+        endpoint: impl TryInto<Endpoint, Error: Into<Error>>,
+        opts: ClientOptions,
+    ) -> Result<Self> {
+        let endpoint: Endpoint = endpoint.try_into().map_err(Into::into)?;
+        let ch = crate::connect_channel(&endpoint).await?;
+        Ok(Self::start(endpoint, ch, opts))
+    }
+
+    /// A client over a channel that is already connected to a server, with default options.
     pub fn new(ch: ClientChannel<Req, Resp>) -> Self {
         Self::with_options(ch, ClientOptions::default())
     }
 
-    /// A client over `ch` with `opts`.
+    /// A client over `ch` with `opts`; reconnecting, if asked, goes to `ch`'s endpoint.
     pub fn with_options(ch: ClientChannel<Req, Resp>, opts: ClientOptions) -> Self {
-        let endpoint = ch.info().endpoint.to_string();
-        let (tx, rx) = ch.split();
-        Client {
-            shared: Arc::new(Shared {
-                endpoint,
-                opts,
-                next_id: AtomicU64::new(1),
-                tx: AsyncMutex::new(tx),
-                rx: AsyncMutex::new(rx),
-                state: Mutex::new(State {
-                    waiting: HashMap::new(),
-                    broken: None,
-                }),
-            }),
-        }
+        let endpoint = ch.info().endpoint.clone();
+        Self::start(endpoint, ch, opts)
+    }
+
+    fn start(endpoint: Endpoint, ch: ClientChannel<Req, Resp>, opts: ClientOptions) -> Self {
+        let shared = Arc::new(Shared {
+            endpoint,
+            opts,
+            next_id: AtomicU64::new(1),
+            current: Mutex::new(Current::Reconnecting),
+            state: watch::Sender::new(LinkState::Connected),
+        });
+        shared.install(ch);
+        Client { shared }
     }
 
     /// Sends `req` and waits for its reply, within the options' deadline (30 s by default).
     ///
     /// Errors: [`ErrorKind::Timeout`] past the deadline, [`ErrorKind::Remote`] when the
-    /// server's handler failed, or the connection's own error.
+    /// server's handler failed, or the connection's own error. While the client reconnects,
+    /// a call waits for the new connection (within its deadline).
     pub async fn call(&self, req: Req) -> Result<Resp> {
         match self.shared.opts.timeout {
             Some(deadline) => self.call_timeout(req, deadline).await,
@@ -226,9 +302,31 @@ where
         }
     }
 
-    /// Flushes and closes the sending side; the server finishes what it has and closes too.
+    /// The link's state now and as it changes (connected, reconnecting, lost).
+    pub fn state(&self) -> watch::Receiver<LinkState> {
+        self.shared.state.subscribe()
+    }
+
+    /// Flushes and closes the connection (the server finishes what it has and closes too);
+    /// calls made after this fail with [`ErrorKind::Closed`], and no reconnect follows.
     pub async fn close(&self) -> Result<()> {
-        self.shared.tx.lock().await.close().await
+        let closed = Failure {
+            kind: ErrorKind::Closed,
+            detail: "the client was closed".into(),
+        };
+        let link = match std::mem::replace(&mut *lock(&self.shared.current), Current::Down(closed))
+        {
+            Current::Up(link) => link,
+            _ => return Ok(()),
+        };
+        self.shared.state.send_replace(LinkState::Lost);
+        let r = link.tx.lock().await.close().await;
+        link.fail_all(Error::new(
+            ErrorKind::Closed,
+            &link.endpoint,
+            "the client was closed",
+        ));
+        r
     }
 }
 
@@ -237,14 +335,187 @@ where
     Req: Serialize + Send + 'static,
     Resp: DeserializeOwned + Send + 'static,
 {
-    async fn call(&self, req: Req) -> Result<Resp> {
+    async fn call(self: &Arc<Self>, req: Req) -> Result<Resp> {
+        let link = self.link().await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let r = link.call(id, req).await;
+        if let Some(f) = link.failure() {
+            self.lost(&link, f);
+        }
+        r
+    }
+
+    /// The current link; while reconnecting, waits for it.
+    async fn link(&self) -> Result<Arc<Link<Req, Resp>>> {
+        // Subscribed before looking, so no change between the look and the wait is missed.
+        let mut changes = self.state.subscribe();
+        loop {
+            match &*lock(&self.current) {
+                Current::Up(link) => return Ok(link.clone()),
+                Current::Down(f) => return Err(f.error(&self.endpoint)),
+                Current::Reconnecting => {}
+            }
+            if changes.changed().await.is_err() {
+                return Err(Error::new(
+                    ErrorKind::Closed,
+                    &self.endpoint,
+                    "the client is gone",
+                ));
+            }
+        }
+    }
+
+    /// Puts a fresh connection in place (unless the client was closed meanwhile).
+    fn install(self: &Arc<Self>, ch: ClientChannel<Req, Resp>) {
+        let heartbeat = self.opts.heartbeats.resolve(&ch.info().capabilities);
+        let link = Arc::new(Link::new(ch));
+        {
+            let mut cur = lock(&self.current);
+            if matches!(*cur, Current::Down(_)) {
+                return;
+            }
+            *cur = Current::Up(link.clone());
+        }
+        self.state.send_replace(LinkState::Connected);
+        // A client that reconnects must notice a loss while idle too, not at its next call.
+        if heartbeat.is_some() || self.opts.reconnect.is_some() {
+            tokio::spawn(watch(link, Arc::downgrade(self), heartbeat));
+        }
+    }
+
+    /// `link` failed: reconnect if configured, else stay down. Only the first report of a
+    /// link's failure acts; later ones (other callers, the heartbeat) find it replaced.
+    fn lost(self: &Arc<Self>, link: &Arc<Link<Req, Resp>>, why: Failure) {
+        let mut cur = lock(&self.current);
+        match &*cur {
+            Current::Up(l) if Arc::ptr_eq(l, link) => {}
+            _ => return,
+        }
+        match self.opts.reconnect.clone() {
+            Some(backoff) => {
+                *cur = Current::Reconnecting;
+                drop(cur);
+                tracing::warn!(endpoint = %self.endpoint, error = %why.error(&self.endpoint), "connection lost; reconnecting");
+                self.state
+                    .send_replace(LinkState::Reconnecting { attempt: 1 });
+                tokio::spawn(reconnect(Arc::downgrade(self), backoff));
+            }
+            None => {
+                tracing::warn!(endpoint = %self.endpoint, error = %why.error(&self.endpoint), "connection lost");
+                *cur = Current::Down(why);
+                drop(cur);
+                self.state.send_replace(LinkState::Lost);
+            }
+        }
+    }
+}
+
+/// Connects again with `backoff` until it works or every client handle is gone.
+async fn reconnect<Req, Resp>(shared: Weak<Shared<Req, Resp>>, backoff: Backoff)
+where
+    Req: Serialize + Send + 'static,
+    Resp: DeserializeOwned + Send + 'static,
+{
+    for attempt in 1u32.. {
+        tokio::time::sleep(backoff.delay(attempt)).await;
+        let Some(s) = shared.upgrade() else { return };
+        if !matches!(*lock(&s.current), Current::Reconnecting) {
+            return; // closed meanwhile
+        }
+        match crate::connect_channel(&s.endpoint).await {
+            Ok(ch) => {
+                tracing::info!(endpoint = %s.endpoint, attempt, "reconnected");
+                s.install(ch);
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(endpoint = %s.endpoint, attempt, error = %e, "reconnect attempt failed");
+                s.state.send_replace(LinkState::Reconnecting {
+                    attempt: attempt + 1,
+                });
+            }
+        }
+    }
+}
+
+/// Watches one link while no caller reads it: reads (handing replies to their callers), and
+/// with a heartbeat pings every interval and fails the link when the server has been silent
+/// past the bound. Ends with the link, or when every client handle is gone.
+async fn watch<Req, Resp>(
+    link: Arc<Link<Req, Resp>>,
+    shared: Weak<Shared<Req, Resp>>,
+    hb: Option<Heartbeat>,
+) where
+    Req: Serialize + Send + 'static,
+    Resp: DeserializeOwned + Send + 'static,
+{
+    let every = hb.map_or(Duration::from_secs(1), |h| h.interval);
+    loop {
+        match link.rx.try_lock() {
+            Ok(mut rx) => {
+                let _ = tokio::time::timeout(every, link.read_until(None, &mut rx)).await;
+            }
+            Err(_) => tokio::time::sleep(every).await,
+        }
+        if link.failure().is_some() || shared.strong_count() == 0 {
+            break;
+        }
+        let Some(hb) = hb else { continue };
+        let silent = lock(&link.heard).elapsed();
+        if silent > hb.bound() {
+            let detail = format!(
+                "no answer to heartbeats for {silent:?} (bound {:?})",
+                hb.bound()
+            );
+            link.fail_all(Error::new(
+                ErrorKind::ConnectionLost,
+                &link.endpoint,
+                detail,
+            ));
+            break;
+        }
+        if let Err(e) = link.tx.lock().await.send(Request::Ping).await {
+            link.fail_all(e);
+            break;
+        }
+    }
+    if let (Some(s), Some(f)) = (shared.upgrade(), link.failure()) {
+        s.lost(&link, f);
+    }
+}
+
+impl<Req, Resp> Link<Req, Resp>
+where
+    Req: Serialize + Send + 'static,
+    Resp: DeserializeOwned + Send + 'static,
+{
+    fn new(ch: ClientChannel<Req, Resp>) -> Self {
+        let endpoint = ch.info().endpoint.to_string();
+        let (tx, rx) = ch.split();
+        Link {
+            endpoint,
+            tx: AsyncMutex::new(tx),
+            rx: AsyncMutex::new(rx),
+            calls: Mutex::new(Calls {
+                waiting: HashMap::new(),
+                broken: None,
+            }),
+            heard: Mutex::new(Instant::now()),
+        }
+    }
+
+    async fn call(&self, id: u64, req: Req) -> Result<Resp> {
         let (waiter, mut reply) = oneshot::channel();
         self.register(id, waiter)?;
         // Whatever ends this call (reply, error, deadline, a dropped future) forgets its id, so
         // a reply that comes later finds nobody and is discarded.
-        let _forget = Forget { shared: self, id };
-        let sent = self.tx.lock().await.send(Request { id, body: req }).await;
+        let _forget = Forget { link: self, id };
+        let sent = self
+            .tx
+            .lock()
+            .await
+            .send(Request::Call { id, body: req })
+            .await;
         if let Err(e) = sent {
             // Too large or not encodable: this request only. Anything else broke the link.
             return Err(match e.kind() {
@@ -261,17 +532,21 @@ where
         if let Ok(r) = reply.try_recv() {
             return r;
         }
-        self.read_until(id, &mut rx).await
+        self.read_until(Some(id), &mut rx).await
     }
 
-    /// Reads replies, handing each to its caller, until the one for `id` arrives.
+    /// Reads replies, handing each to its caller, until the one for `id` arrives (with
+    /// `None`, until the link fails).
     async fn read_until(
         &self,
-        id: u64,
+        id: Option<u64>,
         rx: &mut SplitStream<ClientChannel<Req, Resp>>,
     ) -> Result<Resp> {
         loop {
-            match rx.next().await {
+            let frame = rx.next().await;
+            *lock(&self.heard) = Instant::now();
+            match frame {
+                Some(Ok(Reply::Pong)) => {}
                 Some(Ok(reply)) if reply.id() == id => return self.outcome(reply),
                 Some(Ok(reply)) => self.hand_over(reply),
                 // A reply that does not decode names no caller; whoever sent it times out.
@@ -298,12 +573,17 @@ where
             Reply::Failed { reason, .. } => {
                 Err(Error::new(ErrorKind::Remote, &self.endpoint, reason))
             }
+            Reply::Pong => Err(Error::new(
+                ErrorKind::Protocol,
+                &self.endpoint,
+                "a pong is no reply",
+            )),
         }
     }
 
     fn hand_over(&self, reply: Reply<Resp>) {
-        let id = reply.id();
-        let waiter = self.lock().waiting.remove(&id);
+        let Some(id) = reply.id() else { return };
+        let waiter = lock(&self.calls).waiting.remove(&id);
         match waiter {
             Some(w) => {
                 let _ = w.send(self.outcome(reply));
@@ -313,20 +593,20 @@ where
     }
 
     fn register(&self, id: u64, waiter: Waiter<Resp>) -> Result<()> {
-        let mut st = self.lock();
-        if let Some((kind, detail)) = &st.broken {
-            return Err(Error::new(*kind, &self.endpoint, detail.clone()));
+        let mut calls = lock(&self.calls);
+        if let Some(f) = &calls.broken {
+            return Err(f.error(&self.endpoint));
         }
-        st.waiting.insert(id, waiter);
+        calls.waiting.insert(id, waiter);
         Ok(())
     }
 
-    /// Marks the connection broken and fails every waiting caller with `e`; returns `e`.
+    /// Marks the link broken and fails every waiting caller with `e`; returns `e`.
     fn fail_all(&self, e: Error) -> Error {
         let waiting = {
-            let mut st = self.lock();
-            st.broken.get_or_insert((e.kind(), e.detail().to_string()));
-            std::mem::take(&mut st.waiting)
+            let mut calls = lock(&self.calls);
+            calls.broken.get_or_insert_with(|| Failure::of(&e));
+            std::mem::take(&mut calls.waiting)
         };
         if !waiting.is_empty() {
             tracing::debug!(endpoint = %self.endpoint, error = %e, callers = waiting.len(), "failing waiting calls");
@@ -337,31 +617,27 @@ where
         e
     }
 
+    fn failure(&self) -> Option<Failure> {
+        lock(&self.calls).broken.clone()
+    }
+
     fn broken_error(&self) -> Error {
-        match &self.lock().broken {
-            Some((kind, detail)) => Error::new(*kind, &self.endpoint, detail.clone()),
+        match self.failure() {
+            Some(f) => f.error(&self.endpoint),
             None => Error::new(ErrorKind::Closed, &self.endpoint, "the client is gone"),
         }
     }
 }
 
-impl<Req, Resp> Shared<Req, Resp> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State<Resp>> {
-        // A panic while holding this lock leaves the map consistent (single inserts and
-        // removes), so a poisoned lock is still safe to use.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
 /// Removes a call's id from the waiting map when the call ends, however it ends.
 struct Forget<'a, Req, Resp> {
-    shared: &'a Shared<Req, Resp>,
+    link: &'a Link<Req, Resp>,
     id: u64,
 }
 
 impl<Req, Resp> Drop for Forget<'_, Req, Resp> {
     fn drop(&mut self) {
-        self.shared.lock().waiting.remove(&self.id);
+        lock(&self.link.calls).waiting.remove(&self.id);
     }
 }
 
@@ -374,15 +650,11 @@ where
     type Error = Error;
     type Future = Pin<Box<dyn Future<Output = Result<Resp>> + Send>>;
 
-    /// Ready until the connection broke; then the error that broke it.
+    /// Ready unless the client is lost for good; then the error that lost it.
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<()>> {
-        match &self.shared.lock().broken {
-            Some((kind, detail)) => Poll::Ready(Err(Error::new(
-                *kind,
-                &self.shared.endpoint,
-                detail.clone(),
-            ))),
-            None => Poll::Ready(Ok(())),
+        match &*lock(&self.shared.current) {
+            Current::Down(f) => Poll::Ready(Err(f.error(&self.shared.endpoint))),
+            _ => Poll::Ready(Ok(())),
         }
     }
 
@@ -398,11 +670,18 @@ pub struct ServerOptions {
     /// Requests one connection may have in its handlers at once; past it the server stops
     /// reading that connection until one finishes. Default: 64.
     pub max_in_flight: usize,
+    /// Heartbeats: with them on, a connection whose client has been silent (no request, no
+    /// ping) past the bound is dropped. Clients send pings with the same setting. Default:
+    /// `Auto` (on where the transport cannot see a dead peer).
+    pub heartbeats: Heartbeats,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        ServerOptions { max_in_flight: 64 }
+        ServerOptions {
+            max_in_flight: 64,
+            heartbeats: Heartbeats::Auto,
+        }
     }
 }
 
@@ -497,7 +776,7 @@ impl<H> Server<H> {
                     Ok(conn) => {
                         pause = Duration::from_millis(10);
                         let ch = Channel::new(conn);
-                        let job = serve_connection(ch, handler.clone(), opts.max_in_flight, stop.clone());
+                        let job = serve_connection(ch, handler.clone(), &opts, stop.clone());
                         conns.spawn(job);
                     }
                     Err(e) => {
@@ -523,40 +802,60 @@ fn log_end(endpoint: &str, done: std::result::Result<Result<()>, tokio::task::Jo
     }
 }
 
-/// Serves one connection: reads requests while fewer than `max` are in flight, sends each
-/// reply as its handler finishes, and on `stop` or the client's close stops reading, answers
-/// what it has and closes.
-async fn serve_connection<Req, Resp, H, Fut>(
+/// Serves one connection: reads requests while fewer than `max_in_flight` are in flight,
+/// sends each reply as its handler finishes, and on `stop` or the client's close stops
+/// reading, answers what it has and closes.
+fn serve_connection<Req, Resp, H, Fut>(
     mut ch: Channel<Reply<Resp>, Request<Req>>,
     handler: H,
-    max: usize,
+    opts: &ServerOptions,
     stop: CancellationToken,
-) -> Result<()>
+) -> impl Future<Output = Result<()>>
 where
     H: Fn(Req) -> Fut,
     Fut: Future<Output = Resp>,
     Req: DeserializeOwned,
     Resp: Serialize,
 {
-    let mut in_flight = FuturesUnordered::new();
-    let mut reading = true;
-    while reading || !in_flight.is_empty() {
-        tokio::select! {
-            // By value: a borrowed reply held across the await would need `Resp: Sync`.
-            Some(reply) = in_flight.next(), if !in_flight.is_empty() => SinkExt::send(&mut ch, reply).await?,
-            r = ch.recv(), if reading && in_flight.len() < max.max(1) => match r {
-                Ok(Some(Request { id, body })) => in_flight.push(answer(id, handler(body))),
-                Ok(None) => reading = false,
-                // No id to answer: the caller times out. The connection stays usable.
-                Err(e) if e.kind() == ErrorKind::Decode => {
-                    tracing::warn!(endpoint = %ch.info().endpoint, error = %e, "undecodable request dropped");
+    let max = opts.max_in_flight.max(1);
+    let silence = opts
+        .heartbeats
+        .resolve(&ch.info().capabilities)
+        .map(|h| h.bound());
+    async move {
+        let mut in_flight = FuturesUnordered::new();
+        let mut reading = true;
+        let mut heard = tokio::time::Instant::now();
+        while reading || !in_flight.is_empty() {
+            let deadline = heard + silence.unwrap_or(Duration::from_secs(86_400));
+            tokio::select! {
+                // By value: a borrowed reply held across the await would need `Resp: Sync`.
+                Some(reply) = in_flight.next(), if !in_flight.is_empty() => SinkExt::send(&mut ch, reply).await?,
+                r = ch.recv(), if reading && in_flight.len() < max => {
+                    heard = tokio::time::Instant::now();
+                    match r {
+                        Ok(Some(Request::Call { id, body })) => in_flight.push(answer(id, handler(body))),
+                        Ok(Some(Request::Ping)) => SinkExt::send(&mut ch, Reply::Pong).await?,
+                        Ok(None) => reading = false,
+                        // No id to answer: the caller times out. The connection stays usable.
+                        Err(e) if e.kind() == ErrorKind::Decode => {
+                            tracing::warn!(endpoint = %ch.info().endpoint, error = %e, "undecodable request dropped");
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
-                Err(e) => return Err(e),
-            },
-            _ = stop.cancelled(), if reading => reading = false,
+                _ = tokio::time::sleep_until(deadline), if silence.is_some() => {
+                    return Err(Error::new(
+                        ErrorKind::ConnectionLost,
+                        &ch.info().endpoint,
+                        format!("the client was silent past the heartbeat bound ({:?})", silence.unwrap_or_default()),
+                    ));
+                }
+                _ = stop.cancelled(), if reading => reading = false,
+            }
         }
+        ch.close().await
     }
-    ch.close().await
 }
 
 async fn answer<Resp>(id: u64, work: impl Future<Output = Resp>) -> Reply<Resp> {
