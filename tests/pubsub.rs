@@ -271,3 +271,60 @@ async fn a_one_way_transport_says_it_cannot_carry_pubsub() {
     assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
     assert!(e.to_string().contains("duplex"), "{e}");
 }
+
+/// With `reconnect`, a subscriber outlives its publisher: a new publisher at the same
+/// endpoint is found, the subscription is made again, and the gap is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_subscriber_resubscribes_to_a_restarted_publisher() {
+    use ductwork::patterns::{Backoff, SubscriberOptions};
+    let first = Publisher::<u64>::bind("tcp://127.0.0.1:0").await.unwrap();
+    let at = first.endpoint().clone();
+    let opts = SubscriberOptions {
+        reconnect: Some(Backoff {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(200),
+            jitter: 0.5,
+        }),
+        ..SubscriberOptions::default()
+    };
+    let mut sub = Subscriber::<u64>::connect_with(&at, &["t"], opts)
+        .await
+        .unwrap();
+    first.publish("t", &1).await.unwrap();
+    assert_eq!(recv_n(&mut sub, 1).await[0].1, 1);
+    first.shutdown(WITHIN).await.unwrap();
+
+    // The subscriber is waiting in recv while the publisher is away and comes back.
+    let receiving = tokio::spawn(async move {
+        let got = recv_n(&mut sub, 1).await;
+        (got, sub)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = Publisher::<u64>::bind(&at).await.unwrap();
+    let t0 = std::time::Instant::now();
+    while second.subscribers() == 0 {
+        assert!(t0.elapsed() < WITHIN, "the subscriber never came back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    second.publish("t", &2).await.unwrap();
+    let (got, sub) = receiving.await.unwrap();
+    assert_eq!(got[0].1, 2);
+    assert_eq!(sub.gaps(), 1);
+    second.shutdown(WITHIN).await.unwrap();
+}
+
+/// Over udp (best-effort, no native peer-loss signal) the pattern still works on loopback,
+/// with heartbeats on by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_over_udp() {
+    let publisher = Publisher::<u64>::bind("udp://127.0.0.1:0").await.unwrap();
+    let mut sub = Subscriber::<u64>::connect(publisher.endpoint(), &[""])
+        .await
+        .unwrap();
+    for i in 0..50u64 {
+        publisher.publish("t", &i).await.unwrap();
+        // Paced: loopback UDP rarely drops, and never when the reader keeps up.
+        assert_eq!(recv_n(&mut sub, 1).await[0].1, i);
+    }
+    publisher.shutdown(WITHIN).await.unwrap();
+}

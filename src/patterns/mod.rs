@@ -17,5 +17,7 @@ pub mod pubsub;
 pub mod reqrep;
 
 pub use liveness::{Backoff, Heartbeat, Heartbeats, LinkState};
-pub use pubsub::{Message, Publisher, PublisherOptions, SlowSubscriber, Subscriber};
+pub use pubsub::{
+    Message, Publisher, PublisherOptions, SlowSubscriber, Subscriber, SubscriberOptions,
+};
 pub use reqrep::{Client, ClientOptions, Reply, Request, Server, ServerHandle, ServerOptions};

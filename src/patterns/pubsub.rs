@@ -36,6 +36,7 @@
 //! On the wire a subscriber sends [`SubscriberMsg`] and receives [`Publication`] frames,
 //! postcard-encoded like every ductwork message.
 
+use super::{Backoff, Heartbeat, Heartbeats, LinkState};
 use crate::{BoxConnection, Channel, Direction, Endpoint, Error, ErrorKind, Result};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -46,7 +47,10 @@ use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
-use tokio::sync::Notify;
+use tokio::{
+    sync::{watch, Notify},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 
 /// What a subscriber sends to its publisher.
@@ -58,6 +62,8 @@ pub enum SubscriberMsg {
         /// Topic prefixes; `""` matches every topic.
         topics: Vec<String>,
     },
+    /// A heartbeat (see [`Heartbeats`]).
+    Ping,
 }
 
 /// What a publisher sends to a subscriber.
@@ -82,6 +88,8 @@ pub enum Publication<T> {
         /// Why, naming the limit.
         reason: String,
     },
+    /// A heartbeat, sent to an idle subscriber (see [`Heartbeats`]).
+    Heartbeat,
 }
 
 /// The same layout as [`Publication`] for encoding without copying the topic or the body.
@@ -125,6 +133,9 @@ pub struct PublisherOptions {
     pub max_subscribers: usize,
     /// What happens when a subscriber's queue is full. Default: [`SlowSubscriber::DropOldest`].
     pub slow: SlowSubscriber,
+    /// Heartbeats to idle subscribers, and dropping subscribers silent past the bound.
+    /// Default: `Auto` (on where the transport cannot see a dead peer).
+    pub heartbeats: Heartbeats,
 }
 
 impl Default for PublisherOptions {
@@ -133,6 +144,7 @@ impl Default for PublisherOptions {
             max_queued_bytes: 1 << 20,
             max_subscribers: 1024,
             slow: SlowSubscriber::default(),
+            heartbeats: Heartbeats::Auto,
         }
     }
 }
@@ -390,7 +402,7 @@ async fn first_subscribe(conn: &mut BoxConnection) -> Option<Vec<String>> {
     match frame {
         Ok(Some(Ok(f))) => match ductwork_codec::decode::<SubscriberMsg>(&f) {
             Ok(SubscriberMsg::Subscribe { topics }) => Some(topics),
-            Err(_) => None,
+            Ok(SubscriberMsg::Ping) | Err(_) => None,
         },
         _ => None,
     }
@@ -400,6 +412,7 @@ async fn first_subscribe(conn: &mut BoxConnection) -> Option<Vec<String>> {
 /// and takes any new subscription, until either side ends.
 async fn serve_subscriber(mut conn: BoxConnection, hub: Arc<Hub>, stop: CancellationToken) {
     let endpoint = conn.info().endpoint.to_string();
+    let hb = hub.opts.heartbeats.resolve(&conn.info().capabilities);
     let Some(topics) = first_subscribe(&mut conn).await else {
         tracing::debug!(endpoint = %endpoint, "a connection sent no subscription; closed");
         return;
@@ -438,7 +451,7 @@ async fn serve_subscriber(mut conn: BoxConnection, hub: Arc<Hub>, stop: Cancella
     // A subscriber cut for being slow is dropped at once: its socket may be full, so a
     // pending send would never finish.
     let why = tokio::select! {
-        r = pump(&mut conn, &sub, &stop) => r,
+        r = pump(&mut conn, &sub, &stop, hb) => r,
         _ = sub.cut.cancelled() => Ok(()),
     };
     hub.remove(&sub);
@@ -449,17 +462,21 @@ async fn serve_subscriber(mut conn: BoxConnection, hub: Arc<Hub>, stop: Cancella
     }
 }
 
-async fn pump(conn: &mut BoxConnection, sub: &Sub, stop: &CancellationToken) -> Result<()> {
+async fn pump(
+    conn: &mut BoxConnection,
+    sub: &Sub,
+    stop: &CancellationToken,
+    hb: Option<Heartbeat>,
+) -> Result<()> {
     let mut stopping = false;
+    let (mut sent, mut heard) = (Instant::now(), Instant::now());
+    let far = Duration::from_secs(86_400);
     loop {
         let (frames, missed, gone) = {
             let mut q = sub.queue();
             q.bytes = 0;
-            (
-                std::mem::take(&mut q.frames),
-                std::mem::take(&mut q.missed),
-                q.gone,
-            )
+            let missed = std::mem::take(&mut q.missed);
+            (std::mem::take(&mut q.frames), missed, q.gone)
         };
         if !frames.is_empty() || missed > 0 {
             sub.room.notify_waiters();
@@ -471,27 +488,52 @@ async fn pump(conn: &mut BoxConnection, sub: &Sub, stop: &CancellationToken) -> 
                 conn.feed(f).await?;
             }
             conn.flush().await?;
+            sent = Instant::now();
             continue;
         }
         if gone || stopping {
             return conn.close().await;
         }
+        let (beat_at, dead_at) = match hb {
+            Some(h) => (sent + h.interval, heard + h.bound()),
+            None => (sent + far, heard + far),
+        };
         tokio::select! {
             _ = sub.ready.notified() => {}
             _ = stop.cancelled(), if !stopping => stopping = true,
-            msg = conn.next() => match msg {
-                None => return Ok(()),
-                Some(Err(e)) => return Err(e),
-                Some(Ok(f)) => match ductwork_codec::decode::<SubscriberMsg>(&f) {
-                    Ok(SubscriberMsg::Subscribe { topics }) => {
-                        *sub.topics.lock().unwrap_or_else(|p| p.into_inner()) = topics;
-                        let mut q = sub.queue();
-                        sub.push(&mut q, control_frame(&Publication::Subscribed));
-                    }
-                    Err(e) => tracing::warn!(error = %e, "undecodable subscriber message ignored"),
-                },
-            },
+            _ = tokio::time::sleep_until(beat_at), if hb.is_some() => {
+                conn.send(control_frame(&Publication::Heartbeat)).await?;
+                sent = Instant::now();
+            }
+            _ = tokio::time::sleep_until(dead_at), if hb.is_some() => {
+                return Err(Error::new(
+                    ErrorKind::ConnectionLost,
+                    &conn.info().endpoint,
+                    "the subscriber was silent past the heartbeat bound",
+                ));
+            }
+            msg = conn.next() => {
+                heard = Instant::now();
+                match msg {
+                    None => return Ok(()),
+                    Some(Err(e)) => return Err(e),
+                    Some(Ok(f)) => take_control(sub, &f),
+                }
+            }
         }
+    }
+}
+
+/// Applies a subscriber's message: a new subscription (acknowledged), or a heartbeat.
+fn take_control(sub: &Sub, frame: &[u8]) {
+    match ductwork_codec::decode::<SubscriberMsg>(frame) {
+        Ok(SubscriberMsg::Subscribe { topics }) => {
+            *sub.topics.lock().unwrap_or_else(|p| p.into_inner()) = topics;
+            let mut q = sub.queue();
+            sub.push(&mut q, control_frame(&Publication::Subscribed));
+        }
+        Ok(SubscriberMsg::Ping) => {}
+        Err(e) => tracing::warn!(error = %e, "undecodable subscriber message ignored"),
     }
 }
 
@@ -504,19 +546,39 @@ pub struct Message<T> {
     pub body: T,
 }
 
+/// Options for a [`Subscriber`].
+#[derive(Debug, Clone, Default)]
+pub struct SubscriberOptions {
+    /// Connect and subscribe again after the connection is lost (or the publisher closed
+    /// it), waiting as this says between attempts. Messages published in the gap are lost;
+    /// [`Subscriber::gaps`] counts the gaps. `None` (the default): a lost subscriber ends.
+    pub reconnect: Option<Backoff>,
+    /// Heartbeats to the publisher, and losing it after its silence past the bound. Default:
+    /// `Auto` (on where the transport cannot see a dead peer).
+    pub heartbeats: Heartbeats,
+}
+
 /// The subscribing side: receives what the publisher publishes on its topics.
 pub struct Subscriber<T> {
-    endpoint: String,
+    endpoint: Endpoint,
+    topics: Vec<String>,
+    opts: SubscriberOptions,
     ch: Channel<SubscriberMsg, Publication<T>>,
+    hb: Option<Heartbeat>,
+    sent: Instant,
+    heard: Instant,
     missed: u64,
+    gaps: u64,
     /// A message that arrived before the acknowledgement (best-effort transports only).
     early: Option<Message<T>>,
+    state: watch::Sender<LinkState>,
 }
 
 impl<T> std::fmt::Debug for Subscriber<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Subscriber")
-            .field("endpoint", &self.endpoint)
+            .field("endpoint", &self.endpoint.to_string())
+            .field("topics", &self.topics)
             .field("missed", &self.missed)
             .finish_non_exhaustive()
     }
@@ -526,90 +588,133 @@ impl<T> std::fmt::Debug for Subscriber<T> {
 const RESUBSCRIBE_EVERY: Duration = Duration::from_millis(250);
 const SUBSCRIBE_DEADLINE: Duration = Duration::from_secs(5);
 
+/// What one wait for the publisher produced.
+enum Next<T> {
+    Frame(Option<Publication<T>>),
+    Lost(Error),
+}
+
 impl<T: DeserializeOwned> Subscriber<T> {
     /// Connects to a publisher and subscribes to topics starting with any of `topics` (`""`
-    /// for all). Returns once the publisher has the subscription in place.
+    /// for all), with default options. Returns once the publisher has the subscription in
+    /// place.
     pub async fn connect(
         endpoint: impl TryInto<Endpoint, Error: Into<Error>>,
         topics: &[&str],
+    ) -> Result<Self> {
+        Self::connect_with(endpoint, topics, SubscriberOptions::default()).await
+    }
+
+    /// Like [`connect`](Self::connect) with `opts`.
+    pub async fn connect_with(
+        endpoint: impl TryInto<Endpoint, Error: Into<Error>>,
+        topics: &[&str],
+        opts: SubscriberOptions,
     ) -> Result<Self> {
         let endpoint: Endpoint = endpoint.try_into().map_err(Into::into)?;
         if crate::capabilities(&endpoint)?.direction != Direction::Duplex {
             return Err(one_way(&endpoint));
         }
-        let ch = crate::connect_channel(&endpoint).await?;
-        let mut sub = Subscriber {
-            endpoint: endpoint.to_string(),
+        let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+        let (ch, early, missed) = establish(&endpoint, &topics).await?;
+        Ok(Subscriber {
+            hb: opts.heartbeats.resolve(&ch.info().capabilities),
+            endpoint,
+            topics,
+            opts,
             ch,
-            missed: 0,
-            early: None,
-        };
-        let msg = SubscriberMsg::Subscribe {
-            topics: topics.iter().map(|t| t.to_string()).collect(),
-        };
-        let deadline = tokio::time::Instant::now() + SUBSCRIBE_DEADLINE;
-        loop {
-            sub.ch.send(&msg).await?;
-            let wait = tokio::time::Instant::now() + RESUBSCRIBE_EVERY;
-            match tokio::time::timeout_at(wait.min(deadline), sub.ack()).await {
-                Ok(r) => return r.map(|()| sub),
-                Err(_) if tokio::time::Instant::now() < deadline => continue,
-                Err(_) => {
-                    return Err(Error::new(
-                        ErrorKind::Timeout,
-                        &endpoint,
-                        format!("the publisher did not confirm the subscription within {SUBSCRIBE_DEADLINE:?}"),
-                    ))
-                }
-            }
-        }
+            sent: Instant::now(),
+            heard: Instant::now(),
+            missed,
+            gaps: 0,
+            early,
+            state: watch::Sender::new(LinkState::Connected),
+        })
     }
 
-    /// Waits for the publisher's acknowledgement (or a first message, which implies it).
-    async fn ack(&mut self) -> Result<()> {
-        loop {
-            match self.ch.recv().await? {
-                Some(Publication::Subscribed) => return Ok(()),
-                Some(Publication::Message { topic, body }) => {
-                    self.early = Some(Message { topic, body });
-                    return Ok(());
-                }
-                Some(Publication::Missed { count }) => self.missed += count,
-                Some(Publication::Refused { reason }) => {
-                    return Err(Error::new(
-                        ErrorKind::Refused,
-                        &self.ch.info().endpoint,
-                        reason,
-                    ))
-                }
-                None => {
-                    return Err(Error::new(
-                        ErrorKind::Closed,
-                        &self.ch.info().endpoint,
-                        "the publisher closed the connection before confirming the subscription",
-                    ))
-                }
-            }
-        }
-    }
-
-    /// The next message on this subscriber's topics; `Ok(None)` once the publisher closed.
-    /// Cancel-safe.
+    /// The next message on this subscriber's topics; `Ok(None)` once the publisher closed
+    /// (with `reconnect`, only when the subscriber is closed). Cancel-safe.
     pub async fn recv(&mut self) -> Result<Option<Message<T>>> {
         if let Some(m) = self.early.take() {
             return Ok(Some(m));
         }
         loop {
-            match self.ch.recv().await? {
-                Some(Publication::Message { topic, body }) => {
+            let lost = match self.next().await {
+                Next::Frame(Some(Publication::Message { topic, body })) => {
                     return Ok(Some(Message { topic, body }))
                 }
-                Some(Publication::Missed { count }) => {
+                Next::Frame(Some(Publication::Missed { count })) => {
                     self.missed += count;
-                    tracing::debug!(endpoint = %self.ch.info().endpoint, count, "publisher dropped messages for this slow subscriber");
+                    tracing::debug!(endpoint = %self.endpoint, count, "publisher dropped messages for this slow subscriber");
+                    continue;
                 }
-                Some(Publication::Subscribed) | Some(Publication::Refused { .. }) => {}
-                None => return Ok(None),
+                Next::Frame(Some(_)) => continue,
+                Next::Frame(None) => None,
+                Next::Lost(e) if e.kind() == ErrorKind::Decode => return Err(e),
+                Next::Lost(e) => Some(e),
+            };
+            let Some(backoff) = self.opts.reconnect.clone() else {
+                self.state.send_replace(LinkState::Lost);
+                return lost.map_or(Ok(None), Err);
+            };
+            let why = lost.map_or_else(|| "the publisher closed".to_string(), |e| e.to_string());
+            tracing::warn!(endpoint = %self.endpoint, why, "subscription lost; reconnecting");
+            self.reconnect(&backoff).await;
+            if let Some(m) = self.early.take() {
+                return Ok(Some(m));
+            }
+        }
+    }
+
+    /// Waits for the next frame, sending heartbeats and watching the publisher's silence
+    /// when heartbeats are on.
+    async fn next(&mut self) -> Next<T> {
+        let far = Duration::from_secs(86_400);
+        loop {
+            let (beat_at, dead_at) = match self.hb {
+                Some(h) => (self.sent + h.interval, self.heard + h.bound()),
+                None => (self.sent + far, self.heard + far),
+            };
+            tokio::select! {
+                r = self.ch.recv() => {
+                    self.heard = Instant::now();
+                    return match r {
+                        Ok(p) => Next::Frame(p),
+                        Err(e) => Next::Lost(e),
+                    };
+                }
+                _ = tokio::time::sleep_until(beat_at), if self.hb.is_some() => {
+                    self.sent = Instant::now();
+                    if let Err(e) = self.ch.send(&SubscriberMsg::Ping).await {
+                        return Next::Lost(e);
+                    }
+                }
+                _ = tokio::time::sleep_until(dead_at), if self.hb.is_some() => {
+                    let detail = "the publisher was silent past the heartbeat bound";
+                    return Next::Lost(Error::new(ErrorKind::ConnectionLost, &self.endpoint, detail));
+                }
+            }
+        }
+    }
+
+    /// Connects and subscribes again, with `backoff`, until it works.
+    async fn reconnect(&mut self, backoff: &Backoff) {
+        for attempt in 1u32.. {
+            self.state.send_replace(LinkState::Reconnecting { attempt });
+            tokio::time::sleep(backoff.delay(attempt)).await;
+            match establish(&self.endpoint, &self.topics).await {
+                Ok((ch, early, missed)) => {
+                    tracing::info!(endpoint = %self.endpoint, attempt, "resubscribed");
+                    (self.ch, self.early) = (ch, early);
+                    self.missed += missed;
+                    self.gaps += 1;
+                    (self.sent, self.heard) = (Instant::now(), Instant::now());
+                    self.state.send_replace(LinkState::Connected);
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(endpoint = %self.endpoint, attempt, error = %e, "resubscribe failed")
+                }
             }
         }
     }
@@ -619,8 +724,83 @@ impl<T: DeserializeOwned> Subscriber<T> {
         self.missed
     }
 
+    /// Times the subscription was lost and made again (with `reconnect`): what was published
+    /// in between is not counted in [`missed`](Self::missed).
+    pub fn gaps(&self) -> u64 {
+        self.gaps
+    }
+
+    /// The link's state now and as it changes.
+    pub fn state(&self) -> watch::Receiver<LinkState> {
+        self.state.subscribe()
+    }
+
     /// Unsubscribes and closes the connection.
     pub async fn close(&mut self) -> Result<()> {
+        self.opts.reconnect = None;
+        self.state.send_replace(LinkState::Lost);
         self.ch.close().await
+    }
+}
+
+type Established<T> = (
+    Channel<SubscriberMsg, Publication<T>>,
+    Option<Message<T>>,
+    u64,
+);
+
+/// Connects and subscribes; the subscription is in place when this returns. The request is
+/// sent again while unacknowledged, for best-effort transports.
+async fn establish<T: DeserializeOwned>(
+    endpoint: &Endpoint,
+    topics: &[String],
+) -> Result<Established<T>> {
+    let mut ch = crate::connect_channel(endpoint).await?;
+    let msg = SubscriberMsg::Subscribe {
+        topics: topics.to_vec(),
+    };
+    let deadline = Instant::now() + SUBSCRIBE_DEADLINE;
+    let mut missed = 0;
+    loop {
+        ch.send(&msg).await?;
+        let wait = (Instant::now() + RESUBSCRIBE_EVERY).min(deadline);
+        match tokio::time::timeout_at(wait, acknowledged(&mut ch, &mut missed)).await {
+            Ok(early) => return early.map(|early| (ch, early, missed)),
+            Err(_) if Instant::now() < deadline => continue,
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    endpoint,
+                    format!(
+                    "the publisher did not confirm the subscription within {SUBSCRIBE_DEADLINE:?}"
+                ),
+                ))
+            }
+        }
+    }
+}
+
+/// Waits for the publisher's acknowledgement, or a first message, which implies it.
+async fn acknowledged<T: DeserializeOwned>(
+    ch: &mut Channel<SubscriberMsg, Publication<T>>,
+    missed: &mut u64,
+) -> Result<Option<Message<T>>> {
+    loop {
+        match ch.recv().await? {
+            Some(Publication::Subscribed) => return Ok(None),
+            Some(Publication::Message { topic, body }) => return Ok(Some(Message { topic, body })),
+            Some(Publication::Missed { count }) => *missed += count,
+            Some(Publication::Heartbeat) => {}
+            Some(Publication::Refused { reason }) => {
+                return Err(Error::new(ErrorKind::Refused, &ch.info().endpoint, reason))
+            }
+            None => {
+                return Err(Error::new(
+                    ErrorKind::Closed,
+                    &ch.info().endpoint,
+                    "the publisher closed the connection before confirming the subscription",
+                ))
+            }
+        }
     }
 }
