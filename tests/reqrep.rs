@@ -292,3 +292,21 @@ async fn a_reconnecting_client_finds_a_restarted_server() {
     );
     second.shutdown(Duration::from_secs(5)).await.unwrap();
 }
+
+/// The bytes docs/wire-format.md shows for the request/reply envelope.
+#[test]
+fn the_envelope_bytes_match_the_wire_format_doc() {
+    use ductwork::patterns::{Reply, Request};
+    let call = postcard::to_allocvec(&Request::Call { id: 1, body: 5u32 }).unwrap();
+    assert_eq!(call, [0x00, 0x01, 0x05]);
+    let ok = postcard::to_allocvec(&Reply::Ok { id: 1, body: 8u32 }).unwrap();
+    assert_eq!(ok, [0x00, 0x01, 0x08]);
+    let pong = postcard::to_allocvec(&Reply::<u32>::Pong).unwrap();
+    assert_eq!(pong, [0x02]);
+    let msg = postcard::to_allocvec(&ductwork::patterns::pubsub::Publication::Message {
+        topic: "p".into(),
+        body: 1u8,
+    })
+    .unwrap();
+    assert_eq!(msg, [0x01, 0x01, 0x70, 0x01]);
+}
