@@ -32,6 +32,7 @@
 //!   in [`transport`](ductwork_core::transport) and checked by the conformance suite.
 
 pub mod config;
+pub mod patterns;
 
 pub use config::Config;
 pub use ductwork_codec as codec;

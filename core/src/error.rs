@@ -40,6 +40,12 @@ pub enum ErrorKind {
     Encode,
     /// An operation did not complete in time.
     Timeout,
+    /// The peer refused this connection or request because one of its limits is reached (the
+    /// detail names the limit).
+    Refused,
+    /// The peer received the request but reports that it could not answer it (for example a
+    /// request/reply handler that panicked).
+    Remote,
     /// Any other operating-system error.
     Io,
 }
@@ -59,6 +65,8 @@ impl ErrorKind {
             ErrorKind::Decode => "cannot decode message",
             ErrorKind::Encode => "cannot encode message",
             ErrorKind::Timeout => "timed out",
+            ErrorKind::Refused => "refused",
+            ErrorKind::Remote => "the peer failed the request",
             ErrorKind::Io => "I/O error",
         }
     }

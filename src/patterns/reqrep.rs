@@ -1,0 +1,902 @@
+//! Request/reply: many callers share one connection; each reply reaches its own caller.
+//!
+//! ```no_run
+//! use ductwork::patterns::{Client, Server};
+//! use serde::{Deserialize, Serialize};
+//! use std::time::Duration;
+//!
+//! #[derive(Serialize, Deserialize)]
+//! enum Op { Add(i64, i64), Sleep(u64) }
+//!
+//! # async fn demo() -> ductwork::Result<()> {
+//! // Server: handlers run concurrently (64 in flight per connection by default).
+//! let server = Server::bind("tcp://127.0.0.1:0", |op: Op| async move {
+//!     match op {
+//!         Op::Add(a, b) => a + b,
+//!         Op::Sleep(ms) => { tokio::time::sleep(Duration::from_millis(ms)).await; 0 }
+//!     }
+//! })
+//! .await?
+//! .spawn();
+//!
+//! // Client: clone it into as many tasks as you like; each call waits for its own reply.
+//! let client = Client::<Op, i64>::connect(server.endpoint()).await?;
+//! assert_eq!(client.call(Op::Add(1, 2)).await?, 3);
+//! // A deadline fails this call only; its late reply is discarded, never handed to another.
+//! assert!(client.call_timeout(Op::Sleep(500), Duration::from_millis(10)).await.is_err());
+//! assert_eq!(client.call(Op::Add(2, 2)).await?, 4);
+//!
+//! server.shutdown(Duration::from_secs(5)).await?; // finish what is in flight, then close
+//! # Ok(()) }
+//! ```
+//!
+//! On the wire the client sends [`Request`] (`Call { id, body }`, or a heartbeat `Ping`) and
+//! the server answers [`Reply`] (`Ok { id, body }`, `Failed { id, reason }` or `Pong`), each
+//! one postcard frame
+//! (`docs/wire-format.md`), so a service in another language can speak it too.
+//!
+//! Semantics:
+//! - **At most once.** A request that fails (deadline, connection lost) may or may not have run
+//!   on the server; nothing is retried. Callers that retry must make the request idempotent.
+//! - **Ids** are unique per client connection; a reply whose caller gave up (deadline, future
+//!   dropped) is discarded with a `debug` event.
+//! - **Broken connection.** When the connection fails or the server closes it, every waiting
+//!   caller gets that error. Then, without [`ClientOptions::reconnect`], every later call
+//!   fails at once with it; with it, the client connects again with exponential backoff and
+//!   jitter ([`Client::state`] shows each step), later calls wait for the new connection
+//!   within their deadline, and the calls that were in flight stay failed: nothing is retried.
+//! - **Dead peers** on transports that cannot see one (udp): with [`Heartbeats`] (on there by
+//!   default) the client pings when idle and counts the server lost after
+//!   `interval * misses` of silence; the server drops a client silent that long.
+//! - **No background task.** The caller whose reply is due reads the connection and hands
+//!   other callers' replies to them, so a lone caller pays one lock and one map entry over a
+//!   plain [`Channel`] round trip.
+//! - The server polls a connection's handlers on that connection's task (up to
+//!   [`ServerOptions::max_in_flight`] at once, then it stops reading, which pushes back on the
+//!   client); a handler that burns CPU should hand work to `tokio::task::spawn_blocking`. A
+//!   handler that panics is answered with `Failed`, and the server goes on.
+
+use super::{Backoff, Heartbeat, Heartbeats, LinkState};
+use crate::{BoxListener, Channel, Endpoint, Error, ErrorKind, Result};
+use futures::{
+    future::FutureExt,
+    stream::{FuturesUnordered, SplitSink, SplitStream},
+    SinkExt, StreamExt,
+};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::{
+    collections::HashMap,
+    future::Future,
+    panic::AssertUnwindSafe,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, Weak,
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+use tokio::sync::{oneshot, watch, Mutex as AsyncMutex};
+use tokio_util::sync::CancellationToken;
+
+/// What a client sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request<T> {
+    /// A call: the caller's value tagged with an id unique on its connection.
+    Call {
+        /// Chosen by the client; the reply carries it back.
+        id: u64,
+        /// The caller's request.
+        body: T,
+    },
+    /// A heartbeat; the server answers [`Reply::Pong`].
+    Ping,
+}
+
+/// What a server sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply<T> {
+    /// The handler's answer.
+    Ok {
+        /// The request's id.
+        id: u64,
+        /// The answer.
+        body: T,
+    },
+    /// The request reached the server but produced no answer (the handler panicked).
+    Failed {
+        /// The request's id.
+        id: u64,
+        /// Why, in words.
+        reason: String,
+    },
+    /// The answer to a [`Request::Ping`].
+    Pong,
+}
+
+impl<T> Reply<T> {
+    /// The id of the request this answers (none for a pong).
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            Reply::Ok { id, .. } | Reply::Failed { id, .. } => Some(*id),
+            Reply::Pong => None,
+        }
+    }
+}
+
+/// Options for a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The deadline [`Client::call`] puts on each request; `None` waits as long as the
+    /// connection lives. Default: 30 s.
+    pub timeout: Option<Duration>,
+    /// Connect again after the connection is lost, waiting as this says between attempts;
+    /// `None` (the default) leaves a lost client lost. Calls in flight when the connection
+    /// is lost fail either way; nothing is retried.
+    pub reconnect: Option<Backoff>,
+    /// Heartbeats, to notice a dead server on transports that cannot. Default: `Auto`.
+    pub heartbeats: Heartbeats,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            timeout: Some(Duration::from_secs(30)),
+            reconnect: None,
+            heartbeats: Heartbeats::Auto,
+        }
+    }
+}
+
+type ClientChannel<Req, Resp> = Channel<Request<Req>, Reply<Resp>>;
+type Waiter<Resp> = oneshot::Sender<Result<Resp>>;
+
+/// The calling side of request/reply; cheap to clone, and every clone shares the connection.
+///
+/// Implements [`tower_service::Service`], so tower's timeout, retry and concurrency-limit
+/// layers apply to it.
+pub struct Client<Req, Resp> {
+    shared: Arc<Shared<Req, Resp>>,
+}
+
+impl<Req, Resp> Clone for Client<Req, Resp> {
+    fn clone(&self) -> Self {
+        Client {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<Req, Resp> std::fmt::Debug for Client<Req, Resp> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoint", &self.shared.endpoint.to_string())
+            .field("state", &*self.shared.state.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a link ended, kept to fail later calls with the same error.
+#[derive(Debug, Clone)]
+struct Failure {
+    kind: ErrorKind,
+    detail: String,
+}
+
+impl Failure {
+    fn of(e: &Error) -> Self {
+        Failure {
+            kind: e.kind(),
+            detail: e.detail().to_string(),
+        }
+    }
+
+    fn error(&self, endpoint: impl std::fmt::Display) -> Error {
+        Error::new(self.kind, endpoint, self.detail.clone())
+    }
+}
+
+/// What every clone of a client shares: the current link, and how to replace it.
+struct Shared<Req, Resp> {
+    endpoint: Endpoint,
+    opts: ClientOptions,
+    next_id: AtomicU64,
+    current: Mutex<Current<Req, Resp>>,
+    state: watch::Sender<LinkState>,
+}
+
+enum Current<Req, Resp> {
+    Up(Arc<Link<Req, Resp>>),
+    Reconnecting,
+    Down(Failure),
+}
+
+/// One connection and the calls waiting on it.
+struct Link<Req, Resp> {
+    endpoint: String,
+    tx: AsyncMutex<SplitSink<ClientChannel<Req, Resp>, Request<Req>>>,
+    rx: AsyncMutex<SplitStream<ClientChannel<Req, Resp>>>,
+    calls: Mutex<Calls<Resp>>,
+    /// When a frame last arrived (for heartbeats).
+    heard: Mutex<Instant>,
+}
+
+struct Calls<Resp> {
+    /// Callers waiting for a reply, by request id.
+    waiting: HashMap<u64, Waiter<Resp>>,
+    /// Set once the link failed: every later call on it fails with it.
+    broken: Option<Failure>,
+}
+
+/// Locks a std mutex whose data stays consistent even if a holder panicked (single inserts,
+/// removes and assignments), so poisoning is ignored.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<Req, Resp> Client<Req, Resp>
+where
+    Req: Serialize + Send + 'static,
+    Resp: DeserializeOwned + Send + 'static,
+{
+    /// Connects to a [`Server`] at `endpoint` with default options.
+    pub async fn connect(endpoint: impl TryInto<Endpoint, Error: Into<Error>>) -> Result<Self> {
+        Self::connect_with(endpoint, ClientOptions::default()).await
+    }
+
+    /// Connects to a [`Server`] at `endpoint` with `opts`.
+    pub async fn connect_with(
+        endpoint: impl TryInto<Endpoint, Error: Into<Error>>,
+        opts: ClientOptions,
+    ) -> Result<Self> {
+        let endpoint: Endpoint = endpoint.try_into().map_err(Into::into)?;
+        let ch = crate::connect_channel(&endpoint).await?;
+        Ok(Self::start(endpoint, ch, opts))
+    }
+
+    /// A client over a channel that is already connected to a server, with default options.
+    pub fn new(ch: ClientChannel<Req, Resp>) -> Self {
+        Self::with_options(ch, ClientOptions::default())
+    }
+
+    /// A client over `ch` with `opts`; reconnecting, if asked, goes to `ch`'s endpoint.
+    pub fn with_options(ch: ClientChannel<Req, Resp>, opts: ClientOptions) -> Self {
+        let endpoint = ch.info().endpoint.clone();
+        Self::start(endpoint, ch, opts)
+    }
+
+    fn start(endpoint: Endpoint, ch: ClientChannel<Req, Resp>, opts: ClientOptions) -> Self {
+        let shared = Arc::new(Shared {
+            endpoint,
+            opts,
+            next_id: AtomicU64::new(1),
+            current: Mutex::new(Current::Reconnecting),
+            state: watch::Sender::new(LinkState::Connected),
+        });
+        shared.install(ch);
+        Client { shared }
+    }
+
+    /// Sends `req` and waits for its reply, within the options' deadline (30 s by default).
+    ///
+    /// Errors: [`ErrorKind::Timeout`] past the deadline, [`ErrorKind::Remote`] when the
+    /// server's handler failed, or the connection's own error. While the client reconnects,
+    /// a call waits for the new connection (within its deadline).
+    pub async fn call(&self, req: Req) -> Result<Resp> {
+        match self.shared.opts.timeout {
+            Some(deadline) => self.call_timeout(req, deadline).await,
+            None => self.shared.call(req).await,
+        }
+    }
+
+    /// Like [`call`](Self::call) with its own deadline. Past it this call fails with
+    /// [`ErrorKind::Timeout`]; the request may still run, and its reply is discarded.
+    pub async fn call_timeout(&self, req: Req, deadline: Duration) -> Result<Resp> {
+        match tokio::time::timeout(deadline, self.shared.call(req)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                &self.shared.endpoint,
+                format!("no reply within {deadline:?}"),
+            )),
+        }
+    }
+
+    /// The link's state now and as it changes (connected, reconnecting, lost).
+    pub fn state(&self) -> watch::Receiver<LinkState> {
+        self.shared.state.subscribe()
+    }
+
+    /// Flushes and closes the connection (the server finishes what it has and closes too);
+    /// calls made after this fail with [`ErrorKind::Closed`], and no reconnect follows.
+    pub async fn close(&self) -> Result<()> {
+        let closed = Failure {
+            kind: ErrorKind::Closed,
+            detail: "the client was closed".into(),
+        };
+        let link = match std::mem::replace(&mut *lock(&self.shared.current), Current::Down(closed))
+        {
+            Current::Up(link) => link,
+            _ => return Ok(()),
+        };
+        self.shared.state.send_replace(LinkState::Lost);
+        let r = link.tx.lock().await.close().await;
+        link.fail_all(Error::new(
+            ErrorKind::Closed,
+            &link.endpoint,
+            "the client was closed",
+        ));
+        r
+    }
+}
+
+impl<Req, Resp> Shared<Req, Resp>
+where
+    Req: Serialize + Send + 'static,
+    Resp: DeserializeOwned + Send + 'static,
+{
+    async fn call(self: &Arc<Self>, req: Req) -> Result<Resp> {
+        let link = self.link().await?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let r = link.call(id, req).await;
+        if let Some(f) = link.failure() {
+            self.lost(&link, f);
+        }
+        r
+    }
+
+    /// The current link; while reconnecting, waits for it.
+    async fn link(&self) -> Result<Arc<Link<Req, Resp>>> {
+        // Subscribed before looking, so no change between the look and the wait is missed.
+        let mut changes = self.state.subscribe();
+        loop {
+            match &*lock(&self.current) {
+                Current::Up(link) => return Ok(link.clone()),
+                Current::Down(f) => return Err(f.error(&self.endpoint)),
+                Current::Reconnecting => {}
+            }
+            if changes.changed().await.is_err() {
+                return Err(Error::new(
+                    ErrorKind::Closed,
+                    &self.endpoint,
+                    "the client is gone",
+                ));
+            }
+        }
+    }
+
+    /// Puts a fresh connection in place (unless the client was closed meanwhile).
+    fn install(self: &Arc<Self>, ch: ClientChannel<Req, Resp>) {
+        let heartbeat = self.opts.heartbeats.resolve(&ch.info().capabilities);
+        let link = Arc::new(Link::new(ch));
+        {
+            let mut cur = lock(&self.current);
+            if matches!(*cur, Current::Down(_)) {
+                return;
+            }
+            *cur = Current::Up(link.clone());
+        }
+        self.state.send_replace(LinkState::Connected);
+        // A client that reconnects must notice a loss while idle too, not at its next call.
+        if heartbeat.is_some() || self.opts.reconnect.is_some() {
+            tokio::spawn(watch(link, Arc::downgrade(self), heartbeat));
+        }
+    }
+
+    /// `link` failed: reconnect if configured, else stay down. Only the first report of a
+    /// link's failure acts; later ones (other callers, the heartbeat) find it replaced.
+    fn lost(self: &Arc<Self>, link: &Arc<Link<Req, Resp>>, why: Failure) {
+        let mut cur = lock(&self.current);
+        match &*cur {
+            Current::Up(l) if Arc::ptr_eq(l, link) => {}
+            _ => return,
+        }
+        match self.opts.reconnect.clone() {
+            Some(backoff) => {
+                *cur = Current::Reconnecting;
+                drop(cur);
+                tracing::warn!(endpoint = %self.endpoint, error = %why.error(&self.endpoint), "connection lost; reconnecting");
+                self.state
+                    .send_replace(LinkState::Reconnecting { attempt: 1 });
+                tokio::spawn(reconnect(Arc::downgrade(self), backoff));
+            }
+            None => {
+                tracing::warn!(endpoint = %self.endpoint, error = %why.error(&self.endpoint), "connection lost");
+                *cur = Current::Down(why);
+                drop(cur);
+                self.state.send_replace(LinkState::Lost);
+            }
+        }
+    }
+}
+
+/// Connects again with `backoff` until it works or every client handle is gone.
+async fn reconnect<Req, Resp>(shared: Weak<Shared<Req, Resp>>, backoff: Backoff)
+where
+    Req: Serialize + Send + 'static,
+    Resp: DeserializeOwned + Send + 'static,
+{
+    for attempt in 1u32.. {
+        tokio::time::sleep(backoff.delay(attempt)).await;
+        let Some(s) = shared.upgrade() else { return };
+        if !matches!(*lock(&s.current), Current::Reconnecting) {
+            return; // closed meanwhile
+        }
+        match crate::connect_channel(&s.endpoint).await {
+            Ok(ch) => {
+                tracing::info!(endpoint = %s.endpoint, attempt, "reconnected");
+                s.install(ch);
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(endpoint = %s.endpoint, attempt, error = %e, "reconnect attempt failed");
+                s.state.send_replace(LinkState::Reconnecting {
+                    attempt: attempt + 1,
+                });
+            }
+        }
+    }
+}
+
+/// Watches one link while no caller reads it: reads (handing replies to their callers), and
+/// with a heartbeat pings every interval and fails the link when the server has been silent
+/// past the bound. Ends with the link, or when every client handle is gone.
+async fn watch<Req, Resp>(
+    link: Arc<Link<Req, Resp>>,
+    shared: Weak<Shared<Req, Resp>>,
+    hb: Option<Heartbeat>,
+) where
+    Req: Serialize + Send + 'static,
+    Resp: DeserializeOwned + Send + 'static,
+{
+    let every = hb.map_or(Duration::from_secs(1), |h| h.interval);
+    loop {
+        match link.rx.try_lock() {
+            Ok(mut rx) => {
+                let _ = tokio::time::timeout(every, link.read_until(None, &mut rx)).await;
+            }
+            Err(_) => tokio::time::sleep(every).await,
+        }
+        if link.failure().is_some() || shared.strong_count() == 0 {
+            break;
+        }
+        let Some(hb) = hb else { continue };
+        let silent = lock(&link.heard).elapsed();
+        if silent > hb.bound() {
+            let detail = format!(
+                "no answer to heartbeats for {silent:?} (bound {:?})",
+                hb.bound()
+            );
+            link.fail_all(Error::new(
+                ErrorKind::ConnectionLost,
+                &link.endpoint,
+                detail,
+            ));
+            break;
+        }
+        if let Err(e) = link.tx.lock().await.send(Request::Ping).await {
+            link.fail_all(e);
+            break;
+        }
+    }
+    if let (Some(s), Some(f)) = (shared.upgrade(), link.failure()) {
+        s.lost(&link, f);
+    }
+}
+
+impl<Req, Resp> Link<Req, Resp>
+where
+    Req: Serialize + Send + 'static,
+    Resp: DeserializeOwned + Send + 'static,
+{
+    fn new(ch: ClientChannel<Req, Resp>) -> Self {
+        let endpoint = ch.info().endpoint.to_string();
+        let (tx, rx) = ch.split();
+        Link {
+            endpoint,
+            tx: AsyncMutex::new(tx),
+            rx: AsyncMutex::new(rx),
+            calls: Mutex::new(Calls {
+                waiting: HashMap::new(),
+                broken: None,
+            }),
+            heard: Mutex::new(Instant::now()),
+        }
+    }
+
+    async fn call(&self, id: u64, req: Req) -> Result<Resp> {
+        let (waiter, mut reply) = oneshot::channel();
+        self.register(id, waiter)?;
+        // Whatever ends this call (reply, error, deadline, a dropped future) forgets its id, so
+        // a reply that comes later finds nobody and is discarded.
+        let _forget = Forget { link: self, id };
+        let sent = self
+            .tx
+            .lock()
+            .await
+            .send(Request::Call { id, body: req })
+            .await;
+        if let Err(e) = sent {
+            // Too large or not encodable: this request only. Anything else broke the link.
+            return Err(match e.kind() {
+                ErrorKind::FrameTooLarge | ErrorKind::Encode => e,
+                _ => self.fail_all(e),
+            });
+        }
+        // Wait for another reader to hand the reply over, or become the reader.
+        let mut rx = tokio::select! {
+            biased;
+            r = &mut reply => return r.unwrap_or_else(|_| Err(self.broken_error())),
+            rx = self.rx.lock() => rx,
+        };
+        if let Ok(r) = reply.try_recv() {
+            return r;
+        }
+        self.read_until(Some(id), &mut rx).await
+    }
+
+    /// Reads replies, handing each to its caller, until the one for `id` arrives (with
+    /// `None`, until the link fails).
+    async fn read_until(
+        &self,
+        id: Option<u64>,
+        rx: &mut SplitStream<ClientChannel<Req, Resp>>,
+    ) -> Result<Resp> {
+        loop {
+            let frame = rx.next().await;
+            *lock(&self.heard) = Instant::now();
+            match frame {
+                Some(Ok(Reply::Pong)) => {}
+                Some(Ok(reply)) if reply.id() == id => return self.outcome(reply),
+                Some(Ok(reply)) => self.hand_over(reply),
+                // A reply that does not decode names no caller; whoever sent it times out.
+                // The connection stays usable (the contract's rule for Decode).
+                Some(Err(e)) if e.kind() == ErrorKind::Decode => {
+                    tracing::warn!(endpoint = %self.endpoint, error = %e, "undecodable reply dropped");
+                }
+                Some(Err(e)) => return Err(self.fail_all(e)),
+                None => {
+                    let e = Error::new(
+                        ErrorKind::Closed,
+                        &self.endpoint,
+                        "the server closed the connection before replying",
+                    );
+                    return Err(self.fail_all(e));
+                }
+            }
+        }
+    }
+
+    fn outcome(&self, reply: Reply<Resp>) -> Result<Resp> {
+        match reply {
+            Reply::Ok { body, .. } => Ok(body),
+            Reply::Failed { reason, .. } => {
+                Err(Error::new(ErrorKind::Remote, &self.endpoint, reason))
+            }
+            Reply::Pong => Err(Error::new(
+                ErrorKind::Protocol,
+                &self.endpoint,
+                "a pong is no reply",
+            )),
+        }
+    }
+
+    fn hand_over(&self, reply: Reply<Resp>) {
+        let Some(id) = reply.id() else { return };
+        let waiter = lock(&self.calls).waiting.remove(&id);
+        match waiter {
+            Some(w) => {
+                let _ = w.send(self.outcome(reply));
+            }
+            None => tracing::debug!(endpoint = %self.endpoint, id, "late reply discarded"),
+        }
+    }
+
+    fn register(&self, id: u64, waiter: Waiter<Resp>) -> Result<()> {
+        let mut calls = lock(&self.calls);
+        if let Some(f) = &calls.broken {
+            return Err(f.error(&self.endpoint));
+        }
+        calls.waiting.insert(id, waiter);
+        Ok(())
+    }
+
+    /// Marks the link broken and fails every waiting caller with `e`; returns `e`.
+    fn fail_all(&self, e: Error) -> Error {
+        let waiting = {
+            let mut calls = lock(&self.calls);
+            calls.broken.get_or_insert_with(|| Failure::of(&e));
+            std::mem::take(&mut calls.waiting)
+        };
+        if !waiting.is_empty() {
+            tracing::debug!(endpoint = %self.endpoint, error = %e, callers = waiting.len(), "failing waiting calls");
+        }
+        for (_, w) in waiting {
+            let _ = w.send(Err(Error::new(e.kind(), &self.endpoint, e.detail())));
+        }
+        e
+    }
+
+    fn failure(&self) -> Option<Failure> {
+        lock(&self.calls).broken.clone()
+    }
+
+    fn broken_error(&self) -> Error {
+        match self.failure() {
+            Some(f) => f.error(&self.endpoint),
+            None => Error::new(ErrorKind::Closed, &self.endpoint, "the client is gone"),
+        }
+    }
+}
+
+/// Removes a call's id from the waiting map when the call ends, however it ends.
+struct Forget<'a, Req, Resp> {
+    link: &'a Link<Req, Resp>,
+    id: u64,
+}
+
+impl<Req, Resp> Drop for Forget<'_, Req, Resp> {
+    fn drop(&mut self) {
+        lock(&self.link.calls).waiting.remove(&self.id);
+    }
+}
+
+impl<Req, Resp> tower_service::Service<Req> for Client<Req, Resp>
+where
+    Req: Serialize + Send + 'static,
+    Resp: DeserializeOwned + Send + 'static,
+{
+    type Response = Resp;
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Resp>> + Send>>;
+
+    /// Ready unless the client is lost for good; then the error that lost it.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<()>> {
+        match &*lock(&self.shared.current) {
+            Current::Down(f) => Poll::Ready(Err(f.error(&self.shared.endpoint))),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let client = self.clone();
+        Box::pin(async move { client.call(req).await })
+    }
+}
+
+/// Options for a [`Server`].
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Requests one connection may have in its handlers at once; past it the server stops
+    /// reading that connection until one finishes. Default: 64.
+    pub max_in_flight: usize,
+    /// Heartbeats: with them on, a connection whose client has been silent (no request, no
+    /// ping) past the bound is dropped. Clients send pings with the same setting. Default:
+    /// `Auto` (on where the transport cannot see a dead peer).
+    pub heartbeats: Heartbeats,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            max_in_flight: 64,
+            heartbeats: Heartbeats::Auto,
+        }
+    }
+}
+
+/// The answering side of request/reply: a listener and a handler run for every request.
+pub struct Server<H> {
+    listener: BoxListener,
+    handler: H,
+    opts: ServerOptions,
+}
+
+impl<H> std::fmt::Debug for Server<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("endpoint", &self.listener.endpoint().to_string())
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H> Server<H> {
+    /// Binds `endpoint` and answers every request with `handler`.
+    pub async fn bind(
+        endpoint: impl TryInto<Endpoint, Error: Into<Error>>,
+        handler: H,
+    ) -> Result<Self> {
+        Ok(Self::new(crate::bind(endpoint).await?, handler))
+    }
+
+    /// Serves on a listener that is already bound.
+    pub fn new(listener: BoxListener, handler: H) -> Self {
+        Server {
+            listener,
+            handler,
+            opts: ServerOptions::default(),
+        }
+    }
+
+    /// Replaces the options.
+    pub fn with_options(mut self, opts: ServerOptions) -> Self {
+        self.opts = opts;
+        self
+    }
+
+    /// The endpoint actually bound (with the real port when port 0 was asked).
+    pub fn endpoint(&self) -> &Endpoint {
+        self.listener.endpoint()
+    }
+
+    /// Serves in a background task until [`ServerHandle::shutdown`].
+    pub fn spawn<Req, Resp, Fut>(self) -> ServerHandle
+    where
+        H: Fn(Req) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Resp> + Send + 'static,
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+    {
+        let stop = CancellationToken::new();
+        let endpoint = self.endpoint().clone();
+        let task = tokio::spawn(self.run(stop.clone()));
+        ServerHandle {
+            endpoint,
+            stop,
+            task,
+        }
+    }
+
+    /// Serves until `stop` is cancelled, then stops accepting, lets every connection finish
+    /// the requests it has, and closes them.
+    ///
+    /// A failed accept (a client that gave up, no file descriptors left) is logged at `warn`
+    /// and retried after a pause that doubles up to one second: it never ends the server.
+    pub async fn run<Req, Resp, Fut>(self, stop: CancellationToken)
+    where
+        H: Fn(Req) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Resp> + Send + 'static,
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+    {
+        let Server {
+            mut listener,
+            handler,
+            opts,
+        } = self;
+        let endpoint = listener.endpoint().to_string();
+        let mut conns = tokio::task::JoinSet::new();
+        let mut pause = Duration::from_millis(10);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                Some(done) = conns.join_next(), if !conns.is_empty() => log_end(&endpoint, done),
+                r = listener.accept() => match r {
+                    Ok(conn) => {
+                        pause = Duration::from_millis(10);
+                        let ch = Channel::new(conn);
+                        let job = serve_connection(ch, handler.clone(), &opts, stop.clone());
+                        conns.spawn(job);
+                    }
+                    Err(e) => {
+                        tracing::warn!(endpoint = %endpoint, error = %e, retry_in = ?pause, "accept failed");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(1));
+                    }
+                },
+            }
+        }
+        drop(listener);
+        while let Some(done) = conns.join_next().await {
+            log_end(&endpoint, done);
+        }
+    }
+}
+
+fn log_end(endpoint: &str, done: std::result::Result<Result<()>, tokio::task::JoinError>) {
+    match done {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::info!(endpoint = %endpoint, error = %e, "connection ended"),
+        Err(e) => tracing::warn!(endpoint = %endpoint, error = %e, "connection task failed"),
+    }
+}
+
+/// Serves one connection: reads requests while fewer than `max_in_flight` are in flight,
+/// sends each reply as its handler finishes, and on `stop` or the client's close stops
+/// reading, answers what it has and closes.
+fn serve_connection<Req, Resp, H, Fut>(
+    mut ch: Channel<Reply<Resp>, Request<Req>>,
+    handler: H,
+    opts: &ServerOptions,
+    stop: CancellationToken,
+) -> impl Future<Output = Result<()>>
+where
+    H: Fn(Req) -> Fut,
+    Fut: Future<Output = Resp>,
+    Req: DeserializeOwned,
+    Resp: Serialize,
+{
+    let max = opts.max_in_flight.max(1);
+    let silence = opts
+        .heartbeats
+        .resolve(&ch.info().capabilities)
+        .map(|h| h.bound());
+    async move {
+        let mut in_flight = FuturesUnordered::new();
+        let mut reading = true;
+        let mut heard = tokio::time::Instant::now();
+        while reading || !in_flight.is_empty() {
+            let deadline = heard + silence.unwrap_or(Duration::from_secs(86_400));
+            tokio::select! {
+                // By value: a borrowed reply held across the await would need `Resp: Sync`.
+                Some(reply) = in_flight.next(), if !in_flight.is_empty() => SinkExt::send(&mut ch, reply).await?,
+                r = ch.recv(), if reading && in_flight.len() < max => {
+                    heard = tokio::time::Instant::now();
+                    match r {
+                        Ok(Some(Request::Call { id, body })) => in_flight.push(answer(id, handler(body))),
+                        Ok(Some(Request::Ping)) => SinkExt::send(&mut ch, Reply::Pong).await?,
+                        Ok(None) => reading = false,
+                        // No id to answer: the caller times out. The connection stays usable.
+                        Err(e) if e.kind() == ErrorKind::Decode => {
+                            tracing::warn!(endpoint = %ch.info().endpoint, error = %e, "undecodable request dropped");
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline), if silence.is_some() => {
+                    return Err(Error::new(
+                        ErrorKind::ConnectionLost,
+                        &ch.info().endpoint,
+                        format!("the client was silent past the heartbeat bound ({:?})", silence.unwrap_or_default()),
+                    ));
+                }
+                _ = stop.cancelled(), if reading => reading = false,
+            }
+        }
+        ch.close().await
+    }
+}
+
+async fn answer<Resp>(id: u64, work: impl Future<Output = Resp>) -> Reply<Resp> {
+    match AssertUnwindSafe(work).catch_unwind().await {
+        Ok(body) => Reply::Ok { id, body },
+        Err(_) => Reply::Failed {
+            id,
+            reason: "the handler panicked".into(),
+        },
+    }
+}
+
+/// A server running in the background.
+#[derive(Debug)]
+pub struct ServerHandle {
+    endpoint: Endpoint,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ServerHandle {
+    /// The endpoint the server is bound to.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Stops accepting, lets in-flight requests finish and closes every connection. Past
+    /// `grace`, whatever is still running is dropped and this fails with
+    /// [`ErrorKind::Timeout`].
+    pub async fn shutdown(mut self, grace: Duration) -> Result<()> {
+        self.stop.cancel();
+        match tokio::time::timeout(grace, &mut self.task).await {
+            Ok(_) => Ok(()),
+            Err(_) => {
+                self.task.abort();
+                Err(Error::new(
+                    ErrorKind::Timeout,
+                    &self.endpoint,
+                    format!("requests still running after {grace:?} were dropped"),
+                ))
+            }
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! Request/reply over real transports (a server and its clients on sockets or shared memory in
+//! this process): replies reach their own callers, deadlines fail one call only, a late reply
+//! is never handed to another caller, handler panics are answered, shutdown drains.
+
+use ductwork::patterns::{Client, ClientOptions, Server, ServerOptions};
+use ductwork::ErrorKind;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Op {
+    Add(i64, i64),
+    /// Sleeps, then answers with the value given.
+    Slow(u64, i64),
+    Panic,
+}
+
+async fn handler(op: Op) -> i64 {
+    match op {
+        Op::Add(a, b) => a + b,
+        Op::Slow(ms, v) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            v
+        }
+        Op::Panic => panic!("handler asked to panic"),
+    }
+}
+
+fn endpoints(case: &str) -> Vec<String> {
+    let mut v = vec!["tcp://127.0.0.1:0".to_string()];
+    if cfg!(unix) {
+        let dir = std::env::temp_dir();
+        v.push(format!(
+            "unix://{}/dw-rr-{case}-{}.sock",
+            dir.display(),
+            std::process::id()
+        ));
+        v.push(format!("shm://dw-rr-{case}-{}", std::process::id()));
+    }
+    v.push(format!("pipe://dw-rr-{case}-{}", std::process::id()));
+    v
+}
+
+/// The stale-reply defect: a call that timed out must not make the next call receive its
+/// answer. Every value is distinct, so any mix-up shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_call_never_delivers_its_reply_to_the_next() {
+    for ep in endpoints("stale") {
+        let server = Server::bind(ep.as_str(), handler).await.unwrap().spawn();
+        let client = Client::<Op, i64>::connect(server.endpoint()).await.unwrap();
+        for round in 0..5i64 {
+            let e = client
+                .call_timeout(Op::Slow(200, -round - 1), Duration::from_millis(20))
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Timeout, "{ep}: {e}");
+            // The slow reply arrives while this call waits; it must be discarded.
+            let got = client.call(Op::Slow(250, 1000 + round)).await.unwrap();
+            assert_eq!(got, 1000 + round, "{ep}: got another call's reply");
+        }
+        client.close().await.unwrap();
+        server.shutdown(Duration::from_secs(5)).await.unwrap();
+    }
+}
+
+/// Many tasks share one client; replies finish out of order and each reaches its caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_callers_each_get_their_own_reply() {
+    for ep in endpoints("many") {
+        let server = Server::bind(ep.as_str(), handler).await.unwrap().spawn();
+        let client = Client::<Op, i64>::connect(server.endpoint()).await.unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..200i64 {
+            let c = client.clone();
+            tasks.spawn(async move {
+                // Later requests sleep less, so replies come back in another order.
+                let got = c.call(Op::Slow((200 - i as u64) % 23, i)).await.unwrap();
+                assert_eq!(got, i);
+                let got = c.call(Op::Add(i, 1)).await.unwrap();
+                assert_eq!(got, i + 1);
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+        server.shutdown(Duration::from_secs(5)).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_fails_that_request_only() {
+    let server = Server::bind("tcp://127.0.0.1:0", handler)
+        .await
+        .unwrap()
+        .spawn();
+    let client = Client::<Op, i64>::connect(server.endpoint()).await.unwrap();
+    let e = client.call(Op::Panic).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Remote, "{e}");
+    assert!(e.to_string().contains("panicked"), "{e}");
+    assert_eq!(client.call(Op::Add(2, 3)).await.unwrap(), 5);
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// Shutdown lets a request in flight finish and be answered, then closes the connection:
+/// later calls fail with the connection's end, not a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_in_flight_requests_then_closes() {
+    let server = Server::bind("tcp://127.0.0.1:0", handler)
+        .await
+        .unwrap()
+        .spawn();
+    let client = Client::<Op, i64>::connect(server.endpoint()).await.unwrap();
+    let c = client.clone();
+    let slow = tokio::spawn(async move { c.call(Op::Slow(300, 7)).await });
+    tokio::time::sleep(Duration::from_millis(100)).await; // the request is in its handler
+    server.shutdown(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(slow.await.unwrap().unwrap(), 7);
+    let e = client.call(Op::Add(1, 1)).await.unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::Closed | ErrorKind::ConnectionLost),
+        "{e}"
+    );
+}
+
+/// A shutdown whose grace runs out drops what is still running and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_past_its_grace_reports_a_timeout() {
+    let server = Server::bind("tcp://127.0.0.1:0", handler)
+        .await
+        .unwrap()
+        .spawn();
+    let client = Client::<Op, i64>::connect(server.endpoint()).await.unwrap();
+    let c = client.clone();
+    let slow = tokio::spawn(async move { c.call(Op::Slow(5_000, 7)).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let e = server
+        .shutdown(Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    let e = slow.await.unwrap().unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::Closed | ErrorKind::ConnectionLost),
+        "{e}"
+    );
+}
+
+/// With one request allowed in flight, the server stops reading until it answered: requests
+/// are still all answered, in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_in_flight_bounds_the_handlers_of_a_connection() {
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let (r, p) = (running.clone(), peak.clone());
+    let h = move |op: Op| {
+        let (r, p) = (r.clone(), p.clone());
+        async move {
+            let now = r.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            p.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+            let v = handler(op).await;
+            r.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            v
+        }
+    };
+    let server = Server::bind("tcp://127.0.0.1:0", h)
+        .await
+        .unwrap()
+        .with_options(ServerOptions {
+            max_in_flight: 2,
+            ..ServerOptions::default()
+        })
+        .spawn();
+    let client = Client::<Op, i64>::connect(server.endpoint()).await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let c = client.clone();
+        tasks.spawn(async move { assert_eq!(c.call(Op::Slow(10, i)).await.unwrap(), i) });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    assert_eq!(peak.load(std::sync::atomic::Ordering::SeqCst), 2);
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// When the server goes away, waiting callers get an error and later calls fail at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_server_fails_waiting_and_later_calls() {
+    let server = Server::bind("tcp://127.0.0.1:0", handler)
+        .await
+        .unwrap()
+        .spawn();
+    let opts = ClientOptions {
+        timeout: None,
+        ..ClientOptions::default()
+    };
+    let ch = ductwork::connect_channel(server.endpoint()).await.unwrap();
+    let client = Client::<Op, i64>::with_options(ch, opts);
+    let c = client.clone();
+    let waiting = tokio::spawn(async move { c.call(Op::Slow(10_000, 1)).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _ = server.shutdown(Duration::from_millis(50)).await;
+    let e = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting call must end")
+        .unwrap()
+        .unwrap_err();
+    let kind = e.kind();
+    assert!(
+        matches!(kind, ErrorKind::Closed | ErrorKind::ConnectionLost),
+        "{e}"
+    );
+    let e = client.call(Op::Add(1, 1)).await.unwrap_err();
+    assert_eq!(e.kind(), kind, "{e}");
+}
+
+/// tower's layers apply: a `Timeout` layer around the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_is_a_tower_service() {
+    use tower_service::Service;
+    let server = Server::bind("tcp://127.0.0.1:0", handler)
+        .await
+        .unwrap()
+        .spawn();
+    let mut client = Client::<Op, i64>::connect(server.endpoint()).await.unwrap();
+    std::future::poll_fn(|cx| client.poll_ready(cx))
+        .await
+        .unwrap();
+    assert_eq!(client.call(Op::Add(20, 22)).await.unwrap(), 42);
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// A client with `reconnect` notices a server that went away while it was idle, reports each
+/// step, lets calls wait for the new connection, and works again once a server is back at
+/// the same endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_client_finds_a_restarted_server() {
+    use ductwork::patterns::{Backoff, LinkState};
+    let first = Server::bind("tcp://127.0.0.1:0", handler)
+        .await
+        .unwrap()
+        .spawn();
+    let at = first.endpoint().clone();
+    let opts = ClientOptions {
+        reconnect: Some(Backoff {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(200),
+            jitter: 0.5,
+        }),
+        ..ClientOptions::default()
+    };
+    let client = Client::<Op, i64>::connect_with(&at, opts).await.unwrap();
+    let mut state = client.state();
+    assert_eq!(*state.borrow(), LinkState::Connected);
+    assert_eq!(client.call(Op::Add(1, 1)).await.unwrap(), 2);
+
+    first.shutdown(Duration::from_secs(5)).await.unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            state.changed().await.unwrap();
+            if let LinkState::Reconnecting { attempt } = *state.borrow_and_update() {
+                if attempt >= 2 {
+                    return attempt; // at least one attempt failed: nobody is listening
+                }
+            }
+        }
+    })
+    .await
+    .expect("the idle client must notice the loss and retry");
+    assert!(seen >= 2);
+    // While nothing listens, a call waits for the link within its deadline.
+    let e = client
+        .call_timeout(Op::Add(1, 2), Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+
+    let second = Server::bind(&at, handler).await.unwrap().spawn();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while *state.borrow_and_update() != LinkState::Connected {
+            state.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("reconnected to the restarted server");
+    assert_eq!(client.call(Op::Add(2, 2)).await.unwrap(), 4);
+    client.close().await.unwrap();
+    assert_eq!(*client.state().borrow(), LinkState::Lost);
+    assert_eq!(
+        client.call(Op::Add(1, 1)).await.unwrap_err().kind(),
+        ErrorKind::Closed
+    );
+    second.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// The bytes docs/wire-format.md shows for the request/reply envelope.
+#[test]
+fn the_envelope_bytes_match_the_wire_format_doc() {
+    use ductwork::patterns::{Reply, Request};
+    let call = postcard::to_allocvec(&Request::Call { id: 1, body: 5u32 }).unwrap();
+    assert_eq!(call, [0x00, 0x01, 0x05]);
+    let ok = postcard::to_allocvec(&Reply::Ok { id: 1, body: 8u32 }).unwrap();
+    assert_eq!(ok, [0x00, 0x01, 0x08]);
+    let pong = postcard::to_allocvec(&Reply::<u32>::Pong).unwrap();
+    assert_eq!(pong, [0x02]);
+    let msg = postcard::to_allocvec(&ductwork::patterns::pubsub::Publication::Message {
+        topic: "p".into(),
+        body: 1u8,
+    })
+    .unwrap();
+    assert_eq!(msg, [0x01, 0x01, 0x70, 0x01]);
+}
