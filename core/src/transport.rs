@@ -36,7 +36,9 @@
 //!   broken: later calls return an error or `None`.
 //! - **Names.** Binding an endpoint that another live listener holds fails with
 //!   [`ErrorKind::AddrInUse`](crate::ErrorKind); connecting where nothing listens fails with
-//!   [`ErrorKind::NotFound`](crate::ErrorKind). Every error names the endpoint.
+//!   [`ErrorKind::NotFound`](crate::ErrorKind); binding an endpoint this machine cannot serve
+//!   (an address not its own, a directory that does not exist) fails with
+//!   [`ErrorKind::Bind`](crate::ErrorKind), never `NotFound`. Every error names the endpoint.
 //! - **One-way transports.** Receiving on the sending side, or sending on the receiving side,
 //!   fails with [`ErrorKind::Unsupported`](crate::ErrorKind).
 //! - **Cancellation.** `accept` and `recv` (`Stream::poll_next`) are cancel-safe: dropping the
