@@ -108,7 +108,7 @@ pub trait Connection:
             .map_err(|e| Error::codec(&info.endpoint, e))?;
         let mut buf = BytesMut::with_capacity(len);
         let mut w = FrameWriter::new(&mut buf.spare_capacity_mut()[..len]);
-        encode(&mut w).and_then(|()| w.finish(&self.info().endpoint))?;
+        encode(&mut w).and_then(|()| w.finish(&info.endpoint))?;
         // SAFETY: `finish` returned Ok, so the writer received exactly `len` bytes, written in
         // order from the start of the `len`-byte spare region it was given: bytes `0..len`
         // are initialized, and `with_capacity` made room for them.
