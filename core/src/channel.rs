@@ -20,7 +20,7 @@
 //! # Ok(()) }
 //! ```
 
-use crate::{BoxConnection, ConnectionInfo, Error, ErrorKind, Result};
+use crate::{BoxConnection, ConnectionInfo, Endpoint, Error, Result};
 use bytes::Bytes;
 use ductwork_codec::CodecError;
 use futures::{Sink, SinkExt, Stream, StreamExt};
@@ -34,6 +34,9 @@ use std::{
 /// A typed channel over one connection: sends `Out`, receives `In`.
 pub struct Channel<Out, In = Out> {
     conn: BoxConnection,
+    /// The connection's endpoint, copied once here so that an encoder error inside a sized
+    /// send (while `conn` is borrowed) is built with it directly.
+    endpoint: Endpoint,
     _types: PhantomData<fn(Out) -> In>,
 }
 
@@ -45,6 +48,7 @@ where
     /// Wraps a connection.
     pub fn new(conn: BoxConnection) -> Self {
         Channel {
+            endpoint: conn.info().endpoint.clone(),
             conn,
             _types: PhantomData,
         }
@@ -89,25 +93,12 @@ where
         if let Err(e) = ductwork_codec::check_len(len, info.capabilities.max_message) {
             return Err(Error::codec(&info.endpoint, e));
         }
-        // The endpoint is only needed for an error: the closure parks the codec error and
-        // returns a placeholder, so a successful send copies no endpoint string.
-        let mut failed = None;
-        let sent = self
-            .conn
+        let endpoint = &self.endpoint;
+        self.conn
             .start_send_sized(len, &mut |w| match postcard::to_io(msg, w) {
                 Ok(_) => Ok(()),
-                Err(e) => {
-                    failed = Some(e);
-                    Err(Error::new(ErrorKind::Encode, "", ""))
-                }
-            });
-        match (sent, failed) {
-            (Err(_), Some(e)) => Err(Error::codec(
-                &self.conn.info().endpoint,
-                CodecError::Encode(e),
-            )),
-            (r, _) => r,
-        }
+                Err(e) => Err(Error::codec(endpoint, CodecError::Encode(e))),
+            })
     }
 
     /// Flushes messages queued with [`feed`](Self::feed).
@@ -212,5 +203,39 @@ impl<Out: Serialize, In: DeserializeOwned> Stream for Channel<Out, In> {
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(self.decode_frame(&frame))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{transport::tests::Collect, ErrorKind};
+    use std::cell::Cell;
+
+    /// Serializes one byte longer every time, so the size computed first is wrong by the
+    /// time the encoder writes: the encoder fails inside the sized send.
+    struct Grows(Cell<usize>);
+    impl Serialize for Grows {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            self.0.set(self.0.get() + 1);
+            s.serialize_bytes(&vec![7; self.0.get()])
+        }
+    }
+
+    /// Item: an encoder error inside the sized send is built once with the endpoint (it used
+    /// to be a placeholder patched afterwards); nothing is queued.
+    #[test]
+    fn encoder_error_names_the_endpoint_and_queues_nothing() {
+        let conn = Collect::new();
+        let sent = conn.sent.clone();
+        let mut ch: Channel<Grows, ()> = Channel::new(Box::new(conn));
+        let e = ch.start_send_msg(&Grows(Cell::new(0))).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Encode, "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("tcp://127.0.0.1:1: cannot encode message: "),
+            "{e}"
+        );
+        assert!(sent.lock().unwrap().is_empty());
     }
 }

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `tcp` | `host:port` | `tcp://10.0.0.5:7000` |
 //! | `udp` | `host:port` | `udp://127.0.0.1:7001` |
-//! | `unix` | a filesystem path | `unix:///run/orders.sock` |
+//! | `unix` | an absolute path, or `./`-relative | `unix:///run/orders.sock` |
 //! | `shm` | a name | `shm://orders?capacity=1MiB` |
 //! | `pipe` | a name, or `server/name` (Windows) | `pipe://orders` |
 //! | `mailslot` | a name, or `*/name` (Windows domain broadcast) | `mailslot://events` |
@@ -91,6 +91,49 @@ impl Endpoint {
     /// The address part: everything between `://` and `?`.
     pub fn address(&self) -> &str {
         &self.address
+    }
+
+    /// The address as host and port, for schemes whose address is `HOST:PORT` (`tcp`, `udp`).
+    /// An IPv6 host is written in brackets (`[::1]:7000`) and returned without them. A
+    /// missing port or host, or a port that is not a number from 0 to 65535, is an
+    /// [`ErrorKind::InvalidEndpoint`] error that says how to write it.
+    pub fn host_port(&self) -> Result<(&str, u16)> {
+        let scheme = &self.scheme;
+        let bad = |why: String| Err(Error::new(ErrorKind::InvalidEndpoint, self, why));
+        let a = self.address.as_str();
+        let (host, port) = if let Some(rest) = a.strip_prefix('[') {
+            match rest.split_once(']') {
+                Some((h, "")) => (h, ""),
+                Some((h, tail)) if tail.starts_with(':') => (h, &tail[1..]),
+                _ => return bad(format!("write an IPv6 address as {scheme}://[::1]:7000")),
+            }
+        } else {
+            match a.rsplit_once(':') {
+                Some((h, _)) if h.contains(':') => {
+                    return bad(format!(
+                        "an IPv6 address goes in brackets: {scheme}://[{h}]:PORT"
+                    ))
+                }
+                Some((h, p)) => (h, p),
+                None => (a, ""),
+            }
+        };
+        if port.is_empty() {
+            return bad(format!(
+                "missing port: write {scheme}://HOST:PORT, e.g. {scheme}://127.0.0.1:7000 \
+                 (port 0 lets the system pick a free port when binding)"
+            ));
+        }
+        if host.is_empty() {
+            return bad(format!(
+                "missing host: write {scheme}://HOST:PORT, e.g. {scheme}://127.0.0.1:{port} \
+                 (this machine only) or {scheme}://0.0.0.0:{port} (every interface)"
+            ));
+        }
+        match port.parse::<u16>() {
+            Ok(p) => Ok((host, p)),
+            Err(_) => bad(format!("the port `{port}` is not a number from 0 to 65535")),
+        }
     }
 
     /// All options in the order given.
@@ -351,6 +394,43 @@ mod tests {
         assert!(e
             .to_string()
             .starts_with("ftp://x: invalid endpoint: unknown scheme"));
+    }
+
+    /// Item: a newcomer's `tcp://127.0.0.1` says "missing port" (the transports used to pass
+    /// it to the OS, which answered "invalid socket address").
+    #[test]
+    fn host_and_port() {
+        let hp = |s: &str| {
+            Endpoint::parse(s)
+                .unwrap()
+                .host_port()
+                .map(|(h, p)| (h.to_string(), p))
+        };
+        assert_eq!(
+            hp("tcp://10.0.0.5:7000").unwrap(),
+            ("10.0.0.5".into(), 7000)
+        );
+        assert_eq!(hp("udp://[::1]:9").unwrap(), ("::1".into(), 9));
+        assert_eq!(hp("tcp://localhost:0").unwrap(), ("localhost".into(), 0));
+        for (s, says) in [
+            ("tcp://127.0.0.1", "missing port: write tcp://HOST:PORT"),
+            ("udp://127.0.0.1:", "missing port: write udp://HOST:PORT"),
+            ("tcp://[::1]", "missing port"),
+            ("tcp://:7000", "missing host"),
+            ("tcp://::1", "brackets"),
+            ("tcp://[::1", "IPv6"),
+            ("tcp://h:70000", "not a number from 0 to 65535"),
+            ("tcp://h:x", "not a number"),
+        ] {
+            let e = hp(s).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidEndpoint, "{s}");
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("{s}: invalid endpoint: ")),
+                "{e}"
+            );
+            assert!(e.to_string().contains(says), "{s}: {e}");
+        }
     }
 
     #[test]

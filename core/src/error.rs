@@ -21,8 +21,13 @@ pub enum ErrorKind {
     Unsupported,
     /// The name or address is already taken by another listener.
     AddrInUse,
-    /// Nothing is listening at the endpoint.
+    /// Nothing is listening at the endpoint (a connect found no listener there).
     NotFound,
+    /// The endpoint cannot be bound on this machine for a reason other than another listener
+    /// holding it: the address is not one of this host's, or a directory on the path does not
+    /// exist. (A name in use is [`AddrInUse`](Self::AddrInUse); a refusal by the operating
+    /// system is [`PermissionDenied`](Self::PermissionDenied).)
+    Bind,
     /// The operating system refused access.
     PermissionDenied,
     /// The peer went away without closing cleanly (killed, reset, or cut in the middle of a
@@ -38,7 +43,9 @@ pub enum ErrorKind {
     Decode,
     /// A value could not be encoded.
     Encode,
-    /// An operation did not complete in time.
+    /// An operation did not complete in time (a deadline passed, or the operating system
+    /// reported a time-out). An operation that merely *would block* is not one: that is
+    /// [`Io`](Self::Io).
     Timeout,
     /// The peer refused this connection or request because one of its limits is reached (the
     /// detail names the limit).
@@ -46,7 +53,8 @@ pub enum ErrorKind {
     /// The peer received the request but reports that it could not answer it (for example a
     /// request/reply handler that panicked).
     Remote,
-    /// Any other operating-system error.
+    /// Any other operating-system error, including arguments the operating system rejected
+    /// (`io::ErrorKind::InvalidInput`) and operations that would block.
     Io,
 }
 
@@ -57,6 +65,7 @@ impl ErrorKind {
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::AddrInUse => "address already in use",
             ErrorKind::NotFound => "nothing listening",
+            ErrorKind::Bind => "cannot bind",
             ErrorKind::PermissionDenied => "permission denied",
             ErrorKind::ConnectionLost => "connection lost",
             ErrorKind::Closed => "connection closed",
@@ -100,22 +109,20 @@ impl Error {
     }
 
     /// An operating-system error while doing `context` on `endpoint`; the kind is derived
-    /// from the `io::ErrorKind`.
+    /// from the `io::ErrorKind` (see [`ErrorKind`]). For errors of binding, use
+    /// [`bind`](Self::bind): there "not found" does not mean "nothing listening".
     pub fn io(endpoint: impl fmt::Display, context: impl Into<String>, err: io::Error) -> Self {
+        Error::new(kind_of(err.kind()), endpoint, context).with_source(err)
+    }
+
+    /// An operating-system error while binding `endpoint` (doing `context`): a missing
+    /// directory or an address this host does not have is [`ErrorKind::Bind`], a name in use
+    /// [`ErrorKind::AddrInUse`], a refusal [`ErrorKind::PermissionDenied`]; anything else is
+    /// mapped as by [`io`](Self::io). An empty `context` adds nothing to the message.
+    pub fn bind(endpoint: impl fmt::Display, context: impl Into<String>, err: io::Error) -> Self {
         let kind = match err.kind() {
-            io::ErrorKind::AddrInUse => ErrorKind::AddrInUse,
-            io::ErrorKind::NotFound
-            | io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::AddrNotAvailable => ErrorKind::NotFound,
-            io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
-            io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::UnexpectedEof
-            | io::ErrorKind::NotConnected => ErrorKind::ConnectionLost,
-            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ErrorKind::Timeout,
-            io::ErrorKind::InvalidInput => ErrorKind::InvalidEndpoint,
-            _ => ErrorKind::Io,
+            io::ErrorKind::NotFound | io::ErrorKind::AddrNotAvailable => ErrorKind::Bind,
+            k => kind_of(k),
         };
         Error::new(kind, endpoint, context).with_source(err)
     }
@@ -130,9 +137,12 @@ impl Error {
             CodecError::Truncated { .. } => {
                 Error::new(ErrorKind::ConnectionLost, endpoint, err.to_string())
             }
-            CodecError::Protocol(_) => Error::new(ErrorKind::Protocol, endpoint, err.to_string()),
-            CodecError::Decode(_) => Error::new(ErrorKind::Decode, endpoint, err.to_string()),
-            CodecError::Encode(_) => Error::new(ErrorKind::Encode, endpoint, err.to_string()),
+            // The kind already says "protocol violation" / "cannot decode message" / "cannot
+            // encode message": the detail is the codec's reason alone, not its whole Display,
+            // which repeats that prefix.
+            CodecError::Protocol(why) => Error::new(ErrorKind::Protocol, endpoint, why),
+            CodecError::Decode(why) => Error::new(ErrorKind::Decode, endpoint, why),
+            CodecError::Encode(e) => Error::new(ErrorKind::Encode, endpoint, e.to_string()),
             _ => Error::new(ErrorKind::Io, endpoint, err.to_string()),
         }
     }
@@ -166,14 +176,41 @@ impl fmt::Display for Error {
     }
 }
 
+/// The same one line as `Display`, so that `fn main() -> Result<(), ductwork::Error>` and
+/// `unwrap` print what a person can read; `{:#?}` shows the fields.
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !f.alternate() {
+            return fmt::Display::fmt(self, f);
+        }
         f.debug_struct("Error")
             .field("kind", &self.kind)
             .field("endpoint", &self.endpoint)
             .field("detail", &self.detail)
             .field("source", &self.source)
             .finish()
+    }
+}
+
+/// The kind an `io::ErrorKind` maps to: only where the two mean the same thing, else `Io`.
+fn kind_of(kind: io::ErrorKind) -> ErrorKind {
+    match kind {
+        io::ErrorKind::AddrInUse => ErrorKind::AddrInUse,
+        // Connecting where nothing listens: refused (TCP, Unix sockets), no such file or pipe
+        // (Unix sockets, named pipes), or, on Windows, an address that cannot be a peer
+        // (connecting to port 0).
+        io::ErrorKind::NotFound
+        | io::ErrorKind::ConnectionRefused
+        | io::ErrorKind::AddrNotAvailable => ErrorKind::NotFound,
+        io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::UnexpectedEof
+        | io::ErrorKind::NotConnected => ErrorKind::ConnectionLost,
+        io::ErrorKind::TimedOut => ErrorKind::Timeout,
+        io::ErrorKind::Unsupported => ErrorKind::Unsupported,
+        _ => ErrorKind::Io,
     }
 }
 
@@ -198,6 +235,7 @@ impl From<Error> for io::Error {
         let kind = match e.kind {
             ErrorKind::AddrInUse => io::ErrorKind::AddrInUse,
             ErrorKind::NotFound => io::ErrorKind::NotFound,
+            ErrorKind::Bind => io::ErrorKind::AddrNotAvailable,
             ErrorKind::PermissionDenied => io::ErrorKind::PermissionDenied,
             ErrorKind::ConnectionLost => io::ErrorKind::ConnectionReset,
             ErrorKind::Timeout => io::ErrorKind::TimedOut,
@@ -247,5 +285,73 @@ mod tests {
             },
         );
         assert_eq!(e.kind(), ErrorKind::ConnectionLost);
+    }
+
+    /// Item: `Error::io` maps kinds faithfully (before: WouldBlock was `Timeout`, InvalidInput
+    /// `InvalidEndpoint`).
+    #[test]
+    fn io_kinds_map_only_to_what_they_mean() {
+        let kind = |k| Error::io("tcp://h:1", "op", io::Error::from(k)).kind();
+        assert_eq!(kind(io::ErrorKind::TimedOut), ErrorKind::Timeout);
+        assert_eq!(kind(io::ErrorKind::WouldBlock), ErrorKind::Io);
+        assert_eq!(kind(io::ErrorKind::InvalidInput), ErrorKind::Io);
+        assert_eq!(kind(io::ErrorKind::ConnectionRefused), ErrorKind::NotFound);
+        assert_eq!(kind(io::ErrorKind::AddrInUse), ErrorKind::AddrInUse);
+    }
+
+    /// Item: a failed bind is not "nothing listening" (before: `NotFound`).
+    #[test]
+    fn bind_failures_have_their_own_kind_and_text() {
+        let bind = |k| Error::bind("tcp://10.9.9.9:1", "", io::Error::from(k));
+        for k in [io::ErrorKind::AddrNotAvailable, io::ErrorKind::NotFound] {
+            let e = bind(k);
+            assert_eq!(e.kind(), ErrorKind::Bind, "{k:?}");
+            let s = e.to_string();
+            assert!(s.starts_with("tcp://10.9.9.9:1: cannot bind: "), "{s}");
+            assert!(!s.contains("nothing listening"), "{s}");
+        }
+        assert_eq!(bind(io::ErrorKind::AddrInUse).kind(), ErrorKind::AddrInUse);
+        assert_eq!(
+            bind(io::ErrorKind::PermissionDenied).kind(),
+            ErrorKind::PermissionDenied
+        );
+    }
+
+    /// Item: no repeated prefixes (before: "protocol violation: protocol violation: ...").
+    #[test]
+    fn codec_errors_do_not_repeat_the_kind() {
+        let e = Error::codec("tcp://h:1", CodecError::Protocol("bad header".into()));
+        assert_eq!(e.to_string(), "tcp://h:1: protocol violation: bad header");
+        let e = Error::codec("tcp://h:1", CodecError::Decode("unexpected end".into()));
+        assert_eq!(e.kind(), ErrorKind::Decode);
+        assert_eq!(
+            e.to_string(),
+            "tcp://h:1: cannot decode message: unexpected end"
+        );
+        let e = Error::codec(
+            "tcp://h:1",
+            CodecError::Encode(postcard::Error::SerializeBufferFull),
+        );
+        assert_eq!(e.kind(), ErrorKind::Encode);
+        let s = e.to_string();
+        assert_eq!(s.matches("cannot encode message").count(), 1, "{s}");
+    }
+
+    /// Item: `Debug` is the readable line (before: `Error { kind: .., endpoint: .., .. }`),
+    /// which is what `fn main() -> Result<(), Error>` prints.
+    #[test]
+    fn debug_reads_like_display() {
+        let e = Error::bind(
+            "tcp://127.0.0.1:7000",
+            "",
+            io::Error::from(io::ErrorKind::AddrInUse),
+        );
+        assert_eq!(format!("{e:?}"), e.to_string());
+        assert!(
+            format!("{e:?}").starts_with("tcp://127.0.0.1:7000: address already in use"),
+            "{e:?}"
+        );
+        assert!(!format!("{e:?}").contains('\n'));
+        assert!(format!("{e:#?}").contains("kind: AddrInUse"), "{e:#?}");
     }
 }

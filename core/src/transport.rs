@@ -36,7 +36,9 @@
 //!   broken: later calls return an error or `None`.
 //! - **Names.** Binding an endpoint that another live listener holds fails with
 //!   [`ErrorKind::AddrInUse`](crate::ErrorKind); connecting where nothing listens fails with
-//!   [`ErrorKind::NotFound`](crate::ErrorKind). Every error names the endpoint.
+//!   [`ErrorKind::NotFound`](crate::ErrorKind); binding an endpoint this machine cannot serve
+//!   (an address not its own, a directory that does not exist) fails with
+//!   [`ErrorKind::Bind`](crate::ErrorKind), never `NotFound`. Every error names the endpoint.
 //! - **One-way transports.** Receiving on the sending side, or sending on the receiving side,
 //!   fails with [`ErrorKind::Unsupported`](crate::ErrorKind).
 //! - **Cancellation.** `accept` and `recv` (`Stream::poll_next`) are cancel-safe: dropping the
@@ -63,6 +65,7 @@
 use crate::{Capabilities, Endpoint, Error, ErrorKind, Result};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use ductwork_codec::check_len;
 use futures::{Sink, Stream};
 use std::{fmt, io, marker::PhantomData, mem::MaybeUninit, pin::Pin, ptr};
 
@@ -87,59 +90,30 @@ pub trait Connection:
     /// Facts about this connection.
     fn info(&self) -> &ConnectionInfo;
 
-    /// Queues one frame whose payload `encode` appends to the buffer it is given, returning
-    /// the payload's length; like [`Sink::start_send`], call it only after `poll_ready`
-    /// returned `Ready(Ok(()))`.
-    ///
-    /// The default [`start_send_sized`](Self::start_send_sized), which the typed
-    /// [`Channel`](crate::Channel) sends through, encodes via this. The default encodes into a
-    /// fresh buffer and calls `start_send`; transports that keep a write buffer override it to
-    /// encode in place, which saves an allocation and a copy per message. If `encode` fails,
-    /// nothing is queued and the connection stays usable.
-    fn start_send_encoded(
-        &mut self,
-        encode: &mut dyn FnMut(&mut BytesMut) -> Result<usize>,
-    ) -> Result<()> {
-        let mut buf = BytesMut::new();
-        encode(&mut buf)?;
-        Pin::new(self).start_send(buf.freeze())
-    }
-
     /// Queues one frame of exactly `len` bytes that `encode` writes into the [`FrameWriter`]
     /// it is given; like [`Sink::start_send`], call it only after `poll_ready` returned
     /// `Ready(Ok(()))`. See [Sized sends](self#sized-sends) for the rules.
     ///
-    /// The typed [`Channel`](crate::Channel) sends through this. The default reserves `len`
-    /// bytes in the buffer of [`start_send_encoded`](Self::start_send_encoded) and encodes
-    /// there (so a transport that overrides that one keeps encoding in place); a transport
-    /// that can hand out its mechanism's memory overrides this one to skip the buffer.
+    /// The typed [`Channel`](crate::Channel) sends through this. The default encodes into a
+    /// fresh buffer of `len` bytes and hands it to `start_send`; a transport that keeps a
+    /// write buffer, or can hand out its mechanism's memory, overrides it to encode in place
+    /// and save that allocation and copy.
     fn start_send_sized(
         &mut self,
         len: usize,
         encode: &mut dyn FnMut(&mut FrameWriter<'_>) -> Result<()>,
     ) -> Result<()> {
-        // A wrong byte count is parked and the real error built afterwards, once `self` is no
-        // longer borrowed: the closure cannot reach the endpoint.
-        let mut wrong = None;
-        let sent = self.start_send_encoded(&mut |buf| {
-            let start = buf.len();
-            buf.reserve(len);
-            let mut w = FrameWriter::new(&mut buf.spare_capacity_mut()[..len]);
-            encode(&mut w)?;
-            if let Some(why) = w.problem() {
-                wrong = Some(why);
-                return Err(Error::new(ErrorKind::Encode, "", ""));
-            }
-            // SAFETY: `problem` returned None, so the writer received exactly `len` bytes,
-            // written in order from the start of the `len`-byte spare region it was given:
-            // bytes `start..start + len` are initialized, and `reserve` made room for them.
-            unsafe { buf.set_len(start + len) };
-            Ok(len)
-        });
-        match (sent, wrong) {
-            (Err(_), Some(why)) => Err(Error::new(ErrorKind::Encode, &self.info().endpoint, why)),
-            (r, _) => r,
-        }
+        let info = self.info();
+        check_len(len, info.capabilities.max_message)
+            .map_err(|e| Error::codec(&info.endpoint, e))?;
+        let mut buf = BytesMut::with_capacity(len);
+        let mut w = FrameWriter::new(&mut buf.spare_capacity_mut()[..len]);
+        encode(&mut w).and_then(|()| w.finish(&info.endpoint))?;
+        // SAFETY: `finish` returned Ok, so the writer received exactly `len` bytes, written in
+        // order from the start of the `len`-byte spare region it was given: bytes `0..len`
+        // are initialized, and `with_capacity` made room for them.
+        unsafe { buf.set_len(len) };
+        Pin::new(self).start_send(buf.freeze())
     }
 }
 
@@ -381,7 +355,7 @@ pub trait Transport: Send + Sync + 'static {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{Accept, Boundaries, Delivery, Direction, Reach};
     use futures::task::{Context, Poll};
@@ -424,9 +398,32 @@ mod tests {
     }
 
     /// A connection that keeps the frames given to `start_send` (the default path).
-    struct Collect {
+    pub(crate) struct Collect {
         info: ConnectionInfo,
-        sent: Vec<Bytes>,
+        pub(crate) sent: std::sync::Arc<std::sync::Mutex<Vec<Bytes>>>,
+    }
+
+    impl Collect {
+        /// A collecting connection on `tcp://127.0.0.1:1` with a 64-byte limit.
+        pub(crate) fn new() -> Self {
+            Collect {
+                info: ConnectionInfo {
+                    endpoint: Endpoint::parse("tcp://127.0.0.1:1").unwrap(),
+                    peer: None,
+                    capabilities: Capabilities {
+                        direction: Direction::Duplex,
+                        delivery: Delivery::Reliable,
+                        ordered: true,
+                        boundaries: Boundaries::Messages,
+                        max_message: 64,
+                        reach: Reach::Host,
+                        peer_loss: true,
+                        accept: Accept::PerPeer,
+                    },
+                },
+                sent: Default::default(),
+            }
+        }
     }
     impl Stream for Collect {
         type Item = Result<Bytes>;
@@ -440,7 +437,7 @@ mod tests {
             Poll::Ready(Ok(()))
         }
         fn start_send(self: Pin<&mut Self>, item: Bytes) -> Result<()> {
-            self.get_mut().sent.push(item);
+            self.sent.lock().unwrap().push(item);
             Ok(())
         }
         fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<()>> {
@@ -458,23 +455,7 @@ mod tests {
 
     #[test]
     fn default_sized_send_queues_exactly_the_announced_bytes_or_nothing() {
-        let mut c = Collect {
-            info: ConnectionInfo {
-                endpoint: Endpoint::parse("tcp://127.0.0.1:1").unwrap(),
-                peer: None,
-                capabilities: Capabilities {
-                    direction: Direction::Duplex,
-                    delivery: Delivery::Reliable,
-                    ordered: true,
-                    boundaries: Boundaries::Messages,
-                    max_message: 64,
-                    reach: Reach::Host,
-                    peer_loss: true,
-                    accept: Accept::PerPeer,
-                },
-            },
-            sent: Vec::new(),
-        };
+        let mut c = Collect::new();
         for (len, wrote) in [(5usize, 4usize), (5, 6), (0, 1)] {
             let e = c
                 .start_send_sized(len, &mut |w| {
@@ -485,13 +466,31 @@ mod tests {
             assert_eq!(e.kind(), ErrorKind::Encode, "{len}/{wrote}");
             assert!(e.to_string().contains("tcp://127.0.0.1:1"), "{e}");
         }
-        assert!(c.sent.is_empty(), "nothing queued");
+        assert!(c.sent.lock().unwrap().is_empty(), "nothing queued");
+        // Over `max_message` (64): refused before the encoder runs (the default used to
+        // queue it).
+        let e = c
+            .start_send_sized(65, &mut |_| panic!("the encoder must not run"))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::FrameTooLarge);
+        assert!(e.to_string().contains("tcp://127.0.0.1:1"), "{e}");
+        // An encoder's own error is returned as it is.
+        let e = c
+            .start_send_sized(5, &mut |_| {
+                Err(Error::new(ErrorKind::Timeout, "x", "gave up"))
+            })
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout);
+        assert!(c.sent.lock().unwrap().is_empty(), "nothing queued");
         c.start_send_sized(5, &mut |w| {
             assert!(w.put(b"hel") && w.put(b"lo"));
             Ok(())
         })
         .unwrap();
         c.start_send_sized(0, &mut |_| Ok(())).unwrap();
-        assert_eq!(c.sent, [Bytes::from_static(b"hello"), Bytes::new()]);
+        assert_eq!(
+            *c.sent.lock().unwrap(),
+            [Bytes::from_static(b"hello"), Bytes::new()]
+        );
     }
 }

@@ -100,34 +100,6 @@ impl<S: ByteStream> Connection for FramedConnection<S> {
         &self.info
     }
 
-    /// Encodes straight into the write buffer behind a header patched afterwards: no
-    /// per-message allocation, one copy.
-    fn start_send_encoded(
-        &mut self,
-        encode: &mut dyn FnMut(&mut BytesMut) -> Result<usize>,
-    ) -> Result<()> {
-        if self.close_sent {
-            return Err(self.closed_err());
-        }
-        let max = self.info.capabilities.max_message;
-        let buf = &mut self.write_buf;
-        let start = buf.len();
-        buf.put_u32(0);
-        let len = match encode(buf) {
-            Ok(len) if len <= max && buf.len() == start + HEADER_LEN + len => len,
-            Ok(len) => {
-                buf.truncate(start);
-                return Err(self.err(CodecError::FrameTooLarge { len, max }));
-            }
-            Err(e) => {
-                buf.truncate(start);
-                return Err(e);
-            }
-        };
-        buf[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
-        Ok(())
-    }
-
     /// Encodes straight into the write buffer, after the header: the length is known, so
     /// the header is written first and nothing is patched or moved.
     fn start_send_sized(

@@ -219,7 +219,7 @@ fn take_name(cfg: &Config) -> Result<NameMutex> {
     // allowed (default security).
     let h = unsafe { CreateMutexW(std::ptr::null(), 0, name.as_ptr()) };
     if h.is_null() {
-        return Err(Error::io(
+        return Err(Error::bind(
             &cfg.endpoint,
             "create the name mutex",
             last_error(),
@@ -278,7 +278,7 @@ fn create_window(cfg: &Config) -> Result<(NameMutex, WindowClass, HWND)> {
     // SAFETY: `wc` is fully initialised and its class name outlives the call.
     if unsafe { RegisterClassExW(&wc) } == 0 {
         let e = last_error();
-        return Err(Error::io(&cfg.endpoint, "register the window class", e));
+        return Err(Error::bind(&cfg.endpoint, "register the window class", e));
     }
     let class = WindowClass { name: class, hinst };
     let title = wide(&cfg.name);
@@ -301,7 +301,11 @@ fn create_window(cfg: &Config) -> Result<(NameMutex, WindowClass, HWND)> {
         )
     };
     if hwnd.is_null() {
-        return Err(Error::io(&cfg.endpoint, "create the window", last_error()));
+        return Err(Error::bind(
+            &cfg.endpoint,
+            "create the window",
+            last_error(),
+        ));
     }
     Ok((mutex, class, hwnd))
 }

@@ -44,7 +44,7 @@ pub(super) async fn bind(
         "another process is receiving on this mailslot",
     )
     .await?;
-    let sock = UnixDatagram::bind(&path).map_err(|e| Error::io(ep, "bind", e))?;
+    let sock = UnixDatagram::bind(&path).map_err(|e| Error::bind(ep, "", e))?;
     let guard = PathGuard::new(path);
     std::fs::set_permissions(&guard.path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| Error::io(ep, "set socket file permissions", e))?;

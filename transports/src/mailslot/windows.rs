@@ -87,7 +87,7 @@ pub(super) async fn bind(
             )
             .with_source(e)
         } else {
-            Error::io(ep, format!("create the mailslot {path}"), e)
+            Error::bind(ep, format!("create the mailslot {path}"), e)
         });
     }
     // SAFETY: `h` is the valid mailslot handle CreateMailslotW just returned, owned by nobody

@@ -101,7 +101,7 @@ pub(super) async fn bind(
             ),
         )
         .with_source(e),
-        _ => Error::io(ep, "create the named pipe", e),
+        _ => Error::bind(ep, "create the named pipe", e),
     })?;
     Ok(Box::new(PipeListener {
         endpoint: ep.clone(),

@@ -306,7 +306,7 @@ pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
         "another process is listening on this shm name",
     )
     .await?;
-    let listener = UnixListener::bind(&path).map_err(|e| Error::io(ep, "bind", e))?;
+    let listener = UnixListener::bind(&path).map_err(|e| Error::bind(ep, "", e))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| Error::io(ep, "set socket file permissions", e))?;
     let ino = std::fs::metadata(&path).map(|m| (m.dev(), m.ino())).ok();

@@ -394,7 +394,7 @@ pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
     }
     let first = create_instance(&path, true).map_err(|e| match os_error(&e) {
         Some(ERROR_ACCESS_DENIED) | Some(ERROR_PIPE_BUSY) => in_use().with_source(e),
-        _ => Error::io(ep, "create the named pipe", e),
+        _ => Error::bind(ep, "create the named pipe", e),
     })?;
     let (tx, rx) = mpsc::channel(16);
     let task = tokio::spawn(accept_loop(first, path, ep.clone(), cfg, tx));

@@ -6,7 +6,8 @@
 //!   small handshake makes `connect` fail clearly when nothing listens. The listener
 //!   demultiplexes peers by address into one connection each. Messages are capped at
 //!   65,506 bytes. Options: `connect_timeout_ms` (default 2000), `max_peers` (default 1024).
-//! - **unix**: like tcp, on one host, at a filesystem path. The socket file is made owner-only
+//! - **unix**: like tcp, on one host, at a filesystem path: absolute (`unix:///run/a.sock`) or
+//!   explicitly relative (`unix://./a.sock`); `unix://run/a.sock` is refused as ambiguous. The socket file is made owner-only
 //!   (`0600`) unless `mode=0660` (octal) widens it; a stale file left by a dead listener is
 //!   replaced, a live one is [`ErrorKind::AddrInUse`](ductwork_core::ErrorKind). Unix only.
 //!
@@ -24,3 +25,87 @@ pub use unix::Unix;
 pub(crate) use unix::local_stream_caps;
 #[cfg(all(unix, feature = "pipe"))]
 pub(crate) use unix::{bind_path, connect_path};
+
+#[cfg(test)]
+mod tests {
+    use ductwork_core::{Endpoint, ErrorKind, Transport};
+
+    fn ep(s: &str) -> Endpoint {
+        Endpoint::parse(s).unwrap()
+    }
+
+    /// Item: `tcp://127.0.0.1` says "missing port" (it used to reach the OS and come back as
+    /// `invalid endpoint: bind: invalid socket address`).
+    #[tokio::test]
+    async fn a_missing_port_is_named() {
+        for (t, s) in [
+            (&super::Tcp as &dyn Transport, "tcp://127.0.0.1"),
+            (&super::Udp, "udp://127.0.0.1"),
+        ] {
+            let e = t.bind(&ep(s)).await.err().unwrap();
+            assert_eq!(e.kind(), ErrorKind::InvalidEndpoint, "{e}");
+            assert!(e.to_string().contains("missing port"), "{e}");
+            let e = t.connect(&ep(s)).await.err().unwrap();
+            assert!(e.to_string().contains("missing port"), "{e}");
+        }
+    }
+
+    /// Item: binding an address this host does not have is `Bind`, "cannot bind" (it used to
+    /// be `NotFound`, "nothing listening").
+    #[tokio::test]
+    async fn binding_a_foreign_address_is_a_bind_error() {
+        // 192.0.2.1 (TEST-NET-1) is never assigned to a host.
+        for (t, s) in [
+            (&super::Tcp as &dyn Transport, "tcp://192.0.2.1:0"),
+            (&super::Udp, "udp://192.0.2.1:0"),
+        ] {
+            let e = match t.bind(&ep(s)).await {
+                Err(e) => e,
+                // Wine lets a socket bind any address; Windows and Unix refuse.
+                Ok(_) if cfg!(windows) => continue,
+                Ok(_) => panic!("bound {s}, an address no host has"),
+            };
+            assert_eq!(e.kind(), ErrorKind::Bind, "{e}");
+            assert!(
+                e.to_string().starts_with(&format!("{s}: cannot bind: ")),
+                "{e}"
+            );
+        }
+    }
+
+    /// Item: `unix://tmp/rel.sock` is refused, not silently relative; a missing directory is
+    /// a bind error, not "nothing listening".
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn unix_paths_are_absolute_or_explicitly_relative() {
+        let e = super::Unix
+            .bind(&ep("unix://tmp/rel.sock"))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), ErrorKind::InvalidEndpoint, "{e}");
+        assert!(e.to_string().contains("unix:///tmp/rel.sock"), "{e}");
+        let e = super::Unix
+            .connect(&ep("unix://tmp/rel.sock"))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), ErrorKind::InvalidEndpoint, "{e}");
+        let e = super::Unix
+            .bind(&ep("unix:///nonexistent-dw-dir/a.sock"))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), ErrorKind::Bind, "{e}");
+        // Explicitly relative works: climb from the working directory to the root, then down.
+        let dir = std::env::temp_dir().join(format!("dw-rel-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let up = std::env::current_dir().unwrap().components().count() - 1;
+        let down = dir.strip_prefix("/").unwrap().display().to_string();
+        let s = format!("unix://./{}{down}/a.sock", "../".repeat(up));
+        let l = super::Unix.bind(&ep(&s)).await.unwrap();
+        super::Unix.connect(l.endpoint()).await.unwrap();
+        drop(l);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -49,6 +49,7 @@ impl Transport for Tcp {
 
     fn capabilities(&self, ep: &Endpoint) -> Result<Capabilities> {
         ep.check_options(OPTIONS)?;
+        ep.host_port()?; // "missing port" here, not the OS's "invalid socket address" later
         Ok(Capabilities {
             direction: Direction::Duplex,
             delivery: Delivery::Reliable,
@@ -66,7 +67,7 @@ impl Transport for Tcp {
         let nodelay = nodelay(ep)?;
         let listener = TcpListener::bind(ep.address())
             .await
-            .map_err(|e| Error::io(ep, "bind", e))?;
+            .map_err(|e| Error::bind(ep, "", e))?;
         let local = listener
             .local_addr()
             .map_err(|e| Error::io(ep, "local address", e))?;

@@ -56,6 +56,7 @@ impl Transport for Udp {
 
     fn capabilities(&self, ep: &Endpoint) -> Result<Capabilities> {
         ep.check_options(OPTIONS)?;
+        ep.host_port()?; // "missing port" here, not the OS's "invalid socket address" later
         Ok(Capabilities {
             direction: Direction::Duplex,
             delivery: Delivery::BestEffort,
@@ -73,7 +74,7 @@ impl Transport for Udp {
         let max_peers = ep.parse_option::<usize>("max_peers")?.unwrap_or(1024);
         let sock = UdpSocket::bind(ep.address())
             .await
-            .map_err(|e| Error::io(ep, "bind", e))?;
+            .map_err(|e| Error::bind(ep, "", e))?;
         let local = sock
             .local_addr()
             .map_err(|e| Error::io(ep, "local address", e))?;
@@ -117,7 +118,7 @@ impl Transport for Udp {
         };
         let sock = UdpSocket::bind(local)
             .await
-            .map_err(|e| Error::io(ep, "bind local socket", e))?;
+            .map_err(|e| Error::bind(ep, "the local socket to send from", e))?;
         sock.connect(target)
             .await
             .map_err(|e| Error::io(ep, "connect", e))?;

@@ -1,5 +1,11 @@
 //! `unix:///path`: framed Unix domain stream sockets (Unix only).
 //!
+//! The path is absolute (`unix:///run/orders.sock`), or relative to the working directory
+//! only when spelled so (`unix://./orders.sock`, `unix://../run/orders.sock`): a relative
+//! path keeps a deep directory under the 107-byte socket path limit. `unix://tmp/a.sock` is
+//! refused with [`ErrorKind::InvalidEndpoint`](ductwork_core::ErrorKind), since it reads like
+//! `/tmp/a.sock`.
+//!
 //! The listener's socket file is made owner-only (`0600`) right after `bind`, or the mode given
 //! by the `mode` option (octal, e.g. `mode=0660`). A socket file left by a listener that died is
 //! detected (connecting to it is refused) and replaced; one with a live listener behind it is
@@ -98,13 +104,31 @@ mod imp {
         }
     }
 
+    /// The socket path: absolute (`unix:///run/a.sock`), or relative to the working
+    /// directory when written so (`unix://./a.sock`). `unix://tmp/a.sock` is refused: it
+    /// reads like `/tmp/a.sock` but would silently mean `./tmp/a.sock`.
+    fn socket_path(ep: &Endpoint) -> Result<&Path> {
+        let a = ep.address();
+        if a.starts_with('/') || a.starts_with("./") || a.starts_with("../") {
+            return Ok(Path::new(a));
+        }
+        Err(Error::new(
+            ErrorKind::InvalidEndpoint,
+            ep,
+            format!(
+                "`{a}` is not an absolute path: write unix:///{a} for /{a}, or unix://./{a} \
+                 for a path relative to the working directory"
+            ),
+        ))
+    }
+
     pub(super) async fn bind(ep: &Endpoint, caps: Capabilities) -> Result<BoxListener> {
         let mode = mode(ep)?;
-        bind_path(ep, Path::new(ep.address()), mode, caps).await
+        bind_path(ep, socket_path(ep)?, mode, caps).await
     }
 
     pub(super) async fn connect(ep: &Endpoint, caps: Capabilities) -> Result<BoxConnection> {
-        connect_path(ep, Path::new(ep.address()), caps).await
+        connect_path(ep, socket_path(ep)?, caps).await
     }
 
     /// Binds a framed stream listener at `path`, replacing a stale socket file.
@@ -121,7 +145,7 @@ mod imp {
             "another process is listening on this socket",
         )
         .await?;
-        let listener = UnixListener::bind(path).map_err(|e| Error::io(ep, "bind", e))?;
+        let listener = UnixListener::bind(path).map_err(|e| Error::bind(ep, "", e))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             .map_err(|e| Error::io(ep, "set socket file permissions", e))?;
         let ino = std::fs::metadata(path).map(|m| (m.dev(), m.ino())).ok();
