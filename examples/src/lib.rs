@@ -1,6 +1,10 @@
 //! The protocol shared by the example order service and its client, and a tiny argument
-//! helper. The examples show that application code never names a transport: the endpoint comes
+//! helper. The examples show that application code never names a transport: the endpoints come
 //! from a config file (`examples/config/*.toml`), the environment or `--endpoint orders=...`.
+//!
+//! The service answers [`Request`]s with [`Reply`]s (request/reply on the endpoint `orders`)
+//! and publishes a [`Price`] on the topic `price.ITEM` whenever a price changes
+//! (publish/subscribe on the endpoint `prices`).
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +46,18 @@ pub enum Reply {
         reason: String,
     },
 }
+
+/// A price update, published on the topic `price.ITEM`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Price {
+    /// The item's name.
+    pub item: String,
+    /// The unit price in cents.
+    pub cents: u64,
+}
+
+/// The items the service sells.
+pub const ITEMS: [&str; 3] = ["bolt", "nut", "washer"];
 
 /// The unit price of an item in cents, if the service sells it.
 pub fn unit_price(item: &str) -> Option<u64> {
