@@ -39,7 +39,7 @@ pub use ductwork_codec as codec;
 pub use ductwork_core::{
     parse_size, transport, Accept, Boundaries, BoxConnection, BoxListener, Capabilities, Channel,
     Connection, ConnectionInfo, Delivery, Direction, Endpoint, Error, ErrorKind, Listener, Reach,
-    Result, Transport,
+    Result, Stats, Transport,
 };
 pub use ductwork_transports::{bind, capabilities, connect, transport_for, transports};
 

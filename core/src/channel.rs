@@ -54,6 +54,12 @@ where
         }
     }
 
+    /// What the underlying connection has carried so far (frames and bytes each way, errors),
+    /// when it counts (see [`crate::Connection::stats`]).
+    pub fn stats(&self) -> Option<crate::Stats> {
+        self.conn.stats()
+    }
+
     /// Facts about the underlying connection (endpoint, peer, capabilities).
     pub fn info(&self) -> &ConnectionInfo {
         self.conn.info()

@@ -19,7 +19,7 @@ pub use channel::Channel;
 pub use endpoint::{parse_size, Endpoint, KNOWN_SCHEMES, OPT_MAX_FRAME};
 pub use error::{Error, ErrorKind, Result};
 pub use transport::{
-    BoxConnection, BoxListener, Connection, ConnectionInfo, FrameWriter, Listener, Transport,
+    BoxConnection, BoxListener, Connection, ConnectionInfo, FrameWriter, Listener, Stats, Transport,
 };
 
 /// Re-export for transports implementing the traits.

@@ -80,6 +80,21 @@ pub struct ConnectionInfo {
     pub capabilities: Capabilities,
 }
 
+/// What one connection has carried so far, as [`Connection::stats`] reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Frames received.
+    pub frames_in: u64,
+    /// Payload bytes received.
+    pub bytes_in: u64,
+    /// Frames queued for sending (whose `start_send` succeeded).
+    pub frames_out: u64,
+    /// Payload bytes queued for sending.
+    pub bytes_out: u64,
+    /// Errors returned by any operation on the connection.
+    pub errors: u64,
+}
+
 /// One connection: a sink of outgoing frames and a stream of incoming ones.
 ///
 /// The stream yields `Some(Ok(frame))` per frame, `None` after the peer closed cleanly, and
@@ -89,6 +104,12 @@ pub trait Connection:
 {
     /// Facts about this connection.
     fn info(&self) -> &ConnectionInfo;
+
+    /// What this connection has carried so far, when it counts: connections made through
+    /// `ductwork::bind`/`connect` do; a backend's raw connection returns `None`.
+    fn stats(&self) -> Option<Stats> {
+        None
+    }
 
     /// Queues one frame of exactly `len` bytes that `encode` writes into the [`FrameWriter`]
     /// it is given; like [`Sink::start_send`], call it only after `poll_ready` returned
