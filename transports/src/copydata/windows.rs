@@ -10,9 +10,10 @@
 //! unregisters the class and releases the mutex, in that order.
 
 use super::{Config, ACCEPTED, CLASS_PREFIX, MAGIC, RECEIVER_CLOSED, REFUSED_TOO_LARGE};
+use crate::common::windows::{last_error, wide};
 use bytes::Bytes;
 use ductwork_core::{
-    async_trait, BoxConnection, BoxListener, Capabilities, Connection, ConnectionInfo, Endpoint,
+    async_trait, BoxConnection, BoxListener, Connection, ConnectionInfo, Endpoint,
     Error, ErrorKind, Listener, Result,
 };
 use futures::{ready, Sink, Stream};
@@ -64,20 +65,12 @@ const PUMP_STACK_SPARE: usize = 4 << 20;
 /// How long `connect` looks for the receiver's window before it reports `NotFound`.
 const FIND_DEADLINE: Duration = Duration::from_secs(1);
 
-fn wide(s: &str) -> Vec<u16> {
-    s.encode_utf16().chain(Some(0)).collect()
-}
-
 fn class_name(name: &str) -> Vec<u16> {
     wide(&format!("{CLASS_PREFIX}{name}"))
 }
 
 fn cost(len: usize) -> u32 {
     u32::try_from(len.saturating_add(FRAME_OVERHEAD)).unwrap_or(u32::MAX)
-}
-
-fn last_error() -> io::Error {
-    io::Error::last_os_error()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -343,8 +336,9 @@ fn pump(cfg: Config, state: PumpState, stop: Arc<AtomicBool>, ready: oneshot::Se
     // Then `_class` is unregistered and `_mutex` released (reverse declaration order).
 }
 
-pub(super) async fn bind(cfg: Config, caps: Capabilities) -> Result<BoxListener> {
-    let endpoint = cfg.endpoint.clone();
+pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
+    let endpoint = ep.clone();
+    let caps = cfg.caps.clone();
     let budget = Arc::new(Semaphore::new(cfg.max.max(MIN_BUDGET) + FRAME_OVERHEAD));
     let (tx, rx) = mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = oneshot::channel();
@@ -504,7 +498,7 @@ impl Sink<Bytes> for CdReceiver {
 // ---------------------------------------------------------------------------------------------
 // Sender
 
-pub(super) async fn connect(cfg: Config, caps: Capabilities) -> Result<BoxConnection> {
+pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection> {
     let deadline = Instant::now() + FIND_DEADLINE;
     let hwnd = loop {
         let h = find_window(&cfg.name);
@@ -536,9 +530,9 @@ pub(super) async fn connect(cfg: Config, caps: Capabilities) -> Result<BoxConnec
         broken: None,
         closed: false,
         info: ConnectionInfo {
-            endpoint: cfg.endpoint,
+            endpoint: ep.clone(),
             peer: Some(format!("pid {pid}, window {hwnd:#x}")),
-            capabilities: caps,
+            capabilities: cfg.caps,
         },
     }))
 }

@@ -52,7 +52,7 @@
 //!
 //! Options: `max_frame` (default 64 KiB here, at most 200 KiB).
 
-use crate::local::{check_name, split_server};
+use crate::common::names::{check_name, split_server};
 use ductwork_core::{
     async_trait, Accept, Boundaries, BoxConnection, BoxListener, Capabilities, Delivery, Direction,
     Endpoint, Error, ErrorKind, Reach, Result, Transport, OPT_MAX_FRAME,
@@ -138,16 +138,18 @@ pub const MAX_BROADCAST_MESSAGE: usize = 424;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Mailslot;
 
-/// A parsed `mailslot://` endpoint.
-pub(crate) struct SlotAddr {
+/// Settings read from a `mailslot://` endpoint.
+pub(crate) struct Config {
+    /// What the endpoint offers.
+    pub(crate) caps: Capabilities,
     /// The remote target (`*` for the domain, or a host), `None` for this machine.
     pub(crate) server: Option<String>,
     /// The mailslot name, checked.
     pub(crate) name: String,
 }
 
-impl SlotAddr {
-    fn parse(ep: &Endpoint) -> Result<SlotAddr> {
+impl Config {
+    fn new(ep: &Endpoint) -> Result<Config> {
         ep.check_options(&[])?;
         let (server, name) = split_server(ep.address());
         if server.is_some_and(|s| s.is_empty() || s.contains(['\\', '/'])) {
@@ -158,17 +160,20 @@ impl SlotAddr {
             ));
         }
         check_name(ep, name)?;
-        Ok(SlotAddr {
+        Ok(Config {
+            caps: caps_for(ep, server.is_some())?,
             server: server.map(str::to_string),
             name: name.to_string(),
         })
     }
 }
 
-fn caps_for(ep: &Endpoint, addr: &SlotAddr) -> Result<Capabilities> {
-    let (limit, remote) = match addr.server {
-        Some(_) => (MAX_BROADCAST_MESSAGE, true),
-        None => (MAX_LOCAL_MESSAGE, false),
+/// Capabilities of a local or (`remote`) a broadcast or remote mailslot.
+fn caps_for(ep: &Endpoint, remote: bool) -> Result<Capabilities> {
+    let limit = if remote {
+        MAX_BROADCAST_MESSAGE
+    } else {
+        MAX_LOCAL_MESSAGE
     };
     let max = match ep.size_option(OPT_MAX_FRAME)? {
         None => DEFAULT_MAX_MESSAGE.min(limit),
@@ -239,30 +244,26 @@ impl Transport for Mailslot {
     }
 
     fn capabilities(&self, ep: &Endpoint) -> Result<Capabilities> {
-        let addr = SlotAddr::parse(ep)?;
-        caps_for(ep, &addr)
+        Ok(Config::new(ep)?.caps)
     }
 
     async fn bind(&self, ep: &Endpoint) -> Result<BoxListener> {
-        let addr = SlotAddr::parse(ep)?;
-        let caps = caps_for(ep, &addr)?;
-        if addr.server.is_some() {
+        let cfg = Config::new(ep)?;
+        if cfg.server.is_some() {
             return Err(Error::new(
                 ErrorKind::InvalidEndpoint,
                 ep,
                 format!(
                     "a mailslot can only be created on this machine: bind mailslot://{} to \
                      receive what others send to */{}",
-                    addr.name, addr.name
+                    cfg.name, cfg.name
                 ),
             ));
         }
-        imp::bind(ep, &addr, caps).await
+        imp::bind(ep, cfg).await
     }
 
     async fn connect(&self, ep: &Endpoint) -> Result<BoxConnection> {
-        let addr = SlotAddr::parse(ep)?;
-        let caps = caps_for(ep, &addr)?;
-        imp::connect(ep, &addr, caps).await
+        imp::connect(ep, Config::new(ep)?).await
     }
 }

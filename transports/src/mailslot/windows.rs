@@ -10,14 +10,15 @@
 //! Local writes complete as soon as the OS has queued the message in the mailslot; they do not
 //! wait for the reader. Writes to a remote or broadcast mailslot run on tokio's blocking pool.
 
-use super::{second_accept, SlotAddr};
-use crate::local::windows::Security;
+use super::{second_accept, Config};
+use crate::common::datagram::{datagram_sink, DatagramSend, Outbox};
+use crate::common::windows::{is_not_found, last_error, open_blocking, owned, wide, Security};
 use bytes::Bytes;
 use ductwork_core::{
-    async_trait, BoxConnection, BoxListener, Capabilities, Connection, ConnectionInfo, Endpoint,
+    async_trait, BoxConnection, BoxListener, Connection, ConnectionInfo, Endpoint,
     Error, ErrorKind, Listener, Result,
 };
-use futures::{ready, Sink, Stream};
+use futures::{ready, Stream};
 use std::{
     future::Future,
     io,
@@ -30,9 +31,8 @@ use std::{
 use tokio::sync::mpsc;
 use windows_sys::Win32::{
     Foundation::{
-        GetLastError, ERROR_ALREADY_EXISTS, ERROR_FILE_NOT_FOUND, ERROR_INSUFFICIENT_BUFFER,
-        ERROR_MORE_DATA, ERROR_PATH_NOT_FOUND, ERROR_SEM_TIMEOUT, GENERIC_WRITE,
-        INVALID_HANDLE_VALUE,
+        GetLastError, ERROR_ALREADY_EXISTS, ERROR_INSUFFICIENT_BUFFER, ERROR_MORE_DATA,
+        ERROR_SEM_TIMEOUT, GENERIC_WRITE, INVALID_HANDLE_VALUE,
     },
     Storage::FileSystem::{
         CreateFileW, ReadFile, WriteFile, FILE_ATTRIBUTE_NORMAL, FILE_SHARE_READ, FILE_SHARE_WRITE,
@@ -53,18 +53,10 @@ fn slot_path(server: Option<&str>, name: &str) -> String {
     format!(r"\\{}\mailslot\ductwork\{name}", server.unwrap_or("."))
 }
 
-fn wide(s: &str) -> Vec<u16> {
-    s.encode_utf16().chain(Some(0)).collect()
-}
-
-pub(super) async fn bind(
-    ep: &Endpoint,
-    addr: &SlotAddr,
-    caps: Capabilities,
-) -> Result<BoxListener> {
-    let path = slot_path(None, &addr.name);
-    let security = Security::owner_only()
-        .map_err(|e| Error::io(ep, "build the owner-only security descriptor", e))?;
+pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
+    let caps = cfg.caps;
+    let path = slot_path(None, &cfg.name);
+    let security = Security::owner_only_for(ep)?;
     let max = caps.max_message;
     let name = wide(&path);
     // SAFETY: `name` is NUL-terminated and outlives the call; the security attributes stay
@@ -78,7 +70,7 @@ pub(super) async fn bind(
         )
     };
     if h == INVALID_HANDLE_VALUE {
-        let e = io::Error::last_os_error();
+        let e = last_error();
         return Err(if e.raw_os_error() == Some(ERROR_ALREADY_EXISTS as i32) {
             Error::new(
                 ErrorKind::AddrInUse,
@@ -319,11 +311,7 @@ fn open(path: &str) -> io::Result<OwnedHandle> {
             std::ptr::null_mut(),
         )
     };
-    if h == INVALID_HANDLE_VALUE {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `h` is a valid handle just opened and owned by nobody else.
-    Ok(unsafe { OwnedHandle::from_raw_handle(h) })
+    owned(h)
 }
 
 fn write(h: &OwnedHandle, msg: &[u8]) -> io::Result<()> {
@@ -351,26 +339,18 @@ fn write(h: &OwnedHandle, msg: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-pub(super) async fn connect(
-    ep: &Endpoint,
-    addr: &SlotAddr,
-    caps: Capabilities,
-) -> Result<BoxConnection> {
-    let path = slot_path(addr.server.as_deref(), &addr.name);
-    let remote = addr.server.is_some();
+pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection> {
+    let caps = cfg.caps;
+    let path = slot_path(cfg.server.as_deref(), &cfg.name);
+    let remote = cfg.server.is_some();
     let opened = if remote {
         let p = path.clone();
-        tokio::task::spawn_blocking(move || open(&p))
-            .await
-            .map_err(|e| Error::new(ErrorKind::Io, ep, format!("open task failed: {e}")))?
+        open_blocking(ep, move || open(&p)).await?
     } else {
         open(&path)
     };
     let handle = opened.map_err(|e| {
-        if matches!(
-            e.raw_os_error().map(|c| c as u32),
-            Some(ERROR_FILE_NOT_FOUND | ERROR_PATH_NOT_FOUND)
-        ) {
+        if is_not_found(&e) {
             Error::new(
                 ErrorKind::NotFound,
                 ep,
@@ -385,7 +365,7 @@ pub(super) async fn connect(
         handle: Arc::new(handle),
         remote,
         writing: None,
-        closed: false,
+        outbox: Outbox::default(),
         recv_reported: false,
         info: ConnectionInfo {
             endpoint: ep.clone(),
@@ -401,7 +381,7 @@ struct Sender {
     remote: bool,
     /// A remote write running on the blocking pool.
     writing: Option<tokio::task::JoinHandle<io::Result<()>>>,
-    closed: bool,
+    outbox: Outbox,
     recv_reported: bool,
     info: ConnectionInfo,
 }
@@ -420,55 +400,32 @@ impl Connection for Sender {
 
 send_only_stream!(Sender);
 
-impl Sink<Bytes> for Sender {
-    type Error = Error;
-
-    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        if self.closed {
-            return Poll::Ready(Err(Error::new(
-                ErrorKind::Closed,
-                &self.info.endpoint,
-                "send after close",
-            )));
-        }
-        self.poll_flush(cx)
+impl DatagramSend for Sender {
+    fn outbox(&mut self) -> &mut Outbox {
+        &mut self.outbox
     }
 
-    fn start_send(mut self: Pin<&mut Self>, item: Bytes) -> Result<()> {
-        ductwork_codec::check_len(item.len(), self.info.capabilities.max_message)
-            .map_err(|e| Error::codec(&self.info.endpoint, e))?;
-        if self.remote {
-            let h = self.handle.clone();
-            self.writing = Some(tokio::task::spawn_blocking(move || write(&h, &item)));
-            Ok(())
-        } else {
+    fn poll_send_datagram(&mut self, cx: &mut Context<'_>, d: &Bytes) -> Poll<Result<()>> {
+        if !self.remote {
             // A local mailslot write only queues the message in the OS: it does not block.
-            write(&self.handle, &item).map_err(|e| self.write_err(e))
+            return Poll::Ready(write(&self.handle, d).map_err(|e| self.write_err(e)));
         }
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        if let Some(task) = self.writing.as_mut() {
-            let r = ready!(Pin::new(task).poll(cx));
-            self.writing = None;
-            match r {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Poll::Ready(Err(self.write_err(e))),
-                Err(e) => {
-                    return Poll::Ready(Err(Error::new(
-                        ErrorKind::Io,
-                        &self.info.endpoint,
-                        format!("write task failed: {e}"),
-                    )))
-                }
-            }
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        ready!(self.as_mut().poll_flush(cx))?;
-        self.closed = true;
-        Poll::Ready(Ok(()))
+        let task = self.writing.get_or_insert_with(|| {
+            let (h, d) = (self.handle.clone(), d.clone());
+            tokio::task::spawn_blocking(move || write(&h, &d))
+        });
+        let r = ready!(Pin::new(task).poll(cx));
+        self.writing = None;
+        Poll::Ready(match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(self.write_err(e)),
+            Err(e) => Err(Error::new(
+                ErrorKind::Io,
+                &self.info.endpoint,
+                format!("write task failed: {e}"),
+            )),
+        })
     }
 }
+
+datagram_sink!(Sender);

@@ -23,12 +23,11 @@
 use super::{
     conn::{connection, OsLink},
     ring::{self, SharedRegion},
+    setup::{read_hello, spawn_setup, Accepted, QueuedListener, HELLO, REPLY_OK},
     Config,
 };
-use crate::socket_file::{clear_stale, Probe};
-use ductwork_core::{
-    async_trait, BoxConnection, BoxListener, Endpoint, Error, ErrorKind, Listener, Result,
-};
+use crate::common::unix::{bind_socket_file, peer_credentials, Probe};
+use ductwork_core::{BoxConnection, BoxListener, Endpoint, Error, ErrorKind, Result};
 use rustix::{
     event::{eventfd, EventfdFlags},
     fs::{MemfdFlags, SealFlags},
@@ -41,37 +40,29 @@ use rustix::{
 use std::{
     io::{self, IoSlice, IoSliceMut},
     mem::MaybeUninit,
-    os::{
-        fd::{AsFd, OwnedFd},
-        unix::fs::{MetadataExt, PermissionsExt},
-    },
+    os::fd::{AsFd, OwnedFd},
     path::PathBuf,
     sync::Arc,
     task::{ready, Context, Poll},
     time::Duration,
 };
 use tokio::{
-    io::{unix::AsyncFd, AsyncReadExt, AsyncWriteExt, Interest},
+    io::{unix::AsyncFd, AsyncWriteExt, Interest},
     net::{UnixListener, UnixStream},
-    sync::mpsc,
 };
 
-const HELLO: &[u8; 8] = b"DWSHMhi1";
-const REPLY_OK: &[u8; 8] = b"DWSHMok1";
 const REPLY_NO: &[u8; 8] = b"DWSHMno1";
 const REPLY_LEN: usize = 24;
 const NO_OTHER_USER: u64 = 1;
-/// How long a connecting client may take to say hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn my_uid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
 /// `shm-<name>.sock` in the private per-user directory shared with `pipe://` and
-/// `mailslot://` (see `crate::local::unix`: created 0700, refused if someone else could use it).
+/// `mailslot://` (see `crate::common::unix`: created 0700, refused if someone else could use it).
 fn socket_path(ep: &Endpoint) -> Result<PathBuf> {
-    crate::local::unix::socket_path(ep, "shm", ep.address())
+    crate::common::unix::socket_path(ep, "shm", ep.address())
 }
 
 // ----------------------------------------------------------------------------------------
@@ -287,61 +278,33 @@ fn link(
     })
 }
 
-fn describe_peer(s: &UnixStream) -> Option<String> {
-    s.peer_cred().ok().map(|c| match c.pid() {
-        Some(pid) => format!("pid {pid}, uid {}", c.uid()),
-        None => format!("uid {}", c.uid()),
-    })
-}
-
 // ----------------------------------------------------------------------------------------
 // Listener.
 
 pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
     let path = socket_path(ep)?;
-    clear_stale(
+    let (listener, guard) = bind_socket_file(
         ep,
         &path,
         Probe::Stream,
         "another process is listening on this shm name",
+        0o600,
+        UnixListener::bind,
     )
     .await?;
-    let listener = UnixListener::bind(&path).map_err(|e| Error::io(ep, "bind", e))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| Error::io(ep, "set socket file permissions", e))?;
-    let ino = std::fs::metadata(&path).map(|m| (m.dev(), m.ino())).ok();
-    let (tx, rx) = mpsc::channel(16);
-    let task = tokio::spawn(accept_loop(listener, ep.clone(), cfg, tx));
-    Ok(Box::new(ShmListener {
-        endpoint: ep.clone(),
-        rx,
-        task,
-        path,
-        ino,
-    }))
+    let ep2 = ep.clone();
+    Ok(Box::new(QueuedListener::start(ep, Box::new(guard), |tx| {
+        accept_loop(listener, ep2, cfg, tx)
+    })))
 }
 
-/// Accepts sockets and runs each set-up in its own task, so that a slow or hostile client
-/// cannot hold up others; finished connections queue (boundedly) for `accept`.
-async fn accept_loop(
-    listener: UnixListener,
-    ep: Endpoint,
-    cfg: Config,
-    tx: mpsc::Sender<Result<BoxConnection>>,
-) {
+/// Accepts sockets and runs each set-up in its own task (see `spawn_setup`).
+async fn accept_loop(listener: UnixListener, ep: Endpoint, cfg: Config, tx: Accepted) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let tx = tx.clone();
                 let ep = ep.clone();
-                tokio::spawn(async move {
-                    match serve_handshake(stream, &ep, cfg).await {
-                        Ok(c) => {
-                            let _ = tx.send(Ok(c)).await;
-                        }
-                        Err(e) => tracing::debug!(error = %e, "shm set-up with a client failed"),
-                    }
-                });
+                spawn_setup(&tx, async move { serve_handshake(stream, &ep, cfg).await });
             }
             Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
             Err(e) => {
@@ -360,7 +323,7 @@ async fn serve_handshake(
     ep: &Endpoint,
     cfg: Config,
 ) -> Result<BoxConnection> {
-    let peer = describe_peer(&stream);
+    let peer = peer_credentials(&stream);
     let uid = stream
         .peer_cred()
         .map_err(|e| Error::io(ep, "read the client's credentials", e))?
@@ -376,25 +339,7 @@ async fn serve_handshake(
             format!("refused a client of uid {uid}"),
         ));
     }
-    let mut hello = [0u8; 8];
-    match tokio::time::timeout(HELLO_TIMEOUT, stream.read_exact(&mut hello)).await {
-        Ok(Ok(_)) if &hello == HELLO => {}
-        Ok(Ok(_)) => {
-            return Err(Error::new(
-                ErrorKind::Protocol,
-                ep,
-                "bad hello from a client",
-            ))
-        }
-        Ok(Err(e)) => return Err(Error::io(ep, "read the client's hello", e)),
-        Err(_) => {
-            return Err(Error::new(
-                ErrorKind::Timeout,
-                ep,
-                "the client said no hello",
-            ))
-        }
-    }
+    read_hello(&mut stream, ep).await?;
     let setup = || -> io::Result<_> {
         let (memfd, map) = create_segment(cfg.capacity)?;
         Ok((
@@ -452,44 +397,6 @@ async fn serve_handshake(
     ))
 }
 
-struct ShmListener {
-    endpoint: Endpoint,
-    rx: mpsc::Receiver<Result<BoxConnection>>,
-    task: tokio::task::JoinHandle<()>,
-    path: PathBuf,
-    ino: Option<(u64, u64)>,
-}
-
-#[async_trait]
-impl Listener for ShmListener {
-    fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
-    }
-
-    async fn accept(&mut self) -> Result<BoxConnection> {
-        match self.rx.recv().await {
-            Some(r) => r,
-            None => Err(Error::new(
-                ErrorKind::Io,
-                &self.endpoint,
-                "the accepting task stopped",
-            )),
-        }
-    }
-}
-
-impl Drop for ShmListener {
-    fn drop(&mut self) {
-        self.task.abort();
-        let still_ours = std::fs::metadata(&self.path)
-            .map(|m| Some((m.dev(), m.ino())) == self.ino)
-            .unwrap_or(false);
-        if still_ours {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
 // ----------------------------------------------------------------------------------------
 // Client.
 
@@ -514,7 +421,7 @@ pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection>
             format!("the listener runs as uid {server_uid}, not as us"),
         ));
     }
-    let peer = describe_peer(&stream);
+    let peer = peer_credentials(&stream);
     stream
         .write_all(HELLO)
         .await

@@ -24,3 +24,24 @@ pub use unix::Unix;
 pub(crate) use unix::local_stream_caps;
 #[cfg(all(unix, feature = "pipe"))]
 pub(crate) use unix::{bind_path, connect_path};
+
+use ductwork_core::{Endpoint, Error, Result};
+use std::{future::Future, io};
+
+/// The accept loop of the stream listeners (tcp, unix): the next client's stream. A client
+/// that gave up before we accepted it is no reason to fail, so it is skipped.
+pub(crate) async fn accept_stream<S, A, F>(
+    ep: &Endpoint,
+    mut accept: impl FnMut() -> F,
+) -> Result<S>
+where
+    F: Future<Output = io::Result<(S, A)>>,
+{
+    loop {
+        match accept().await {
+            Ok((stream, _)) => return Ok(stream),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+            Err(e) => return Err(Error::io(ep, "accept", e)),
+        }
+    }
+}

@@ -1,6 +1,6 @@
 //! `tcp://host:port`: framed TCP streams.
 
-use crate::framed::{ByteStream, FramedConnection};
+use crate::common::framed::{ByteStream, FramedConnection};
 use ductwork_core::{
     async_trait, Accept, Boundaries, BoxConnection, BoxListener, Capabilities, ConnectionInfo,
     Delivery, Direction, Endpoint, Error, Listener, Reach, Result, Transport,
@@ -102,20 +102,12 @@ impl Listener for TcpListen {
     }
 
     async fn accept(&mut self) -> Result<BoxConnection> {
-        loop {
-            match self.listener.accept().await {
-                Ok((stream, _)) => {
-                    return Ok(wrap(
-                        stream,
-                        self.endpoint.clone(),
-                        self.caps.clone(),
-                        self.nodelay,
-                    ))
-                }
-                // A client that gave up before we accepted it is no reason to fail.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
-                Err(e) => return Err(Error::io(&self.endpoint, "accept", e)),
-            }
-        }
+        let stream = super::accept_stream(&self.endpoint, || self.listener.accept()).await?;
+        Ok(wrap(
+            stream,
+            self.endpoint.clone(),
+            self.caps.clone(),
+            self.nodelay,
+        ))
     }
 }

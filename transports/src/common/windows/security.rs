@@ -36,7 +36,7 @@ impl Security {
     pub(crate) fn owner_only() -> io::Result<Security> {
         let sid = current_user_sid()?;
         let sddl = format!("D:P(A;;GA;;;{sid})(A;;GA;;;SY)");
-        let wide: Vec<u16> = sddl.encode_utf16().chain(Some(0)).collect();
+        let wide = super::wide(&sddl);
         let mut sd: PSECURITY_DESCRIPTOR = ptr::null_mut();
         // SAFETY: `wide` is NUL-terminated and outlives the call; `sd` is valid for a write;
         // the size out-parameter may be null.
@@ -58,6 +58,14 @@ impl Security {
                 lpSecurityDescriptor: sd,
                 bInheritHandle: 0,
             },
+        })
+    }
+
+    /// [`owner_only`](Security::owner_only), failing as `ep`'s error.
+    #[cfg_attr(not(any(feature = "pipe", feature = "mailslot")), allow(dead_code))]
+    pub(crate) fn owner_only_for(ep: &ductwork_core::Endpoint) -> ductwork_core::Result<Security> {
+        Security::owner_only().map_err(|e| {
+            ductwork_core::Error::io(ep, "build the owner-only security descriptor", e)
         })
     }
 
