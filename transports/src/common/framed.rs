@@ -32,6 +32,21 @@ pub(crate) trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     fn try_write_now(&self, buf: &[u8]) -> io::Result<usize>;
 }
 
+/// Implements [`ByteStream`] for tokio stream types, whose inherent `try_write` writes
+/// without waiting (sockets, named pipes).
+macro_rules! byte_stream {
+    ($($t:ty),+) => {
+        $(
+            impl $crate::common::framed::ByteStream for $t {
+                fn try_write_now(&self, buf: &[u8]) -> std::io::Result<usize> {
+                    self.try_write(buf)
+                }
+            }
+        )+
+    };
+}
+pub(crate) use byte_stream;
+
 /// A connection over a byte stream. See the module docs.
 ///
 /// Reading and writing are done here rather than through tokio-util's `Framed`. Writes go

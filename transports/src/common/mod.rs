@@ -1,5 +1,5 @@
 //! What the backends share, written once: framed byte streams, the one-pending-datagram sink,
-//! the rules for local names, and the OS plumbing under [`unix`] (private directory, socket
+//! the rules for local names, the pieces of one-way transports, and the OS plumbing under [`unix`] (private directory, socket
 //! files, peer credentials) and `windows` (wide strings, owned handles, last-error, owner-only
 //! security, named-pipe probes).
 //!
@@ -17,6 +17,10 @@ pub(crate) mod datagram;
 
 #[cfg(any(feature = "pipe", feature = "mailslot", feature = "shm"))]
 pub(crate) mod names;
+
+// One-way transports: mailslot everywhere, copydata on Windows.
+#[cfg(any(feature = "mailslot", all(windows, feature = "copydata")))]
+pub(crate) mod oneway;
 
 #[cfg(unix)]
 pub(crate) mod unix;

@@ -10,6 +10,7 @@
 //! unregisters the class and releases the mutex, in that order.
 
 use super::{Config, ACCEPTED, CLASS_PREFIX, MAGIC, RECEIVER_CLOSED, REFUSED_TOO_LARGE};
+use crate::common::oneway::{receive_only, SharedReceiver};
 use crate::common::windows::{last_error, wide};
 use bytes::Bytes;
 use ductwork_core::{
@@ -380,45 +381,32 @@ pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
         budget: budget.clone(),
         thread: Some(thread),
     });
-    Ok(Box::new(CdListener {
-        endpoint: endpoint.clone(),
-        receiver: Some(CdReceiver {
-            rx,
-            budget,
-            done: false,
-            info: ConnectionInfo {
-                endpoint,
-                peer: None,
-                capabilities: caps,
-            },
-            _pump: pump.clone(),
-        }),
-        _pump: pump,
-    }))
+    let receiver = CdReceiver {
+        rx,
+        budget,
+        done: false,
+        info: ConnectionInfo {
+            endpoint: endpoint.clone(),
+            peer: None,
+            capabilities: caps,
+        },
+        _pump: pump.clone(),
+    };
+    Ok(Box::new(SharedReceiver::new(
+        endpoint,
+        Box::new(receiver),
+        second_accept,
+        Box::new(pump),
+    )))
 }
 
-struct CdListener {
-    endpoint: Endpoint,
-    receiver: Option<CdReceiver>,
-    _pump: Arc<Pump>,
-}
-
-#[async_trait]
-impl Listener for CdListener {
-    fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
-    }
-
-    async fn accept(&mut self) -> Result<BoxConnection> {
-        match self.receiver.take() {
-            Some(r) => Ok(Box::new(r)),
-            None => Err(Error::new(
-                ErrorKind::Unsupported,
-                &self.endpoint,
-                "copydata:// has one shared receiving connection and it was already accepted",
-            )),
-        }
-    }
+/// The error for a second `accept`.
+fn second_accept(ep: &Endpoint) -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        ep,
+        "copydata:// has one shared receiving connection and it was already accepted",
+    )
 }
 
 /// The receiving connection: every sender's frames, merged.
@@ -434,12 +422,6 @@ impl Drop for CdReceiver {
     fn drop(&mut self) {
         // Senders get RECEIVER_CLOSED from now on, and a pump thread waiting for room wakes up.
         self.budget.close();
-    }
-}
-
-impl Connection for CdReceiver {
-    fn info(&self) -> &ConnectionInfo {
-        &self.info
     }
 }
 
@@ -475,25 +457,7 @@ fn send_on_receiver(ep: &Endpoint) -> Error {
     )
 }
 
-impl Sink<Bytes> for CdReceiver {
-    type Error = Error;
-
-    fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<()>> {
-        Poll::Ready(Err(send_on_receiver(&self.info.endpoint)))
-    }
-
-    fn start_send(self: Pin<&mut Self>, _: Bytes) -> Result<()> {
-        Err(send_on_receiver(&self.info.endpoint))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
+receive_only!(CdReceiver, send_on_receiver);
 
 // ---------------------------------------------------------------------------------------------
 // Sender

@@ -58,65 +58,6 @@ use ductwork_core::{
     Endpoint, Error, ErrorKind, Reach, Result, Transport, OPT_MAX_FRAME,
 };
 
-/// The `Sink` half of a receiving connection (a struct with an `info: ConnectionInfo` field):
-/// every send fails with [`send_on_receiver`]. Shared by the Unix and Windows receivers.
-macro_rules! receive_only_sink {
-    ($t:ty) => {
-        impl futures::Sink<bytes::Bytes> for $t {
-            type Error = ductwork_core::Error;
-
-            fn poll_ready(
-                self: std::pin::Pin<&mut Self>,
-                _cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<ductwork_core::Result<()>> {
-                std::task::Poll::Ready(Err(super::send_on_receiver(&self.info.endpoint)))
-            }
-
-            fn start_send(
-                self: std::pin::Pin<&mut Self>,
-                _item: bytes::Bytes,
-            ) -> ductwork_core::Result<()> {
-                Err(super::send_on_receiver(&self.info.endpoint))
-            }
-
-            fn poll_flush(
-                self: std::pin::Pin<&mut Self>,
-                _cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<ductwork_core::Result<()>> {
-                std::task::Poll::Ready(Ok(()))
-            }
-
-            fn poll_close(
-                self: std::pin::Pin<&mut Self>,
-                _cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<ductwork_core::Result<()>> {
-                std::task::Poll::Ready(Ok(()))
-            }
-        }
-    };
-}
-
-/// The `Stream` half of a sending connection (a struct with `info: ConnectionInfo` and
-/// `recv_reported: bool` fields): one [`recv_on_sender`] error, then the end. Shared by the
-/// Unix and Windows senders.
-macro_rules! send_only_stream {
-    ($t:ty) => {
-        impl futures::Stream for $t {
-            type Item = ductwork_core::Result<bytes::Bytes>;
-
-            fn poll_next(
-                mut self: std::pin::Pin<&mut Self>,
-                _cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<Option<Self::Item>> {
-                if std::mem::replace(&mut self.recv_reported, true) {
-                    return std::task::Poll::Ready(None);
-                }
-                std::task::Poll::Ready(Some(Err(super::recv_on_sender(&self.info.endpoint))))
-            }
-        }
-    };
-}
-
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]

@@ -5,11 +5,12 @@
 
 use super::{second_accept, Config};
 use crate::common::datagram::{datagram_sink, DatagramSend, Outbox};
-use crate::common::unix::{bind_socket_file, socket_path, Probe, SocketFileGuard};
+use crate::common::oneway::{receive_only, send_only, SharedReceiver};
+use crate::common::unix::{bind_socket_file, connect_error, socket_path, Probe, SocketFileGuard};
 use bytes::Bytes;
 use ductwork_core::{
-    async_trait, BoxConnection, BoxListener, Connection, ConnectionInfo, Endpoint,
-    Error, ErrorKind, Listener, Result,
+    BoxConnection, BoxListener, ConnectionInfo, Endpoint, Error, ErrorKind,
+    Result,
 };
 use futures::{ready, Stream};
 use std::{
@@ -52,10 +53,12 @@ pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
         },
         _guard: guard,
     };
-    Ok(Box::new(SlotListener {
-        endpoint: ep.clone(),
-        conn: Some(conn),
-    }))
+    Ok(Box::new(SharedReceiver::new(
+        ep.clone(),
+        Box::new(conn),
+        second_accept,
+        Box::new(()),
+    )))
 }
 
 pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection> {
@@ -66,18 +69,8 @@ pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection>
     let path = socket_path(ep, "mailslot", &cfg.name)?;
     let sock = UnixDatagram::unbound().map_err(|e| Error::io(ep, "create socket", e))?;
     ensure_send_buffer(&sock, caps.max_message + 1024);
-    sock.connect(&path).map_err(|e| {
-        if e.kind() == io::ErrorKind::ConnectionRefused {
-            Error::new(
-                ErrorKind::NotFound,
-                ep,
-                "the socket file exists but nothing receives on it",
-            )
-            .with_source(e)
-        } else {
-            Error::io(ep, "connect", e)
-        }
-    })?;
+    sock.connect(&path)
+        .map_err(|e| connect_error(ep, e, "the socket file exists but nothing receives on it"))?;
     Ok(Box::new(Sender {
         sock,
         outbox: Outbox::default(),
@@ -126,37 +119,12 @@ fn ensure_send_buffer(sock: &UnixDatagram, want: usize) {
     };
 }
 
-struct SlotListener {
-    endpoint: Endpoint,
-    conn: Option<Receiver>,
-}
-
-#[async_trait]
-impl Listener for SlotListener {
-    fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
-    }
-
-    async fn accept(&mut self) -> Result<BoxConnection> {
-        match self.conn.take() {
-            Some(c) => Ok(Box::new(c)),
-            None => Err(second_accept(&self.endpoint)),
-        }
-    }
-}
-
 /// The one receiving connection.
 struct Receiver {
     sock: UnixDatagram,
     buf: Box<[u8]>,
     info: ConnectionInfo,
     _guard: SocketFileGuard,
-}
-
-impl Connection for Receiver {
-    fn info(&self) -> &ConnectionInfo {
-        &self.info
-    }
 }
 
 impl Stream for Receiver {
@@ -183,7 +151,7 @@ impl Stream for Receiver {
     }
 }
 
-receive_only_sink!(Receiver);
+receive_only!(Receiver, super::send_on_receiver);
 
 /// A sending connection.
 struct Sender {
@@ -215,13 +183,7 @@ impl Sender {
     }
 }
 
-impl Connection for Sender {
-    fn info(&self) -> &ConnectionInfo {
-        &self.info
-    }
-}
-
-send_only_stream!(Sender);
+send_only!(Sender, super::recv_on_sender);
 
 impl DatagramSend for Sender {
     fn outbox(&mut self) -> &mut Outbox {

@@ -12,11 +12,13 @@
 
 use super::{second_accept, Config};
 use crate::common::datagram::{datagram_sink, DatagramSend, Outbox};
-use crate::common::windows::{is_not_found, last_error, open_blocking, owned, wide, Security};
+use crate::common::oneway::{receive_only, send_only, SharedReceiver};
+use crate::common::windows::{
+    is_not_found, last_error, open_blocking, os_error, owned, wide, Security,
+};
 use bytes::Bytes;
 use ductwork_core::{
-    async_trait, BoxConnection, BoxListener, Connection, ConnectionInfo, Endpoint,
-    Error, ErrorKind, Listener, Result,
+    BoxConnection, BoxListener, ConnectionInfo, Endpoint, Error, ErrorKind, Result,
 };
 use futures::{ready, Stream};
 use std::{
@@ -31,8 +33,8 @@ use std::{
 use tokio::sync::mpsc;
 use windows_sys::Win32::{
     Foundation::{
-        GetLastError, ERROR_ALREADY_EXISTS, ERROR_INSUFFICIENT_BUFFER, ERROR_MORE_DATA,
-        ERROR_SEM_TIMEOUT, GENERIC_WRITE, INVALID_HANDLE_VALUE,
+        ERROR_ALREADY_EXISTS, ERROR_INSUFFICIENT_BUFFER, ERROR_MORE_DATA, ERROR_SEM_TIMEOUT,
+        GENERIC_WRITE, INVALID_HANDLE_VALUE,
     },
     Storage::FileSystem::{
         CreateFileW, ReadFile, WriteFile, FILE_ATTRIBUTE_NORMAL, FILE_SHARE_READ, FILE_SHARE_WRITE,
@@ -102,64 +104,54 @@ pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
             capabilities: caps,
         },
     };
-    Ok(Box::new(SlotListener {
-        endpoint: ep.clone(),
-        conn: Some(conn),
-    }))
+    Ok(Box::new(SharedReceiver::new(
+        ep.clone(),
+        Box::new(conn),
+        second_accept,
+        Box::new(()),
+    )))
 }
 
 /// Reads messages until the receiver is gone or reading fails, then closes the mailslot.
 fn read_loop(owned: OwnedHandle, max: usize, tx: mpsc::Sender<Result<Bytes>>, ep: Endpoint) {
     let mut buf = vec![0u8; max + 1];
     while !tx.is_closed() {
-        let mut n = 0u32;
-        // SAFETY: the handle is open (owned above); `buf` is valid for `buf.len()` bytes and
-        // `n` for a write; no OVERLAPPED (the handle is synchronous).
-        let ok = unsafe {
-            ReadFile(
-                owned.as_raw_handle(),
-                buf.as_mut_ptr(),
-                buf.len() as u32,
-                &mut n,
-                std::ptr::null_mut(),
-            )
-        };
-        if ok == 0 {
-            // SAFETY: reads this thread's last-error value; no preconditions.
-            let code = unsafe { GetLastError() };
-            if code == ERROR_SEM_TIMEOUT {
-                continue;
-            }
-            if code == ERROR_INSUFFICIENT_BUFFER || code == ERROR_MORE_DATA {
+        let n = match read(&owned, &mut buf) {
+            Ok(n) => n,
+            Err(e) if os_error(&e) == Some(ERROR_SEM_TIMEOUT) => continue,
+            Err(e)
+                if matches!(
+                    os_error(&e),
+                    Some(ERROR_INSUFFICIENT_BUFFER | ERROR_MORE_DATA)
+                ) =>
+            {
                 // A message over our limit (Windows refuses such writes, Wine does not): drop
                 // it, tell the receiver, go on; one foreign writer must not stop the receiver.
-                match discard_next(&owned) {
-                    Ok(len) => {
-                        let e = Error::new(
-                            ErrorKind::FrameTooLarge,
-                            &ep,
-                            format!(
-                                "a message of {len} bytes, over the limit of {max} bytes, was \
-                                 received and dropped"
-                            ),
-                        );
-                        if tx.blocking_send(Err(e)).is_err() {
-                            return;
-                        }
-                        continue;
-                    }
+                let report = match discard_next(&owned) {
+                    Ok(len) => Error::new(
+                        ErrorKind::FrameTooLarge,
+                        &ep,
+                        format!(
+                            "a message of {len} bytes, over the limit of {max} bytes, was \
+                             received and dropped"
+                        ),
+                    ),
                     Err(e) => {
                         let _ =
                             tx.blocking_send(Err(Error::io(&ep, "drop an oversized message", e)));
                         return;
                     }
+                };
+                if tx.blocking_send(Err(report)).is_err() {
+                    return;
                 }
+                continue;
             }
-            let e = io::Error::from_raw_os_error(code as i32);
-            let _ = tx.blocking_send(Err(Error::io(&ep, "read the mailslot", e)));
-            return;
-        }
-        let n = n as usize;
+            Err(e) => {
+                let _ = tx.blocking_send(Err(Error::io(&ep, "read the mailslot", e)));
+                return;
+            }
+        };
         if n > max {
             // The buffer holds max + 1 bytes: a longer message was cut (Wine delivers the
             // head of an oversized message instead of failing the read). Refuse it, go on.
@@ -198,7 +190,7 @@ fn discard_next(h: &OwnedHandle) -> io::Result<u32> {
         )
     };
     if ok == 0 {
-        return Err(io::Error::last_os_error());
+        return Err(last_error());
     }
     if next == MAILSLOT_NO_MESSAGE {
         return Ok(0);
@@ -209,40 +201,28 @@ fn discard_next(h: &OwnedHandle) -> io::Result<u32> {
         )));
     }
     let mut buf = vec![0u8; next as usize];
+    Ok(read(h, &mut buf)? as u32)
+}
+
+/// Reads one message into `buf`; its length.
+fn read(h: &OwnedHandle, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0u32;
-    // SAFETY: the handle is open; `buf` is valid for `next` bytes and `n` for a write.
+    // SAFETY: the handle is open for the borrow's duration; `buf` is valid for `buf.len()`
+    // bytes (at most the 64 MiB discard limit, so the u32 cast is exact) and `n` for a write;
+    // no OVERLAPPED (the handle is synchronous).
     let ok = unsafe {
         ReadFile(
             h.as_raw_handle(),
             buf.as_mut_ptr(),
-            next,
+            buf.len() as u32,
             &mut n,
             std::ptr::null_mut(),
         )
     };
     if ok == 0 {
-        return Err(io::Error::last_os_error());
+        return Err(last_error());
     }
-    Ok(n)
-}
-
-struct SlotListener {
-    endpoint: Endpoint,
-    conn: Option<Receiver>,
-}
-
-#[async_trait]
-impl Listener for SlotListener {
-    fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
-    }
-
-    async fn accept(&mut self) -> Result<BoxConnection> {
-        match self.conn.take() {
-            Some(c) => Ok(Box::new(c)),
-            None => Err(second_accept(&self.endpoint)),
-        }
-    }
+    Ok(n as usize)
 }
 
 /// The one receiving connection.
@@ -261,12 +241,6 @@ impl Drop for Receiver {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-    }
-}
-
-impl Connection for Receiver {
-    fn info(&self) -> &ConnectionInfo {
-        &self.info
     }
 }
 
@@ -294,7 +268,7 @@ impl Stream for Receiver {
     }
 }
 
-receive_only_sink!(Receiver);
+receive_only!(Receiver, super::send_on_receiver);
 
 fn open(path: &str) -> io::Result<OwnedHandle> {
     let name = wide(path);
@@ -328,7 +302,7 @@ fn write(h: &OwnedHandle, msg: &[u8]) -> io::Result<()> {
         )
     };
     if ok == 0 {
-        return Err(io::Error::last_os_error());
+        return Err(last_error());
     }
     if written as usize != msg.len() {
         return Err(io::Error::new(
@@ -392,13 +366,7 @@ impl Sender {
     }
 }
 
-impl Connection for Sender {
-    fn info(&self) -> &ConnectionInfo {
-        &self.info
-    }
-}
-
-send_only_stream!(Sender);
+send_only!(Sender, super::recv_on_sender);
 
 impl DatagramSend for Sender {
     fn outbox(&mut self) -> &mut Outbox {

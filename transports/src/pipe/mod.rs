@@ -98,10 +98,12 @@ impl Config {
             ep.parse_option::<u64>("connect_timeout_ms")?
                 .unwrap_or(5000),
         );
-        let mut caps = crate::socket::local_stream_caps(ep)?;
-        if server.is_some() || remote {
-            caps.reach = Reach::Network;
-        }
+        let reach = if server.is_some() || remote {
+            Reach::Network
+        } else {
+            Reach::Host
+        };
+        let caps = crate::socket::stream_caps(ep, reach)?;
         Ok(Config {
             caps,
             server: server.map(str::to_string),

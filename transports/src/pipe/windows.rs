@@ -9,7 +9,7 @@
 //! one call, so RUSTSEC-2023-0001 does not apply to tokio 1.23.1 and later).
 
 use super::Config;
-use crate::common::framed::{ByteStream, FramedConnection};
+use crate::common::framed::{byte_stream, FramedConnection};
 use crate::common::windows::{is_not_found, open_blocking, os_error, pipe_exists, Security};
 use ductwork_core::{
     async_trait, BoxConnection, BoxListener, Capabilities, ConnectionInfo, Endpoint, Error,
@@ -28,17 +28,7 @@ use windows_sys::Win32::{
     System::Pipes::GetNamedPipeClientProcessId,
 };
 
-impl ByteStream for NamedPipeServer {
-    fn try_write_now(&self, buf: &[u8]) -> io::Result<usize> {
-        self.try_write(buf)
-    }
-}
-
-impl ByteStream for NamedPipeClient {
-    fn try_write_now(&self, buf: &[u8]) -> io::Result<usize> {
-        self.try_write(buf)
-    }
-}
+byte_stream!(NamedPipeServer, NamedPipeClient);
 
 fn pipe_path(server: Option<&str>, name: &str) -> String {
     format!(r"\\{}\pipe\ductwork-{name}", server.unwrap_or("."))

@@ -59,6 +59,8 @@ mod conn;
 #[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
 pub mod ring;
 #[cfg(any(target_os = "linux", windows))]
+mod mapped;
+#[cfg(any(target_os = "linux", windows))]
 mod setup;
 
 #[cfg(target_os = "linux")]

@@ -22,6 +22,7 @@
 
 use super::{
     conn::{connection, OsLink},
+    mapped::{Mapped, Unmap},
     ring::{self, SharedRegion},
     setup::{read_hello, spawn_setup, Accepted, QueuedListener, HELLO, REPLY_OK},
     Config,
@@ -68,58 +69,39 @@ fn socket_path(ep: &Endpoint) -> Result<PathBuf> {
 // ----------------------------------------------------------------------------------------
 // The mapping.
 
-/// A shared mapping of a memfd, unmapped on drop.
-struct Mapping {
-    ptr: *mut u8,
-    len: usize,
-}
+/// A shared mapping of a memfd.
+type Mapping = Mapped<Munmap>;
 
-// SAFETY: the mapping is plain shared memory, only accessed through atomics and raw copies
-// (see ring.rs); the pointer stays valid until drop.
-unsafe impl Send for Mapping {}
-// SAFETY: as above.
-unsafe impl Sync for Mapping {}
+/// Unmaps a memfd mapping with `munmap`.
+struct Munmap;
 
-// SAFETY: `ptr` is a live MAP_SHARED mapping of `len` bytes (page-aligned, so 128-aligned)
-// until drop, and the memfd is sealed against shrinking, so no access within `len` faults.
-unsafe impl SharedRegion for Mapping {
-    fn base(&self) -> *mut u8 {
-        self.ptr
-    }
-    fn len(&self) -> usize {
-        self.len
+impl Unmap for Munmap {
+    fn unmap(&mut self, ptr: *mut u8, len: usize) {
+        // SAFETY: `Mapped` calls this once, for exactly the range `map` mapped, when nothing
+        // uses it any more.
+        let _ = unsafe { rustix::mm::munmap(ptr.cast(), len) };
     }
 }
 
-impl Mapping {
-    /// Maps `len` bytes of `fd`, populating the page tables now so that the first messages do
-    /// not pay for page faults.
-    fn map(fd: &OwnedFd, len: usize) -> io::Result<Mapping> {
-        // SAFETY: a fresh mapping chosen by the kernel (null hint) aliases no Rust object;
-        // `fd` is a memfd at least `len` bytes long, sealed against shrinking (callers check).
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED | MapFlags::POPULATE,
-                fd,
-                0,
-            )
-        }?;
-        Ok(Mapping {
-            ptr: ptr.cast(),
+/// Maps `len` bytes of `fd`, populating the page tables now so that the first messages do
+/// not pay for page faults.
+fn map(fd: &OwnedFd, len: usize) -> io::Result<Mapping> {
+    // SAFETY: a fresh mapping chosen by the kernel (null hint) aliases no Rust object;
+    // `fd` is a memfd at least `len` bytes long, sealed against shrinking (callers check).
+    let ptr = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
             len,
-        })
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: we mapped exactly this range and nothing uses it any more (the rings hold
-        // the Arc that owns us).
-        let _ = unsafe { rustix::mm::munmap(self.ptr.cast(), self.len) };
-    }
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED | MapFlags::POPULATE,
+            fd,
+            0,
+        )
+    }?;
+    // SAFETY: `ptr` is a live MAP_SHARED mapping of `len` bytes (page-aligned, so
+    // 128-aligned) until `Munmap` unmaps it, and the memfd is sealed against shrinking, so no
+    // access within `len` faults.
+    Ok(unsafe { Mapped::new(ptr.cast(), len, Munmap) })
 }
 
 /// Creates a sealed, preallocated memfd for rings of `capacity` bytes and maps it.
@@ -134,7 +116,7 @@ fn create_segment(capacity: usize) -> io::Result<(OwnedFd, Arc<Mapping>)> {
     // SIGBUS later. Not every kernel or filesystem supports it; the seals below still hold.
     let _ = rustix::fs::fallocate(&fd, rustix::fs::FallocateFlags::empty(), 0, len as u64);
     rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
-    let map = Arc::new(Mapping::map(&fd, len)?);
+    let map = Arc::new(map(&fd, len)?);
     ring::init_segment(&*map, capacity);
     Ok((fd, map))
 }
@@ -154,7 +136,7 @@ fn map_received(fd: &OwnedFd, len: usize) -> std::result::Result<Arc<Mapping>, S
             "the shared segment has {size} bytes, less than the announced {len}"
         ));
     }
-    Mapping::map(fd, len)
+    map(fd, len)
         .map(Arc::new)
         .map_err(|e| format!("mmap of the shared segment: {e}"))
 }
@@ -358,7 +340,7 @@ async fn serve_handshake(
     let mut reply = [0u8; REPLY_LEN];
     reply[..8].copy_from_slice(REPLY_OK);
     reply[8..16].copy_from_slice(&(cfg.capacity as u64).to_le_bytes());
-    reply[16..24].copy_from_slice(&(map.len as u64).to_le_bytes());
+    reply[16..24].copy_from_slice(&(map.len() as u64).to_le_bytes());
     let fds = [
         memfd.as_fd(),
         c_data.as_fd(),

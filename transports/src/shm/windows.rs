@@ -22,7 +22,8 @@
 
 use super::{
     conn::{connection, OsLink},
-    ring::{self, SharedRegion},
+    mapped::{Mapped, Unmap},
+    ring,
     setup::{read_hello, spawn_setup, Accepted, QueuedListener, HELLO, REPLY_OK},
     Config,
 };
@@ -71,55 +72,32 @@ fn pipe_path(ep: &Endpoint) -> String {
 // ----------------------------------------------------------------------------------------
 // The mapping.
 
-struct View {
-    ptr: *mut u8,
-    len: usize,
-    /// Keeps the section alive as long as the view (the view alone would too; explicit).
-    _section: OwnedHandle,
-}
+/// A view of a section.
+type View = Mapped<Section>;
 
-// SAFETY: plain shared memory, only accessed through atomics and raw copies (ring.rs).
-unsafe impl Send for View {}
-// SAFETY: as above.
-unsafe impl Sync for View {}
+/// Unmaps a view with `UnmapViewOfFile`, then closes the section (the view alone would keep
+/// the section alive too; explicit).
+struct Section(OwnedHandle);
 
-// SAFETY: `ptr` is a live view of `len` bytes (64 KiB-aligned) until drop; sections cannot
-// shrink, so no access within `len` faults.
-unsafe impl SharedRegion for View {
-    fn base(&self) -> *mut u8 {
-        self.ptr
-    }
-    fn len(&self) -> usize {
-        self.len
+impl Unmap for Section {
+    fn unmap(&mut self, ptr: *mut u8, _len: usize) {
+        // SAFETY: `Mapped` calls this once, for the view `map_view` mapped, when nothing uses
+        // it any more.
+        unsafe { UnmapViewOfFile(MEMORY_MAPPED_VIEW_ADDRESS { Value: ptr.cast() }) };
     }
 }
 
-impl View {
-    fn map(section: OwnedHandle, len: usize) -> io::Result<View> {
-        // SAFETY: a valid section handle; the system chooses the address. Fails if the
-        // section is smaller than `len`.
-        let v = unsafe { MapViewOfFile(raw(&section), FILE_MAP_ALL_ACCESS, 0, 0, len) };
-        if v.Value.is_null() {
-            return Err(last_error());
-        }
-        Ok(View {
-            ptr: v.Value.cast(),
-            len,
-            _section: section,
-        })
+/// Maps `len` bytes of `section`; fails if the section is smaller.
+fn map_view(section: OwnedHandle, len: usize) -> io::Result<View> {
+    // SAFETY: a valid section handle; the system chooses the address. Fails if the
+    // section is smaller than `len`.
+    let v = unsafe { MapViewOfFile(raw(&section), FILE_MAP_ALL_ACCESS, 0, 0, len) };
+    if v.Value.is_null() {
+        return Err(last_error());
     }
-}
-
-impl Drop for View {
-    fn drop(&mut self) {
-        // SAFETY: we mapped this view and nothing uses it any more (the rings hold the Arc
-        // that owns us).
-        unsafe {
-            UnmapViewOfFile(MEMORY_MAPPED_VIEW_ADDRESS {
-                Value: self.ptr.cast(),
-            })
-        };
-    }
+    // SAFETY: `v` is a live view of `len` bytes (64 KiB-aligned) until `Section` unmaps it;
+    // sections cannot shrink, so no access within `len` faults.
+    Ok(unsafe { Mapped::new(v.Value.cast(), len, Section(section)) })
 }
 
 fn create_section(len: usize) -> io::Result<OwnedHandle> {
@@ -417,7 +395,7 @@ async fn serve_handshake(
         let len = ring::segment_len(cfg.capacity);
         let section = create_section(len)?;
         let dup_section = dup_into(&client, &section)?;
-        let view = Arc::new(View::map(section, len)?);
+        let view = Arc::new(map_view(section, len)?);
         ring::init_segment(&*view, cfg.capacity);
         let events = [new_event()?, new_event()?, new_event()?, new_event()?];
         let mut values = [dup_section, 0, 0, 0, 0];
@@ -522,7 +500,7 @@ pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection>
                 word(16)
             ))
         })?;
-    let view = View::map(section, len)
+    let view = map_view(section, len)
         .map_err(|e| bad(format!("cannot map the announced {len} bytes: {e}")))?;
     let cap = ring::check_segment(&view).map_err(bad)?;
     let link = link(Box::new(pipe), server, c_data, c_space, s_data, s_space)

@@ -45,6 +45,17 @@ pub(crate) async fn bind_socket_file<S>(
     Ok((sock, guard))
 }
 
+/// The error for connecting to a socket file: refused means the file is there but no live
+/// process behind it (a listener that died), which is [`ErrorKind::NotFound`] with `nobody`
+/// as the detail; anything else is an I/O error.
+pub(crate) fn connect_error(ep: &Endpoint, e: io::Error, nobody: &str) -> Error {
+    if e.kind() == io::ErrorKind::ConnectionRefused {
+        Error::new(ErrorKind::NotFound, ep, nobody).with_source(e)
+    } else {
+        Error::io(ep, "connect", e)
+    }
+}
+
 /// Removes a listener's socket file when dropped, if the file is still the one it bound.
 pub(crate) struct SocketFileGuard {
     path: PathBuf,

@@ -7,8 +7,8 @@
 //! The connection-level pieces here are shared with `pipe://` on Unix.
 
 use ductwork_core::{
-    async_trait, Accept, Boundaries, BoxConnection, BoxListener, Capabilities, Delivery, Direction,
-    Endpoint, Error, ErrorKind, Reach, Result, Transport,
+    async_trait, BoxConnection, BoxListener, Capabilities, Endpoint, Error, ErrorKind, Reach,
+    Result, Transport,
 };
 
 #[cfg(unix)]
@@ -63,20 +63,6 @@ fn mode(ep: &Endpoint) -> Result<u32> {
     }
 }
 
-/// Capabilities of a framed stream on one host (unix, and pipe on Unix).
-pub(crate) fn local_stream_caps(ep: &Endpoint) -> Result<Capabilities> {
-    Ok(Capabilities {
-        direction: Direction::Duplex,
-        delivery: Delivery::Reliable,
-        ordered: true,
-        boundaries: Boundaries::FramedBytes,
-        max_message: ep.max_frame()?,
-        reach: Reach::Host,
-        peer_loss: true,
-        accept: Accept::PerPeer,
-    })
-}
-
 #[async_trait]
 impl Transport for Unix {
     fn scheme(&self) -> &'static str {
@@ -89,7 +75,7 @@ impl Transport for Unix {
 
     fn capabilities(&self, ep: &Endpoint) -> Result<Capabilities> {
         ep.check_options(OPTIONS)?;
-        local_stream_caps(ep)
+        super::stream_caps(ep, Reach::Host)
     }
 
     async fn bind(&self, ep: &Endpoint) -> Result<BoxListener> {

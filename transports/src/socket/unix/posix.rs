@@ -2,20 +2,17 @@
 //! are also `pipe://` on Unix, which is a Unix socket at a private path.
 
 use super::Config;
-use crate::common::framed::{ByteStream, FramedConnection};
-use crate::common::unix::{bind_socket_file, peer_credentials, Probe, SocketFileGuard};
+use crate::common::framed::{byte_stream, FramedConnection};
+use crate::common::unix::{bind_socket_file, connect_error, peer_credentials, Probe};
+use crate::socket::{stream_source, StreamListener};
 use ductwork_core::{
-    async_trait, BoxConnection, BoxListener, Capabilities, ConnectionInfo, Endpoint, Error,
-    ErrorKind, Listener, Result,
+    BoxConnection, BoxListener, Capabilities, ConnectionInfo, Endpoint, Result,
 };
-use std::{io, path::Path};
+use std::path::Path;
 use tokio::net::{UnixListener, UnixStream};
 
-impl ByteStream for UnixStream {
-    fn try_write_now(&self, buf: &[u8]) -> io::Result<usize> {
-        self.try_write(buf)
-    }
-}
+byte_stream!(UnixStream);
+stream_source!(UnixListener => UnixStream);
 
 pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
     bind_path(ep, Path::new(ep.address()), cfg.mode, cfg.caps).await
@@ -41,12 +38,12 @@ pub(crate) async fn bind_path(
         UnixListener::bind,
     )
     .await?;
-    Ok(Box::new(UnixListen {
+    Ok(Box::new(StreamListener::new(
         listener,
-        endpoint: ep.clone(),
-        caps,
-        _guard: guard,
-    }))
+        ep.clone(),
+        move |stream, endpoint| wrap(stream, endpoint, caps.clone()),
+        Box::new(guard),
+    )))
 }
 
 /// Connects a framed stream to the listener at `path`.
@@ -55,18 +52,9 @@ pub(crate) async fn connect_path(
     path: &Path,
     caps: Capabilities,
 ) -> Result<BoxConnection> {
-    let stream = UnixStream::connect(path).await.map_err(|e| {
-        if e.kind() == io::ErrorKind::ConnectionRefused {
-            Error::new(
-                ErrorKind::NotFound,
-                ep,
-                "the socket file exists but nothing listens on it",
-            )
-            .with_source(e)
-        } else {
-            Error::io(ep, "connect", e)
-        }
-    })?;
+    let stream = UnixStream::connect(path)
+        .await
+        .map_err(|e| connect_error(ep, e, "the socket file exists but nothing listens on it"))?;
     Ok(wrap(stream, ep.clone(), caps))
 }
 
@@ -80,23 +68,4 @@ fn wrap(stream: UnixStream, endpoint: Endpoint, caps: Capabilities) -> BoxConnec
             capabilities: caps,
         },
     ))
-}
-
-struct UnixListen {
-    listener: UnixListener,
-    endpoint: Endpoint,
-    caps: Capabilities,
-    _guard: SocketFileGuard,
-}
-
-#[async_trait]
-impl Listener for UnixListen {
-    fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
-    }
-
-    async fn accept(&mut self) -> Result<BoxConnection> {
-        let stream = crate::socket::accept_stream(&self.endpoint, || self.listener.accept()).await?;
-        Ok(wrap(stream, self.endpoint.clone(), self.caps.clone()))
-    }
 }
