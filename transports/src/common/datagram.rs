@@ -25,6 +25,7 @@ pub(crate) struct Outbox {
 
 impl Outbox {
     /// Whether the sink was closed (no more sends).
+    #[cfg_attr(not(feature = "socket"), allow(dead_code))]
     pub(crate) fn is_closed(&self) -> bool {
         self.closed
     }

@@ -48,6 +48,7 @@ pub(crate) async fn bind_socket_file<S>(
 /// The error for connecting to a socket file: refused means the file is there but no live
 /// process behind it (a listener that died), which is [`ErrorKind::NotFound`] with `nobody`
 /// as the detail; anything else is an I/O error.
+#[cfg_attr(not(any(feature = "socket", feature = "mailslot")), allow(dead_code))]
 pub(crate) fn connect_error(ep: &Endpoint, e: io::Error, nobody: &str) -> Error {
     if e.kind() == io::ErrorKind::ConnectionRefused {
         Error::new(ErrorKind::NotFound, ep, nobody).with_source(e)
