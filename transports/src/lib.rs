@@ -31,10 +31,11 @@
 //!    `imp::bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener>` and
 //!    `imp::connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection>`.
 //!    Take shared plumbing from `common/` rather than copying it.
-//! 2. **One line in the table below** (`backends!` in this file):
-//!    `newt: "newt" => ["newt"] => [newt::Newt];` declares the module, its feature, its
-//!    schemes and their transports; [`transports`], [`transport_for`], the cargo-feature hint
-//!    and [`KNOWN_SCHEMES`] all derive from it.
+//! 2. **Two lines in this file**: the module, `#[cfg(feature = "newt")] pub mod newt;` (two
+//!    physical lines, as rustfmt writes it), and its row in the `backends!` table,
+//!    `"newt" => ["newt"] => [newt::Newt];` (feature, schemes, one transport per scheme).
+//!    [`transports`], [`transport_for`], the cargo-feature hint and [`KNOWN_SCHEMES`] all
+//!    derive from that row.
 //! 3. **One line in `transports/Cargo.toml`** `[features]`: `newt = []` (and add `"newt"` to
 //!    `default`), and the matching forwarding line in the root `Cargo.toml`
 //!    (`newt = ["ductwork-transports/newt"]`, and `default`) so `ductwork` users can pick it.
@@ -50,16 +51,24 @@ use std::sync::Arc;
 
 pub(crate) mod common;
 
-/// The scheme table: one line per backend, `module: "cargo feature" => [schemes] =>
-/// [transports, one per scheme]`. Generates the `mod` declarations, [`KNOWN_SCHEMES`],
-/// [`transports`] and the feature lookup, so they cannot disagree.
-macro_rules! backends {
-    ($($module:ident: $feature:literal => [$($scheme:literal),+] => [$($transport:expr),+];)+) => {
-        $(
-            #[cfg(feature = $feature)]
-            pub mod $module;
-        )+
+// The backends, one folder and one cargo feature each. (Declared here rather than by the table
+// below so that rustfmt, which does not expand macros, reaches their files.)
+#[cfg(feature = "copydata")]
+pub mod copydata;
+#[cfg(feature = "mailslot")]
+pub mod mailslot;
+#[cfg(feature = "pipe")]
+pub mod pipe;
+#[cfg(feature = "shm")]
+pub mod shm;
+#[cfg(feature = "socket")]
+pub mod socket;
 
+/// The scheme table: one line per backend, `"cargo feature" => [schemes] => [transports, one
+/// per scheme]`. Generates [`KNOWN_SCHEMES`], [`transports`] and the feature lookup, so they
+/// cannot disagree.
+macro_rules! backends {
+    ($($feature:literal => [$($scheme:literal),+] => [$($transport:expr),+];)+) => {
         /// Every scheme ductwork knows, whether or not this build includes its transport.
         pub const KNOWN_SCHEMES: &[&str] = &[$($($scheme),+),+];
 
@@ -80,11 +89,11 @@ macro_rules! backends {
 }
 
 backends! {
-    socket: "socket" => ["tcp", "udp", "unix"] => [socket::Tcp, socket::Udp, socket::Unix];
-    shm: "shm" => ["shm"] => [shm::Shm];
-    copydata: "copydata" => ["copydata"] => [copydata::CopyData];
-    pipe: "pipe" => ["pipe"] => [pipe::Pipe];
-    mailslot: "mailslot" => ["mailslot"] => [mailslot::Mailslot];
+    "socket" => ["tcp", "udp", "unix"] => [socket::Tcp, socket::Udp, socket::Unix];
+    "shm" => ["shm"] => [shm::Shm];
+    "copydata" => ["copydata"] => [copydata::CopyData];
+    "pipe" => ["pipe"] => [pipe::Pipe];
+    "mailslot" => ["mailslot"] => [mailslot::Mailslot];
 }
 
 /// Entry points for the fuzz targets in `fuzz/`; not part of the API.

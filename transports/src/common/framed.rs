@@ -7,7 +7,10 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ductwork_codec::{check_len, CodecError, Frame, FrameCodec, CLOSE_MARKER, HEADER_LEN};
-use ductwork_core::{Connection, ConnectionInfo, Error, ErrorKind, FrameWriter, Result};
+use ductwork_core::{
+    BoxConnection, Capabilities, Connection, ConnectionInfo, Endpoint, Error, ErrorKind,
+    FrameWriter, Result,
+};
 use futures::{ready, Sink, Stream};
 use std::{
     io,
@@ -67,6 +70,23 @@ pub(crate) struct FramedConnection<S: ByteStream> {
     /// The peer sent its close marker: it reads no more, so failing to deliver our own close
     /// marker to it is not an error.
     peer_closed: bool,
+}
+
+/// A boxed framed connection over `stream`: what every byte-stream transport hands out.
+pub(crate) fn framed(
+    stream: impl ByteStream,
+    endpoint: Endpoint,
+    peer: Option<String>,
+    capabilities: Capabilities,
+) -> BoxConnection {
+    Box::new(FramedConnection::new(
+        stream,
+        ConnectionInfo {
+            endpoint,
+            peer,
+            capabilities,
+        },
+    ))
 }
 
 impl<S: ByteStream> FramedConnection<S> {

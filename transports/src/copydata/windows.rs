@@ -14,8 +14,7 @@ use crate::common::oneway::{receive_only, SharedReceiver};
 use crate::common::windows::{last_error, wide};
 use bytes::Bytes;
 use ductwork_core::{
-    async_trait, BoxConnection, BoxListener, Connection, ConnectionInfo, Endpoint,
-    Error, ErrorKind, Listener, Result,
+    BoxConnection, BoxListener, Connection, ConnectionInfo, Endpoint, Error, ErrorKind, Result,
 };
 use futures::{ready, Sink, Stream};
 use std::{

@@ -53,9 +53,10 @@
 //! Options: `max_frame` (default 64 KiB here, at most 200 KiB).
 
 use crate::common::names::{check_name, split_server};
+use crate::common::oneway::SharedReceiver;
 use ductwork_core::{
-    async_trait, Accept, Boundaries, BoxConnection, BoxListener, Capabilities, Delivery, Direction,
-    Endpoint, Error, ErrorKind, Reach, Result, Transport, OPT_MAX_FRAME,
+    async_trait, Accept, Boundaries, BoxConnection, BoxListener, Capabilities, Connection,
+    Delivery, Direction, Endpoint, Error, ErrorKind, Reach, Result, Transport, OPT_MAX_FRAME,
 };
 
 #[cfg(unix)]
@@ -162,6 +163,16 @@ pub(crate) fn send_on_receiver(ep: &Endpoint) -> Error {
         ep,
         "a mailslot is one-way: the receiving connection cannot send (connect to send)",
     )
+}
+
+/// The listener of a mailslot: its one receiving connection, for the first `accept`.
+pub(crate) fn shared_receiver(ep: &Endpoint, receiver: impl Connection) -> BoxListener {
+    Box::new(SharedReceiver::new(
+        ep.clone(),
+        Box::new(receiver),
+        second_accept,
+        Box::new(()),
+    ))
 }
 
 /// The error for a second `accept`.

@@ -3,14 +3,13 @@
 //! connected to it. Datagrams keep boundaries, and on one host the kernel neither drops nor
 //! reorders them: when the receiver's queue is full, the sender's send waits.
 
-use super::{second_accept, Config};
+use super::{shared_receiver, Config};
 use crate::common::datagram::{datagram_sink, DatagramSend, Outbox};
-use crate::common::oneway::{receive_only, send_only, SharedReceiver};
+use crate::common::oneway::{receive_only, send_only};
 use crate::common::unix::{bind_socket_file, connect_error, socket_path, Probe, SocketFileGuard};
 use bytes::Bytes;
 use ductwork_core::{
-    BoxConnection, BoxListener, ConnectionInfo, Endpoint, Error, ErrorKind,
-    Result,
+    BoxConnection, BoxListener, ConnectionInfo, Endpoint, Error, ErrorKind, Result,
 };
 use futures::{ready, Stream};
 use std::{
@@ -53,12 +52,7 @@ pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
         },
         _guard: guard,
     };
-    Ok(Box::new(SharedReceiver::new(
-        ep.clone(),
-        Box::new(conn),
-        second_accept,
-        Box::new(()),
-    )))
+    Ok(shared_receiver(ep, conn))
 }
 
 pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection> {

@@ -10,9 +10,9 @@
 //! Local writes complete as soon as the OS has queued the message in the mailslot; they do not
 //! wait for the reader. Writes to a remote or broadcast mailslot run on tokio's blocking pool.
 
-use super::{second_accept, Config};
+use super::{shared_receiver, Config};
 use crate::common::datagram::{datagram_sink, DatagramSend, Outbox};
-use crate::common::oneway::{receive_only, send_only, SharedReceiver};
+use crate::common::oneway::{receive_only, send_only};
 use crate::common::windows::{
     is_not_found, last_error, open_blocking, os_error, owned, wide, Security,
 };
@@ -104,12 +104,7 @@ pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
             capabilities: caps,
         },
     };
-    Ok(Box::new(SharedReceiver::new(
-        ep.clone(),
-        Box::new(conn),
-        second_accept,
-        Box::new(()),
-    )))
+    Ok(shared_receiver(ep, conn))
 }
 
 /// Reads messages until the receiver is gone or reading fails, then closes the mailslot.

@@ -9,11 +9,11 @@
 //! one call, so RUSTSEC-2023-0001 does not apply to tokio 1.23.1 and later).
 
 use super::Config;
-use crate::common::framed::{byte_stream, FramedConnection};
+use crate::common::framed::{byte_stream, framed};
 use crate::common::windows::{is_not_found, open_blocking, os_error, pipe_exists, Security};
 use ductwork_core::{
-    async_trait, BoxConnection, BoxListener, Capabilities, ConnectionInfo, Endpoint, Error,
-    ErrorKind, Listener, Result,
+    async_trait, BoxConnection, BoxListener, Capabilities, Endpoint, Error, ErrorKind, Listener,
+    Result,
 };
 use std::{
     io,
@@ -142,14 +142,7 @@ impl Listener for PipeListener {
             // SAFETY: the handle belongs to `conn`, which is alive; `pid` is valid for a write.
             let ok = unsafe { GetNamedPipeClientProcessId(conn.as_raw_handle(), &mut pid) };
             let peer = (ok != 0).then(|| format!("pid {pid}"));
-            return Ok(Box::new(FramedConnection::new(
-                conn,
-                ConnectionInfo {
-                    endpoint: self.endpoint.clone(),
-                    peer,
-                    capabilities: self.caps.clone(),
-                },
-            )));
+            return Ok(framed(conn, self.endpoint.clone(), peer, self.caps.clone()));
         }
     }
 }
@@ -170,16 +163,7 @@ pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection>
             open(&path)
         };
         match r {
-            Ok(client) => {
-                return Ok(Box::new(FramedConnection::new(
-                    client,
-                    ConnectionInfo {
-                        endpoint: ep.clone(),
-                        peer: Some(path),
-                        capabilities: cfg.caps,
-                    },
-                )))
-            }
+            Ok(client) => return Ok(framed(client, ep.clone(), Some(path), cfg.caps)),
             Err(e) if os_error(&e) == Some(ERROR_PIPE_BUSY) => {
                 if Instant::now() >= deadline {
                     return Err(Error::new(

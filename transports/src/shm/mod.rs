@@ -56,10 +56,10 @@
 // Portable; used by the Linux and Windows layers.
 #[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
 mod conn;
-#[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
-pub mod ring;
 #[cfg(any(target_os = "linux", windows))]
 mod mapped;
+#[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
+pub mod ring;
 #[cfg(any(target_os = "linux", windows))]
 mod setup;
 

@@ -75,9 +75,12 @@ fn pipe_path(ep: &Endpoint) -> String {
 /// A view of a section.
 type View = Mapped<Section>;
 
-/// Unmaps a view with `UnmapViewOfFile`, then closes the section (the view alone would keep
-/// the section alive too; explicit).
-struct Section(OwnedHandle);
+/// Unmaps a view with `UnmapViewOfFile`, then closes the section.
+struct Section {
+    /// Kept open as long as the view (the view alone would keep the section alive too;
+    /// explicit).
+    _handle: OwnedHandle,
+}
 
 impl Unmap for Section {
     fn unmap(&mut self, ptr: *mut u8, _len: usize) {
@@ -97,7 +100,7 @@ fn map_view(section: OwnedHandle, len: usize) -> io::Result<View> {
     }
     // SAFETY: `v` is a live view of `len` bytes (64 KiB-aligned) until `Section` unmaps it;
     // sections cannot shrink, so no access within `len` faults.
-    Ok(unsafe { Mapped::new(v.Value.cast(), len, Section(section)) })
+    Ok(unsafe { Mapped::new(v.Value.cast(), len, Section { _handle: section }) })
 }
 
 fn create_section(len: usize) -> io::Result<OwnedHandle> {

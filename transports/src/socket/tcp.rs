@@ -1,10 +1,10 @@
 //! `tcp://host:port`: framed TCP streams.
 
 use super::{stream_caps, stream_source, StreamListener};
-use crate::common::framed::{byte_stream, FramedConnection};
+use crate::common::framed::{byte_stream, framed};
 use ductwork_core::{
-    async_trait, BoxConnection, BoxListener, Capabilities, ConnectionInfo, Endpoint, Error, Reach,
-    Result, Transport,
+    async_trait, BoxConnection, BoxListener, Capabilities, Endpoint, Error, Reach, Result,
+    Transport,
 };
 use tokio::net::{TcpListener, TcpStream};
 
@@ -36,14 +36,7 @@ impl Config {
 fn wrap(stream: TcpStream, endpoint: Endpoint, caps: Capabilities, nodelay: bool) -> BoxConnection {
     let _ = stream.set_nodelay(nodelay);
     let peer = stream.peer_addr().ok().map(|a| a.to_string());
-    Box::new(FramedConnection::new(
-        stream,
-        ConnectionInfo {
-            endpoint,
-            peer,
-            capabilities: caps,
-        },
-    ))
+    framed(stream, endpoint, peer, caps)
 }
 
 #[async_trait]

@@ -9,12 +9,12 @@ mod socket_file;
 
 #[cfg(any(feature = "pipe", feature = "mailslot", feature = "shm"))]
 pub(crate) use private_dir::socket_path;
-#[cfg(any(feature = "socket", feature = "mailslot", feature = "shm"))]
-pub(crate) use socket_file::{bind_socket_file, Probe};
 #[cfg(any(feature = "socket", feature = "mailslot"))]
 pub(crate) use socket_file::connect_error;
 #[cfg(feature = "mailslot")]
 pub(crate) use socket_file::SocketFileGuard;
+#[cfg(any(feature = "socket", feature = "mailslot", feature = "shm"))]
+pub(crate) use socket_file::{bind_socket_file, Probe};
 
 /// Who is at the other end of a Unix stream socket (`pid 42, uid 1000`), for
 /// `ConnectionInfo::peer`; `None` if the kernel will not say.

@@ -86,4 +86,3 @@ impl Transport for Unix {
         imp::connect(ep, Config::new(ep)?).await
     }
 }
-

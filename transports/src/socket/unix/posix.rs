@@ -2,12 +2,10 @@
 //! are also `pipe://` on Unix, which is a Unix socket at a private path.
 
 use super::Config;
-use crate::common::framed::{byte_stream, FramedConnection};
+use crate::common::framed::{byte_stream, framed};
 use crate::common::unix::{bind_socket_file, connect_error, peer_credentials, Probe};
 use crate::socket::{stream_source, StreamListener};
-use ductwork_core::{
-    BoxConnection, BoxListener, Capabilities, ConnectionInfo, Endpoint, Result,
-};
+use ductwork_core::{BoxConnection, BoxListener, Capabilities, Endpoint, Result};
 use std::path::Path;
 use tokio::net::{UnixListener, UnixStream};
 
@@ -60,12 +58,5 @@ pub(crate) async fn connect_path(
 
 fn wrap(stream: UnixStream, endpoint: Endpoint, caps: Capabilities) -> BoxConnection {
     let peer = peer_credentials(&stream);
-    Box::new(FramedConnection::new(
-        stream,
-        ConnectionInfo {
-            endpoint,
-            peer,
-            capabilities: caps,
-        },
-    ))
+    framed(stream, endpoint, peer, caps)
 }
