@@ -39,8 +39,9 @@
 //! 3. **One line in `transports/Cargo.toml`** `[features]`: `newt = []` (and add `"newt"` to
 //!    `default`), and the matching forwarding line in the root `Cargo.toml`
 //!    (`newt = ["ductwork-transports/newt"]`, and `default`) so `ductwork` users can pick it.
-//! 4. **One subject line in the conformance suite** (`tests/conformance/`), which then runs
-//!    every contract test across two processes against it. Benches and the `ductwork` command
+//! 4. **Its subject in the conformance suite**: one entry in `all()` in
+//!    `tests/conformance/subjects.rs`, which then runs every contract test across two
+//!    processes against it. Benches and the `ductwork` command
 //!    find it through [`transports`] and [`Transport::local_endpoint`]; nothing else lists
 //!    transports.
 

@@ -73,7 +73,7 @@ pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
     };
     if h == INVALID_HANDLE_VALUE {
         let e = last_error();
-        return Err(if e.raw_os_error() == Some(ERROR_ALREADY_EXISTS as i32) {
+        return Err(if os_error(&e) == Some(ERROR_ALREADY_EXISTS) {
             Error::new(
                 ErrorKind::AddrInUse,
                 ep,
