@@ -59,7 +59,9 @@ where
     F: FnOnce(Endpoint) -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
 {
-    let ep = match Endpoint::parse(endpoint) {
+    // An endpoint that does not parse, or names no transport, is a usage error.
+    let ep = match Endpoint::parse(endpoint).and_then(|ep| ductwork::transport_for(&ep).map(|_| ep))
+    {
         Ok(e) => e,
         Err(e) => {
             eprintln!("ductwork: {e}");

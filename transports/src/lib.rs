@@ -8,37 +8,94 @@
 //! | `pipe` | [`pipe`] | `pipe` (needs `socket`: on Unix a pipe is a Unix socket) |
 //! | `mailslot` | [`mailslot`] | `mailslot` |
 //!
-//! [`bind`] and [`connect`] pick the backend from the endpoint's scheme. A scheme whose backend
-//! this build lacks fails with [`ErrorKind::Unsupported`] naming the cargo feature; a backend
-//! that exists but not on this platform says which platform it needs.
+//! [`bind`] and [`connect`] pick the backend from the endpoint's scheme. A scheme no backend
+//! serves is [`ErrorKind::InvalidEndpoint`] listing the [`KNOWN_SCHEMES`]; a scheme whose
+//! backend this build lacks fails with [`ErrorKind::Unsupported`] naming the cargo feature; a
+//! backend that exists but not on this platform says which platform it needs.
 //!
 //! Every backend passes the conformance suite in `tests/conformance/`, which runs the contract
-//! of [`ductwork_core::transport`] across two OS processes.
+//! of [`ductwork_core::transport`] across two OS processes. What backends share (framed
+//! streams, the datagram sink, Unix paths and socket files, Windows handles and security)
+//! lives in `common/`, once.
+//!
+//! # How to add a transport
+//!
+//! Say the new scheme is `newt://`, in a cargo feature `newt`.
+//!
+//! 1. **Its folder** `src/newt/`: `mod.rs` is the portable face: `pub struct Newt`
+//!    implementing [`Transport`] (`scheme`, `local_endpoint`, `capabilities`, `bind`,
+//!    `connect`), a `Config` read from the endpoint (options checked, capabilities included),
+//!    and the module docs stating what it offers. Platform code goes in `unix.rs` /
+//!    `windows.rs`, an unsupported platform in `unsupported.rs`, each selected once in
+//!    `mod.rs` as `imp` and entered through the same two functions as every backend:
+//!    `imp::bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener>` and
+//!    `imp::connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection>`.
+//!    Take shared plumbing from `common/` rather than copying it.
+//! 2. **Two lines in this file**: the module, `#[cfg(feature = "newt")] pub mod newt;` (two
+//!    physical lines, as rustfmt writes it), and its row in the `backends!` table,
+//!    `"newt" => ["newt"] => [newt::Newt];` (feature, schemes, one transport per scheme).
+//!    [`transports`], [`transport_for`], the cargo-feature hint and [`KNOWN_SCHEMES`] all
+//!    derive from that row.
+//! 3. **One line in `transports/Cargo.toml`** `[features]`: `newt = []` (and add `"newt"` to
+//!    `default`), and the matching forwarding line in the root `Cargo.toml`
+//!    (`newt = ["ductwork-transports/newt"]`, and `default`) so `ductwork` users can pick it.
+//! 4. **Its subject in the conformance suite**: one entry in `all()` in
+//!    `tests/conformance/subjects.rs`, which then runs every contract test across two
+//!    processes against it. Benches and the `ductwork` command
+//!    find it through [`transports`] and [`Transport::local_endpoint`]; nothing else lists
+//!    transports.
 
 use ductwork_core::{
     BoxConnection, BoxListener, Capabilities, Endpoint, Error, ErrorKind, Result, Transport,
 };
 use std::sync::Arc;
 
-#[cfg(all(unix, any(feature = "socket", feature = "mailslot", feature = "shm")))]
-pub(crate) mod socket_file;
-// Byte-stream transports (tcp, unix, and pipe, which needs `socket`) share this.
-#[cfg(feature = "socket")]
-pub(crate) mod framed;
+pub(crate) mod common;
 
+// The backends, one folder and one cargo feature each. (Declared here rather than by the table
+// below so that rustfmt, which does not expand macros, reaches their files.)
 #[cfg(feature = "copydata")]
 pub mod copydata;
-#[cfg(any(feature = "pipe", feature = "mailslot", feature = "shm"))]
-pub(crate) mod local;
 #[cfg(feature = "mailslot")]
 pub mod mailslot;
 #[cfg(feature = "pipe")]
 pub mod pipe;
+#[cfg(feature = "shm")]
+pub mod shm;
 #[cfg(feature = "socket")]
 pub mod socket;
 
-#[cfg(feature = "shm")]
-pub mod shm;
+/// The scheme table: one line per backend, `"cargo feature" => [schemes] => [transports, one
+/// per scheme]`. Generates [`KNOWN_SCHEMES`], [`transports`] and the feature lookup, so they
+/// cannot disagree.
+macro_rules! backends {
+    ($($feature:literal => [$($scheme:literal),+] => [$($transport:expr),+];)+) => {
+        /// Every scheme ductwork knows, whether or not this build includes its transport.
+        pub const KNOWN_SCHEMES: &[&str] = &[$($($scheme),+),+];
+
+        /// The cargo feature that carries each scheme.
+        const FEATURES: &[(&str, &str)] = &[$($(($scheme, $feature)),+),+];
+
+        /// Every transport compiled into this build, in table order.
+        pub fn transports() -> Vec<Arc<dyn Transport>> {
+            #[allow(unused_mut)]
+            let mut v: Vec<Arc<dyn Transport>> = Vec::new();
+            $(
+                #[cfg(feature = $feature)]
+                v.extend([$(Arc::new($transport) as Arc<dyn Transport>),+]);
+            )+
+            v
+        }
+    };
+}
+
+backends! {
+    "socket" => ["tcp", "udp", "unix"] => [socket::Tcp, socket::Udp, socket::Unix];
+    "shm" => ["shm"] => [shm::Shm];
+    "copydata" => ["copydata"] => [copydata::CopyData];
+    "pipe" => ["pipe"] => [pipe::Pipe];
+    "mailslot" => ["mailslot"] => [mailslot::Mailslot];
+}
 
 /// Entry points for the fuzz targets in `fuzz/`; not part of the API.
 #[cfg(feature = "shm")]
@@ -102,57 +159,39 @@ pub mod __bench {
     }
 }
 
-/// Every transport compiled into this build, in a stable order.
-// One push per cargo feature, so a build with any subset of backends lists exactly those.
-#[allow(clippy::vec_init_then_push)]
-pub fn transports() -> Vec<Arc<dyn Transport>> {
-    #[allow(unused_mut)]
-    let mut v: Vec<Arc<dyn Transport>> = Vec::new();
-    #[cfg(feature = "socket")]
-    {
-        v.push(Arc::new(socket::Tcp));
-        v.push(Arc::new(socket::Udp));
-        v.push(Arc::new(socket::Unix));
-    }
-    #[cfg(feature = "shm")]
-    v.push(Arc::new(shm::Shm));
-    #[cfg(feature = "copydata")]
-    v.push(Arc::new(copydata::CopyData));
-    #[cfg(feature = "pipe")]
-    v.push(Arc::new(pipe::Pipe));
-    #[cfg(feature = "mailslot")]
-    v.push(Arc::new(mailslot::Mailslot));
-    v
+/// The cargo feature that carries `scheme`, if ductwork knows the scheme.
+fn feature_of(scheme: &str) -> Option<&'static str> {
+    FEATURES
+        .iter()
+        .find(|(s, _)| *s == scheme)
+        .map(|(_, feature)| *feature)
 }
 
-/// The cargo feature that carries `scheme`.
-fn feature_of(scheme: &str) -> &'static str {
-    match scheme {
-        "tcp" | "udp" | "unix" => "socket",
-        "shm" => "shm",
-        "pipe" => "pipe",
-        "mailslot" => "mailslot",
-        "copydata" => "copydata",
-        _ => "?",
-    }
-}
-
-/// The transport serving `endpoint`'s scheme.
+/// The transport serving `endpoint`'s scheme: an unknown scheme is
+/// [`ErrorKind::InvalidEndpoint`] listing the known ones; a known one this build lacks is
+/// [`ErrorKind::Unsupported`] naming its cargo feature.
 pub fn transport_for(endpoint: &Endpoint) -> Result<Arc<dyn Transport>> {
-    transports()
-        .into_iter()
-        .find(|t| t.scheme() == endpoint.scheme())
-        .ok_or_else(|| {
-            Error::new(
-                ErrorKind::Unsupported,
-                endpoint,
-                format!(
-                    "the {}:// transport is not built into this binary (enable the cargo feature `{}`)",
-                    endpoint.scheme(),
-                    feature_of(endpoint.scheme())
-                ),
-            )
-        })
+    let scheme = endpoint.scheme();
+    if let Some(t) = transports().into_iter().find(|t| t.scheme() == scheme) {
+        return Ok(t);
+    }
+    Err(match feature_of(scheme) {
+        Some(feature) => Error::new(
+            ErrorKind::Unsupported,
+            endpoint,
+            format!(
+                "the {scheme}:// transport is not built into this binary (enable the cargo feature `{feature}`)"
+            ),
+        ),
+        None => Error::new(
+            ErrorKind::InvalidEndpoint,
+            endpoint,
+            format!(
+                "unknown scheme `{scheme}` (known: {})",
+                KNOWN_SCHEMES.join(", ")
+            ),
+        ),
+    })
 }
 
 /// Binds `endpoint` with the transport its scheme names. `endpoint` is a string (`&str`,
@@ -199,9 +238,33 @@ mod tests {
     }
 
     #[test]
-    fn every_known_scheme_maps_to_a_feature() {
-        for scheme in ductwork_core::KNOWN_SCHEMES {
-            assert_ne!(feature_of(scheme), "?", "{scheme}");
+    fn an_unknown_scheme_lists_the_known_ones() {
+        let ep = Endpoint::parse("ftp://x").unwrap();
+        let e = capabilities(&ep).err().unwrap();
+        assert_eq!(e.kind(), ErrorKind::InvalidEndpoint);
+        assert_eq!(
+            e.to_string(),
+            "ftp://x: invalid endpoint: unknown scheme `ftp` (known: tcp, udp, unix, shm, \
+             copydata, pipe, mailslot)"
+        );
+    }
+
+    #[test]
+    fn the_table_is_consistent() {
+        // Every scheme has a feature, and every built transport is in the table under it.
+        for scheme in KNOWN_SCHEMES {
+            assert!(feature_of(scheme).is_some(), "{scheme}");
         }
+        for t in transports() {
+            assert!(KNOWN_SCHEMES.contains(&t.scheme()), "{}", t.scheme());
+        }
+        let mut sorted = KNOWN_SCHEMES.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(
+            sorted.len(),
+            KNOWN_SCHEMES.len(),
+            "a scheme is listed twice"
+        );
     }
 }

@@ -73,29 +73,10 @@ use ductwork_core::{
 mod windows;
 #[cfg(windows)]
 use windows as imp;
-
-/// Elsewhere: every operation is [`ErrorKind::Unsupported`].
 #[cfg(not(windows))]
-mod imp {
-    use super::Config;
-    use ductwork_core::{BoxConnection, BoxListener, Capabilities, Error, ErrorKind, Result};
-
-    fn unsupported(cfg: &Config) -> Error {
-        Error::new(
-            ErrorKind::Unsupported,
-            &cfg.endpoint,
-            "copydata:// is Windows only (WM_COPYDATA window messages)",
-        )
-    }
-
-    pub(super) async fn bind(cfg: Config, _caps: Capabilities) -> Result<BoxListener> {
-        Err(unsupported(&cfg))
-    }
-
-    pub(super) async fn connect(cfg: Config, _caps: Capabilities) -> Result<BoxConnection> {
-        Err(unsupported(&cfg))
-    }
-}
+mod unsupported;
+#[cfg(not(windows))]
+use unsupported as imp;
 
 /// The sender's option: milliseconds one send waits for the receiver.
 pub const OPT_TIMEOUT_MS: &str = "timeout_ms";
@@ -122,6 +103,9 @@ pub struct CopyData;
 #[derive(Debug, Clone)]
 #[cfg_attr(not(windows), allow(dead_code))]
 pub(crate) struct Config {
+    /// What the endpoint offers.
+    pub caps: Capabilities,
+    /// The endpoint (the receiver's window thread reports errors against it).
     pub endpoint: Endpoint,
     pub name: String,
     pub max: usize,
@@ -147,10 +131,21 @@ impl Config {
         if timeout_ms == 0 {
             return Err(bad(format!("option `{OPT_TIMEOUT_MS}` must be at least 1")));
         }
+        let max = ep.max_frame()?;
         Ok(Config {
+            caps: Capabilities {
+                direction: Direction::OneWay,
+                delivery: Delivery::Reliable,
+                ordered: true,
+                boundaries: Boundaries::Messages,
+                max_message: max,
+                reach: Reach::Session,
+                peer_loss: false,
+                accept: Accept::Shared,
+            },
             endpoint: ep.clone(),
             name: name.to_string(),
-            max: ep.max_frame()?,
+            max,
             timeout_ms,
         })
     }
@@ -167,27 +162,15 @@ impl Transport for CopyData {
     }
 
     fn capabilities(&self, ep: &Endpoint) -> Result<Capabilities> {
-        let cfg = Config::new(ep)?;
-        Ok(Capabilities {
-            direction: Direction::OneWay,
-            delivery: Delivery::Reliable,
-            ordered: true,
-            boundaries: Boundaries::Messages,
-            max_message: cfg.max,
-            reach: Reach::Session,
-            peer_loss: false,
-            accept: Accept::Shared,
-        })
+        Ok(Config::new(ep)?.caps)
     }
 
     async fn bind(&self, ep: &Endpoint) -> Result<BoxListener> {
-        let caps = self.capabilities(ep)?;
-        imp::bind(Config::new(ep)?, caps).await
+        imp::bind(ep, Config::new(ep)?).await
     }
 
     async fn connect(&self, ep: &Endpoint) -> Result<BoxConnection> {
-        let caps = self.capabilities(ep)?;
-        imp::connect(Config::new(ep)?, caps).await
+        imp::connect(ep, Config::new(ep)?).await
     }
 }
 

@@ -10,10 +10,11 @@
 //! unregisters the class and releases the mutex, in that order.
 
 use super::{Config, ACCEPTED, CLASS_PREFIX, MAGIC, RECEIVER_CLOSED, REFUSED_TOO_LARGE};
+use crate::common::oneway::{receive_only, SharedReceiver};
+use crate::common::windows::{last_error, wide};
 use bytes::Bytes;
 use ductwork_core::{
-    async_trait, BoxConnection, BoxListener, Capabilities, Connection, ConnectionInfo, Endpoint,
-    Error, ErrorKind, Listener, Result,
+    BoxConnection, BoxListener, Connection, ConnectionInfo, Endpoint, Error, ErrorKind, Result,
 };
 use futures::{ready, Sink, Stream};
 use std::{
@@ -64,20 +65,12 @@ const PUMP_STACK_SPARE: usize = 4 << 20;
 /// How long `connect` looks for the receiver's window before it reports `NotFound`.
 const FIND_DEADLINE: Duration = Duration::from_secs(1);
 
-fn wide(s: &str) -> Vec<u16> {
-    s.encode_utf16().chain(Some(0)).collect()
-}
-
 fn class_name(name: &str) -> Vec<u16> {
     wide(&format!("{CLASS_PREFIX}{name}"))
 }
 
 fn cost(len: usize) -> u32 {
     u32::try_from(len.saturating_add(FRAME_OVERHEAD)).unwrap_or(u32::MAX)
-}
-
-fn last_error() -> io::Error {
-    io::Error::last_os_error()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -347,8 +340,9 @@ fn pump(cfg: Config, state: PumpState, stop: Arc<AtomicBool>, ready: oneshot::Se
     // Then `_class` is unregistered and `_mutex` released (reverse declaration order).
 }
 
-pub(super) async fn bind(cfg: Config, caps: Capabilities) -> Result<BoxListener> {
-    let endpoint = cfg.endpoint.clone();
+pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
+    let endpoint = ep.clone();
+    let caps = cfg.caps.clone();
     let budget = Arc::new(Semaphore::new(cfg.max.max(MIN_BUDGET) + FRAME_OVERHEAD));
     let (tx, rx) = mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = oneshot::channel();
@@ -390,45 +384,32 @@ pub(super) async fn bind(cfg: Config, caps: Capabilities) -> Result<BoxListener>
         budget: budget.clone(),
         thread: Some(thread),
     });
-    Ok(Box::new(CdListener {
-        endpoint: endpoint.clone(),
-        receiver: Some(CdReceiver {
-            rx,
-            budget,
-            done: false,
-            info: ConnectionInfo {
-                endpoint,
-                peer: None,
-                capabilities: caps,
-            },
-            _pump: pump.clone(),
-        }),
-        _pump: pump,
-    }))
+    let receiver = CdReceiver {
+        rx,
+        budget,
+        done: false,
+        info: ConnectionInfo {
+            endpoint: endpoint.clone(),
+            peer: None,
+            capabilities: caps,
+        },
+        _pump: pump.clone(),
+    };
+    Ok(Box::new(SharedReceiver::new(
+        endpoint,
+        Box::new(receiver),
+        second_accept,
+        Box::new(pump),
+    )))
 }
 
-struct CdListener {
-    endpoint: Endpoint,
-    receiver: Option<CdReceiver>,
-    _pump: Arc<Pump>,
-}
-
-#[async_trait]
-impl Listener for CdListener {
-    fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
-    }
-
-    async fn accept(&mut self) -> Result<BoxConnection> {
-        match self.receiver.take() {
-            Some(r) => Ok(Box::new(r)),
-            None => Err(Error::new(
-                ErrorKind::Unsupported,
-                &self.endpoint,
-                "copydata:// has one shared receiving connection and it was already accepted",
-            )),
-        }
-    }
+/// The error for a second `accept`.
+fn second_accept(ep: &Endpoint) -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        ep,
+        "copydata:// has one shared receiving connection and it was already accepted",
+    )
 }
 
 /// The receiving connection: every sender's frames, merged.
@@ -444,12 +425,6 @@ impl Drop for CdReceiver {
     fn drop(&mut self) {
         // Senders get RECEIVER_CLOSED from now on, and a pump thread waiting for room wakes up.
         self.budget.close();
-    }
-}
-
-impl Connection for CdReceiver {
-    fn info(&self) -> &ConnectionInfo {
-        &self.info
     }
 }
 
@@ -485,30 +460,12 @@ fn send_on_receiver(ep: &Endpoint) -> Error {
     )
 }
 
-impl Sink<Bytes> for CdReceiver {
-    type Error = Error;
-
-    fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<()>> {
-        Poll::Ready(Err(send_on_receiver(&self.info.endpoint)))
-    }
-
-    fn start_send(self: Pin<&mut Self>, _: Bytes) -> Result<()> {
-        Err(send_on_receiver(&self.info.endpoint))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
+receive_only!(CdReceiver, send_on_receiver);
 
 // ---------------------------------------------------------------------------------------------
 // Sender
 
-pub(super) async fn connect(cfg: Config, caps: Capabilities) -> Result<BoxConnection> {
+pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection> {
     let deadline = Instant::now() + FIND_DEADLINE;
     let hwnd = loop {
         let h = find_window(&cfg.name);
@@ -540,9 +497,9 @@ pub(super) async fn connect(cfg: Config, caps: Capabilities) -> Result<BoxConnec
         broken: None,
         closed: false,
         info: ConnectionInfo {
-            endpoint: cfg.endpoint,
+            endpoint: ep.clone(),
             peer: Some(format!("pid {pid}, window {hwnd:#x}")),
-            capabilities: caps,
+            capabilities: cfg.caps,
         },
     }))
 }

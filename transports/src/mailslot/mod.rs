@@ -52,70 +52,12 @@
 //!
 //! Options: `max_frame` (default 64 KiB here, at most 200 KiB).
 
-use crate::local::{check_name, split_server};
+use crate::common::names::{check_name, split_server};
+use crate::common::oneway::SharedReceiver;
 use ductwork_core::{
-    async_trait, Accept, Boundaries, BoxConnection, BoxListener, Capabilities, Delivery, Direction,
-    Endpoint, Error, ErrorKind, Reach, Result, Transport, OPT_MAX_FRAME,
+    async_trait, Accept, Boundaries, BoxConnection, BoxListener, Capabilities, Connection,
+    Delivery, Direction, Endpoint, Error, ErrorKind, Reach, Result, Transport, OPT_MAX_FRAME,
 };
-
-/// The `Sink` half of a receiving connection (a struct with an `info: ConnectionInfo` field):
-/// every send fails with [`send_on_receiver`]. Shared by the Unix and Windows receivers.
-macro_rules! receive_only_sink {
-    ($t:ty) => {
-        impl futures::Sink<bytes::Bytes> for $t {
-            type Error = ductwork_core::Error;
-
-            fn poll_ready(
-                self: std::pin::Pin<&mut Self>,
-                _cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<ductwork_core::Result<()>> {
-                std::task::Poll::Ready(Err(super::send_on_receiver(&self.info.endpoint)))
-            }
-
-            fn start_send(
-                self: std::pin::Pin<&mut Self>,
-                _item: bytes::Bytes,
-            ) -> ductwork_core::Result<()> {
-                Err(super::send_on_receiver(&self.info.endpoint))
-            }
-
-            fn poll_flush(
-                self: std::pin::Pin<&mut Self>,
-                _cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<ductwork_core::Result<()>> {
-                std::task::Poll::Ready(Ok(()))
-            }
-
-            fn poll_close(
-                self: std::pin::Pin<&mut Self>,
-                _cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<ductwork_core::Result<()>> {
-                std::task::Poll::Ready(Ok(()))
-            }
-        }
-    };
-}
-
-/// The `Stream` half of a sending connection (a struct with `info: ConnectionInfo` and
-/// `recv_reported: bool` fields): one [`recv_on_sender`] error, then the end. Shared by the
-/// Unix and Windows senders.
-macro_rules! send_only_stream {
-    ($t:ty) => {
-        impl futures::Stream for $t {
-            type Item = ductwork_core::Result<bytes::Bytes>;
-
-            fn poll_next(
-                mut self: std::pin::Pin<&mut Self>,
-                _cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<Option<Self::Item>> {
-                if std::mem::replace(&mut self.recv_reported, true) {
-                    return std::task::Poll::Ready(None);
-                }
-                std::task::Poll::Ready(Some(Err(super::recv_on_sender(&self.info.endpoint))))
-            }
-        }
-    };
-}
 
 #[cfg(unix)]
 mod unix;
@@ -138,16 +80,18 @@ pub const MAX_BROADCAST_MESSAGE: usize = 424;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Mailslot;
 
-/// A parsed `mailslot://` endpoint.
-pub(crate) struct SlotAddr {
+/// Settings read from a `mailslot://` endpoint.
+pub(crate) struct Config {
+    /// What the endpoint offers.
+    pub(crate) caps: Capabilities,
     /// The remote target (`*` for the domain, or a host), `None` for this machine.
     pub(crate) server: Option<String>,
     /// The mailslot name, checked.
     pub(crate) name: String,
 }
 
-impl SlotAddr {
-    fn parse(ep: &Endpoint) -> Result<SlotAddr> {
+impl Config {
+    fn new(ep: &Endpoint) -> Result<Config> {
         ep.check_options(&[])?;
         let (server, name) = split_server(ep.address());
         if server.is_some_and(|s| s.is_empty() || s.contains(['\\', '/'])) {
@@ -158,17 +102,20 @@ impl SlotAddr {
             ));
         }
         check_name(ep, name)?;
-        Ok(SlotAddr {
+        Ok(Config {
+            caps: caps_for(ep, server.is_some())?,
             server: server.map(str::to_string),
             name: name.to_string(),
         })
     }
 }
 
-fn caps_for(ep: &Endpoint, addr: &SlotAddr) -> Result<Capabilities> {
-    let (limit, remote) = match addr.server {
-        Some(_) => (MAX_BROADCAST_MESSAGE, true),
-        None => (MAX_LOCAL_MESSAGE, false),
+/// Capabilities of a local or (`remote`) a broadcast or remote mailslot.
+fn caps_for(ep: &Endpoint, remote: bool) -> Result<Capabilities> {
+    let limit = if remote {
+        MAX_BROADCAST_MESSAGE
+    } else {
+        MAX_LOCAL_MESSAGE
     };
     let max = match ep.size_option(OPT_MAX_FRAME)? {
         None => DEFAULT_MAX_MESSAGE.min(limit),
@@ -218,6 +165,16 @@ pub(crate) fn send_on_receiver(ep: &Endpoint) -> Error {
     )
 }
 
+/// The listener of a mailslot: its one receiving connection, for the first `accept`.
+pub(crate) fn shared_receiver(ep: &Endpoint, receiver: impl Connection) -> BoxListener {
+    Box::new(SharedReceiver::new(
+        ep.clone(),
+        Box::new(receiver),
+        second_accept,
+        Box::new(()),
+    ))
+}
+
 /// The error for a second `accept`.
 pub(crate) fn second_accept(ep: &Endpoint) -> Error {
     Error::new(
@@ -239,30 +196,26 @@ impl Transport for Mailslot {
     }
 
     fn capabilities(&self, ep: &Endpoint) -> Result<Capabilities> {
-        let addr = SlotAddr::parse(ep)?;
-        caps_for(ep, &addr)
+        Ok(Config::new(ep)?.caps)
     }
 
     async fn bind(&self, ep: &Endpoint) -> Result<BoxListener> {
-        let addr = SlotAddr::parse(ep)?;
-        let caps = caps_for(ep, &addr)?;
-        if addr.server.is_some() {
+        let cfg = Config::new(ep)?;
+        if cfg.server.is_some() {
             return Err(Error::new(
                 ErrorKind::InvalidEndpoint,
                 ep,
                 format!(
                     "a mailslot can only be created on this machine: bind mailslot://{} to \
                      receive what others send to */{}",
-                    addr.name, addr.name
+                    cfg.name, cfg.name
                 ),
             ));
         }
-        imp::bind(ep, &addr, caps).await
+        imp::bind(ep, cfg).await
     }
 
     async fn connect(&self, ep: &Endpoint) -> Result<BoxConnection> {
-        let addr = SlotAddr::parse(ep)?;
-        let caps = caps_for(ep, &addr)?;
-        imp::connect(ep, &addr, caps).await
+        imp::connect(ep, Config::new(ep)?).await
     }
 }

@@ -3,20 +3,18 @@
 //! connected to it. Datagrams keep boundaries, and on one host the kernel neither drops nor
 //! reorders them: when the receiver's queue is full, the sender's send waits.
 
-use super::{second_accept, SlotAddr};
-use crate::local::unix::socket_path;
-use crate::socket_file::{clear_stale, Probe};
+use super::{shared_receiver, Config};
+use crate::common::datagram::{datagram_sink, DatagramSend, Outbox};
+use crate::common::oneway::{receive_only, send_only};
+use crate::common::unix::{bind_socket_file, connect_error, socket_path, Probe, SocketFileGuard};
 use bytes::Bytes;
 use ductwork_core::{
-    async_trait, BoxConnection, BoxListener, Capabilities, Connection, ConnectionInfo, Endpoint,
-    Error, ErrorKind, Listener, Result,
+    BoxConnection, BoxListener, ConnectionInfo, Endpoint, Error, ErrorKind, Result,
 };
-use futures::{ready, Sink, Stream};
+use futures::{ready, Stream};
 use std::{
     io,
     os::fd::AsRawFd,
-    os::unix::fs::{MetadataExt, PermissionsExt},
-    path::{Path, PathBuf},
     pin::Pin,
     task::{Context, Poll},
 };
@@ -31,23 +29,18 @@ fn remote_unsupported(ep: &Endpoint) -> Error {
     )
 }
 
-pub(super) async fn bind(
-    ep: &Endpoint,
-    addr: &SlotAddr,
-    caps: Capabilities,
-) -> Result<BoxListener> {
-    let path = socket_path(ep, "mailslot", &addr.name)?;
-    clear_stale(
+pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
+    let caps = cfg.caps;
+    let path = socket_path(ep, "mailslot", &cfg.name)?;
+    let (sock, guard) = bind_socket_file(
         ep,
         &path,
         Probe::Datagram,
         "another process is receiving on this mailslot",
+        0o600,
+        UnixDatagram::bind,
     )
     .await?;
-    let sock = UnixDatagram::bind(&path).map_err(|e| Error::bind(ep, "", e))?;
-    let guard = PathGuard::new(path);
-    std::fs::set_permissions(&guard.path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| Error::io(ep, "set socket file permissions", e))?;
     let max = caps.max_message;
     let conn = Receiver {
         sock,
@@ -59,39 +52,22 @@ pub(super) async fn bind(
         },
         _guard: guard,
     };
-    Ok(Box::new(SlotListener {
-        endpoint: ep.clone(),
-        conn: Some(conn),
-    }))
+    Ok(shared_receiver(ep, conn))
 }
 
-pub(super) async fn connect(
-    ep: &Endpoint,
-    addr: &SlotAddr,
-    caps: Capabilities,
-) -> Result<BoxConnection> {
-    if addr.server.is_some() {
+pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection> {
+    let caps = cfg.caps;
+    if cfg.server.is_some() {
         return Err(remote_unsupported(ep));
     }
-    let path = socket_path(ep, "mailslot", &addr.name)?;
+    let path = socket_path(ep, "mailslot", &cfg.name)?;
     let sock = UnixDatagram::unbound().map_err(|e| Error::io(ep, "create socket", e))?;
     ensure_send_buffer(&sock, caps.max_message + 1024);
-    sock.connect(&path).map_err(|e| {
-        if e.kind() == io::ErrorKind::ConnectionRefused {
-            Error::new(
-                ErrorKind::NotFound,
-                ep,
-                "the socket file exists but nothing receives on it",
-            )
-            .with_source(e)
-        } else {
-            Error::io(ep, "connect", e)
-        }
-    })?;
+    sock.connect(&path)
+        .map_err(|e| connect_error(ep, e, "the socket file exists but nothing receives on it"))?;
     Ok(Box::new(Sender {
         sock,
-        pending: None,
-        closed: false,
+        outbox: Outbox::default(),
         recv_reported: false,
         info: ConnectionInfo {
             endpoint: ep.clone(),
@@ -137,61 +113,12 @@ fn ensure_send_buffer(sock: &UnixDatagram, want: usize) {
     };
 }
 
-/// Removes the socket file when the receiver goes away, if the file is still this one.
-struct PathGuard {
-    path: PathBuf,
-    ino: Option<(u64, u64)>,
-}
-
-impl PathGuard {
-    fn new(path: PathBuf) -> PathGuard {
-        let ino = std::fs::metadata(&path).map(|m| (m.dev(), m.ino())).ok();
-        PathGuard { path, ino }
-    }
-}
-
-impl Drop for PathGuard {
-    fn drop(&mut self) {
-        let still_ours = std::fs::metadata(Path::new(&self.path))
-            .map(|m| Some((m.dev(), m.ino())) == self.ino)
-            .unwrap_or(false);
-        if still_ours {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-struct SlotListener {
-    endpoint: Endpoint,
-    conn: Option<Receiver>,
-}
-
-#[async_trait]
-impl Listener for SlotListener {
-    fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
-    }
-
-    async fn accept(&mut self) -> Result<BoxConnection> {
-        match self.conn.take() {
-            Some(c) => Ok(Box::new(c)),
-            None => Err(second_accept(&self.endpoint)),
-        }
-    }
-}
-
 /// The one receiving connection.
 struct Receiver {
     sock: UnixDatagram,
     buf: Box<[u8]>,
     info: ConnectionInfo,
-    _guard: PathGuard,
-}
-
-impl Connection for Receiver {
-    fn info(&self) -> &ConnectionInfo {
-        &self.info
-    }
+    _guard: SocketFileGuard,
 }
 
 impl Stream for Receiver {
@@ -218,13 +145,12 @@ impl Stream for Receiver {
     }
 }
 
-receive_only_sink!(Receiver);
+receive_only!(Receiver, super::send_on_receiver);
 
 /// A sending connection.
 struct Sender {
     sock: UnixDatagram,
-    pending: Option<Bytes>,
-    closed: bool,
+    outbox: Outbox,
     recv_reported: bool,
     info: ConnectionInfo,
 }
@@ -251,47 +177,17 @@ impl Sender {
     }
 }
 
-impl Connection for Sender {
-    fn info(&self) -> &ConnectionInfo {
-        &self.info
+send_only!(Sender, super::recv_on_sender);
+
+impl DatagramSend for Sender {
+    fn outbox(&mut self) -> &mut Outbox {
+        &mut self.outbox
+    }
+
+    fn poll_send_datagram(&mut self, cx: &mut Context<'_>, d: &Bytes) -> Poll<Result<()>> {
+        let r = ready!(self.sock.poll_send(cx, d));
+        Poll::Ready(r.map(drop).map_err(|e| self.send_err(e)))
     }
 }
 
-send_only_stream!(Sender);
-
-impl Sink<Bytes> for Sender {
-    type Error = Error;
-
-    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        if self.closed {
-            return Poll::Ready(Err(Error::new(
-                ErrorKind::Closed,
-                &self.info.endpoint,
-                "send after close",
-            )));
-        }
-        self.poll_flush(cx)
-    }
-
-    fn start_send(mut self: Pin<&mut Self>, item: Bytes) -> Result<()> {
-        ductwork_codec::check_len(item.len(), self.info.capabilities.max_message)
-            .map_err(|e| Error::codec(&self.info.endpoint, e))?;
-        self.pending = Some(item);
-        Ok(())
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        if let Some(d) = self.pending.clone() {
-            let r = ready!(self.sock.poll_send(cx, &d));
-            self.pending = None;
-            r.map_err(|e| self.send_err(e))?;
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        ready!(self.as_mut().poll_flush(cx))?;
-        self.closed = true;
-        Poll::Ready(Ok(()))
-    }
-}
+datagram_sink!(Sender);

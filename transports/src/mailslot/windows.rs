@@ -10,14 +10,17 @@
 //! Local writes complete as soon as the OS has queued the message in the mailslot; they do not
 //! wait for the reader. Writes to a remote or broadcast mailslot run on tokio's blocking pool.
 
-use super::{second_accept, SlotAddr};
-use crate::local::windows::Security;
+use super::{shared_receiver, Config};
+use crate::common::datagram::{datagram_sink, DatagramSend, Outbox};
+use crate::common::oneway::{receive_only, send_only};
+use crate::common::windows::{
+    is_not_found, last_error, open_blocking, os_error, owned, wide, Security,
+};
 use bytes::Bytes;
 use ductwork_core::{
-    async_trait, BoxConnection, BoxListener, Capabilities, Connection, ConnectionInfo, Endpoint,
-    Error, ErrorKind, Listener, Result,
+    BoxConnection, BoxListener, ConnectionInfo, Endpoint, Error, ErrorKind, Result,
 };
-use futures::{ready, Sink, Stream};
+use futures::{ready, Stream};
 use std::{
     future::Future,
     io,
@@ -30,9 +33,8 @@ use std::{
 use tokio::sync::mpsc;
 use windows_sys::Win32::{
     Foundation::{
-        GetLastError, ERROR_ALREADY_EXISTS, ERROR_FILE_NOT_FOUND, ERROR_INSUFFICIENT_BUFFER,
-        ERROR_MORE_DATA, ERROR_PATH_NOT_FOUND, ERROR_SEM_TIMEOUT, GENERIC_WRITE,
-        INVALID_HANDLE_VALUE,
+        ERROR_ALREADY_EXISTS, ERROR_INSUFFICIENT_BUFFER, ERROR_MORE_DATA, ERROR_SEM_TIMEOUT,
+        GENERIC_WRITE, INVALID_HANDLE_VALUE,
     },
     Storage::FileSystem::{
         CreateFileW, ReadFile, WriteFile, FILE_ATTRIBUTE_NORMAL, FILE_SHARE_READ, FILE_SHARE_WRITE,
@@ -53,18 +55,10 @@ fn slot_path(server: Option<&str>, name: &str) -> String {
     format!(r"\\{}\mailslot\ductwork\{name}", server.unwrap_or("."))
 }
 
-fn wide(s: &str) -> Vec<u16> {
-    s.encode_utf16().chain(Some(0)).collect()
-}
-
-pub(super) async fn bind(
-    ep: &Endpoint,
-    addr: &SlotAddr,
-    caps: Capabilities,
-) -> Result<BoxListener> {
-    let path = slot_path(None, &addr.name);
-    let security = Security::owner_only()
-        .map_err(|e| Error::io(ep, "build the owner-only security descriptor", e))?;
+pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
+    let caps = cfg.caps;
+    let path = slot_path(None, &cfg.name);
+    let security = Security::owner_only_for(ep)?;
     let max = caps.max_message;
     let name = wide(&path);
     // SAFETY: `name` is NUL-terminated and outlives the call; the security attributes stay
@@ -78,8 +72,8 @@ pub(super) async fn bind(
         )
     };
     if h == INVALID_HANDLE_VALUE {
-        let e = io::Error::last_os_error();
-        return Err(if e.raw_os_error() == Some(ERROR_ALREADY_EXISTS as i32) {
+        let e = last_error();
+        return Err(if os_error(&e) == Some(ERROR_ALREADY_EXISTS) {
             Error::new(
                 ErrorKind::AddrInUse,
                 ep,
@@ -110,64 +104,49 @@ pub(super) async fn bind(
             capabilities: caps,
         },
     };
-    Ok(Box::new(SlotListener {
-        endpoint: ep.clone(),
-        conn: Some(conn),
-    }))
+    Ok(shared_receiver(ep, conn))
 }
 
 /// Reads messages until the receiver is gone or reading fails, then closes the mailslot.
 fn read_loop(owned: OwnedHandle, max: usize, tx: mpsc::Sender<Result<Bytes>>, ep: Endpoint) {
     let mut buf = vec![0u8; max + 1];
     while !tx.is_closed() {
-        let mut n = 0u32;
-        // SAFETY: the handle is open (owned above); `buf` is valid for `buf.len()` bytes and
-        // `n` for a write; no OVERLAPPED (the handle is synchronous).
-        let ok = unsafe {
-            ReadFile(
-                owned.as_raw_handle(),
-                buf.as_mut_ptr(),
-                buf.len() as u32,
-                &mut n,
-                std::ptr::null_mut(),
-            )
-        };
-        if ok == 0 {
-            // SAFETY: reads this thread's last-error value; no preconditions.
-            let code = unsafe { GetLastError() };
-            if code == ERROR_SEM_TIMEOUT {
-                continue;
-            }
-            if code == ERROR_INSUFFICIENT_BUFFER || code == ERROR_MORE_DATA {
+        let n = match read(&owned, &mut buf) {
+            Ok(n) => n,
+            Err(e) if os_error(&e) == Some(ERROR_SEM_TIMEOUT) => continue,
+            Err(e)
+                if matches!(
+                    os_error(&e),
+                    Some(ERROR_INSUFFICIENT_BUFFER | ERROR_MORE_DATA)
+                ) =>
+            {
                 // A message over our limit (Windows refuses such writes, Wine does not): drop
                 // it, tell the receiver, go on; one foreign writer must not stop the receiver.
-                match discard_next(&owned) {
-                    Ok(len) => {
-                        let e = Error::new(
-                            ErrorKind::FrameTooLarge,
-                            &ep,
-                            format!(
-                                "a message of {len} bytes, over the limit of {max} bytes, was \
-                                 received and dropped"
-                            ),
-                        );
-                        if tx.blocking_send(Err(e)).is_err() {
-                            return;
-                        }
-                        continue;
-                    }
+                let report = match discard_next(&owned) {
+                    Ok(len) => Error::new(
+                        ErrorKind::FrameTooLarge,
+                        &ep,
+                        format!(
+                            "a message of {len} bytes, over the limit of {max} bytes, was \
+                             received and dropped"
+                        ),
+                    ),
                     Err(e) => {
                         let _ =
                             tx.blocking_send(Err(Error::io(&ep, "drop an oversized message", e)));
                         return;
                     }
+                };
+                if tx.blocking_send(Err(report)).is_err() {
+                    return;
                 }
+                continue;
             }
-            let e = io::Error::from_raw_os_error(code as i32);
-            let _ = tx.blocking_send(Err(Error::io(&ep, "read the mailslot", e)));
-            return;
-        }
-        let n = n as usize;
+            Err(e) => {
+                let _ = tx.blocking_send(Err(Error::io(&ep, "read the mailslot", e)));
+                return;
+            }
+        };
         if n > max {
             // The buffer holds max + 1 bytes: a longer message was cut (Wine delivers the
             // head of an oversized message instead of failing the read). Refuse it, go on.
@@ -206,7 +185,7 @@ fn discard_next(h: &OwnedHandle) -> io::Result<u32> {
         )
     };
     if ok == 0 {
-        return Err(io::Error::last_os_error());
+        return Err(last_error());
     }
     if next == MAILSLOT_NO_MESSAGE {
         return Ok(0);
@@ -217,40 +196,28 @@ fn discard_next(h: &OwnedHandle) -> io::Result<u32> {
         )));
     }
     let mut buf = vec![0u8; next as usize];
+    Ok(read(h, &mut buf)? as u32)
+}
+
+/// Reads one message into `buf`; its length.
+fn read(h: &OwnedHandle, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0u32;
-    // SAFETY: the handle is open; `buf` is valid for `next` bytes and `n` for a write.
+    // SAFETY: the handle is open for the borrow's duration; `buf` is valid for `buf.len()`
+    // bytes (at most the 64 MiB discard limit, so the u32 cast is exact) and `n` for a write;
+    // no OVERLAPPED (the handle is synchronous).
     let ok = unsafe {
         ReadFile(
             h.as_raw_handle(),
             buf.as_mut_ptr(),
-            next,
+            buf.len() as u32,
             &mut n,
             std::ptr::null_mut(),
         )
     };
     if ok == 0 {
-        return Err(io::Error::last_os_error());
+        return Err(last_error());
     }
-    Ok(n)
-}
-
-struct SlotListener {
-    endpoint: Endpoint,
-    conn: Option<Receiver>,
-}
-
-#[async_trait]
-impl Listener for SlotListener {
-    fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
-    }
-
-    async fn accept(&mut self) -> Result<BoxConnection> {
-        match self.conn.take() {
-            Some(c) => Ok(Box::new(c)),
-            None => Err(second_accept(&self.endpoint)),
-        }
-    }
+    Ok(n as usize)
 }
 
 /// The one receiving connection.
@@ -269,12 +236,6 @@ impl Drop for Receiver {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-    }
-}
-
-impl Connection for Receiver {
-    fn info(&self) -> &ConnectionInfo {
-        &self.info
     }
 }
 
@@ -302,7 +263,7 @@ impl Stream for Receiver {
     }
 }
 
-receive_only_sink!(Receiver);
+receive_only!(Receiver, super::send_on_receiver);
 
 fn open(path: &str) -> io::Result<OwnedHandle> {
     let name = wide(path);
@@ -319,11 +280,7 @@ fn open(path: &str) -> io::Result<OwnedHandle> {
             std::ptr::null_mut(),
         )
     };
-    if h == INVALID_HANDLE_VALUE {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `h` is a valid handle just opened and owned by nobody else.
-    Ok(unsafe { OwnedHandle::from_raw_handle(h) })
+    owned(h)
 }
 
 fn write(h: &OwnedHandle, msg: &[u8]) -> io::Result<()> {
@@ -340,7 +297,7 @@ fn write(h: &OwnedHandle, msg: &[u8]) -> io::Result<()> {
         )
     };
     if ok == 0 {
-        return Err(io::Error::last_os_error());
+        return Err(last_error());
     }
     if written as usize != msg.len() {
         return Err(io::Error::new(
@@ -351,26 +308,18 @@ fn write(h: &OwnedHandle, msg: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-pub(super) async fn connect(
-    ep: &Endpoint,
-    addr: &SlotAddr,
-    caps: Capabilities,
-) -> Result<BoxConnection> {
-    let path = slot_path(addr.server.as_deref(), &addr.name);
-    let remote = addr.server.is_some();
+pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection> {
+    let caps = cfg.caps;
+    let path = slot_path(cfg.server.as_deref(), &cfg.name);
+    let remote = cfg.server.is_some();
     let opened = if remote {
         let p = path.clone();
-        tokio::task::spawn_blocking(move || open(&p))
-            .await
-            .map_err(|e| Error::new(ErrorKind::Io, ep, format!("open task failed: {e}")))?
+        open_blocking(ep, move || open(&p)).await?
     } else {
         open(&path)
     };
     let handle = opened.map_err(|e| {
-        if matches!(
-            e.raw_os_error().map(|c| c as u32),
-            Some(ERROR_FILE_NOT_FOUND | ERROR_PATH_NOT_FOUND)
-        ) {
+        if is_not_found(&e) {
             Error::new(
                 ErrorKind::NotFound,
                 ep,
@@ -385,7 +334,7 @@ pub(super) async fn connect(
         handle: Arc::new(handle),
         remote,
         writing: None,
-        closed: false,
+        outbox: Outbox::default(),
         recv_reported: false,
         info: ConnectionInfo {
             endpoint: ep.clone(),
@@ -401,7 +350,7 @@ struct Sender {
     remote: bool,
     /// A remote write running on the blocking pool.
     writing: Option<tokio::task::JoinHandle<io::Result<()>>>,
-    closed: bool,
+    outbox: Outbox,
     recv_reported: bool,
     info: ConnectionInfo,
 }
@@ -412,63 +361,34 @@ impl Sender {
     }
 }
 
-impl Connection for Sender {
-    fn info(&self) -> &ConnectionInfo {
-        &self.info
-    }
-}
+send_only!(Sender, super::recv_on_sender);
 
-send_only_stream!(Sender);
-
-impl Sink<Bytes> for Sender {
-    type Error = Error;
-
-    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        if self.closed {
-            return Poll::Ready(Err(Error::new(
-                ErrorKind::Closed,
-                &self.info.endpoint,
-                "send after close",
-            )));
-        }
-        self.poll_flush(cx)
+impl DatagramSend for Sender {
+    fn outbox(&mut self) -> &mut Outbox {
+        &mut self.outbox
     }
 
-    fn start_send(mut self: Pin<&mut Self>, item: Bytes) -> Result<()> {
-        ductwork_codec::check_len(item.len(), self.info.capabilities.max_message)
-            .map_err(|e| Error::codec(&self.info.endpoint, e))?;
-        if self.remote {
-            let h = self.handle.clone();
-            self.writing = Some(tokio::task::spawn_blocking(move || write(&h, &item)));
-            Ok(())
-        } else {
+    fn poll_send_datagram(&mut self, cx: &mut Context<'_>, d: &Bytes) -> Poll<Result<()>> {
+        if !self.remote {
             // A local mailslot write only queues the message in the OS: it does not block.
-            write(&self.handle, &item).map_err(|e| self.write_err(e))
+            return Poll::Ready(write(&self.handle, d).map_err(|e| self.write_err(e)));
         }
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        if let Some(task) = self.writing.as_mut() {
-            let r = ready!(Pin::new(task).poll(cx));
-            self.writing = None;
-            match r {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Poll::Ready(Err(self.write_err(e))),
-                Err(e) => {
-                    return Poll::Ready(Err(Error::new(
-                        ErrorKind::Io,
-                        &self.info.endpoint,
-                        format!("write task failed: {e}"),
-                    )))
-                }
-            }
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        ready!(self.as_mut().poll_flush(cx))?;
-        self.closed = true;
-        Poll::Ready(Ok(()))
+        let task = self.writing.get_or_insert_with(|| {
+            let (h, d) = (self.handle.clone(), d.clone());
+            tokio::task::spawn_blocking(move || write(&h, &d))
+        });
+        let r = ready!(Pin::new(task).poll(cx));
+        self.writing = None;
+        Poll::Ready(match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(self.write_err(e)),
+            Err(e) => Err(Error::new(
+                ErrorKind::Io,
+                &self.info.endpoint,
+                format!("write task failed: {e}"),
+            )),
+        })
     }
 }
+
+datagram_sink!(Sender);

@@ -42,7 +42,7 @@
 //! Options: `max_frame`, `remote` (`true`/`false`, Windows: accept clients from other hosts;
 //! default `false`), `connect_timeout_ms` (how long `connect` waits for a free instance).
 
-use crate::local::{check_name, split_server};
+use crate::common::names::{check_name, split_server};
 use ductwork_core::{
     async_trait, BoxConnection, BoxListener, Capabilities, Endpoint, Error, ErrorKind, Reach,
     Result, Transport,
@@ -64,8 +64,10 @@ const OPTIONS: &[&str] = &["remote", "connect_timeout_ms"];
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Pipe;
 
-/// A parsed `pipe://` endpoint.
-pub(crate) struct PipeAddr {
+/// Settings read from a `pipe://` endpoint.
+pub(crate) struct Config {
+    /// What the endpoint offers.
+    pub(crate) caps: Capabilities,
     /// The remote server, `None` for this machine.
     pub(crate) server: Option<String>,
     /// The pipe name, checked.
@@ -77,8 +79,8 @@ pub(crate) struct PipeAddr {
     pub(crate) connect_timeout: Duration,
 }
 
-impl PipeAddr {
-    fn parse(ep: &Endpoint) -> Result<PipeAddr> {
+impl Config {
+    fn new(ep: &Endpoint) -> Result<Config> {
         ep.check_options(OPTIONS)?;
         let (server, name) = split_server(ep.address());
         if let Some(s) = server {
@@ -91,14 +93,23 @@ impl PipeAddr {
             }
         }
         check_name(ep, name)?;
-        Ok(PipeAddr {
+        let remote = ep.parse_option::<bool>("remote")?.unwrap_or(false);
+        let connect_timeout = Duration::from_millis(
+            ep.parse_option::<u64>("connect_timeout_ms")?
+                .unwrap_or(5000),
+        );
+        let reach = if server.is_some() || remote {
+            Reach::Network
+        } else {
+            Reach::Host
+        };
+        let caps = crate::socket::stream_caps(ep, reach)?;
+        Ok(Config {
+            caps,
             server: server.map(str::to_string),
             name: name.to_string(),
-            remote: ep.parse_option::<bool>("remote")?.unwrap_or(false),
-            connect_timeout: Duration::from_millis(
-                ep.parse_option::<u64>("connect_timeout_ms")?
-                    .unwrap_or(5000),
-            ),
+            remote,
+            connect_timeout,
         })
     }
 }
@@ -114,18 +125,12 @@ impl Transport for Pipe {
     }
 
     fn capabilities(&self, ep: &Endpoint) -> Result<Capabilities> {
-        let addr = PipeAddr::parse(ep)?;
-        let mut caps = crate::socket::local_stream_caps(ep)?;
-        if addr.server.is_some() || addr.remote {
-            caps.reach = Reach::Network;
-        }
-        Ok(caps)
+        Ok(Config::new(ep)?.caps)
     }
 
     async fn bind(&self, ep: &Endpoint) -> Result<BoxListener> {
-        let caps = self.capabilities(ep)?;
-        let addr = PipeAddr::parse(ep)?;
-        if addr.server.is_some() {
+        let cfg = Config::new(ep)?;
+        if cfg.server.is_some() {
             return Err(Error::new(
                 ErrorKind::InvalidEndpoint,
                 ep,
@@ -133,12 +138,10 @@ impl Transport for Pipe {
                  to let other hosts connect)",
             ));
         }
-        imp::bind(ep, &addr, caps).await
+        imp::bind(ep, cfg).await
     }
 
     async fn connect(&self, ep: &Endpoint) -> Result<BoxConnection> {
-        let caps = self.capabilities(ep)?;
-        let addr = PipeAddr::parse(ep)?;
-        imp::connect(ep, &addr, caps).await
+        imp::connect(ep, Config::new(ep)?).await
     }
 }

@@ -1,13 +1,13 @@
 //! `pipe://` on Unix: a framed Unix domain stream socket at `pipe-<name>.sock` in the private
-//! per-user directory (see `crate::local::unix`).
+//! per-user directory (see `crate::common::unix`).
 
-use super::PipeAddr;
-use crate::local::unix::socket_path;
+use super::Config;
+use crate::common::unix::socket_path;
 use crate::socket::{bind_path, connect_path};
-use ductwork_core::{BoxConnection, BoxListener, Capabilities, Endpoint, Error, ErrorKind, Result};
+use ductwork_core::{BoxConnection, BoxListener, Endpoint, Error, ErrorKind, Result};
 
-fn no_remote(ep: &Endpoint, addr: &PipeAddr) -> Result<()> {
-    if addr.server.is_some() || addr.remote {
+fn no_remote(ep: &Endpoint, cfg: &Config) -> Result<()> {
+    if cfg.server.is_some() || cfg.remote {
         return Err(Error::new(
             ErrorKind::Unsupported,
             ep,
@@ -18,22 +18,14 @@ fn no_remote(ep: &Endpoint, addr: &PipeAddr) -> Result<()> {
     Ok(())
 }
 
-pub(super) async fn bind(
-    ep: &Endpoint,
-    addr: &PipeAddr,
-    caps: Capabilities,
-) -> Result<BoxListener> {
-    no_remote(ep, addr)?;
-    let path = socket_path(ep, "pipe", &addr.name)?;
-    bind_path(ep, &path, 0o600, caps).await
+pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
+    no_remote(ep, &cfg)?;
+    let path = socket_path(ep, "pipe", &cfg.name)?;
+    bind_path(ep, &path, 0o600, cfg.caps).await
 }
 
-pub(super) async fn connect(
-    ep: &Endpoint,
-    addr: &PipeAddr,
-    caps: Capabilities,
-) -> Result<BoxConnection> {
-    no_remote(ep, addr)?;
-    let path = socket_path(ep, "pipe", &addr.name)?;
-    connect_path(ep, &path, caps).await
+pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection> {
+    no_remote(ep, &cfg)?;
+    let path = socket_path(ep, "pipe", &cfg.name)?;
+    connect_path(ep, &path, cfg.caps).await
 }

@@ -8,12 +8,12 @@
 //! rejects remote clients unless `remote=true` (tokio sets the pipe mode and the remote flag in
 //! one call, so RUSTSEC-2023-0001 does not apply to tokio 1.23.1 and later).
 
-use super::PipeAddr;
-use crate::framed::{ByteStream, FramedConnection};
-use crate::local::windows::Security;
+use super::Config;
+use crate::common::framed::{byte_stream, framed};
+use crate::common::windows::{is_not_found, open_blocking, os_error, pipe_exists, Security};
 use ductwork_core::{
-    async_trait, BoxConnection, BoxListener, Capabilities, ConnectionInfo, Endpoint, Error,
-    ErrorKind, Listener, Result,
+    async_trait, BoxConnection, BoxListener, Capabilities, Endpoint, Error, ErrorKind, Listener,
+    Result,
 };
 use std::{
     io,
@@ -24,31 +24,14 @@ use tokio::net::windows::named_pipe::{
     ClientOptions, NamedPipeClient, NamedPipeServer, PipeMode, ServerOptions,
 };
 use windows_sys::Win32::{
-    Foundation::{
-        GetLastError, ERROR_ACCESS_DENIED, ERROR_FILE_NOT_FOUND, ERROR_NO_DATA,
-        ERROR_PATH_NOT_FOUND, ERROR_PIPE_BUSY, ERROR_SEM_TIMEOUT,
-    },
-    System::Pipes::{GetNamedPipeClientProcessId, WaitNamedPipeW},
+    Foundation::{ERROR_ACCESS_DENIED, ERROR_NO_DATA, ERROR_PIPE_BUSY},
+    System::Pipes::GetNamedPipeClientProcessId,
 };
 
-impl ByteStream for NamedPipeServer {
-    fn try_write_now(&self, buf: &[u8]) -> io::Result<usize> {
-        self.try_write(buf)
-    }
-}
-
-impl ByteStream for NamedPipeClient {
-    fn try_write_now(&self, buf: &[u8]) -> io::Result<usize> {
-        self.try_write(buf)
-    }
-}
+byte_stream!(NamedPipeServer, NamedPipeClient);
 
 fn pipe_path(server: Option<&str>, name: &str) -> String {
     format!(r"\\{}\pipe\ductwork-{name}", server.unwrap_or("."))
-}
-
-fn os_error(e: &io::Error) -> Option<u32> {
-    e.raw_os_error().map(|c| c as u32)
 }
 
 struct Instances {
@@ -69,17 +52,11 @@ impl Instances {
     }
 }
 
-pub(super) async fn bind(
-    ep: &Endpoint,
-    addr: &PipeAddr,
-    caps: Capabilities,
-) -> Result<BoxListener> {
-    let security = Security::owner_only()
-        .map_err(|e| Error::io(ep, "build the owner-only security descriptor", e))?;
+pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
     let instances = Instances {
-        path: pipe_path(None, &addr.name),
-        security,
-        remote: addr.remote,
+        path: pipe_path(None, &cfg.name),
+        security: Security::owner_only_for(ep)?,
+        remote: cfg.remote,
     };
     if pipe_exists(&instances.path) {
         return Err(Error::new(
@@ -105,26 +82,10 @@ pub(super) async fn bind(
     })?;
     Ok(Box::new(PipeListener {
         endpoint: ep.clone(),
-        caps,
+        caps: cfg.caps,
         instances,
         next: Some(first),
     }))
-}
-
-/// Whether a pipe of this name exists, without connecting to it: `WaitNamedPipeW` succeeds
-/// when an instance is free and times out when all are busy; a missing name fails with
-/// `ERROR_FILE_NOT_FOUND`. Windows itself refuses a second first instance
-/// (`FILE_FLAG_FIRST_PIPE_INSTANCE`), but Wine ignores that flag, so this check is what makes
-/// `AddrInUse` work there (racy between two binds at the same moment, unlike the flag).
-fn pipe_exists(path: &str) -> bool {
-    let name: Vec<u16> = path.encode_utf16().chain(Some(0)).collect();
-    // SAFETY: `name` is NUL-terminated and outlives the call. The wait is 1 ms at most.
-    if unsafe { WaitNamedPipeW(name.as_ptr(), 1) } != 0 {
-        return true;
-    }
-    // SAFETY: reads this thread's last-error value; no preconditions.
-    let code = unsafe { GetLastError() };
-    code == ERROR_SEM_TIMEOUT
 }
 
 struct PipeListener {
@@ -181,14 +142,7 @@ impl Listener for PipeListener {
             // SAFETY: the handle belongs to `conn`, which is alive; `pid` is valid for a write.
             let ok = unsafe { GetNamedPipeClientProcessId(conn.as_raw_handle(), &mut pid) };
             let peer = (ok != 0).then(|| format!("pid {pid}"));
-            return Ok(Box::new(FramedConnection::new(
-                conn,
-                ConnectionInfo {
-                    endpoint: self.endpoint.clone(),
-                    peer,
-                    capabilities: self.caps.clone(),
-                },
-            )));
+            return Ok(framed(conn, self.endpoint.clone(), peer, self.caps.clone()));
         }
     }
 }
@@ -197,35 +151,19 @@ fn open(path: &str) -> io::Result<NamedPipeClient> {
     ClientOptions::new().pipe_mode(PipeMode::Byte).open(path)
 }
 
-pub(super) async fn connect(
-    ep: &Endpoint,
-    addr: &PipeAddr,
-    caps: Capabilities,
-) -> Result<BoxConnection> {
-    let path = pipe_path(addr.server.as_deref(), &addr.name);
-    let deadline = Instant::now() + addr.connect_timeout;
+pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection> {
+    let path = pipe_path(cfg.server.as_deref(), &cfg.name);
+    let deadline = Instant::now() + cfg.connect_timeout;
     let mut wait = Duration::from_millis(5);
     loop {
-        let r = if addr.server.is_some() {
-            // Opening a remote pipe goes over the network and may block for a while.
+        let r = if cfg.server.is_some() {
             let p = path.clone();
-            tokio::task::spawn_blocking(move || open(&p))
-                .await
-                .map_err(|e| Error::new(ErrorKind::Io, ep, format!("open task failed: {e}")))?
+            open_blocking(ep, move || open(&p)).await?
         } else {
             open(&path)
         };
         match r {
-            Ok(client) => {
-                return Ok(Box::new(FramedConnection::new(
-                    client,
-                    ConnectionInfo {
-                        endpoint: ep.clone(),
-                        peer: Some(path),
-                        capabilities: caps,
-                    },
-                )))
-            }
+            Ok(client) => return Ok(framed(client, ep.clone(), Some(path), cfg.caps)),
             Err(e) if os_error(&e) == Some(ERROR_PIPE_BUSY) => {
                 if Instant::now() >= deadline {
                     return Err(Error::new(
@@ -233,7 +171,7 @@ pub(super) async fn connect(
                         ep,
                         format!(
                             "every instance of {path} stayed busy for {} ms (connect_timeout_ms)",
-                            addr.connect_timeout.as_millis()
+                            cfg.connect_timeout.as_millis()
                         ),
                     )
                     .with_source(e));
@@ -241,12 +179,7 @@ pub(super) async fn connect(
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_millis(50));
             }
-            Err(e)
-                if matches!(
-                    os_error(&e),
-                    Some(ERROR_FILE_NOT_FOUND | ERROR_PATH_NOT_FOUND)
-                ) =>
-            {
+            Err(e) if is_not_found(&e) => {
                 return Err(Error::new(
                     ErrorKind::NotFound,
                     ep,

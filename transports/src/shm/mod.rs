@@ -56,38 +56,25 @@
 // Portable; used by the Linux and Windows layers.
 #[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
 mod conn;
+#[cfg(any(target_os = "linux", windows))]
+mod mapped;
 #[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
 pub mod ring;
+#[cfg(any(target_os = "linux", windows))]
+mod setup;
+
 #[cfg(target_os = "linux")]
 mod unix;
-#[cfg(windows)]
-mod windows;
-
 #[cfg(target_os = "linux")]
 use unix as imp;
 #[cfg(windows)]
+mod windows;
+#[cfg(windows)]
 use windows as imp;
-
-/// Other systems (no memfd/eventfd, not Windows): not supported yet.
 #[cfg(not(any(target_os = "linux", windows)))]
-mod imp {
-    use super::Config;
-    use ductwork_core::{BoxConnection, BoxListener, Endpoint, Error, ErrorKind, Result};
-
-    fn unsupported(ep: &Endpoint) -> Error {
-        Error::new(
-            ErrorKind::Unsupported,
-            ep,
-            "shm:// is implemented for Linux and Windows only",
-        )
-    }
-    pub(super) async fn bind(ep: &Endpoint, _cfg: Config) -> Result<BoxListener> {
-        Err(unsupported(ep))
-    }
-    pub(super) async fn connect(ep: &Endpoint, _cfg: Config) -> Result<BoxConnection> {
-        Err(unsupported(ep))
-    }
-}
+mod unsupported;
+#[cfg(not(any(target_os = "linux", windows)))]
+use unsupported as imp;
 
 use ductwork_core::{
     async_trait, Accept, Boundaries, BoxConnection, BoxListener, Capabilities, Delivery, Direction,
@@ -189,7 +176,7 @@ fn parse_duration(v: &str) -> std::result::Result<Duration, String> {
 fn check_name(ep: &Endpoint) -> Result<()> {
     let name = ep.address();
     // The rules of the other named transports, then a stricter character set.
-    crate::local::check_name(ep, name)?;
+    crate::common::names::check_name(ep, name)?;
     let ok = (1..=64).contains(&name.len())
         && !name.starts_with('.')
         && name

@@ -22,13 +22,13 @@
 
 use super::{
     conn::{connection, OsLink},
+    mapped::{Mapped, Unmap},
     ring::{self, SharedRegion},
+    setup::{read_hello, spawn_setup, Accepted, QueuedListener, HELLO, REPLY_OK},
     Config,
 };
-use crate::socket_file::{clear_stale, Probe};
-use ductwork_core::{
-    async_trait, BoxConnection, BoxListener, Endpoint, Error, ErrorKind, Listener, Result,
-};
+use crate::common::unix::{bind_socket_file, peer_credentials, Probe};
+use ductwork_core::{BoxConnection, BoxListener, Endpoint, Error, ErrorKind, Result};
 use rustix::{
     event::{eventfd, EventfdFlags},
     fs::{MemfdFlags, SealFlags},
@@ -41,94 +41,67 @@ use rustix::{
 use std::{
     io::{self, IoSlice, IoSliceMut},
     mem::MaybeUninit,
-    os::{
-        fd::{AsFd, OwnedFd},
-        unix::fs::{MetadataExt, PermissionsExt},
-    },
+    os::fd::{AsFd, OwnedFd},
     path::PathBuf,
     sync::Arc,
     task::{ready, Context, Poll},
     time::Duration,
 };
 use tokio::{
-    io::{unix::AsyncFd, AsyncReadExt, AsyncWriteExt, Interest},
+    io::{unix::AsyncFd, AsyncWriteExt, Interest},
     net::{UnixListener, UnixStream},
-    sync::mpsc,
 };
 
-const HELLO: &[u8; 8] = b"DWSHMhi1";
-const REPLY_OK: &[u8; 8] = b"DWSHMok1";
 const REPLY_NO: &[u8; 8] = b"DWSHMno1";
 const REPLY_LEN: usize = 24;
 const NO_OTHER_USER: u64 = 1;
-/// How long a connecting client may take to say hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn my_uid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
 /// `shm-<name>.sock` in the private per-user directory shared with `pipe://` and
-/// `mailslot://` (see `crate::local::unix`: created 0700, refused if someone else could use it).
+/// `mailslot://` (see `crate::common::unix`: created 0700, refused if someone else could use it).
 fn socket_path(ep: &Endpoint) -> Result<PathBuf> {
-    crate::local::unix::socket_path(ep, "shm", ep.address())
+    crate::common::unix::socket_path(ep, "shm", ep.address())
 }
 
 // ----------------------------------------------------------------------------------------
 // The mapping.
 
-/// A shared mapping of a memfd, unmapped on drop.
-struct Mapping {
-    ptr: *mut u8,
-    len: usize,
-}
+/// A shared mapping of a memfd.
+type Mapping = Mapped<Munmap>;
 
-// SAFETY: the mapping is plain shared memory, only accessed through atomics and raw copies
-// (see ring.rs); the pointer stays valid until drop.
-unsafe impl Send for Mapping {}
-// SAFETY: as above.
-unsafe impl Sync for Mapping {}
+/// Unmaps a memfd mapping with `munmap`.
+struct Munmap;
 
-// SAFETY: `ptr` is a live MAP_SHARED mapping of `len` bytes (page-aligned, so 128-aligned)
-// until drop, and the memfd is sealed against shrinking, so no access within `len` faults.
-unsafe impl SharedRegion for Mapping {
-    fn base(&self) -> *mut u8 {
-        self.ptr
-    }
-    fn len(&self) -> usize {
-        self.len
+impl Unmap for Munmap {
+    fn unmap(&mut self, ptr: *mut u8, len: usize) {
+        // SAFETY: `Mapped` calls this once, for exactly the range `map` mapped, when nothing
+        // uses it any more.
+        let _ = unsafe { rustix::mm::munmap(ptr.cast(), len) };
     }
 }
 
-impl Mapping {
-    /// Maps `len` bytes of `fd`, populating the page tables now so that the first messages do
-    /// not pay for page faults.
-    fn map(fd: &OwnedFd, len: usize) -> io::Result<Mapping> {
-        // SAFETY: a fresh mapping chosen by the kernel (null hint) aliases no Rust object;
-        // `fd` is a memfd at least `len` bytes long, sealed against shrinking (callers check).
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED | MapFlags::POPULATE,
-                fd,
-                0,
-            )
-        }?;
-        Ok(Mapping {
-            ptr: ptr.cast(),
+/// Maps `len` bytes of `fd`, populating the page tables now so that the first messages do
+/// not pay for page faults.
+fn map(fd: &OwnedFd, len: usize) -> io::Result<Mapping> {
+    // SAFETY: a fresh mapping chosen by the kernel (null hint) aliases no Rust object;
+    // `fd` is a memfd at least `len` bytes long, sealed against shrinking (callers check).
+    let ptr = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
             len,
-        })
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: we mapped exactly this range and nothing uses it any more (the rings hold
-        // the Arc that owns us).
-        let _ = unsafe { rustix::mm::munmap(self.ptr.cast(), self.len) };
-    }
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED | MapFlags::POPULATE,
+            fd,
+            0,
+        )
+    }?;
+    // SAFETY: `ptr` is a live MAP_SHARED mapping of `len` bytes (page-aligned, so
+    // 128-aligned) until `Munmap` unmaps it, and the memfd is sealed against shrinking, so no
+    // access within `len` faults.
+    Ok(unsafe { Mapped::new(ptr.cast(), len, Munmap) })
 }
 
 /// Creates a sealed, preallocated memfd for rings of `capacity` bytes and maps it.
@@ -143,7 +116,7 @@ fn create_segment(capacity: usize) -> io::Result<(OwnedFd, Arc<Mapping>)> {
     // SIGBUS later. Not every kernel or filesystem supports it; the seals below still hold.
     let _ = rustix::fs::fallocate(&fd, rustix::fs::FallocateFlags::empty(), 0, len as u64);
     rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
-    let map = Arc::new(Mapping::map(&fd, len)?);
+    let map = Arc::new(map(&fd, len)?);
     ring::init_segment(&*map, capacity);
     Ok((fd, map))
 }
@@ -163,7 +136,7 @@ fn map_received(fd: &OwnedFd, len: usize) -> std::result::Result<Arc<Mapping>, S
             "the shared segment has {size} bytes, less than the announced {len}"
         ));
     }
-    Mapping::map(fd, len)
+    map(fd, len)
         .map(Arc::new)
         .map_err(|e| format!("mmap of the shared segment: {e}"))
 }
@@ -287,61 +260,33 @@ fn link(
     })
 }
 
-fn describe_peer(s: &UnixStream) -> Option<String> {
-    s.peer_cred().ok().map(|c| match c.pid() {
-        Some(pid) => format!("pid {pid}, uid {}", c.uid()),
-        None => format!("uid {}", c.uid()),
-    })
-}
-
 // ----------------------------------------------------------------------------------------
 // Listener.
 
 pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
     let path = socket_path(ep)?;
-    clear_stale(
+    let (listener, guard) = bind_socket_file(
         ep,
         &path,
         Probe::Stream,
         "another process is listening on this shm name",
+        0o600,
+        UnixListener::bind,
     )
     .await?;
-    let listener = UnixListener::bind(&path).map_err(|e| Error::bind(ep, "", e))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| Error::io(ep, "set socket file permissions", e))?;
-    let ino = std::fs::metadata(&path).map(|m| (m.dev(), m.ino())).ok();
-    let (tx, rx) = mpsc::channel(16);
-    let task = tokio::spawn(accept_loop(listener, ep.clone(), cfg, tx));
-    Ok(Box::new(ShmListener {
-        endpoint: ep.clone(),
-        rx,
-        task,
-        path,
-        ino,
-    }))
+    let ep2 = ep.clone();
+    Ok(Box::new(QueuedListener::start(ep, Box::new(guard), |tx| {
+        accept_loop(listener, ep2, cfg, tx)
+    })))
 }
 
-/// Accepts sockets and runs each set-up in its own task, so that a slow or hostile client
-/// cannot hold up others; finished connections queue (boundedly) for `accept`.
-async fn accept_loop(
-    listener: UnixListener,
-    ep: Endpoint,
-    cfg: Config,
-    tx: mpsc::Sender<Result<BoxConnection>>,
-) {
+/// Accepts sockets and runs each set-up in its own task (see `spawn_setup`).
+async fn accept_loop(listener: UnixListener, ep: Endpoint, cfg: Config, tx: Accepted) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let tx = tx.clone();
                 let ep = ep.clone();
-                tokio::spawn(async move {
-                    match serve_handshake(stream, &ep, cfg).await {
-                        Ok(c) => {
-                            let _ = tx.send(Ok(c)).await;
-                        }
-                        Err(e) => tracing::debug!(error = %e, "shm set-up with a client failed"),
-                    }
-                });
+                spawn_setup(&tx, async move { serve_handshake(stream, &ep, cfg).await });
             }
             Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
             Err(e) => {
@@ -360,7 +305,7 @@ async fn serve_handshake(
     ep: &Endpoint,
     cfg: Config,
 ) -> Result<BoxConnection> {
-    let peer = describe_peer(&stream);
+    let peer = peer_credentials(&stream);
     let uid = stream
         .peer_cred()
         .map_err(|e| Error::io(ep, "read the client's credentials", e))?
@@ -376,25 +321,7 @@ async fn serve_handshake(
             format!("refused a client of uid {uid}"),
         ));
     }
-    let mut hello = [0u8; 8];
-    match tokio::time::timeout(HELLO_TIMEOUT, stream.read_exact(&mut hello)).await {
-        Ok(Ok(_)) if &hello == HELLO => {}
-        Ok(Ok(_)) => {
-            return Err(Error::new(
-                ErrorKind::Protocol,
-                ep,
-                "bad hello from a client",
-            ))
-        }
-        Ok(Err(e)) => return Err(Error::io(ep, "read the client's hello", e)),
-        Err(_) => {
-            return Err(Error::new(
-                ErrorKind::Timeout,
-                ep,
-                "the client said no hello",
-            ))
-        }
-    }
+    read_hello(&mut stream, ep).await?;
     let setup = || -> io::Result<_> {
         let (memfd, map) = create_segment(cfg.capacity)?;
         Ok((
@@ -413,7 +340,7 @@ async fn serve_handshake(
     let mut reply = [0u8; REPLY_LEN];
     reply[..8].copy_from_slice(REPLY_OK);
     reply[8..16].copy_from_slice(&(cfg.capacity as u64).to_le_bytes());
-    reply[16..24].copy_from_slice(&(map.len as u64).to_le_bytes());
+    reply[16..24].copy_from_slice(&(map.len() as u64).to_le_bytes());
     let fds = [
         memfd.as_fd(),
         c_data.as_fd(),
@@ -452,44 +379,6 @@ async fn serve_handshake(
     ))
 }
 
-struct ShmListener {
-    endpoint: Endpoint,
-    rx: mpsc::Receiver<Result<BoxConnection>>,
-    task: tokio::task::JoinHandle<()>,
-    path: PathBuf,
-    ino: Option<(u64, u64)>,
-}
-
-#[async_trait]
-impl Listener for ShmListener {
-    fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
-    }
-
-    async fn accept(&mut self) -> Result<BoxConnection> {
-        match self.rx.recv().await {
-            Some(r) => r,
-            None => Err(Error::new(
-                ErrorKind::Io,
-                &self.endpoint,
-                "the accepting task stopped",
-            )),
-        }
-    }
-}
-
-impl Drop for ShmListener {
-    fn drop(&mut self) {
-        self.task.abort();
-        let still_ours = std::fs::metadata(&self.path)
-            .map(|m| Some((m.dev(), m.ino())) == self.ino)
-            .unwrap_or(false);
-        if still_ours {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
 // ----------------------------------------------------------------------------------------
 // Client.
 
@@ -514,7 +403,7 @@ pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection>
             format!("the listener runs as uid {server_uid}, not as us"),
         ));
     }
-    let peer = describe_peer(&stream);
+    let peer = peer_credentials(&stream);
     stream
         .write_all(HELLO)
         .await

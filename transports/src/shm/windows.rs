@@ -22,12 +22,13 @@
 
 use super::{
     conn::{connection, OsLink},
-    ring::{self, SharedRegion},
+    mapped::{Mapped, Unmap},
+    ring,
+    setup::{read_hello, spawn_setup, Accepted, QueuedListener, HELLO, REPLY_OK},
     Config,
 };
-use ductwork_core::{
-    async_trait, BoxConnection, BoxListener, Endpoint, Error, ErrorKind, Listener, Result,
-};
+use crate::common::windows::{is_not_found, last_error, os_error, owned, pipe_exists, raw};
+use ductwork_core::{BoxConnection, BoxListener, Endpoint, Error, ErrorKind, Result};
 use futures::task::AtomicWaker;
 use std::{
     io,
@@ -42,20 +43,18 @@ use std::{
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::windows::named_pipe::{ClientOptions, NamedPipeServer, PipeMode, ServerOptions},
-    sync::mpsc,
 };
 use windows_sys::Win32::{
     Foundation::{
-        DuplicateHandle, GetLastError, DUPLICATE_SAME_ACCESS, ERROR_ACCESS_DENIED,
-        ERROR_FILE_NOT_FOUND, ERROR_NO_DATA, ERROR_PATH_NOT_FOUND, ERROR_PIPE_BUSY,
-        ERROR_SEM_TIMEOUT, HANDLE, INVALID_HANDLE_VALUE, WAIT_OBJECT_0,
+        DuplicateHandle, DUPLICATE_SAME_ACCESS, ERROR_ACCESS_DENIED, ERROR_NO_DATA,
+        ERROR_PIPE_BUSY, HANDLE, INVALID_HANDLE_VALUE, WAIT_OBJECT_0,
     },
     System::{
         Memory::{
             CreateFileMappingW, MapViewOfFile, UnmapViewOfFile, FILE_MAP_ALL_ACCESS,
             MEMORY_MAPPED_VIEW_ADDRESS, PAGE_READWRITE,
         },
-        Pipes::{GetNamedPipeClientProcessId, GetNamedPipeServerProcessId, WaitNamedPipeW},
+        Pipes::{GetNamedPipeClientProcessId, GetNamedPipeServerProcessId},
         Threading::{
             CreateEventW, GetCurrentProcess, OpenProcess, SetEvent, WaitForMultipleObjects,
             INFINITE, PROCESS_DUP_HANDLE, PROCESS_SYNCHRONIZE,
@@ -63,90 +62,45 @@ use windows_sys::Win32::{
     },
 };
 
-const HELLO: &[u8; 8] = b"DWSHMhi1";
-const REPLY_OK: &[u8; 8] = b"DWSHMok1";
 const REPLY_LEN: usize = 64;
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn pipe_path(ep: &Endpoint) -> String {
     format!(r"\\.\pipe\ductwork-shm-{}", ep.address())
 }
 
-fn os_error(e: &io::Error) -> Option<u32> {
-    e.raw_os_error().map(|c| c as u32)
-}
-
-fn last_error() -> io::Error {
-    io::Error::last_os_error()
-}
-
-/// Takes ownership of a handle a Win32 call returned, or the last error if it failed.
-fn owned(h: HANDLE) -> io::Result<OwnedHandle> {
-    if h.is_null() || h == INVALID_HANDLE_VALUE {
-        Err(last_error())
-    } else {
-        // SAFETY: `h` is a fresh, valid handle that nothing else owns.
-        Ok(unsafe { OwnedHandle::from_raw_handle(h as RawHandle) })
-    }
-}
-
-fn raw(h: &OwnedHandle) -> HANDLE {
-    h.as_raw_handle() as HANDLE
-}
-
 // ----------------------------------------------------------------------------------------
 // The mapping.
 
-struct View {
-    ptr: *mut u8,
-    len: usize,
-    /// Keeps the section alive as long as the view (the view alone would too; explicit).
-    _section: OwnedHandle,
+/// A view of a section.
+type View = Mapped<Section>;
+
+/// Unmaps a view with `UnmapViewOfFile`, then closes the section.
+struct Section {
+    /// Kept open as long as the view (the view alone would keep the section alive too;
+    /// explicit).
+    _handle: OwnedHandle,
 }
 
-// SAFETY: plain shared memory, only accessed through atomics and raw copies (ring.rs).
-unsafe impl Send for View {}
-// SAFETY: as above.
-unsafe impl Sync for View {}
-
-// SAFETY: `ptr` is a live view of `len` bytes (64 KiB-aligned) until drop; sections cannot
-// shrink, so no access within `len` faults.
-unsafe impl SharedRegion for View {
-    fn base(&self) -> *mut u8 {
-        self.ptr
-    }
-    fn len(&self) -> usize {
-        self.len
+impl Unmap for Section {
+    fn unmap(&mut self, ptr: *mut u8, _len: usize) {
+        // SAFETY: `Mapped` calls this once, for the view `map_view` mapped, when nothing uses
+        // it any more.
+        unsafe { UnmapViewOfFile(MEMORY_MAPPED_VIEW_ADDRESS { Value: ptr.cast() }) };
     }
 }
 
-impl View {
-    fn map(section: OwnedHandle, len: usize) -> io::Result<View> {
-        // SAFETY: a valid section handle; the system chooses the address. Fails if the
-        // section is smaller than `len`.
-        let v = unsafe { MapViewOfFile(raw(&section), FILE_MAP_ALL_ACCESS, 0, 0, len) };
-        if v.Value.is_null() {
-            return Err(last_error());
-        }
-        Ok(View {
-            ptr: v.Value.cast(),
-            len,
-            _section: section,
-        })
+/// Maps `len` bytes of `section`; fails if the section is smaller.
+fn map_view(section: OwnedHandle, len: usize) -> io::Result<View> {
+    // SAFETY: a valid section handle; the system chooses the address. Fails if the
+    // section is smaller than `len`.
+    let v = unsafe { MapViewOfFile(raw(&section), FILE_MAP_ALL_ACCESS, 0, 0, len) };
+    if v.Value.is_null() {
+        return Err(last_error());
     }
-}
-
-impl Drop for View {
-    fn drop(&mut self) {
-        // SAFETY: we mapped this view and nothing uses it any more (the rings hold the Arc
-        // that owns us).
-        unsafe {
-            UnmapViewOfFile(MEMORY_MAPPED_VIEW_ADDRESS {
-                Value: self.ptr.cast(),
-            })
-        };
-    }
+    // SAFETY: `v` is a live view of `len` bytes (64 KiB-aligned) until `Section` unmaps it;
+    // sections cannot shrink, so no access within `len` faults.
+    Ok(unsafe { Mapped::new(v.Value.cast(), len, Section { _handle: section }) })
 }
 
 fn create_section(len: usize) -> io::Result<OwnedHandle> {
@@ -368,18 +322,6 @@ fn create_instance(path: &str, first: bool) -> io::Result<NamedPipeServer> {
         .create(path)
 }
 
-/// Whether a pipe of this name exists (Wine ignores `FILE_FLAG_FIRST_PIPE_INSTANCE`, so this
-/// check is what makes `AddrInUse` work there).
-fn pipe_exists(path: &str) -> bool {
-    let name: Vec<u16> = path.encode_utf16().chain(Some(0)).collect();
-    // SAFETY: `name` is NUL-terminated and outlives the call; waits 1 ms at most.
-    if unsafe { WaitNamedPipeW(name.as_ptr(), 1) } != 0 {
-        return true;
-    }
-    // SAFETY: reads this thread's last error; no preconditions.
-    unsafe { GetLastError() == ERROR_SEM_TIMEOUT }
-}
-
 pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
     let path = pipe_path(ep);
     let in_use = || {
@@ -396,21 +338,20 @@ pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
         Some(ERROR_ACCESS_DENIED) | Some(ERROR_PIPE_BUSY) => in_use().with_source(e),
         _ => Error::bind(ep, "create the named pipe", e),
     })?;
-    let (tx, rx) = mpsc::channel(16);
-    let task = tokio::spawn(accept_loop(first, path, ep.clone(), cfg, tx));
-    Ok(Box::new(ShmListener {
-        endpoint: ep.clone(),
-        rx,
-        task,
-    }))
+    let ep2 = ep.clone();
+    Ok(Box::new(QueuedListener::start(ep, Box::new(()), |tx| {
+        accept_loop(first, path, ep2, cfg, tx)
+    })))
 }
 
+/// Keeps one pipe instance waiting, and runs each connected client's set-up in its own task
+/// (see `spawn_setup`).
 async fn accept_loop(
     mut next: NamedPipeServer,
     path: String,
     ep: Endpoint,
     cfg: Config,
-    tx: mpsc::Sender<Result<BoxConnection>>,
+    tx: Accepted,
 ) {
     loop {
         let r = next.connect().await;
@@ -436,16 +377,8 @@ async fn accept_loop(
                 continue;
             }
         }
-        let tx = tx.clone();
         let ep = ep.clone();
-        tokio::spawn(async move {
-            match serve_handshake(conn, &ep, cfg).await {
-                Ok(c) => {
-                    let _ = tx.send(Ok(c)).await;
-                }
-                Err(e) => tracing::debug!(error = %e, "shm set-up with a client failed"),
-            }
-        });
+        spawn_setup(&tx, async move { serve_handshake(conn, &ep, cfg).await });
     }
 }
 
@@ -454,25 +387,7 @@ async fn serve_handshake(
     ep: &Endpoint,
     cfg: Config,
 ) -> Result<BoxConnection> {
-    let mut hello = [0u8; 8];
-    match tokio::time::timeout(HELLO_TIMEOUT, pipe.read_exact(&mut hello)).await {
-        Ok(Ok(_)) if &hello == HELLO => {}
-        Ok(Ok(_)) => {
-            return Err(Error::new(
-                ErrorKind::Protocol,
-                ep,
-                "bad hello from a client",
-            ))
-        }
-        Ok(Err(e)) => return Err(Error::io(ep, "read the client's hello", e)),
-        Err(_) => {
-            return Err(Error::new(
-                ErrorKind::Timeout,
-                ep,
-                "the client said no hello",
-            ))
-        }
-    }
+    read_hello(&mut pipe, ep).await?;
     let mut pid = 0u32;
     // SAFETY: the pipe handle is valid while `pipe` lives; `pid` is valid for a write.
     if unsafe { GetNamedPipeClientProcessId(pipe.as_raw_handle() as HANDLE, &mut pid) } == 0 {
@@ -483,7 +398,7 @@ async fn serve_handshake(
         let len = ring::segment_len(cfg.capacity);
         let section = create_section(len)?;
         let dup_section = dup_into(&client, &section)?;
-        let view = Arc::new(View::map(section, len)?);
+        let view = Arc::new(map_view(section, len)?);
         ring::init_segment(&*view, cfg.capacity);
         let events = [new_event()?, new_event()?, new_event()?, new_event()?];
         let mut values = [dup_section, 0, 0, 0, 0];
@@ -517,36 +432,6 @@ async fn serve_handshake(
     ))
 }
 
-struct ShmListener {
-    endpoint: Endpoint,
-    rx: mpsc::Receiver<Result<BoxConnection>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-#[async_trait]
-impl Listener for ShmListener {
-    fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
-    }
-
-    async fn accept(&mut self) -> Result<BoxConnection> {
-        match self.rx.recv().await {
-            Some(r) => r,
-            None => Err(Error::new(
-                ErrorKind::Io,
-                &self.endpoint,
-                "the accepting task stopped",
-            )),
-        }
-    }
-}
-
-impl Drop for ShmListener {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 // ----------------------------------------------------------------------------------------
 // Client.
 
@@ -560,12 +445,11 @@ pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection>
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             Err(e) => {
-                return Err(match os_error(&e) {
-                    Some(ERROR_FILE_NOT_FOUND) | Some(ERROR_PATH_NOT_FOUND) => {
-                        Error::new(ErrorKind::NotFound, ep, "no listener has this shm name")
-                            .with_source(e)
-                    }
-                    _ => Error::io(ep, "open the listener's pipe", e),
+                return Err(if is_not_found(&e) {
+                    Error::new(ErrorKind::NotFound, ep, "no listener has this shm name")
+                        .with_source(e)
+                } else {
+                    Error::io(ep, "open the listener's pipe", e)
                 })
             }
         }
@@ -619,7 +503,7 @@ pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection>
                 word(16)
             ))
         })?;
-    let view = View::map(section, len)
+    let view = map_view(section, len)
         .map_err(|e| bad(format!("cannot map the announced {len} bytes: {e}")))?;
     let cap = ring::check_segment(&view).map_err(bad)?;
     let link = link(Box::new(pipe), server, c_data, c_space, s_data, s_space)

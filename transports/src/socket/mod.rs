@@ -6,8 +6,7 @@
 //!   small handshake makes `connect` fail clearly when nothing listens. The listener
 //!   demultiplexes peers by address into one connection each. Messages are capped at
 //!   65,506 bytes. Options: `connect_timeout_ms` (default 2000), `max_peers` (default 1024).
-//! - **unix**: like tcp, on one host, at a filesystem path: absolute (`unix:///run/a.sock`) or
-//!   explicitly relative (`unix://./a.sock`); `unix://run/a.sock` is refused as ambiguous. The socket file is made owner-only
+//! - **unix**: like tcp, on one host, at a filesystem path. The socket file is made owner-only
 //!   (`0600`) unless `mode=0660` (octal) widens it; a stale file left by a dead listener is
 //!   replaced, a live one is [`ErrorKind::AddrInUse`](ductwork_core::ErrorKind). Unix only.
 //!
@@ -21,10 +20,97 @@ pub use tcp::Tcp;
 pub use udp::Udp;
 pub use unix::Unix;
 
-#[cfg(feature = "pipe")]
-pub(crate) use unix::local_stream_caps;
 #[cfg(all(unix, feature = "pipe"))]
 pub(crate) use unix::{bind_path, connect_path};
+
+use ductwork_core::{
+    async_trait, Accept, Boundaries, BoxConnection, Capabilities, Delivery, Direction, Endpoint,
+    Error, Listener, Reach, Result,
+};
+use std::{future::Future, io};
+
+/// Capabilities of a framed byte stream (tcp, unix, and pipe) with the given reach.
+pub(crate) fn stream_caps(ep: &Endpoint, reach: Reach) -> Result<Capabilities> {
+    Ok(Capabilities {
+        direction: Direction::Duplex,
+        delivery: Delivery::Reliable,
+        ordered: true,
+        boundaries: Boundaries::FramedBytes,
+        max_message: ep.max_frame()?,
+        reach,
+        peer_loss: true,
+        accept: Accept::PerPeer,
+    })
+}
+
+/// A bound stream socket (TCP, Unix) that accepts clients.
+pub(crate) trait StreamSource: Send + Sync + 'static {
+    /// One client's stream.
+    type Stream;
+    /// Waits for the next client.
+    fn accept_stream(&self) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+}
+
+/// Implements [`StreamSource`] for a tokio listener type and its stream type.
+macro_rules! stream_source {
+    ($listener:ty => $stream:ty) => {
+        impl $crate::socket::StreamSource for $listener {
+            type Stream = $stream;
+
+            async fn accept_stream(&self) -> std::io::Result<$stream> {
+                Ok(self.accept().await?.0)
+            }
+        }
+    };
+}
+use stream_source;
+
+/// Makes a connection of an accepted stream, for the listener's endpoint.
+type Wrap<S> = Box<dyn Fn(S, Endpoint) -> BoxConnection + Send>;
+
+/// The listener of the stream transports (tcp, unix): accepts a stream, wraps it.
+pub(crate) struct StreamListener<L: StreamSource> {
+    listener: L,
+    endpoint: Endpoint,
+    wrap: Wrap<L::Stream>,
+    /// Whatever must live as long as the listener (the socket file's guard for unix).
+    _keep: Box<dyn Send>,
+}
+
+impl<L: StreamSource> StreamListener<L> {
+    /// A listener on `listener`, known as `endpoint`; `keep` lives as long as it.
+    pub(crate) fn new(
+        listener: L,
+        endpoint: Endpoint,
+        wrap: impl Fn(L::Stream, Endpoint) -> BoxConnection + Send + 'static,
+        keep: Box<dyn Send>,
+    ) -> StreamListener<L> {
+        StreamListener {
+            listener,
+            endpoint,
+            wrap: Box::new(wrap),
+            _keep: keep,
+        }
+    }
+}
+
+#[async_trait]
+impl<L: StreamSource> Listener for StreamListener<L> {
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    async fn accept(&mut self) -> Result<BoxConnection> {
+        loop {
+            match self.listener.accept_stream().await {
+                Ok(stream) => return Ok((self.wrap)(stream, self.endpoint.clone())),
+                // A client that gave up before we accepted it is no reason to fail.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(e) => return Err(Error::io(&self.endpoint, "accept", e)),
+            }
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -1,11 +1,11 @@
 //! `tcp://host:port`: framed TCP streams.
 
-use crate::framed::{ByteStream, FramedConnection};
+use super::{stream_caps, stream_source, StreamListener};
+use crate::common::framed::{byte_stream, framed};
 use ductwork_core::{
-    async_trait, Accept, Boundaries, BoxConnection, BoxListener, Capabilities, ConnectionInfo,
-    Delivery, Direction, Endpoint, Error, Listener, Reach, Result, Transport,
+    async_trait, BoxConnection, BoxListener, Capabilities, Endpoint, Error, Reach, Result,
+    Transport,
 };
-use std::io;
 use tokio::net::{TcpListener, TcpStream};
 
 const OPTIONS: &[&str] = &["nodelay"];
@@ -14,27 +14,29 @@ const OPTIONS: &[&str] = &["nodelay"];
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Tcp;
 
-impl ByteStream for TcpStream {
-    fn try_write_now(&self, buf: &[u8]) -> io::Result<usize> {
-        self.try_write(buf)
-    }
+byte_stream!(TcpStream);
+stream_source!(TcpListener => TcpStream);
+
+/// Settings read from a `tcp://` endpoint.
+struct Config {
+    caps: Capabilities,
+    /// `nodelay` (default `true`: small messages leave at once).
+    nodelay: bool,
 }
 
-fn nodelay(ep: &Endpoint) -> Result<bool> {
-    Ok(ep.parse_option::<bool>("nodelay")?.unwrap_or(true))
+impl Config {
+    fn new(ep: &Endpoint) -> Result<Config> {
+        Ok(Config {
+            caps: Tcp.capabilities(ep)?,
+            nodelay: ep.parse_option::<bool>("nodelay")?.unwrap_or(true),
+        })
+    }
 }
 
 fn wrap(stream: TcpStream, endpoint: Endpoint, caps: Capabilities, nodelay: bool) -> BoxConnection {
     let _ = stream.set_nodelay(nodelay);
     let peer = stream.peer_addr().ok().map(|a| a.to_string());
-    Box::new(FramedConnection::new(
-        stream,
-        ConnectionInfo {
-            endpoint,
-            peer,
-            capabilities: caps,
-        },
-    ))
+    framed(stream, endpoint, peer, caps)
 }
 
 #[async_trait]
@@ -50,73 +52,30 @@ impl Transport for Tcp {
     fn capabilities(&self, ep: &Endpoint) -> Result<Capabilities> {
         ep.check_options(OPTIONS)?;
         ep.host_port()?; // "missing port" here, not the OS's "invalid socket address" later
-        Ok(Capabilities {
-            direction: Direction::Duplex,
-            delivery: Delivery::Reliable,
-            ordered: true,
-            boundaries: Boundaries::FramedBytes,
-            max_message: ep.max_frame()?,
-            reach: Reach::Network,
-            peer_loss: true,
-            accept: Accept::PerPeer,
-        })
+        stream_caps(ep, Reach::Network)
     }
 
     async fn bind(&self, ep: &Endpoint) -> Result<BoxListener> {
-        let caps = self.capabilities(ep)?;
-        let nodelay = nodelay(ep)?;
+        let Config { caps, nodelay } = Config::new(ep)?;
         let listener = TcpListener::bind(ep.address())
             .await
             .map_err(|e| Error::bind(ep, "", e))?;
         let local = listener
             .local_addr()
             .map_err(|e| Error::io(ep, "local address", e))?;
-        Ok(Box::new(TcpListen {
+        Ok(Box::new(StreamListener::new(
             listener,
-            endpoint: ep.with_address(local.to_string()),
-            caps,
-            nodelay,
-        }))
+            ep.with_address(local.to_string()),
+            move |stream, endpoint| wrap(stream, endpoint, caps.clone(), nodelay),
+            Box::new(()),
+        )))
     }
 
     async fn connect(&self, ep: &Endpoint) -> Result<BoxConnection> {
-        let caps = self.capabilities(ep)?;
-        let nodelay = nodelay(ep)?;
+        let cfg = Config::new(ep)?;
         let stream = TcpStream::connect(ep.address())
             .await
             .map_err(|e| Error::io(ep, "connect", e))?;
-        Ok(wrap(stream, ep.clone(), caps, nodelay))
-    }
-}
-
-struct TcpListen {
-    listener: TcpListener,
-    endpoint: Endpoint,
-    caps: Capabilities,
-    nodelay: bool,
-}
-
-#[async_trait]
-impl Listener for TcpListen {
-    fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
-    }
-
-    async fn accept(&mut self) -> Result<BoxConnection> {
-        loop {
-            match self.listener.accept().await {
-                Ok((stream, _)) => {
-                    return Ok(wrap(
-                        stream,
-                        self.endpoint.clone(),
-                        self.caps.clone(),
-                        self.nodelay,
-                    ))
-                }
-                // A client that gave up before we accepted it is no reason to fail.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
-                Err(e) => return Err(Error::io(&self.endpoint, "accept", e)),
-            }
-        }
+        Ok(wrap(stream, ep.clone(), cfg.caps, cfg.nodelay))
     }
 }

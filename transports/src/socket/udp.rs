@@ -8,13 +8,14 @@
 //! would drop them in the kernel. Datagrams with an unknown tag, or data from an address that
 //! never said hello, are dropped and logged.
 
+use crate::common::datagram::{datagram_sink, DatagramSend, Outbox};
 use bytes::{BufMut, Bytes, BytesMut};
 use ductwork_core::{
     async_trait, Accept, Boundaries, BoxConnection, BoxListener, Capabilities, Connection,
     ConnectionInfo, Delivery, Direction, Endpoint, Error, ErrorKind, Listener, Reach, Result,
     Transport,
 };
-use futures::{ready, Sink, Stream};
+use futures::{ready, Stream};
 use std::{
     collections::HashMap,
     io,
@@ -133,8 +134,7 @@ impl Transport for Udp {
                 peer: Some(target.to_string()),
                 capabilities: caps,
             },
-            pending: None,
-            bye_sent: false,
+            outbox: Outbox::default(),
             peer_left: false,
             read_done: false,
             _task: None,
@@ -216,6 +216,20 @@ enum Incoming {
     Bye,
 }
 
+/// The listener's socket task: its state, and one method per datagram tag.
+struct Server {
+    sock: Arc<UdpSocket>,
+    endpoint: Endpoint,
+    caps: Capabilities,
+    max_peers: usize,
+    accept_tx: mpsc::Sender<BoxConnection>,
+    /// Lets each accepted connection keep this task alive (see `AbortOnDrop`).
+    task_guard: Weak<AbortOnDrop>,
+    peers: HashMap<SocketAddr, mpsc::Sender<Incoming>>,
+    /// Datagrams dropped because a receiver was slow, for the log.
+    dropped: u64,
+}
+
 async fn serve(
     sock: Arc<UdpSocket>,
     endpoint: Endpoint,
@@ -225,11 +239,19 @@ async fn serve(
     guard_rx: oneshot::Receiver<Weak<AbortOnDrop>>,
 ) {
     let task_guard = guard_rx.await.unwrap_or_default();
-    let mut peers: HashMap<SocketAddr, mpsc::Sender<Incoming>> = HashMap::new();
+    let mut server = Server {
+        sock,
+        endpoint,
+        caps,
+        max_peers,
+        accept_tx,
+        task_guard,
+        peers: HashMap::new(),
+        dropped: 0,
+    };
     let mut buf = vec![0u8; RECV_BUF];
-    let mut dropped: u64 = 0;
     loop {
-        let (n, from) = match sock.recv_from(&mut buf).await {
+        let (n, from) = match server.sock.recv_from(&mut buf).await {
             Ok(x) => x,
             // Windows reports an earlier send's ICMP error on the next receive; not fatal.
             Err(e)
@@ -241,7 +263,7 @@ async fn serve(
                 continue
             }
             Err(e) => {
-                tracing::warn!(endpoint = %endpoint, error = %e, "udp receive failed");
+                tracing::warn!(endpoint = %server.endpoint, error = %e, "udp receive failed");
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
@@ -250,72 +272,82 @@ async fn serve(
             continue;
         }
         match buf[0] {
-            TAG_HELLO => {
-                if !peers.contains_key(&from) {
-                    if peers.len() >= max_peers {
-                        peers.retain(|_, tx| !tx.is_closed());
-                    }
-                    if peers.len() >= max_peers {
-                        tracing::warn!(endpoint = %endpoint, %from, max_peers, "udp peer refused: too many peers");
-                        continue;
-                    }
-                    // Reserve the accept slot first (a connection dropped for lack of room
-                    // would say bye to a peer that was never welcomed), then welcome, then hand
-                    // the connection over: once accepted the application may send data, which
-                    // must not overtake the welcome.
-                    let Ok(permit) = accept_tx.try_reserve() else {
-                        // The accept queue is full or the listener is gone: the peer retries.
-                        continue;
-                    };
-                    let (tx, rx) = mpsc::channel(PEER_QUEUE);
-                    let conn = UdpConn {
-                        early: None,
-                        sock: sock.clone(),
-                        to: Some(from),
-                        rx: Rx::Queue(rx),
-                        info: ConnectionInfo {
-                            endpoint: endpoint.clone(),
-                            peer: Some(from.to_string()),
-                            capabilities: caps.clone(),
-                        },
-                        pending: None,
-                        bye_sent: false,
-                        peer_left: false,
-                        read_done: false,
-                        _task: task_guard.upgrade(),
-                    };
-                    let _ = sock.send_to(&[TAG_WELCOME], from).await;
-                    permit.send(Box::new(conn));
-                    peers.insert(from, tx);
-                    continue;
-                }
-                let _ = sock.send_to(&[TAG_WELCOME], from).await;
-            }
-            TAG_DATA => {
-                let Some(tx) = peers.get(&from) else {
-                    tracing::debug!(endpoint = %endpoint, %from, "udp data from an unknown peer dropped");
-                    continue;
-                };
-                match tx.try_send(Incoming::Data(Bytes::copy_from_slice(&buf[1..n]))) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        dropped += 1;
-                        if dropped.is_power_of_two() {
-                            tracing::warn!(endpoint = %endpoint, %from, dropped, "udp receiver is slow: datagrams dropped");
-                        }
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
-                        peers.remove(&from);
-                    }
-                }
-            }
+            TAG_HELLO => server.on_hello(from).await,
+            TAG_DATA => server.on_data(from, &buf[1..n]),
             TAG_BYE => {
-                if let Some(tx) = peers.remove(&from) {
+                if let Some(tx) = server.peers.remove(&from) {
                     let _ = tx.try_send(Incoming::Bye);
                 }
             }
             tag => {
-                tracing::debug!(endpoint = %endpoint, %from, tag, "udp datagram with an unknown tag dropped");
+                tracing::debug!(endpoint = %server.endpoint, %from, tag, "udp datagram with an unknown tag dropped");
+            }
+        }
+    }
+}
+
+impl Server {
+    /// A new peer gets a connection (within `max_peers`); a known one said hello again
+    /// because our welcome was lost: welcome it again.
+    async fn on_hello(&mut self, from: SocketAddr) {
+        if self.peers.contains_key(&from) {
+            let _ = self.sock.send_to(&[TAG_WELCOME], from).await;
+            return;
+        }
+        if self.peers.len() >= self.max_peers {
+            self.peers.retain(|_, tx| !tx.is_closed());
+        }
+        if self.peers.len() >= self.max_peers {
+            let (endpoint, max_peers) = (&self.endpoint, self.max_peers);
+            tracing::warn!(endpoint = %endpoint, %from, max_peers, "udp peer refused: too many peers");
+            return;
+        }
+        // Reserve the accept slot first (a connection dropped for lack of room would say bye
+        // to a peer that was never welcomed), then welcome, then hand the connection over:
+        // once accepted the application may send data, which must not overtake the welcome.
+        let Ok(permit) = self.accept_tx.try_reserve() else {
+            // The accept queue is full or the listener is gone: the peer retries.
+            return;
+        };
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        let conn = UdpConn {
+            early: None,
+            sock: self.sock.clone(),
+            to: Some(from),
+            rx: Rx::Queue(rx),
+            info: ConnectionInfo {
+                endpoint: self.endpoint.clone(),
+                peer: Some(from.to_string()),
+                capabilities: self.caps.clone(),
+            },
+            outbox: Outbox::default(),
+            peer_left: false,
+            read_done: false,
+            _task: self.task_guard.upgrade(),
+        };
+        let _ = self.sock.send_to(&[TAG_WELCOME], from).await;
+        permit.send(Box::new(conn));
+        self.peers.insert(from, tx);
+    }
+
+    /// Queues a data datagram for its peer's connection, or drops it (unknown peer, or a
+    /// receiver too slow to keep its queue from filling).
+    fn on_data(&mut self, from: SocketAddr, payload: &[u8]) {
+        let Some(tx) = self.peers.get(&from) else {
+            tracing::debug!(endpoint = %self.endpoint, %from, "udp data from an unknown peer dropped");
+            return;
+        };
+        match tx.try_send(Incoming::Data(Bytes::copy_from_slice(payload))) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.dropped += 1;
+                if self.dropped.is_power_of_two() {
+                    let (endpoint, dropped) = (&self.endpoint, self.dropped);
+                    tracing::warn!(endpoint = %endpoint, %from, dropped, "udp receiver is slow: datagrams dropped");
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.peers.remove(&from);
             }
         }
     }
@@ -358,8 +390,8 @@ struct UdpConn {
     to: Option<SocketAddr>,
     rx: Rx,
     info: ConnectionInfo,
-    pending: Option<Bytes>,
-    bye_sent: bool,
+    /// The datagram waiting for the socket; closed once we said bye.
+    outbox: Outbox,
     /// The peer said bye: it is gone, so we send no bye back. A datagram to its closed port
     /// would only bounce, and under Wine a bounce wedges the listener's shared socket.
     peer_left: bool,
@@ -464,53 +496,37 @@ impl Stream for UdpConn {
     }
 }
 
-impl Sink<Bytes> for UdpConn {
-    type Error = Error;
-
-    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        if self.bye_sent {
-            return Poll::Ready(Err(Error::new(
-                ErrorKind::Closed,
-                &self.info.endpoint,
-                "send after close",
-            )));
-        }
-        self.poll_flush(cx)
+impl DatagramSend for UdpConn {
+    fn outbox(&mut self) -> &mut Outbox {
+        &mut self.outbox
     }
 
-    fn start_send(mut self: Pin<&mut Self>, item: Bytes) -> Result<()> {
-        ductwork_codec::check_len(item.len(), self.info.capabilities.max_message)
-            .map_err(|e| Error::codec(&self.info.endpoint, e))?;
-        let mut d = BytesMut::with_capacity(item.len() + 1);
+    fn poll_send_datagram(&mut self, cx: &mut Context<'_>, d: &Bytes) -> Poll<Result<()>> {
+        let r = ready!(self.poll_send_raw(cx, d));
+        Poll::Ready(r.map(drop).map_err(|e| self.lost(e)))
+    }
+
+    fn datagram(&self, frame: Bytes) -> Bytes {
+        let mut d = BytesMut::with_capacity(frame.len() + 1);
         d.put_u8(TAG_DATA);
-        d.put_slice(&item);
-        self.pending = Some(d.freeze());
-        Ok(())
+        d.put_slice(&frame);
+        d.freeze()
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        if let Some(d) = self.pending.clone() {
-            let r = ready!(self.poll_send_raw(cx, &d));
-            self.pending = None;
-            r.map_err(|e| self.lost(e))?;
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        ready!(self.as_mut().poll_flush(cx))?;
-        if !self.bye_sent && !self.peer_left {
+    fn poll_goodbye(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.peer_left {
             // Best effort, like everything on UDP.
             let _ = ready!(self.poll_send_raw(cx, &[TAG_BYE]));
         }
-        self.bye_sent = true;
-        Poll::Ready(Ok(()))
+        Poll::Ready(())
     }
 }
 
+datagram_sink!(UdpConn);
+
 impl Drop for UdpConn {
     fn drop(&mut self) {
-        if !self.bye_sent && !self.peer_left {
+        if !self.outbox.is_closed() && !self.peer_left {
             let _ = match self.to {
                 Some(to) => self.sock.try_send_to(&[TAG_BYE], to),
                 None => self.sock.try_send(&[TAG_BYE]),

@@ -36,7 +36,7 @@ impl Security {
     pub(crate) fn owner_only() -> io::Result<Security> {
         let sid = current_user_sid()?;
         let sddl = format!("D:P(A;;GA;;;{sid})(A;;GA;;;SY)");
-        let wide: Vec<u16> = sddl.encode_utf16().chain(Some(0)).collect();
+        let wide = super::wide(&sddl);
         let mut sd: PSECURITY_DESCRIPTOR = ptr::null_mut();
         // SAFETY: `wide` is NUL-terminated and outlives the call; `sd` is valid for a write;
         // the size out-parameter may be null.
@@ -49,7 +49,7 @@ impl Security {
             )
         };
         if ok == 0 {
-            return Err(io::Error::last_os_error());
+            return Err(super::last_error());
         }
         Ok(Security {
             sd,
@@ -58,6 +58,14 @@ impl Security {
                 lpSecurityDescriptor: sd,
                 bInheritHandle: 0,
             },
+        })
+    }
+
+    /// [`owner_only`](Security::owner_only), failing as `ep`'s error.
+    #[cfg_attr(not(any(feature = "pipe", feature = "mailslot")), allow(dead_code))]
+    pub(crate) fn owner_only_for(ep: &ductwork_core::Endpoint) -> ductwork_core::Result<Security> {
+        Security::owner_only().map_err(|e| {
+            ductwork_core::Error::io(ep, "build the owner-only security descriptor", e)
         })
     }
 
@@ -81,7 +89,7 @@ fn current_user_sid() -> io::Result<String> {
     // SAFETY: GetCurrentProcess returns a pseudo-handle that needs no closing; `token` is
     // valid for a write.
     if unsafe { OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &mut token) } == 0 {
-        return Err(io::Error::last_os_error());
+        return Err(super::last_error());
     }
     let result = token_user_sid(token);
     // SAFETY: `token` was opened above, is closed once and not used afterwards.
@@ -94,14 +102,14 @@ fn token_user_sid(token: HANDLE) -> io::Result<String> {
     // SAFETY: a size query: null buffer with length 0; `len` is valid for a write.
     unsafe { GetTokenInformation(token, TokenUser, ptr::null_mut(), 0, &mut len) };
     if len == 0 {
-        return Err(io::Error::last_os_error());
+        return Err(super::last_error());
     }
     // u64 elements keep the buffer aligned for TOKEN_USER.
     let mut buf = vec![0u64; (len as usize).div_ceil(8)];
     // SAFETY: `buf` is valid for `len` bytes (rounded up) and suitably aligned.
     if unsafe { GetTokenInformation(token, TokenUser, buf.as_mut_ptr().cast(), len, &mut len) } == 0
     {
-        return Err(io::Error::last_os_error());
+        return Err(super::last_error());
     }
     // SAFETY: GetTokenInformation(TokenUser) filled `buf` with a TOKEN_USER, whose SID pointer
     // points into `buf`, which lives until the end of this function.
@@ -109,7 +117,7 @@ fn token_user_sid(token: HANDLE) -> io::Result<String> {
     let mut s: *mut u16 = ptr::null_mut();
     // SAFETY: `sid` is a valid SID (see above); `s` is valid for a write.
     if unsafe { ConvertSidToStringSidW(sid, &mut s) } == 0 {
-        return Err(io::Error::last_os_error());
+        return Err(super::last_error());
     }
     // SAFETY: on success `s` is a NUL-terminated UTF-16 string allocated with LocalAlloc; we
     // read up to the NUL, copy it, and free it once.

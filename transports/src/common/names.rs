@@ -2,17 +2,12 @@
 //! the Unix private directory).
 //!
 //! A name is the last part of the endpoint address. It becomes part of a file name on Unix
-//! (`pipe-<name>.sock` in a private directory, see [`unix`]) and part of an object name on
+//! (`pipe-<name>.sock` in a private directory, see `common::unix`) and part of an object name on
 //! Windows (`\\.\pipe\ductwork-<name>`, `\\.\mailslot\ductwork\<name>`), so the rules are the
 //! strictest of both: 1 to [`MAX_NAME`] bytes, no `/`, `\`, NUL or control characters, and not
 //! `.` or `..`.
 
 use ductwork_core::{Endpoint, Error, ErrorKind, Result};
-
-#[cfg(unix)]
-pub(crate) mod unix;
-#[cfg(windows)]
-pub(crate) mod windows;
 
 /// The longest name, in bytes. Unix socket paths are limited to 107 bytes, and the private
 /// directory plus prefix and suffix take about 30 of them.

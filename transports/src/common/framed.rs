@@ -7,7 +7,10 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ductwork_codec::{check_len, CodecError, Frame, FrameCodec, CLOSE_MARKER, HEADER_LEN};
-use ductwork_core::{Connection, ConnectionInfo, Error, ErrorKind, FrameWriter, Result};
+use ductwork_core::{
+    BoxConnection, Capabilities, Connection, ConnectionInfo, Endpoint, Error, ErrorKind,
+    FrameWriter, Result,
+};
 use futures::{ready, Sink, Stream};
 use std::{
     io,
@@ -32,6 +35,21 @@ pub(crate) trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     fn try_write_now(&self, buf: &[u8]) -> io::Result<usize>;
 }
 
+/// Implements [`ByteStream`] for tokio stream types, whose inherent `try_write` writes
+/// without waiting (sockets, named pipes).
+macro_rules! byte_stream {
+    ($($t:ty),+) => {
+        $(
+            impl $crate::common::framed::ByteStream for $t {
+                fn try_write_now(&self, buf: &[u8]) -> std::io::Result<usize> {
+                    self.try_write(buf)
+                }
+            }
+        )+
+    };
+}
+pub(crate) use byte_stream;
+
 /// A connection over a byte stream. See the module docs.
 ///
 /// Reading and writing are done here rather than through tokio-util's `Framed`. Writes go
@@ -52,6 +70,23 @@ pub(crate) struct FramedConnection<S: ByteStream> {
     /// The peer sent its close marker: it reads no more, so failing to deliver our own close
     /// marker to it is not an error.
     peer_closed: bool,
+}
+
+/// A boxed framed connection over `stream`: what every byte-stream transport hands out.
+pub(crate) fn framed(
+    stream: impl ByteStream,
+    endpoint: Endpoint,
+    peer: Option<String>,
+    capabilities: Capabilities,
+) -> BoxConnection {
+    Box::new(FramedConnection::new(
+        stream,
+        ConnectionInfo {
+            endpoint,
+            peer,
+            capabilities,
+        },
+    ))
 }
 
 impl<S: ByteStream> FramedConnection<S> {

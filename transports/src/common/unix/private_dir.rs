@@ -86,7 +86,8 @@ fn check_dir(ep: &Endpoint, dir: &Path) -> Result<()> {
 }
 
 /// The socket path for `<prefix>-<name>.sock` in the private directory, checked against the
-/// Unix socket path limit. `name` must have passed [`super::check_name`].
+/// Unix socket path limit. `name` must have passed
+/// [`check_name`](crate::common::names::check_name).
 pub(crate) fn socket_path(ep: &Endpoint, prefix: &str, name: &str) -> Result<PathBuf> {
     socket_path_in(ep, &private_dir(ep)?, prefix, name)
 }

@@ -1,0 +1,20 @@
+//! `copydata://` off Windows: every operation is `Unsupported`.
+
+use super::Config;
+use ductwork_core::{BoxConnection, BoxListener, Endpoint, Error, ErrorKind, Result};
+
+fn unsupported(ep: &Endpoint) -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        ep,
+        "copydata:// is Windows only (WM_COPYDATA window messages)",
+    )
+}
+
+pub(super) async fn bind(ep: &Endpoint, _cfg: Config) -> Result<BoxListener> {
+    Err(unsupported(ep))
+}
+
+pub(super) async fn connect(ep: &Endpoint, _cfg: Config) -> Result<BoxConnection> {
+    Err(unsupported(ep))
+}
