@@ -3,8 +3,9 @@
 //! Every await that depends on the peer has a deadline: a hang is a failure with a message,
 //! never a stuck test run.
 
-use crate::roles::{runtime, Msg};
+use crate::roles::Msg;
 use crate::subjects::Subject;
+use crate::support::{self, child::Child};
 use bytes::Bytes;
 use ductwork_core::{
     Accept, BoxConnection, Capabilities, Channel, Direction, Endpoint, ErrorKind,
@@ -14,17 +15,12 @@ use futures::{SinkExt, StreamExt};
 use std::{
     collections::HashMap,
     future::Future,
-    process::Stdio,
     sync::{Mutex, OnceLock},
     time::Duration,
 };
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-};
 
 /// Generous: the first process in a fresh Wine prefix can take many seconds to start.
-const PEER_DEADLINE: Duration = Duration::from_secs(90);
+const PEER_DEADLINE: Duration = support::DEADLINE;
 
 type Check = fn(&Capabilities) -> Result<(), &'static str>;
 
@@ -164,7 +160,7 @@ pub fn applies(subject: &Subject, case: &Case) -> Result<(), String> {
 fn probe(subject: &Subject) -> Result<Capabilities, String> {
     let ep = endpoint(subject, "probe");
     let caps = ductwork_transports::capabilities(&ep).map_err(|e| e.to_string())?;
-    runtime().block_on(async {
+    support::runtime().block_on(async {
         match ductwork_transports::bind(&ep).await {
             Ok(_) => Ok(caps),
             Err(e) if e.kind() == ErrorKind::Unsupported => Err(e.detail().to_string()),
@@ -174,18 +170,13 @@ fn probe(subject: &Subject) -> Result<Capabilities, String> {
 }
 
 fn endpoint(subject: &Subject, case: &str) -> Endpoint {
-    let unique = format!(
-        "{}-{}-{}",
-        std::process::id(),
-        subject.name,
-        case.replace('_', "-")
-    );
-    Endpoint::parse(&(subject.endpoint)(&unique)).expect("subject endpoint parses")
+    let unique = support::unique(&format!("conf-{}-{}", subject.name, case.replace('_', "-")));
+    Endpoint::parse(&subject.endpoint(&unique)).expect("subject endpoint parses")
 }
 
 /// Runs a case body on a fresh runtime with an overall deadline.
 fn run<F: Future<Output = Result<(), String>>>(limit: u64, f: F) -> Result<(), String> {
-    runtime().block_on(async {
+    support::runtime().block_on(async {
         tokio::time::timeout(Duration::from_secs(limit), f)
             .await
             .unwrap_or_else(|_| Err(format!("case did not finish within {limit} s")))
@@ -193,87 +184,26 @@ fn run<F: Future<Output = Result<(), String>>>(limit: u64, f: F) -> Result<(), S
 }
 
 async fn within<T>(what: &str, d: Duration, f: impl Future<Output = T>) -> Result<T, String> {
-    tokio::time::timeout(d, f)
-        .await
-        .map_err(|_| format!("{what}: no result within {} s (hang)", d.as_secs()))
+    support::within(what, d, f).await
 }
 
 fn e2s(e: ductwork_core::Error) -> String {
     e.to_string()
 }
 
-/// A child process playing a role (see `roles.rs`).
-struct Peer {
-    child: Child,
-    role: String,
+/// A peer process playing a role of `roles.rs`: the endpoint, then the role's arguments.
+fn spawn_peer(role: &str, ep: &Endpoint, args: &[String]) -> Result<Child, String> {
+    let all: Vec<String> = std::iter::once(ep.to_string())
+        .chain(args.iter().cloned())
+        .collect();
+    Child::spawn(role, &all)
 }
 
-impl Peer {
-    fn spawn(role: &str, ep: &Endpoint, args: &[String]) -> Result<Peer, String> {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let child = Command::new(exe)
-            .arg("--dw-child")
-            .arg(role)
-            .arg(ep.to_string())
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("spawn child {role}: {e}"))?;
-        Ok(Peer {
-            child,
-            role: role.into(),
-        })
-    }
-
-    /// Spawns a listener role and waits for its `READY <endpoint>` line.
-    async fn listener(
-        role: &str,
-        ep: &Endpoint,
-        args: &[String],
-    ) -> Result<(Peer, Endpoint), String> {
-        let mut p = Peer::spawn(role, ep, args)?;
-        let out = p.child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(out).lines();
-        let line = within(
-            &format!("child {role} READY"),
-            PEER_DEADLINE,
-            lines.next_line(),
-        )
-        .await?
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("child {role} exited before it was ready"))?;
-        let bound = line
-            .strip_prefix("READY ")
-            .ok_or_else(|| format!("child {role} said {line:?}"))?;
-        Ok((p, Endpoint::parse(bound).map_err(e2s)?))
-    }
-
-    /// Closes the child's stdin (listener roles exit then) and waits for a successful exit.
-    async fn finish(mut self) -> Result<(), String> {
-        drop(self.child.stdin.take());
-        let status = within(
-            &format!("child {} exit", self.role),
-            PEER_DEADLINE,
-            self.child.wait(),
-        )
-        .await?
-        .map_err(|e| e.to_string())?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(format!("child {} failed: {status}", self.role))
-        }
-    }
-
-    async fn kill(&mut self) -> Result<(), String> {
-        self.child
-            .kill()
-            .await
-            .map_err(|e| format!("kill child: {e}"))
-    }
+/// Spawns a listener role and waits until it announced the endpoint it bound.
+async fn listener(role: &str, ep: &Endpoint, args: &[String]) -> Result<(Child, Endpoint), String> {
+    let mut p = spawn_peer(role, ep, args)?;
+    let bound = p.ready().await?;
+    Ok((p, Endpoint::parse(&bound).map_err(e2s)?))
 }
 
 async fn accept(l: &mut ductwork_core::BoxListener) -> Result<BoxConnection, String> {
@@ -291,7 +221,7 @@ async fn recv_msg(ch: &mut Channel<Msg>) -> Result<Option<Msg>, String> {
 /// Typed messages of several sizes come back unchanged from an echo server in another process.
 fn round_trip(s: &Subject) -> Result<(), String> {
     run(120, async {
-        let (peer, ep) = Peer::listener("echo-server", &endpoint(s, "round_trip"), &[]).await?;
+        let (peer, ep) = listener("echo-server", &endpoint(s, "round_trip"), &[]).await?;
         let conn = within("connect", PEER_DEADLINE, ductwork_transports::connect(&ep))
             .await?
             .map_err(e2s)?;
@@ -325,7 +255,7 @@ fn one_way_delivery(s: &Subject) -> Result<(), String> {
             .map_err(e2s)?;
         let caps = ductwork_transports::capabilities(l.endpoint()).map_err(e2s)?;
         let mut ch: Channel<Msg> = Channel::new(accept(&mut l).await?);
-        let peer = Peer::spawn(
+        let peer = spawn_peer(
             "send-close",
             l.endpoint(),
             &["3".into(), "1000".into(), "100".into()],
@@ -356,7 +286,7 @@ fn ordered_100k(s: &Subject) -> Result<(), String> {
             .map_err(e2s)?
             .accept
             == Accept::Shared;
-        let peer = Peer::spawn(
+        let peer = spawn_peer(
             "send-close",
             l.endpoint(),
             &["1".into(), N.to_string(), "16".into()],
@@ -389,7 +319,7 @@ fn max_size(s: &Subject) -> Result<(), String> {
         if caps.direction == Direction::OneWay {
             let mut l = ductwork_transports::bind(&ep).await.map_err(e2s)?;
             let mut c = accept(&mut l).await?;
-            let peer = Peer::spawn("send-sizes", l.endpoint(), &[])?;
+            let peer = spawn_peer("send-sizes", l.endpoint(), &[])?;
             let f = within("recv", PEER_DEADLINE, c.next())
                 .await?
                 .ok_or("ended")?
@@ -406,7 +336,7 @@ fn max_size(s: &Subject) -> Result<(), String> {
             }
             return peer.finish().await;
         }
-        let (peer, ep) = Peer::listener("echo-server", &ep, &[]).await?;
+        let (peer, ep) = listener("echo-server", &ep, &[]).await?;
         let mut c = within("connect", PEER_DEADLINE, ductwork_transports::connect(&ep))
             .await?
             .map_err(e2s)?;
@@ -448,7 +378,7 @@ fn max_size(s: &Subject) -> Result<(), String> {
 fn oversized_from_peer(s: &Subject) -> Result<(), String> {
     run(120, async {
         let ep = endpoint(s, "oversized_from_peer").with_option("max_frame", "65536");
-        let (peer, bound) = Peer::listener("blast", &ep, &["4096".into()]).await?;
+        let (peer, bound) = listener("blast", &ep, &["4096".into()]).await?;
         let mine = bound.with_option("max_frame", "1024");
         let mut c = within(
             "connect",
@@ -498,7 +428,7 @@ fn many_clients(s: &Subject) -> Result<(), String> {
         let ep = l.endpoint().clone();
         let _outcomes = spawn_echo_acceptor(l);
         let peers = (0..4)
-            .map(|i| Peer::spawn("echo-client", &ep, &[i.to_string(), "100".into()]))
+            .map(|i| spawn_peer("echo-client", &ep, &[i.to_string(), "100".into()]))
             .collect::<Result<Vec<_>, _>>()?;
         for p in peers {
             p.finish().await?;
@@ -519,7 +449,7 @@ fn many_senders(s: &Subject) -> Result<(), String> {
         let mut ch: Channel<Msg> = Channel::new(accept(&mut l).await?);
         let peers = (0..4u32)
             .map(|i| {
-                Peer::spawn(
+                spawn_peer(
                     "send-close",
                     l.endpoint(),
                     &[i.to_string(), PER.to_string(), "32".into()],
@@ -551,7 +481,7 @@ fn clean_close(s: &Subject) -> Result<(), String> {
         let mut l = ductwork_transports::bind(&endpoint(s, "clean_close"))
             .await
             .map_err(e2s)?;
-        let peer = Peer::spawn(
+        let peer = spawn_peer(
             "send-close",
             l.endpoint(),
             &["5".into(), "10".into(), "64".into()],
@@ -578,7 +508,7 @@ fn close_after_peer_left(s: &Subject) -> Result<(), String> {
         let mut l = ductwork_transports::bind(&endpoint(s, "close_after_peer_left"))
             .await
             .map_err(e2s)?;
-        let peer = Peer::spawn(
+        let peer = spawn_peer(
             "send-close",
             l.endpoint(),
             &["2".into(), "3".into(), "8".into()],
@@ -607,7 +537,7 @@ fn peer_killed(s: &Subject) -> Result<(), String> {
             .await
             .map_err(e2s)?;
         // 1. Idle peer killed while our recv is pending.
-        let mut idle = Peer::spawn("send-one-then-wait", l.endpoint(), &[])?;
+        let mut idle = spawn_peer("send-one-then-wait", l.endpoint(), &[])?;
         let mut ch: Channel<Msg> = Channel::new(accept(&mut l).await?);
         recv_msg(&mut ch).await?.ok_or("no first message")?;
         let pending = tokio::spawn(async move { ch.recv().await });
@@ -622,7 +552,7 @@ fn peer_killed(s: &Subject) -> Result<(), String> {
             }
         }
         // 2. Streaming peer killed mid-stream.
-        let mut busy = Peer::spawn("stream-forever", l.endpoint(), &[])?;
+        let mut busy = spawn_peer("stream-forever", l.endpoint(), &[])?;
         let mut ch: Channel<Msg> = Channel::new(accept(&mut l).await?);
         for _ in 0..50 {
             recv_msg(&mut ch).await?.ok_or("stream ended early")?;
@@ -662,7 +592,7 @@ fn garbage(s: &Subject) -> Result<(), String> {
             return garbage_one_way(s, l).await;
         }
         let mut outcomes = spawn_echo_acceptor(l);
-        Peer::spawn("garbage", &ep, &[s.name.into()])?
+        spawn_peer("garbage", &ep, &[s.name.into()])?
             .finish()
             .await?;
         if caps.boundaries == ductwork_core::Boundaries::FramedBytes {
@@ -672,7 +602,7 @@ fn garbage(s: &Subject) -> Result<(), String> {
                 other => return Err(format!("garbage connection ended with {other:?}")),
             }
         }
-        Peer::spawn("echo-client", &ep, &["1".into(), "20".into()])?
+        spawn_peer("echo-client", &ep, &["1".into(), "20".into()])?
             .finish()
             .await
     })
@@ -688,10 +618,10 @@ async fn garbage_one_way(s: &Subject, mut l: ductwork_core::BoxListener) -> Resu
         .map_err(e2s)?
         .is_reliable();
     let mut ch: Channel<Msg> = Channel::new(accept(&mut l).await?);
-    Peer::spawn("garbage", &ep, &[s.name.into()])?
+    spawn_peer("garbage", &ep, &[s.name.into()])?
         .finish()
         .await?;
-    let sender = Peer::spawn("send-close", &ep, &["7".into(), N.to_string(), "40".into()])?;
+    let sender = spawn_peer("send-close", &ep, &["7".into(), N.to_string(), "40".into()])?;
     let (mut next, mut errors) = (0, 0u32);
     while next < N {
         match within("recv after garbage", PEER_DEADLINE, ch.recv()).await? {
@@ -747,7 +677,7 @@ fn connect_missing(s: &Subject) -> Result<(), String> {
 /// process let go, binding works.
 fn bind_in_use(s: &Subject) -> Result<(), String> {
     run(120, async {
-        let (peer, bound) = Peer::listener("hold", &endpoint(s, "bind_in_use"), &[]).await?;
+        let (peer, bound) = listener("hold", &endpoint(s, "bind_in_use"), &[]).await?;
         match ductwork_transports::bind(&bound).await {
             Err(e) if e.kind() == ErrorKind::AddrInUse => {
                 if !e.to_string().contains(bound.address()) {
@@ -768,10 +698,8 @@ fn bind_in_use(s: &Subject) -> Result<(), String> {
 /// A listener process that was killed leaves nothing that stops the next bind of its name.
 fn rebind_after_crash(s: &Subject) -> Result<(), String> {
     run(120, async {
-        let (mut peer, bound) =
-            Peer::listener("hold", &endpoint(s, "rebind_after_crash"), &[]).await?;
+        let (mut peer, bound) = listener("hold", &endpoint(s, "rebind_after_crash"), &[]).await?;
         peer.kill().await?;
-        let _ = peer.child.wait().await;
         // The OS may need a moment to release a killed process's handles.
         let mut last = String::new();
         for _ in 0..50 {
@@ -826,8 +754,7 @@ fn one_way_rules(s: &Subject) -> Result<(), String> {
 /// channel goes on working.
 fn typed_decode_error(s: &Subject) -> Result<(), String> {
     run(120, async {
-        let (peer, ep) =
-            Peer::listener("echo-server", &endpoint(s, "typed_decode_error"), &[]).await?;
+        let (peer, ep) = listener("echo-server", &endpoint(s, "typed_decode_error"), &[]).await?;
         let mut c = within("connect", PEER_DEADLINE, ductwork_transports::connect(&ep))
             .await?
             .map_err(e2s)?;
