@@ -3,15 +3,15 @@
 //! Every await that depends on the peer has a deadline: a hang is a failure with a message,
 //! never a stuck test run.
 
-use crate::roles::Msg;
+use crate::roles::{cue_msg, sized_frame, Msg, SIZED_FRAMES};
 use crate::subjects::Subject;
-use crate::support::{self, child::Child};
+use crate::support::{self, child::Child, XorShift};
 use bytes::Bytes;
 use ductwork_core::{
     Accept, BoxConnection, Capabilities, Channel, Direction, Endpoint, ErrorKind,
     Result as DwResult,
 };
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use std::{
     collections::HashMap,
     future::Future,
@@ -112,6 +112,26 @@ pub const ALL: &[Case] = &[
         needs: duplex,
         run: typed_decode_error,
     },
+    Case {
+        name: "cancel_safe_recv",
+        needs: reliable,
+        run: cancel_safe_recv,
+    },
+    Case {
+        name: "cancel_safe_accept",
+        needs: per_peer,
+        run: cancel_safe_accept,
+    },
+    Case {
+        name: "broken_after_error",
+        needs: breakable,
+        run: broken_after_error,
+    },
+    Case {
+        name: "sized_send_wrong_count",
+        needs: any,
+        run: sized_send_wrong_count,
+    },
 ];
 
 fn any(_: &Capabilities) -> Result<(), &'static str> {
@@ -142,6 +162,15 @@ fn peer_loss(c: &Capabilities) -> Result<(), &'static str> {
     c.peer_loss
         .then_some(())
         .ok_or("transport cannot see a peer die")
+}
+
+/// Connections that one failed receive ends: per peer and reliable. A datagram connection
+/// (best-effort) reports an oversized datagram as one lost message and goes on; a shared
+/// receiver merges many senders and one sender's bad message does not end the others'.
+fn breakable(c: &Capabilities) -> Result<(), &'static str> {
+    per_peer(c)
+        .map_err(|_| "one shared receiving connection: one sender's error does not end it")?;
+    reliable(c).map_err(|_| "best-effort: an oversized datagram is one lost message")
 }
 
 /// Whether `case` applies to `subject`: the transport must be usable here (probed once by
@@ -401,19 +430,8 @@ fn spawn_echo_acceptor(
 ) -> tokio::sync::mpsc::UnboundedReceiver<DwResult<()>> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
-        loop {
-            let Ok(mut c) = l.accept().await else { break };
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let outcome = async {
-                    while let Some(f) = c.next().await {
-                        c.send(f?).await?;
-                    }
-                    c.close().await
-                }
-                .await;
-                let _ = tx.send(outcome);
-            });
+        while let Ok(c) = l.accept().await {
+            serve_echo(c, tx.clone());
         }
     });
     rx
@@ -780,4 +798,325 @@ fn typed_decode_error(s: &Subject) -> Result<(), String> {
         ch.close().await.map_err(e2s)?;
         peer.finish().await
     })
+}
+
+/// `recv` is cancel-safe: a receive dropped while pending loses nothing. A sender process
+/// sends bursts of numbered messages (some large, read in parts by stream transports) when
+/// told to; between bursts, with nothing in flight, receives are polled once and dropped
+/// (surely pending), and during bursts each receive races a short random timer, so many are
+/// dropped mid-way. Every message must arrive exactly once, in order, then the clean end.
+fn cancel_safe_recv(s: &Subject) -> Result<(), String> {
+    const BURSTS: u64 = 40;
+    run(240, async {
+        let mut l = ductwork_transports::bind(&endpoint(s, "cancel_safe_recv"))
+            .await
+            .map_err(e2s)?;
+        let caps = ductwork_transports::capabilities(l.endpoint()).map_err(e2s)?;
+        let mut sender = spawn_peer("send-on-cue", l.endpoint(), &["4".into()])?;
+        let mut ch: Channel<Msg> = Channel::new(accept(&mut l).await?);
+        let mut rng = XorShift::new(u64::from(std::process::id()));
+        let (mut next, mut dropped, mut polls) = (0u64, 0u32, 0u32);
+        for burst in 0..BURSTS {
+            // Nothing is in flight: a receive polled now is pending; dropping it must not
+            // lose the next message.
+            for _ in 0..3 {
+                if let Some(r) = ch.recv().now_or_never() {
+                    return Err(format!("before burst {burst}: a receive got {r:?}"));
+                }
+                dropped += 1;
+            }
+            let n = 1 + rng.below(12);
+            sender.say(&n.to_string()).await?;
+            let end = next + n;
+            while next < end {
+                polls += 1;
+                if polls > 1_000_000 {
+                    return Err(format!("{polls} receives and still waiting for #{next}"));
+                }
+                let timer = Duration::from_micros(rng.below(1500));
+                tokio::select! {
+                    r = ch.recv() => {
+                        let m = r.map_err(e2s)?.ok_or_else(|| format!("ended before #{next}"))?;
+                        if m != cue_msg(4, next, caps.max_message) {
+                            return Err(format!(
+                                "expected #{next}, got #{} ({} body bytes) after {dropped} \
+                                 dropped receives",
+                                m.seq,
+                                m.body.len()
+                            ));
+                        }
+                        next += 1;
+                    }
+                    _ = tokio::time::sleep(timer) => dropped += 1,
+                }
+            }
+        }
+        sender.finish().await?;
+        if caps.accept == Accept::PerPeer {
+            match recv_msg(&mut ch).await? {
+                None => {}
+                Some(m) => return Err(format!("extra message after {next}: #{}", m.seq)),
+            }
+        }
+        Ok(())
+    })
+}
+
+/// `accept` is cancel-safe: an accept dropped while pending loses no connection. With nobody
+/// connecting, accepts are polled once and dropped; then four client processes connect while
+/// each accept races a short random timer. All four must be accepted and served (each does
+/// round trips with the echo this process runs on every accepted connection).
+fn cancel_safe_accept(s: &Subject) -> Result<(), String> {
+    const CLIENTS: u32 = 4;
+    run(240, async {
+        let mut l = ductwork_transports::bind(&endpoint(s, "cancel_safe_accept"))
+            .await
+            .map_err(e2s)?;
+        for _ in 0..3 {
+            if let Some(r) = l.accept().now_or_never() {
+                return Err(format!(
+                    "an accept with no client returned {:?}",
+                    r.map(|c| c.info().clone())
+                ));
+            }
+        }
+        let ep = l.endpoint().clone();
+        let clients = (0..CLIENTS)
+            .map(|i| spawn_peer("echo-client", &ep, &[i.to_string(), "20".into()]))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut rng = XorShift::new(u64::from(std::process::id()) ^ 0xacce);
+        let (mut accepted, mut polls) = (0, 0u32);
+        let (tx, mut outcomes) = tokio::sync::mpsc::unbounded_channel();
+        let all = within("accept every client", PEER_DEADLINE, async {
+            while accepted < CLIENTS {
+                polls += 1;
+                if polls > 1_000_000 {
+                    return Err(format!("{polls} accepts, {accepted} connections"));
+                }
+                let timer = Duration::from_micros(rng.below(1500));
+                tokio::select! {
+                    r = l.accept() => {
+                        serve_echo(r.map_err(e2s)?, tx.clone());
+                        accepted += 1;
+                    }
+                    _ = tokio::time::sleep(timer) => {}
+                }
+            }
+            Ok(())
+        })
+        .await;
+        match all {
+            Ok(r) => r?,
+            Err(_) => return Err(format!("accepted {accepted} of {CLIENTS} clients (hang)")),
+        }
+        for c in clients {
+            c.finish().await?;
+        }
+        for _ in 0..CLIENTS {
+            match within("echo outcome", PEER_DEADLINE, outcomes.recv()).await? {
+                Some(Ok(())) => {}
+                other => return Err(format!("a served connection ended with {other:?}")),
+            }
+        }
+        Ok(())
+    })
+}
+
+/// After a receive returned an error other than Decode the connection is broken: every later
+/// receive returns an error or the end, never a frame, never a hang. Twice: a live peer
+/// process sends one frame over our limit and then valid small frames (a reader that went on
+/// would deliver them); and (if the transport sees peers die) a peer process is killed. A
+/// dead peer also makes a send fail (with ConnectionLost or Closed) within a few sends, and
+/// every send after that fails too.
+fn broken_after_error(s: &Subject) -> Result<(), String> {
+    run(180, async {
+        let ep = endpoint(s, "broken_after_error").with_option("max_frame", "65536");
+        let (peer, bound) = listener("blast", &ep, &["4096".into(), "20".into()]).await?;
+        let mut c = within(
+            "connect",
+            PEER_DEADLINE,
+            ductwork_transports::connect(&bound.with_option("max_frame", "1024")),
+        )
+        .await?
+        .map_err(e2s)?;
+        match within("recv", PEER_DEADLINE, c.next()).await? {
+            Some(Err(e)) if e.kind() == ErrorKind::FrameTooLarge => {}
+            other => return Err(format!("expected FrameTooLarge, got {other:?}")),
+        }
+        still_broken("after FrameTooLarge", &mut c).await?;
+        drop(c);
+        peer.finish().await?;
+
+        if !ductwork_transports::capabilities(&ep)
+            .map_err(e2s)?
+            .peer_loss
+        {
+            return Ok(());
+        }
+        let mut l = ductwork_transports::bind(&endpoint(s, "broken_after_error"))
+            .await
+            .map_err(e2s)?;
+        let mut idle = spawn_peer("send-one-then-wait", l.endpoint(), &[])?;
+        let mut c = accept(&mut l).await?;
+        within("first frame", PEER_DEADLINE, c.next())
+            .await?
+            .ok_or("ended before the first frame")?
+            .map_err(e2s)?;
+        idle.kill().await?;
+        match within("recv after kill", PEER_DEADLINE, c.next()).await? {
+            Some(Err(e)) if e.kind() == ErrorKind::ConnectionLost => {}
+            other => {
+                return Err(format!(
+                    "killed peer: expected ConnectionLost, got {other:?}"
+                ))
+            }
+        }
+        still_broken("after ConnectionLost", &mut c).await?;
+        // Sends may still be taken by a buffer (a socket's, a ring) before the transport
+        // notices that nobody reads them; once that is full (at most 16 MiB here) a send must
+        // fail, and every send after it too.
+        let frame = Bytes::from(vec![9u8; 1024]);
+        let mut failed = None;
+        for i in 0..16_384 + 4 {
+            let r = within("send to a dead peer", PEER_DEADLINE, c.send(frame.clone())).await?;
+            match (r, failed) {
+                (Err(e), _)
+                    if matches!(e.kind(), ErrorKind::ConnectionLost | ErrorKind::Closed) =>
+                {
+                    failed.get_or_insert(i);
+                }
+                (Err(e), _) => return Err(format!("send {i} to a dead peer: {e}")),
+                (Ok(()), Some(first)) => {
+                    return Err(format!(
+                        "send {i} to a dead peer succeeded after send {first} failed"
+                    ))
+                }
+                (Ok(()), None) => {}
+            }
+            if failed.is_some_and(|f| i >= f + 3) {
+                return Ok(());
+            }
+        }
+        Err("16 MiB of sends to a dead peer all succeeded".into())
+    })
+}
+
+/// Five more receives on a broken connection: each an error or the end, none a frame or a hang.
+async fn still_broken(when: &str, c: &mut BoxConnection) -> Result<(), String> {
+    for i in 0..5 {
+        match within(&format!("recv {i} {when}"), PEER_DEADLINE, c.next()).await? {
+            None | Some(Err(_)) => {}
+            Some(Ok(f)) => {
+                return Err(format!(
+                    "recv {i} {when} delivered a frame of {} bytes ({:?}...)",
+                    f.len(),
+                    &f[..f.len().min(12)]
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A sized send whose encoder writes fewer or more bytes than announced (or fails, or
+/// announces more than the limit) fails as "Sized sends" says and queues nothing; the
+/// connection takes the next frame. The sender is another process (`sized-sends` checks each
+/// error and exits with 1 on a wrong one); this side must receive exactly the valid frames,
+/// in order, and then the end. On a best-effort transport rounds repeat until one complete
+/// round's last frame arrived, and every frame that arrives must be a valid one.
+fn sized_send_wrong_count(s: &Subject) -> Result<(), String> {
+    run(180, async {
+        let mut ep = endpoint(s, "sized_send_wrong_count");
+        // A small ring, where a transport has one, so that frames wrap around its end.
+        let small = ep.with_option("capacity", "16KiB");
+        if ductwork_transports::capabilities(&small).is_ok() {
+            ep = small;
+        }
+        let mut l = ductwork_transports::bind(&ep).await.map_err(e2s)?;
+        let caps = ductwork_transports::capabilities(l.endpoint()).map_err(e2s)?;
+        let mut sender = spawn_peer("sized-sends", l.endpoint(), &[])?;
+        let mut c = accept(&mut l).await?;
+        let received = receive_sized(&caps, &mut c).await;
+        if let Err(e) = received {
+            // The sender's own finding (a wrong error from a sized send) says more.
+            return Err(
+                match within("sender exit", Duration::from_secs(10), sender.finish()).await {
+                    Ok(Err(why)) => format!("{e}; {why}"),
+                    _ => e,
+                },
+            );
+        }
+        if !caps.is_reliable() {
+            sender.say("stop").await?;
+        }
+        sender.finish().await?;
+        if caps.accept == Accept::PerPeer && caps.is_reliable() {
+            match within("recv after the last frame", PEER_DEADLINE, c.next()).await? {
+                None => {}
+                other => return Err(format!("after the last valid frame: {other:?}")),
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The receiving side of `sized_send_wrong_count`.
+async fn receive_sized(caps: &Capabilities, c: &mut BoxConnection) -> Result<(), String> {
+    if caps.is_reliable() {
+        for i in 0..=SIZED_FRAMES {
+            let f = within("recv", PEER_DEADLINE, c.next())
+                .await?
+                .ok_or_else(|| format!("ended before frame {i}"))?
+                .map_err(e2s)?;
+            if f[..] != sized_frame(0, i)[..] {
+                return Err(format!(
+                    "expected valid frame {i} ({} bytes), got {} bytes starting {:?}",
+                    sized_frame(0, i).len(),
+                    f.len(),
+                    &f[..f.len().min(12)]
+                ));
+            }
+        }
+        return Ok(());
+    }
+    // Best-effort: anything may be lost, nothing may be invented.
+    let mut last: Option<(u32, u32)> = None;
+    loop {
+        let f = within("recv", PEER_DEADLINE, c.next())
+            .await?
+            .ok_or("ended before a whole round arrived")?
+            .map_err(e2s)?;
+        let at = |k: usize| {
+            u32::from_be_bytes(f.get(k..k + 4).unwrap_or(&[0xee; 4]).try_into().unwrap())
+        };
+        let (round, i) = (at(0), at(4));
+        if i > SIZED_FRAMES || round >= 50 || f[..] != sized_frame(round, i)[..] {
+            return Err(format!(
+                "a frame that was never sent validly: {} bytes starting {:?}",
+                f.len(),
+                &f[..f.len().min(12)]
+            ));
+        }
+        if caps.ordered && last.is_some_and(|l| (round, i) <= l) {
+            return Err(format!("frame {round}/{i} after {last:?}"));
+        }
+        last = Some((round, i));
+        if i == SIZED_FRAMES {
+            return Ok(());
+        }
+    }
+}
+
+/// Echoes every frame of `c` on a task; the outcome goes to `outcomes`.
+fn serve_echo(mut c: BoxConnection, outcomes: tokio::sync::mpsc::UnboundedSender<DwResult<()>>) {
+    tokio::spawn(async move {
+        let outcome = async {
+            while let Some(f) = c.next().await {
+                c.send(f?).await?;
+            }
+            c.close().await
+        }
+        .await;
+        let _ = outcomes.send(outcome);
+    });
 }
