@@ -220,6 +220,13 @@ fn e2s(e: ductwork_core::Error) -> String {
     e.to_string()
 }
 
+/// Binds a fresh endpoint of `subject` for `case`.
+async fn bind(subject: &Subject, case: &str) -> Result<ductwork_core::BoxListener, String> {
+    ductwork_transports::bind(&endpoint(subject, case))
+        .await
+        .map_err(e2s)
+}
+
 /// A peer process playing a role of `roles.rs`: the endpoint, then the role's arguments.
 fn spawn_peer(role: &str, ep: &Endpoint, args: &[String]) -> Result<Child, String> {
     let all: Vec<String> = std::iter::once(ep.to_string())
@@ -279,9 +286,7 @@ fn round_trip(s: &Subject) -> Result<(), String> {
 /// On a one-way transport, 1,000 messages from another process arrive, in order if ordered.
 fn one_way_delivery(s: &Subject) -> Result<(), String> {
     run(120, async {
-        let mut l = ductwork_transports::bind(&endpoint(s, "one_way_delivery"))
-            .await
-            .map_err(e2s)?;
+        let mut l = bind(s, "one_way_delivery").await?;
         let caps = ductwork_transports::capabilities(l.endpoint()).map_err(e2s)?;
         let mut ch: Channel<Msg> = Channel::new(accept(&mut l).await?);
         let peer = spawn_peer(
@@ -308,9 +313,7 @@ fn one_way_delivery(s: &Subject) -> Result<(), String> {
 fn ordered_100k(s: &Subject) -> Result<(), String> {
     const N: u64 = 100_000;
     run(300, async {
-        let mut l = ductwork_transports::bind(&endpoint(s, "ordered_100k"))
-            .await
-            .map_err(e2s)?;
+        let mut l = bind(s, "ordered_100k").await?;
         let shared = ductwork_transports::capabilities(l.endpoint())
             .map_err(e2s)?
             .accept
@@ -440,9 +443,7 @@ fn spawn_echo_acceptor(
 /// Four client processes at once, each doing 100 round trips, all served correctly.
 fn many_clients(s: &Subject) -> Result<(), String> {
     run(240, async {
-        let l = ductwork_transports::bind(&endpoint(s, "many_clients"))
-            .await
-            .map_err(e2s)?;
+        let l = bind(s, "many_clients").await?;
         let ep = l.endpoint().clone();
         let _outcomes = spawn_echo_acceptor(l);
         let peers = (0..4)
@@ -460,9 +461,7 @@ fn many_clients(s: &Subject) -> Result<(), String> {
 fn many_senders(s: &Subject) -> Result<(), String> {
     const PER: u64 = 200;
     run(240, async {
-        let mut l = ductwork_transports::bind(&endpoint(s, "many_senders"))
-            .await
-            .map_err(e2s)?;
+        let mut l = bind(s, "many_senders").await?;
         let caps = ductwork_transports::capabilities(l.endpoint()).map_err(e2s)?;
         let mut ch: Channel<Msg> = Channel::new(accept(&mut l).await?);
         let peers = (0..4u32)
@@ -496,9 +495,7 @@ fn many_senders(s: &Subject) -> Result<(), String> {
 /// A peer that sends 10 messages and closes: we get all 10, then a clean end (None), not an error.
 fn clean_close(s: &Subject) -> Result<(), String> {
     run(120, async {
-        let mut l = ductwork_transports::bind(&endpoint(s, "clean_close"))
-            .await
-            .map_err(e2s)?;
+        let mut l = bind(s, "clean_close").await?;
         let peer = spawn_peer(
             "send-close",
             l.endpoint(),
@@ -523,9 +520,7 @@ fn clean_close(s: &Subject) -> Result<(), String> {
 /// close then succeeds (it has nobody to tell, and that is not an error).
 fn close_after_peer_left(s: &Subject) -> Result<(), String> {
     run(120, async {
-        let mut l = ductwork_transports::bind(&endpoint(s, "close_after_peer_left"))
-            .await
-            .map_err(e2s)?;
+        let mut l = bind(s, "close_after_peer_left").await?;
         let peer = spawn_peer(
             "send-close",
             l.endpoint(),
@@ -551,9 +546,7 @@ fn close_after_peer_left(s: &Subject) -> Result<(), String> {
 /// ConnectionLost promptly, never a hang and never a clean end.
 fn peer_killed(s: &Subject) -> Result<(), String> {
     run(180, async {
-        let mut l = ductwork_transports::bind(&endpoint(s, "peer_killed"))
-            .await
-            .map_err(e2s)?;
+        let mut l = bind(s, "peer_killed").await?;
         // 1. Idle peer killed while our recv is pending.
         let mut idle = spawn_peer("send-one-then-wait", l.endpoint(), &[])?;
         let mut ch: Channel<Msg> = Channel::new(accept(&mut l).await?);
@@ -601,9 +594,7 @@ fn garbage(s: &Subject) -> Result<(), String> {
         return Ok(());
     }
     run(180, async {
-        let l = ductwork_transports::bind(&endpoint(s, "garbage"))
-            .await
-            .map_err(e2s)?;
+        let l = bind(s, "garbage").await?;
         let ep = l.endpoint().clone();
         let caps = ductwork_transports::capabilities(&ep).map_err(e2s)?;
         if caps.direction == Direction::OneWay {
@@ -665,9 +656,7 @@ async fn garbage_one_way(s: &Subject, mut l: ductwork_core::BoxListener) -> Resu
 /// Connecting where nothing listens (any more) is NotFound, naming the endpoint, promptly.
 fn connect_missing(s: &Subject) -> Result<(), String> {
     run(60, async {
-        let l = ductwork_transports::bind(&endpoint(s, "connect_missing"))
-            .await
-            .map_err(e2s)?;
+        let l = bind(s, "connect_missing").await?;
         let gone = l.endpoint().clone();
         drop(l);
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -735,9 +724,7 @@ fn rebind_after_crash(s: &Subject) -> Result<(), String> {
 /// receiver is accepted once.
 fn one_way_rules(s: &Subject) -> Result<(), String> {
     run(60, async {
-        let mut l = ductwork_transports::bind(&endpoint(s, "one_way_rules"))
-            .await
-            .map_err(e2s)?;
+        let mut l = bind(s, "one_way_rules").await?;
         let mut rx = accept(&mut l).await?;
         match rx.send(Bytes::from_static(b"x")).await {
             Err(e) if e.kind() == ErrorKind::Unsupported => {}
@@ -808,9 +795,7 @@ fn typed_decode_error(s: &Subject) -> Result<(), String> {
 fn cancel_safe_recv(s: &Subject) -> Result<(), String> {
     const BURSTS: u64 = 40;
     run(240, async {
-        let mut l = ductwork_transports::bind(&endpoint(s, "cancel_safe_recv"))
-            .await
-            .map_err(e2s)?;
+        let mut l = bind(s, "cancel_safe_recv").await?;
         let caps = ductwork_transports::capabilities(l.endpoint()).map_err(e2s)?;
         let mut sender = spawn_peer("send-on-cue", l.endpoint(), &["4".into()])?;
         let mut ch: Channel<Msg> = Channel::new(accept(&mut l).await?);
@@ -869,9 +854,7 @@ fn cancel_safe_recv(s: &Subject) -> Result<(), String> {
 fn cancel_safe_accept(s: &Subject) -> Result<(), String> {
     const CLIENTS: u32 = 4;
     run(240, async {
-        let mut l = ductwork_transports::bind(&endpoint(s, "cancel_safe_accept"))
-            .await
-            .map_err(e2s)?;
+        let mut l = bind(s, "cancel_safe_accept").await?;
         for _ in 0..3 {
             if let Some(r) = l.accept().now_or_never() {
                 return Err(format!(
@@ -953,9 +936,7 @@ fn broken_after_error(s: &Subject) -> Result<(), String> {
         {
             return Ok(());
         }
-        let mut l = ductwork_transports::bind(&endpoint(s, "broken_after_error"))
-            .await
-            .map_err(e2s)?;
+        let mut l = bind(s, "broken_after_error").await?;
         let mut idle = spawn_peer("send-one-then-wait", l.endpoint(), &[])?;
         let mut c = accept(&mut l).await?;
         within("first frame", PEER_DEADLINE, c.next())

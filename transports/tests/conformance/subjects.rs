@@ -42,8 +42,11 @@ fn garbage_writer(scheme: &str) -> Option<GarbageWriter> {
     match scheme {
         "tcp" => Some(tcp_garbage),
         "udp" => Some(udp_garbage),
+        #[cfg(unix)]
         "unix" => Some(unix_garbage),
+        #[cfg(any(target_os = "linux", windows))]
         "shm" => Some(shm_garbage),
+        #[cfg(windows)]
         "copydata" => Some(copydata_garbage),
         "pipe" => Some(pipe_garbage),
         "mailslot" => Some(mailslot_garbage),
@@ -86,14 +89,6 @@ fn stream_garbage(path: &std::path::Path) -> io::Result<()> {
     s.flush()
 }
 
-#[cfg(not(unix))]
-fn unix_garbage(_ep: &Endpoint) -> io::Result<()> {
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "no unix sockets here",
-    ))
-}
-
 /// WM_COPYDATA with raw Win32 calls: a foreign `dwData` tag, garbage bytes and empty blocks
 /// with the ductwork tag, and a WM_COPYDATA with no COPYDATASTRUCT at all. The ductwork tag
 /// and results are the ones `copydata/mod.rs` documents.
@@ -124,14 +119,6 @@ fn copydata_garbage(ep: &Endpoint) -> io::Result<()> {
         unsafe { SendMessageTimeoutW(hwnd, WM_COPYDATA, 0, 0, SMTO_ABORTIFHUNG, 10_000, &mut 0) };
     let _ = ok; // refused or not delivered at all: either way the receiver must go on
     Ok(())
-}
-
-#[cfg(not(windows))]
-fn copydata_garbage(_ep: &Endpoint) -> io::Result<()> {
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "copydata is Windows only",
-    ))
 }
 
 #[cfg(unix)]
@@ -176,12 +163,4 @@ fn shm_garbage(ep: &Endpoint) -> io::Result<()> {
         &format!(r"\\.\pipe\ductwork-shm-{}", ep.address()),
         &[GARBAGE],
     )
-}
-
-#[cfg(not(any(target_os = "linux", windows)))]
-fn shm_garbage(_ep: &Endpoint) -> io::Result<()> {
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "no raw shm client here",
-    ))
 }
