@@ -9,19 +9,20 @@
 //! - A receiver that went away makes the next send fail with `ConnectionLost`.
 //! - A receiver that does not read fills its bounded queue: senders wait, then time out.
 //!
-//! The child is this test binary started again with `--ignored --exact child_entry` and the
-//! environment variables `DW_COPYDATA_CHILD` (the mode) and `DW_COPYDATA_EP` (the endpoint).
+//! The child is this test binary started again through `support::child` (see `roles`).
 #![cfg(windows)]
+
+mod support;
 
 use bytes::Bytes;
 use ductwork_core::{Channel, Endpoint, ErrorKind};
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
-use std::{future::Future, process::Command, time::Duration};
+use std::time::Duration;
+use support::{child::Child, must as within, postcard_varint, win32};
 
 /// The tag and results documented in `copydata/mod.rs`, repeated here as a foreign client would.
 const MAGIC: usize = 0x4457_4344;
-const DEADLINE: Duration = Duration::from_secs(90);
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 struct Greeting {
@@ -35,16 +36,7 @@ const TEXT: &str = "hello from raw Win32 ✓";
 /// postcard by hand: u32 as LEB128 varint, string as varint length + UTF-8, bool as one byte.
 fn postcard_greeting(seq: u32) -> Vec<u8> {
     let mut out = Vec::new();
-    let mut v = seq;
-    loop {
-        let b = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(b);
-            break;
-        }
-        out.push(b | 0x80);
-    }
+    postcard_varint(u64::from(seq), &mut out);
     assert!(TEXT.len() < 128);
     out.push(TEXT.len() as u8);
     out.extend_from_slice(TEXT.as_bytes());
@@ -52,34 +44,16 @@ fn postcard_greeting(seq: u32) -> Vec<u8> {
     out
 }
 
-async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(DEADLINE, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no result within {DEADLINE:?}"))
+fn spawn_child(mode: &str, ep: &Endpoint) -> Child {
+    Child::spawn(mode, &[ep.to_string()]).expect("spawn child")
 }
 
-fn spawn_child(mode: &str, ep: &Endpoint) -> std::process::Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "child_entry", "--nocapture"])
-        .env("DW_COPYDATA_CHILD", mode)
-        .env("DW_COPYDATA_EP", ep.to_string())
-        .spawn()
-        .expect("spawn child")
-}
-
-async fn child_succeeds(mut child: std::process::Child) {
-    let status = within(
-        "child exit",
-        tokio::task::spawn_blocking(move || child.wait()),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(status.success(), "child failed: {status}");
+async fn child_succeeds(child: Child) {
+    child.finish().await.unwrap();
 }
 
 fn unique(what: &str) -> String {
-    format!("copydata://native-{what}-{}", std::process::id())
+    format!("copydata://{}", support::unique(&format!("native-{what}")))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,58 +102,32 @@ async fn default_limit_frame_crosses_processes() {
     child_succeeds(child).await;
 }
 
-/// The child's side: does nothing unless started by a test above.
-#[test]
-#[ignore = "helper: run as a child process by the other tests"]
-fn child_entry() {
-    let Ok(mode) = std::env::var("DW_COPYDATA_CHILD") else {
-        return;
-    };
-    let ep = Endpoint::parse(&std::env::var("DW_COPYDATA_EP").unwrap()).unwrap();
-    match mode.as_str() {
+crate::child_entry!(roles);
+
+/// The child's roles: `raw` (only raw Win32) and `big` (a ductwork sender of the largest frame).
+fn roles(mode: &str, args: &[String]) -> Result<(), String> {
+    let ep = Endpoint::parse(args.first().ok_or("missing endpoint")?).map_err(|e| e.to_string())?;
+    match mode {
         "raw" => raw_child(&ep),
-        "big" => tokio::runtime::Runtime::new()
-            .unwrap()
-            .block_on(big_child(&ep)),
-        other => panic!("unknown child mode {other}"),
+        "big" => support::runtime().block_on(big_child(&ep)),
+        other => return Err(format!("unknown child mode {other}")),
     }
+    Ok(())
 }
 
 /// Only raw Win32: find the window, send WM_COPYDATA blocks, check each documented result.
 fn raw_child(ep: &Endpoint) {
-    use windows_sys::Win32::{
-        System::DataExchange::COPYDATASTRUCT,
-        UI::WindowsAndMessaging::{FindWindowExW, SendMessageW, HWND_MESSAGE, WM_COPYDATA},
-    };
-    let wide = |s: &str| s.encode_utf16().chain(Some(0)).collect::<Vec<u16>>();
-    let class = wide(&format!("ductwork.copydata.{}", ep.address()));
-    let title = wide(ep.address());
-    let mut hwnd = std::ptr::null_mut();
-    for _ in 0..300 {
-        // SAFETY: both strings are NUL-terminated and outlive the call.
-        hwnd = unsafe {
-            FindWindowExW(
-                HWND_MESSAGE,
-                std::ptr::null_mut(),
-                class.as_ptr(),
-                title.as_ptr(),
-            )
-        };
-        if !hwnd.is_null() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(!hwnd.is_null(), "receiver window not found");
-    let send = |tag: usize, data: &[u8]| -> isize {
-        let cds = COPYDATASTRUCT {
-            dwData: tag,
-            cbData: data.len() as u32,
-            lpData: data.as_ptr() as *mut _,
-        };
-        // SAFETY: `cds` and `data` outlive the call; the receiver only reads them.
-        unsafe { SendMessageW(hwnd, WM_COPYDATA, 0, &cds as *const _ as isize) }
-    };
+    // Bounded: 300 tries 100 ms apart.
+    let hwnd = (0..300)
+        .find_map(|_| {
+            let w = win32::copydata_window(ep.address());
+            if w.is_none() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            w
+        })
+        .expect("receiver window not found");
+    let send = |tag: usize, data: &[u8]| win32::send_copydata(hwnd, tag, Some(data)).unwrap();
     assert_eq!(send(MAGIC, &postcard_greeting(300)), 1, "accepted");
     assert_eq!(
         send(0x1234, &postcard_greeting(999)),
@@ -220,9 +168,8 @@ impl HungWindow {
         let (done, done_rx) = std::sync::mpsc::channel::<()>();
         let name = name.to_string();
         let thread = std::thread::spawn(move || {
-            let wide = |s: &str| s.encode_utf16().chain(Some(0)).collect::<Vec<u16>>();
-            let class = wide(&format!("ductwork.copydata.{name}"));
-            let title = wide(&name);
+            let class = win32::wide(&format!("ductwork.copydata.{name}"));
+            let title = win32::wide(&name);
             // SAFETY: a null module name is this executable.
             let hinst = unsafe { GetModuleHandleW(std::ptr::null()) };
             // SAFETY: all-zero is a valid WNDCLASSEXW; the fields that matter are set below.
@@ -279,7 +226,7 @@ impl Drop for HungWindow {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_receiver_times_out() {
-    let name = format!("native-hung-{}", std::process::id());
+    let name = support::unique("native-hung");
     let _hung = HungWindow::new(&name);
     let ep = Endpoint::parse(&format!("copydata://{name}?timeout_ms=300")).unwrap();
     let mut c = ductwork_transports::connect(&ep).await.unwrap();

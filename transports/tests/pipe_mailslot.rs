@@ -1,6 +1,8 @@
 //! Behaviour specific to `pipe://` and `mailslot://` that the generic conformance suite does
 //! not cover: limits, platform rules and the mailslot's slow-reader behaviour.
 
+mod support;
+
 use bytes::Bytes;
 use ductwork_core::{Delivery, Endpoint, ErrorKind, Reach};
 use futures::{SinkExt, StreamExt};
@@ -11,7 +13,7 @@ fn ep(s: &str) -> Endpoint {
 }
 
 fn unique(tag: &str) -> String {
-    format!("pm-{tag}-{}", std::process::id())
+    support::unique(&format!("pm-{tag}"))
 }
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -99,13 +101,8 @@ async fn unix_files_are_private() {
         let l = ductwork_transports::bind(&ep(&format!("{scheme}://{name}")))
             .await
             .unwrap();
-        // SAFETY: geteuid has no preconditions.
-        let uid = unsafe { libc::geteuid() };
-        let dir = match std::env::var_os("XDG_RUNTIME_DIR").map(std::path::PathBuf::from) {
-            Some(d) if d.is_absolute() => d.join("ductwork"),
-            _ => std::env::temp_dir().join(format!("ductwork-{uid}")),
-        };
-        let sock = dir.join(format!("{scheme}-{name}.sock"));
+        let dir = support::unix::private_dir();
+        let sock = support::unix::private_socket(scheme, &name);
         assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
         assert_eq!(std::fs::metadata(&sock).unwrap().mode() & 0o777, 0o600);
         drop(l);
@@ -280,7 +277,7 @@ async fn mailslot_oversized_from_a_sender() {
 #[cfg(windows)]
 fn dacl_sddl(path: &str) -> std::io::Result<String> {
     use windows_sys::Win32::{
-        Foundation::{CloseHandle, LocalFree, GENERIC_READ, INVALID_HANDLE_VALUE},
+        Foundation::{LocalFree, GENERIC_READ},
         Security::{
             Authorization::{
                 ConvertSecurityDescriptorToStringSecurityDescriptorW, GetSecurityInfo,
@@ -288,34 +285,15 @@ fn dacl_sddl(path: &str) -> std::io::Result<String> {
             },
             DACL_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR,
         },
-        Storage::FileSystem::{
-            CreateFileW, FILE_ATTRIBUTE_NORMAL, FILE_SHARE_READ, FILE_SHARE_WRITE, OPEN_EXISTING,
-            READ_CONTROL,
-        },
+        Storage::FileSystem::READ_CONTROL,
     };
-    let wide: Vec<u16> = path.encode_utf16().chain(Some(0)).collect();
-    // SAFETY: `wide` is NUL-terminated and outlives the call; other arguments are flags and
-    // null pointers the API accepts.
-    let h = unsafe {
-        CreateFileW(
-            wide.as_ptr(),
-            GENERIC_READ | READ_CONTROL,
-            FILE_SHARE_READ | FILE_SHARE_WRITE,
-            std::ptr::null(),
-            OPEN_EXISTING,
-            FILE_ATTRIBUTE_NORMAL,
-            std::ptr::null_mut(),
-        )
-    };
-    if h == INVALID_HANDLE_VALUE {
-        return Err(std::io::Error::last_os_error());
-    }
+    let h = support::win32::open(path, GENERIC_READ | READ_CONTROL)?;
     let mut sd: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
     // SAFETY: `h` is open with READ_CONTROL; the out-pointers we do not want may be null and
     // `sd` is valid for a write.
     let rc = unsafe {
         GetSecurityInfo(
-            h,
+            h.0,
             SE_KERNEL_OBJECT,
             DACL_SECURITY_INFORMATION,
             std::ptr::null_mut(),
@@ -325,8 +303,7 @@ fn dacl_sddl(path: &str) -> std::io::Result<String> {
             &mut sd,
         )
     };
-    // SAFETY: `h` is open, owned here and not used afterwards.
-    unsafe { CloseHandle(h) };
+    drop(h);
     if rc != 0 {
         return Err(std::io::Error::from_raw_os_error(rc as i32));
     }

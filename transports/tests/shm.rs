@@ -9,71 +9,28 @@
 //! - 1 MiB messages pass with the default capacity; a message over the ring is refused
 //!   with `FrameTooLarge` naming the capacity; the park-only path (`spin=0`) works.
 //!
-//! Child processes are this test binary re-run with `DW_SHM_CHILD=mode` (see `child`).
+//! Child processes are this test binary run again through `support::child` (see `roles`).
 #![cfg(target_os = "linux")]
+
+mod support;
 
 use bytes::Bytes;
 use ductwork_core::{BoxConnection, ErrorKind};
 use futures::{FutureExt, SinkExt, StreamExt};
-use std::{
-    io::{Read, Write},
-    mem::MaybeUninit,
-    os::{fd::OwnedFd, unix::fs::MetadataExt},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
-
-const DEADLINE: Duration = Duration::from_secs(60);
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use std::{io::Write, mem::MaybeUninit, os::fd::OwnedFd, time::Duration};
+use support::{child::Child, runtime as rt};
 
 fn name(case: &str) -> String {
-    format!("shmtest-{}-{case}", std::process::id())
+    support::unique(&format!("shmtest-{case}"))
 }
 
 async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(DEADLINE, f)
-        .await
-        .expect("no result within the deadline (hang)")
+    support::must("shm", f).await
 }
 
-/// Spawns this binary as a child playing `mode` against shm name `name`.
+/// Starts this binary as a child playing `mode` (see `roles`) against shm name `name`.
 fn spawn_child(mode: &str, name: &str) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args(["child", "--exact", "--nocapture", "--test-threads=1"])
-        .env("DW_SHM_CHILD", mode)
-        .env("DW_SHM_NAME", name)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn finish(mut c: Child) {
-    drop(c.stdin.take());
-    let st = c.wait().unwrap();
-    assert!(st.success(), "child failed: {st}");
-}
-
-/// The listener's socket path, computed independently of the library.
-fn socket_path(name: &str) -> PathBuf {
-    let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) if std::path::Path::new(&d).is_absolute() => {
-            std::path::Path::new(&d).join("ductwork")
-        }
-        _ => {
-            let uid = std::fs::metadata("/proc/self").unwrap().uid();
-            std::env::temp_dir().join(format!("ductwork-{uid}"))
-        }
-    };
-    dir.join(format!("shm-{name}.sock"))
+    Child::spawn(mode, &[name]).unwrap()
 }
 
 /// A client that speaks the set-up by hand (no ductwork code) and maps the segment.
@@ -88,7 +45,9 @@ struct RawClient {
 impl RawClient {
     fn connect(name: &str) -> RawClient {
         use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
-        let mut sock = std::os::unix::net::UnixStream::connect(socket_path(name)).unwrap();
+        let mut sock =
+            std::os::unix::net::UnixStream::connect(support::unix::private_socket("shm", name))
+                .unwrap();
         sock.write_all(b"DWSHMhi1").unwrap();
         let mut reply = [0u8; 24];
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(5))];
@@ -160,50 +119,48 @@ impl RawClient {
     }
 }
 
-/// Child entry point: does nothing in a normal test run.
-#[test]
-fn child() {
-    let Ok(mode) = std::env::var("DW_SHM_CHILD") else {
-        return;
-    };
-    let name = std::env::var("DW_SHM_NAME").unwrap();
+crate::child_entry!(roles);
+
+/// The child's roles: a raw client that scribbles on the ring and waits until its stdin
+/// closes, or (`idle`) a ductwork client that does nothing until it is killed.
+fn roles(mode: &str, args: &[String]) -> Result<(), String> {
+    let name = args.first().ok_or("missing shm name")?;
     let wait_stdin = || {
         let mut buf = [0u8; 16];
-        while std::io::stdin()
-            .read(&mut buf)
+        while std::io::Read::read(&mut std::io::stdin(), &mut buf)
             .map(|n| n > 0)
             .unwrap_or(false)
         {}
     };
-    match mode.as_str() {
+    match mode {
         "bad-header" => {
-            let c = RawClient::connect(&name);
+            let c = RawClient::connect(name);
             c.put_first_header(12345);
             c.ring_server();
             wait_stdin();
         }
         "header-for-the-next-lap" => {
-            let c = RawClient::connect(&name);
+            let c = RawClient::connect(name);
             // A well-formed record, but stamped for position C, not 0.
             c.put_first_header(RawClient::header_word(c.cap as u64, 5));
             c.ring_server();
             wait_stdin();
         }
         "unstamped-record" => {
-            let c = RawClient::connect(&name);
+            let c = RawClient::connect(name);
             // A record header of the previous layout: length 100, zero high word.
             c.put_first_header(100);
             c.ring_server();
             wait_stdin();
         }
         "huge-length" => {
-            let c = RawClient::connect(&name);
+            let c = RawClient::connect(name);
             c.put_first_header(RawClient::header_word(0, 0x7fff_fff0));
             c.ring_server();
             wait_stdin();
         }
         "bad-read-index" => {
-            let c = RawClient::connect(&name);
+            let c = RawClient::connect(name);
             // Ring A (server to client): its read index, written by us, the consumer.
             c.put_u64(128 + 128, 7);
             // Wake the server if it already waits for space.
@@ -213,10 +170,12 @@ fn child() {
         "idle" => {
             let rt = rt();
             let _conn = rt.block_on(ductwork_transports::connect(format!("shm://{name}")));
+            // Killed by the test (or, should it be left behind, by the child's lifetime).
             std::thread::sleep(Duration::from_secs(3600));
         }
-        other => panic!("unknown child mode {other}"),
+        other => return Err(format!("unknown child mode {other}")),
     }
+    Ok(())
 }
 
 /// After a broken connection, the listener still serves a good client.
@@ -248,7 +207,7 @@ fn garbage_case(mode: &str, expect: ErrorKind) {
         // Broken for good: later calls end or fail, no panic.
         assert!(!matches!(within(c.next()).await, Some(Ok(_))));
         listener_still_serves(&mut l, &name).await;
-        finish(child);
+        child.finish().await.unwrap();
     });
 }
 
@@ -292,7 +251,7 @@ fn garbage_read_index_from_peer_fails_send_with_protocol() {
             Ok(()) => panic!("1000 sends into a 4 KiB ring nobody reads all succeeded"),
         }
         listener_still_serves(&mut l, &name).await;
-        finish(child);
+        child.finish().await.unwrap();
     });
 }
 
@@ -348,8 +307,7 @@ fn sender_waiting_for_space_sees_a_killed_peer() {
         }
         let pending = tokio::spawn(async move { c.send(msg).await });
         tokio::time::sleep(Duration::from_millis(100)).await;
-        child.kill().unwrap();
-        let _ = child.wait();
+        child.kill().await.unwrap();
         match within(pending).await.unwrap() {
             Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionLost, "{e}"),
             Ok(()) => panic!("send into a full ring of a killed peer succeeded"),

@@ -3,28 +3,24 @@
 //! Every await that depends on the peer has a deadline: a hang is a failure with a message,
 //! never a stuck test run.
 
-use crate::roles::{runtime, Msg};
+use crate::roles::{cue_msg, sized_frame, Msg, SIZED_FRAMES};
 use crate::subjects::Subject;
+use crate::support::{self, child::Child, XorShift};
 use bytes::Bytes;
 use ductwork_core::{
     Accept, BoxConnection, Capabilities, Channel, Direction, Endpoint, ErrorKind,
     Result as DwResult,
 };
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use std::{
     collections::HashMap,
     future::Future,
-    process::Stdio,
     sync::{Mutex, OnceLock},
     time::Duration,
 };
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-};
 
 /// Generous: the first process in a fresh Wine prefix can take many seconds to start.
-const PEER_DEADLINE: Duration = Duration::from_secs(90);
+const PEER_DEADLINE: Duration = support::DEADLINE;
 
 type Check = fn(&Capabilities) -> Result<(), &'static str>;
 
@@ -116,6 +112,26 @@ pub const ALL: &[Case] = &[
         needs: duplex,
         run: typed_decode_error,
     },
+    Case {
+        name: "cancel_safe_recv",
+        needs: reliable,
+        run: cancel_safe_recv,
+    },
+    Case {
+        name: "cancel_safe_accept",
+        needs: per_peer,
+        run: cancel_safe_accept,
+    },
+    Case {
+        name: "broken_after_error",
+        needs: breakable,
+        run: broken_after_error,
+    },
+    Case {
+        name: "sized_send_wrong_count",
+        needs: any,
+        run: sized_send_wrong_count,
+    },
 ];
 
 fn any(_: &Capabilities) -> Result<(), &'static str> {
@@ -148,6 +164,15 @@ fn peer_loss(c: &Capabilities) -> Result<(), &'static str> {
         .ok_or("transport cannot see a peer die")
 }
 
+/// Connections that one failed receive ends: per peer and reliable. A datagram connection
+/// (best-effort) reports an oversized datagram as one lost message and goes on; a shared
+/// receiver merges many senders and one sender's bad message does not end the others'.
+fn breakable(c: &Capabilities) -> Result<(), &'static str> {
+    per_peer(c)
+        .map_err(|_| "one shared receiving connection: one sender's error does not end it")?;
+    reliable(c).map_err(|_| "best-effort: an oversized datagram is one lost message")
+}
+
 /// Whether `case` applies to `subject`: the transport must be usable here (probed once by
 /// binding a fresh endpoint) and have the capabilities the case needs.
 pub fn applies(subject: &Subject, case: &Case) -> Result<(), String> {
@@ -164,7 +189,7 @@ pub fn applies(subject: &Subject, case: &Case) -> Result<(), String> {
 fn probe(subject: &Subject) -> Result<Capabilities, String> {
     let ep = endpoint(subject, "probe");
     let caps = ductwork_transports::capabilities(&ep).map_err(|e| e.to_string())?;
-    runtime().block_on(async {
+    support::runtime().block_on(async {
         match ductwork_transports::bind(&ep).await {
             Ok(_) => Ok(caps),
             Err(e) if e.kind() == ErrorKind::Unsupported => Err(e.detail().to_string()),
@@ -174,18 +199,13 @@ fn probe(subject: &Subject) -> Result<Capabilities, String> {
 }
 
 fn endpoint(subject: &Subject, case: &str) -> Endpoint {
-    let unique = format!(
-        "{}-{}-{}",
-        std::process::id(),
-        subject.name,
-        case.replace('_', "-")
-    );
-    Endpoint::parse(&(subject.endpoint)(&unique)).expect("subject endpoint parses")
+    let unique = support::unique(&format!("conf-{}-{}", subject.name, case.replace('_', "-")));
+    Endpoint::parse(&subject.endpoint(&unique)).expect("subject endpoint parses")
 }
 
 /// Runs a case body on a fresh runtime with an overall deadline.
 fn run<F: Future<Output = Result<(), String>>>(limit: u64, f: F) -> Result<(), String> {
-    runtime().block_on(async {
+    support::runtime().block_on(async {
         tokio::time::timeout(Duration::from_secs(limit), f)
             .await
             .unwrap_or_else(|_| Err(format!("case did not finish within {limit} s")))
@@ -193,87 +213,33 @@ fn run<F: Future<Output = Result<(), String>>>(limit: u64, f: F) -> Result<(), S
 }
 
 async fn within<T>(what: &str, d: Duration, f: impl Future<Output = T>) -> Result<T, String> {
-    tokio::time::timeout(d, f)
-        .await
-        .map_err(|_| format!("{what}: no result within {} s (hang)", d.as_secs()))
+    support::within(what, d, f).await
 }
 
 fn e2s(e: ductwork_core::Error) -> String {
     e.to_string()
 }
 
-/// A child process playing a role (see `roles.rs`).
-struct Peer {
-    child: Child,
-    role: String,
+/// Binds a fresh endpoint of `subject` for `case`.
+async fn bind(subject: &Subject, case: &str) -> Result<ductwork_core::BoxListener, String> {
+    ductwork_transports::bind(&endpoint(subject, case))
+        .await
+        .map_err(e2s)
 }
 
-impl Peer {
-    fn spawn(role: &str, ep: &Endpoint, args: &[String]) -> Result<Peer, String> {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let child = Command::new(exe)
-            .arg("--dw-child")
-            .arg(role)
-            .arg(ep.to_string())
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("spawn child {role}: {e}"))?;
-        Ok(Peer {
-            child,
-            role: role.into(),
-        })
-    }
+/// A peer process playing a role of `roles.rs`: the endpoint, then the role's arguments.
+fn spawn_peer(role: &str, ep: &Endpoint, args: &[String]) -> Result<Child, String> {
+    let all: Vec<String> = std::iter::once(ep.to_string())
+        .chain(args.iter().cloned())
+        .collect();
+    Child::spawn(role, &all)
+}
 
-    /// Spawns a listener role and waits for its `READY <endpoint>` line.
-    async fn listener(
-        role: &str,
-        ep: &Endpoint,
-        args: &[String],
-    ) -> Result<(Peer, Endpoint), String> {
-        let mut p = Peer::spawn(role, ep, args)?;
-        let out = p.child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(out).lines();
-        let line = within(
-            &format!("child {role} READY"),
-            PEER_DEADLINE,
-            lines.next_line(),
-        )
-        .await?
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("child {role} exited before it was ready"))?;
-        let bound = line
-            .strip_prefix("READY ")
-            .ok_or_else(|| format!("child {role} said {line:?}"))?;
-        Ok((p, Endpoint::parse(bound).map_err(e2s)?))
-    }
-
-    /// Closes the child's stdin (listener roles exit then) and waits for a successful exit.
-    async fn finish(mut self) -> Result<(), String> {
-        drop(self.child.stdin.take());
-        let status = within(
-            &format!("child {} exit", self.role),
-            PEER_DEADLINE,
-            self.child.wait(),
-        )
-        .await?
-        .map_err(|e| e.to_string())?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(format!("child {} failed: {status}", self.role))
-        }
-    }
-
-    async fn kill(&mut self) -> Result<(), String> {
-        self.child
-            .kill()
-            .await
-            .map_err(|e| format!("kill child: {e}"))
-    }
+/// Spawns a listener role and waits until it announced the endpoint it bound.
+async fn listener(role: &str, ep: &Endpoint, args: &[String]) -> Result<(Child, Endpoint), String> {
+    let mut p = spawn_peer(role, ep, args)?;
+    let bound = p.ready().await?;
+    Ok((p, Endpoint::parse(&bound).map_err(e2s)?))
 }
 
 async fn accept(l: &mut ductwork_core::BoxListener) -> Result<BoxConnection, String> {
@@ -291,7 +257,7 @@ async fn recv_msg(ch: &mut Channel<Msg>) -> Result<Option<Msg>, String> {
 /// Typed messages of several sizes come back unchanged from an echo server in another process.
 fn round_trip(s: &Subject) -> Result<(), String> {
     run(120, async {
-        let (peer, ep) = Peer::listener("echo-server", &endpoint(s, "round_trip"), &[]).await?;
+        let (peer, ep) = listener("echo-server", &endpoint(s, "round_trip"), &[]).await?;
         let conn = within("connect", PEER_DEADLINE, ductwork_transports::connect(&ep))
             .await?
             .map_err(e2s)?;
@@ -320,12 +286,10 @@ fn round_trip(s: &Subject) -> Result<(), String> {
 /// On a one-way transport, 1,000 messages from another process arrive, in order if ordered.
 fn one_way_delivery(s: &Subject) -> Result<(), String> {
     run(120, async {
-        let mut l = ductwork_transports::bind(&endpoint(s, "one_way_delivery"))
-            .await
-            .map_err(e2s)?;
+        let mut l = bind(s, "one_way_delivery").await?;
         let caps = ductwork_transports::capabilities(l.endpoint()).map_err(e2s)?;
         let mut ch: Channel<Msg> = Channel::new(accept(&mut l).await?);
-        let peer = Peer::spawn(
+        let peer = spawn_peer(
             "send-close",
             l.endpoint(),
             &["3".into(), "1000".into(), "100".into()],
@@ -349,14 +313,12 @@ fn one_way_delivery(s: &Subject) -> Result<(), String> {
 fn ordered_100k(s: &Subject) -> Result<(), String> {
     const N: u64 = 100_000;
     run(300, async {
-        let mut l = ductwork_transports::bind(&endpoint(s, "ordered_100k"))
-            .await
-            .map_err(e2s)?;
+        let mut l = bind(s, "ordered_100k").await?;
         let shared = ductwork_transports::capabilities(l.endpoint())
             .map_err(e2s)?
             .accept
             == Accept::Shared;
-        let peer = Peer::spawn(
+        let peer = spawn_peer(
             "send-close",
             l.endpoint(),
             &["1".into(), N.to_string(), "16".into()],
@@ -389,7 +351,7 @@ fn max_size(s: &Subject) -> Result<(), String> {
         if caps.direction == Direction::OneWay {
             let mut l = ductwork_transports::bind(&ep).await.map_err(e2s)?;
             let mut c = accept(&mut l).await?;
-            let peer = Peer::spawn("send-sizes", l.endpoint(), &[])?;
+            let peer = spawn_peer("send-sizes", l.endpoint(), &[])?;
             let f = within("recv", PEER_DEADLINE, c.next())
                 .await?
                 .ok_or("ended")?
@@ -406,7 +368,7 @@ fn max_size(s: &Subject) -> Result<(), String> {
             }
             return peer.finish().await;
         }
-        let (peer, ep) = Peer::listener("echo-server", &ep, &[]).await?;
+        let (peer, ep) = listener("echo-server", &ep, &[]).await?;
         let mut c = within("connect", PEER_DEADLINE, ductwork_transports::connect(&ep))
             .await?
             .map_err(e2s)?;
@@ -448,7 +410,7 @@ fn max_size(s: &Subject) -> Result<(), String> {
 fn oversized_from_peer(s: &Subject) -> Result<(), String> {
     run(120, async {
         let ep = endpoint(s, "oversized_from_peer").with_option("max_frame", "65536");
-        let (peer, bound) = Peer::listener("blast", &ep, &["4096".into()]).await?;
+        let (peer, bound) = listener("blast", &ep, &["4096".into()]).await?;
         let mine = bound.with_option("max_frame", "1024");
         let mut c = within(
             "connect",
@@ -471,19 +433,8 @@ fn spawn_echo_acceptor(
 ) -> tokio::sync::mpsc::UnboundedReceiver<DwResult<()>> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
-        loop {
-            let Ok(mut c) = l.accept().await else { break };
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let outcome = async {
-                    while let Some(f) = c.next().await {
-                        c.send(f?).await?;
-                    }
-                    c.close().await
-                }
-                .await;
-                let _ = tx.send(outcome);
-            });
+        while let Ok(c) = l.accept().await {
+            serve_echo(c, tx.clone());
         }
     });
     rx
@@ -492,13 +443,11 @@ fn spawn_echo_acceptor(
 /// Four client processes at once, each doing 100 round trips, all served correctly.
 fn many_clients(s: &Subject) -> Result<(), String> {
     run(240, async {
-        let l = ductwork_transports::bind(&endpoint(s, "many_clients"))
-            .await
-            .map_err(e2s)?;
+        let l = bind(s, "many_clients").await?;
         let ep = l.endpoint().clone();
         let _outcomes = spawn_echo_acceptor(l);
         let peers = (0..4)
-            .map(|i| Peer::spawn("echo-client", &ep, &[i.to_string(), "100".into()]))
+            .map(|i| spawn_peer("echo-client", &ep, &[i.to_string(), "100".into()]))
             .collect::<Result<Vec<_>, _>>()?;
         for p in peers {
             p.finish().await?;
@@ -512,14 +461,12 @@ fn many_clients(s: &Subject) -> Result<(), String> {
 fn many_senders(s: &Subject) -> Result<(), String> {
     const PER: u64 = 200;
     run(240, async {
-        let mut l = ductwork_transports::bind(&endpoint(s, "many_senders"))
-            .await
-            .map_err(e2s)?;
+        let mut l = bind(s, "many_senders").await?;
         let caps = ductwork_transports::capabilities(l.endpoint()).map_err(e2s)?;
         let mut ch: Channel<Msg> = Channel::new(accept(&mut l).await?);
         let peers = (0..4u32)
             .map(|i| {
-                Peer::spawn(
+                spawn_peer(
                     "send-close",
                     l.endpoint(),
                     &[i.to_string(), PER.to_string(), "32".into()],
@@ -548,10 +495,8 @@ fn many_senders(s: &Subject) -> Result<(), String> {
 /// A peer that sends 10 messages and closes: we get all 10, then a clean end (None), not an error.
 fn clean_close(s: &Subject) -> Result<(), String> {
     run(120, async {
-        let mut l = ductwork_transports::bind(&endpoint(s, "clean_close"))
-            .await
-            .map_err(e2s)?;
-        let peer = Peer::spawn(
+        let mut l = bind(s, "clean_close").await?;
+        let peer = spawn_peer(
             "send-close",
             l.endpoint(),
             &["5".into(), "10".into(), "64".into()],
@@ -575,10 +520,8 @@ fn clean_close(s: &Subject) -> Result<(), String> {
 /// close then succeeds (it has nobody to tell, and that is not an error).
 fn close_after_peer_left(s: &Subject) -> Result<(), String> {
     run(120, async {
-        let mut l = ductwork_transports::bind(&endpoint(s, "close_after_peer_left"))
-            .await
-            .map_err(e2s)?;
-        let peer = Peer::spawn(
+        let mut l = bind(s, "close_after_peer_left").await?;
+        let peer = spawn_peer(
             "send-close",
             l.endpoint(),
             &["2".into(), "3".into(), "8".into()],
@@ -603,11 +546,9 @@ fn close_after_peer_left(s: &Subject) -> Result<(), String> {
 /// ConnectionLost promptly, never a hang and never a clean end.
 fn peer_killed(s: &Subject) -> Result<(), String> {
     run(180, async {
-        let mut l = ductwork_transports::bind(&endpoint(s, "peer_killed"))
-            .await
-            .map_err(e2s)?;
+        let mut l = bind(s, "peer_killed").await?;
         // 1. Idle peer killed while our recv is pending.
-        let mut idle = Peer::spawn("send-one-then-wait", l.endpoint(), &[])?;
+        let mut idle = spawn_peer("send-one-then-wait", l.endpoint(), &[])?;
         let mut ch: Channel<Msg> = Channel::new(accept(&mut l).await?);
         recv_msg(&mut ch).await?.ok_or("no first message")?;
         let pending = tokio::spawn(async move { ch.recv().await });
@@ -622,7 +563,7 @@ fn peer_killed(s: &Subject) -> Result<(), String> {
             }
         }
         // 2. Streaming peer killed mid-stream.
-        let mut busy = Peer::spawn("stream-forever", l.endpoint(), &[])?;
+        let mut busy = spawn_peer("stream-forever", l.endpoint(), &[])?;
         let mut ch: Channel<Msg> = Channel::new(accept(&mut l).await?);
         for _ in 0..50 {
             recv_msg(&mut ch).await?.ok_or("stream ended early")?;
@@ -653,16 +594,14 @@ fn garbage(s: &Subject) -> Result<(), String> {
         return Ok(());
     }
     run(180, async {
-        let l = ductwork_transports::bind(&endpoint(s, "garbage"))
-            .await
-            .map_err(e2s)?;
+        let l = bind(s, "garbage").await?;
         let ep = l.endpoint().clone();
         let caps = ductwork_transports::capabilities(&ep).map_err(e2s)?;
         if caps.direction == Direction::OneWay {
             return garbage_one_way(s, l).await;
         }
         let mut outcomes = spawn_echo_acceptor(l);
-        Peer::spawn("garbage", &ep, &[s.name.into()])?
+        spawn_peer("garbage", &ep, &[s.name.into()])?
             .finish()
             .await?;
         if caps.boundaries == ductwork_core::Boundaries::FramedBytes {
@@ -672,7 +611,7 @@ fn garbage(s: &Subject) -> Result<(), String> {
                 other => return Err(format!("garbage connection ended with {other:?}")),
             }
         }
-        Peer::spawn("echo-client", &ep, &["1".into(), "20".into()])?
+        spawn_peer("echo-client", &ep, &["1".into(), "20".into()])?
             .finish()
             .await
     })
@@ -688,10 +627,10 @@ async fn garbage_one_way(s: &Subject, mut l: ductwork_core::BoxListener) -> Resu
         .map_err(e2s)?
         .is_reliable();
     let mut ch: Channel<Msg> = Channel::new(accept(&mut l).await?);
-    Peer::spawn("garbage", &ep, &[s.name.into()])?
+    spawn_peer("garbage", &ep, &[s.name.into()])?
         .finish()
         .await?;
-    let sender = Peer::spawn("send-close", &ep, &["7".into(), N.to_string(), "40".into()])?;
+    let sender = spawn_peer("send-close", &ep, &["7".into(), N.to_string(), "40".into()])?;
     let (mut next, mut errors) = (0, 0u32);
     while next < N {
         match within("recv after garbage", PEER_DEADLINE, ch.recv()).await? {
@@ -717,9 +656,7 @@ async fn garbage_one_way(s: &Subject, mut l: ductwork_core::BoxListener) -> Resu
 /// Connecting where nothing listens (any more) is NotFound, naming the endpoint, promptly.
 fn connect_missing(s: &Subject) -> Result<(), String> {
     run(60, async {
-        let l = ductwork_transports::bind(&endpoint(s, "connect_missing"))
-            .await
-            .map_err(e2s)?;
+        let l = bind(s, "connect_missing").await?;
         let gone = l.endpoint().clone();
         drop(l);
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -747,7 +684,7 @@ fn connect_missing(s: &Subject) -> Result<(), String> {
 /// process let go, binding works.
 fn bind_in_use(s: &Subject) -> Result<(), String> {
     run(120, async {
-        let (peer, bound) = Peer::listener("hold", &endpoint(s, "bind_in_use"), &[]).await?;
+        let (peer, bound) = listener("hold", &endpoint(s, "bind_in_use"), &[]).await?;
         match ductwork_transports::bind(&bound).await {
             Err(e) if e.kind() == ErrorKind::AddrInUse => {
                 if !e.to_string().contains(bound.address()) {
@@ -768,10 +705,8 @@ fn bind_in_use(s: &Subject) -> Result<(), String> {
 /// A listener process that was killed leaves nothing that stops the next bind of its name.
 fn rebind_after_crash(s: &Subject) -> Result<(), String> {
     run(120, async {
-        let (mut peer, bound) =
-            Peer::listener("hold", &endpoint(s, "rebind_after_crash"), &[]).await?;
+        let (mut peer, bound) = listener("hold", &endpoint(s, "rebind_after_crash"), &[]).await?;
         peer.kill().await?;
-        let _ = peer.child.wait().await;
         // The OS may need a moment to release a killed process's handles.
         let mut last = String::new();
         for _ in 0..50 {
@@ -789,9 +724,7 @@ fn rebind_after_crash(s: &Subject) -> Result<(), String> {
 /// receiver is accepted once.
 fn one_way_rules(s: &Subject) -> Result<(), String> {
     run(60, async {
-        let mut l = ductwork_transports::bind(&endpoint(s, "one_way_rules"))
-            .await
-            .map_err(e2s)?;
+        let mut l = bind(s, "one_way_rules").await?;
         let mut rx = accept(&mut l).await?;
         match rx.send(Bytes::from_static(b"x")).await {
             Err(e) if e.kind() == ErrorKind::Unsupported => {}
@@ -826,8 +759,7 @@ fn one_way_rules(s: &Subject) -> Result<(), String> {
 /// channel goes on working.
 fn typed_decode_error(s: &Subject) -> Result<(), String> {
     run(120, async {
-        let (peer, ep) =
-            Peer::listener("echo-server", &endpoint(s, "typed_decode_error"), &[]).await?;
+        let (peer, ep) = listener("echo-server", &endpoint(s, "typed_decode_error"), &[]).await?;
         let mut c = within("connect", PEER_DEADLINE, ductwork_transports::connect(&ep))
             .await?
             .map_err(e2s)?;
@@ -853,4 +785,319 @@ fn typed_decode_error(s: &Subject) -> Result<(), String> {
         ch.close().await.map_err(e2s)?;
         peer.finish().await
     })
+}
+
+/// `recv` is cancel-safe: a receive dropped while pending loses nothing. A sender process
+/// sends bursts of numbered messages (some large, read in parts by stream transports) when
+/// told to; between bursts, with nothing in flight, receives are polled once and dropped
+/// (surely pending), and during bursts each receive races a short random timer, so many are
+/// dropped mid-way. Every message must arrive exactly once, in order, then the clean end.
+fn cancel_safe_recv(s: &Subject) -> Result<(), String> {
+    const BURSTS: u64 = 40;
+    run(240, async {
+        let mut l = bind(s, "cancel_safe_recv").await?;
+        let caps = ductwork_transports::capabilities(l.endpoint()).map_err(e2s)?;
+        let mut sender = spawn_peer("send-on-cue", l.endpoint(), &["4".into()])?;
+        let mut ch: Channel<Msg> = Channel::new(accept(&mut l).await?);
+        let mut rng = XorShift::new(u64::from(std::process::id()));
+        let (mut next, mut dropped, mut polls) = (0u64, 0u32, 0u32);
+        for burst in 0..BURSTS {
+            // Nothing is in flight: a receive polled now is pending; dropping it must not
+            // lose the next message.
+            for _ in 0..3 {
+                if let Some(r) = ch.recv().now_or_never() {
+                    return Err(format!("before burst {burst}: a receive got {r:?}"));
+                }
+                dropped += 1;
+            }
+            let n = 1 + rng.below(12);
+            sender.say(&n.to_string()).await?;
+            let end = next + n;
+            while next < end {
+                polls += 1;
+                if polls > 1_000_000 {
+                    return Err(format!("{polls} receives and still waiting for #{next}"));
+                }
+                let timer = Duration::from_micros(rng.below(1500));
+                tokio::select! {
+                    r = ch.recv() => {
+                        let m = r.map_err(e2s)?.ok_or_else(|| format!("ended before #{next}"))?;
+                        if m != cue_msg(4, next, caps.max_message) {
+                            return Err(format!(
+                                "expected #{next}, got #{} ({} body bytes) after {dropped} \
+                                 dropped receives",
+                                m.seq,
+                                m.body.len()
+                            ));
+                        }
+                        next += 1;
+                    }
+                    _ = tokio::time::sleep(timer) => dropped += 1,
+                }
+            }
+        }
+        sender.finish().await?;
+        if caps.accept == Accept::PerPeer {
+            match recv_msg(&mut ch).await? {
+                None => {}
+                Some(m) => return Err(format!("extra message after {next}: #{}", m.seq)),
+            }
+        }
+        Ok(())
+    })
+}
+
+/// `accept` is cancel-safe: an accept dropped while pending loses no connection. With nobody
+/// connecting, accepts are polled once and dropped; then four client processes connect while
+/// each accept races a short random timer. All four must be accepted and served (each does
+/// round trips with the echo this process runs on every accepted connection).
+fn cancel_safe_accept(s: &Subject) -> Result<(), String> {
+    const CLIENTS: u32 = 4;
+    run(240, async {
+        let mut l = bind(s, "cancel_safe_accept").await?;
+        for _ in 0..3 {
+            if let Some(r) = l.accept().now_or_never() {
+                return Err(format!(
+                    "an accept with no client returned {:?}",
+                    r.map(|c| c.info().clone())
+                ));
+            }
+        }
+        let ep = l.endpoint().clone();
+        let clients = (0..CLIENTS)
+            .map(|i| spawn_peer("echo-client", &ep, &[i.to_string(), "20".into()]))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut rng = XorShift::new(u64::from(std::process::id()) ^ 0xacce);
+        let (mut accepted, mut polls) = (0, 0u32);
+        let (tx, mut outcomes) = tokio::sync::mpsc::unbounded_channel();
+        let all = within("accept every client", PEER_DEADLINE, async {
+            while accepted < CLIENTS {
+                polls += 1;
+                if polls > 1_000_000 {
+                    return Err(format!("{polls} accepts, {accepted} connections"));
+                }
+                let timer = Duration::from_micros(rng.below(1500));
+                tokio::select! {
+                    r = l.accept() => {
+                        serve_echo(r.map_err(e2s)?, tx.clone());
+                        accepted += 1;
+                    }
+                    _ = tokio::time::sleep(timer) => {}
+                }
+            }
+            Ok(())
+        })
+        .await;
+        match all {
+            Ok(r) => r?,
+            Err(_) => return Err(format!("accepted {accepted} of {CLIENTS} clients (hang)")),
+        }
+        for c in clients {
+            c.finish().await?;
+        }
+        for _ in 0..CLIENTS {
+            match within("echo outcome", PEER_DEADLINE, outcomes.recv()).await? {
+                Some(Ok(())) => {}
+                other => return Err(format!("a served connection ended with {other:?}")),
+            }
+        }
+        Ok(())
+    })
+}
+
+/// After a receive returned an error other than Decode the connection is broken: every later
+/// receive returns an error or the end, never a frame, never a hang. Twice: a live peer
+/// process sends one frame over our limit and then valid small frames (a reader that went on
+/// would deliver them); and (if the transport sees peers die) a peer process is killed. A
+/// dead peer also makes a send fail (with ConnectionLost or Closed) within a few sends, and
+/// every send after that fails too.
+fn broken_after_error(s: &Subject) -> Result<(), String> {
+    run(180, async {
+        let ep = endpoint(s, "broken_after_error").with_option("max_frame", "65536");
+        let (peer, bound) = listener("blast", &ep, &["4096".into(), "20".into()]).await?;
+        let mut c = within(
+            "connect",
+            PEER_DEADLINE,
+            ductwork_transports::connect(&bound.with_option("max_frame", "1024")),
+        )
+        .await?
+        .map_err(e2s)?;
+        match within("recv", PEER_DEADLINE, c.next()).await? {
+            Some(Err(e)) if e.kind() == ErrorKind::FrameTooLarge => {}
+            other => return Err(format!("expected FrameTooLarge, got {other:?}")),
+        }
+        still_broken("after FrameTooLarge", &mut c).await?;
+        drop(c);
+        peer.finish().await?;
+
+        if !ductwork_transports::capabilities(&ep)
+            .map_err(e2s)?
+            .peer_loss
+        {
+            return Ok(());
+        }
+        let mut l = bind(s, "broken_after_error").await?;
+        let mut idle = spawn_peer("send-one-then-wait", l.endpoint(), &[])?;
+        let mut c = accept(&mut l).await?;
+        within("first frame", PEER_DEADLINE, c.next())
+            .await?
+            .ok_or("ended before the first frame")?
+            .map_err(e2s)?;
+        idle.kill().await?;
+        match within("recv after kill", PEER_DEADLINE, c.next()).await? {
+            Some(Err(e)) if e.kind() == ErrorKind::ConnectionLost => {}
+            other => {
+                return Err(format!(
+                    "killed peer: expected ConnectionLost, got {other:?}"
+                ))
+            }
+        }
+        still_broken("after ConnectionLost", &mut c).await?;
+        // Sends may still be taken by a buffer (a socket's, a ring) before the transport
+        // notices that nobody reads them; once that is full (at most 16 MiB here) a send must
+        // fail, and every send after it too.
+        let frame = Bytes::from(vec![9u8; 1024]);
+        let mut failed = None;
+        for i in 0..16_384 + 4 {
+            let r = within("send to a dead peer", PEER_DEADLINE, c.send(frame.clone())).await?;
+            match (r, failed) {
+                (Err(e), _)
+                    if matches!(e.kind(), ErrorKind::ConnectionLost | ErrorKind::Closed) =>
+                {
+                    failed.get_or_insert(i);
+                }
+                (Err(e), _) => return Err(format!("send {i} to a dead peer: {e}")),
+                (Ok(()), Some(first)) => {
+                    return Err(format!(
+                        "send {i} to a dead peer succeeded after send {first} failed"
+                    ))
+                }
+                (Ok(()), None) => {}
+            }
+            if failed.is_some_and(|f| i >= f + 3) {
+                return Ok(());
+            }
+        }
+        Err("16 MiB of sends to a dead peer all succeeded".into())
+    })
+}
+
+/// Five more receives on a broken connection: each an error or the end, none a frame or a hang.
+async fn still_broken(when: &str, c: &mut BoxConnection) -> Result<(), String> {
+    for i in 0..5 {
+        match within(&format!("recv {i} {when}"), PEER_DEADLINE, c.next()).await? {
+            None | Some(Err(_)) => {}
+            Some(Ok(f)) => {
+                return Err(format!(
+                    "recv {i} {when} delivered a frame of {} bytes ({:?}...)",
+                    f.len(),
+                    &f[..f.len().min(12)]
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A sized send whose encoder writes fewer or more bytes than announced (or fails, or
+/// announces more than the limit) fails as "Sized sends" says and queues nothing; the
+/// connection takes the next frame. The sender is another process (`sized-sends` checks each
+/// error and exits with 1 on a wrong one); this side must receive exactly the valid frames,
+/// in order, and then the end. On a best-effort transport rounds repeat until one complete
+/// round's last frame arrived, and every frame that arrives must be a valid one.
+fn sized_send_wrong_count(s: &Subject) -> Result<(), String> {
+    run(180, async {
+        let mut ep = endpoint(s, "sized_send_wrong_count");
+        // A small ring, where a transport has one, so that frames wrap around its end.
+        let small = ep.with_option("capacity", "16KiB");
+        if ductwork_transports::capabilities(&small).is_ok() {
+            ep = small;
+        }
+        let mut l = ductwork_transports::bind(&ep).await.map_err(e2s)?;
+        let caps = ductwork_transports::capabilities(l.endpoint()).map_err(e2s)?;
+        let mut sender = spawn_peer("sized-sends", l.endpoint(), &[])?;
+        let mut c = accept(&mut l).await?;
+        let received = receive_sized(&caps, &mut c).await;
+        if let Err(e) = received {
+            // The sender's own finding (a wrong error from a sized send) says more.
+            return Err(
+                match within("sender exit", Duration::from_secs(10), sender.finish()).await {
+                    Ok(Err(why)) => format!("{e}; {why}"),
+                    _ => e,
+                },
+            );
+        }
+        if !caps.is_reliable() {
+            sender.say("stop").await?;
+        }
+        sender.finish().await?;
+        if caps.accept == Accept::PerPeer && caps.is_reliable() {
+            match within("recv after the last frame", PEER_DEADLINE, c.next()).await? {
+                None => {}
+                other => return Err(format!("after the last valid frame: {other:?}")),
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The receiving side of `sized_send_wrong_count`.
+async fn receive_sized(caps: &Capabilities, c: &mut BoxConnection) -> Result<(), String> {
+    if caps.is_reliable() {
+        for i in 0..=SIZED_FRAMES {
+            let f = within("recv", PEER_DEADLINE, c.next())
+                .await?
+                .ok_or_else(|| format!("ended before frame {i}"))?
+                .map_err(e2s)?;
+            if f[..] != sized_frame(0, i)[..] {
+                return Err(format!(
+                    "expected valid frame {i} ({} bytes), got {} bytes starting {:?}",
+                    sized_frame(0, i).len(),
+                    f.len(),
+                    &f[..f.len().min(12)]
+                ));
+            }
+        }
+        return Ok(());
+    }
+    // Best-effort: anything may be lost, nothing may be invented.
+    let mut last: Option<(u32, u32)> = None;
+    loop {
+        let f = within("recv", PEER_DEADLINE, c.next())
+            .await?
+            .ok_or("ended before a whole round arrived")?
+            .map_err(e2s)?;
+        let at = |k: usize| {
+            u32::from_be_bytes(f.get(k..k + 4).unwrap_or(&[0xee; 4]).try_into().unwrap())
+        };
+        let (round, i) = (at(0), at(4));
+        if i > SIZED_FRAMES || round >= 50 || f[..] != sized_frame(round, i)[..] {
+            return Err(format!(
+                "a frame that was never sent validly: {} bytes starting {:?}",
+                f.len(),
+                &f[..f.len().min(12)]
+            ));
+        }
+        if caps.ordered && last.is_some_and(|l| (round, i) <= l) {
+            return Err(format!("frame {round}/{i} after {last:?}"));
+        }
+        last = Some((round, i));
+        if i == SIZED_FRAMES {
+            return Ok(());
+        }
+    }
+}
+
+/// Echoes every frame of `c` on a task; the outcome goes to `outcomes`.
+fn serve_echo(mut c: BoxConnection, outcomes: tokio::sync::mpsc::UnboundedSender<DwResult<()>>) {
+    tokio::spawn(async move {
+        let outcome = async {
+            while let Some(f) = c.next().await {
+                c.send(f?).await?;
+            }
+            c.close().await
+        }
+        .await;
+        let _ = outcomes.send(outcome);
+    });
 }

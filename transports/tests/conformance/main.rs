@@ -1,8 +1,9 @@
 //! The conformance suite: every transport through the same contract, across two OS processes.
 //!
 //! Each case runs in this test process (the "parent") against a peer that is a *separate
-//! process*: this same executable started again with `--dw-child ROLE ENDPOINT ARGS...`
-//! (see `roles.rs`). The transports to test are listed in `subjects.rs`; each transport's
+//! process*: this same executable started again playing a role (see `roles.rs`), through
+//! `support/child.rs`, which every suite in `transports/tests` shares. The transports to test
+//! are listed in `subjects.rs`; each transport's
 //! [`Capabilities`](ductwork_core::Capabilities) decide which cases apply (see `cases.rs`).
 //!
 //! Test names are `SCHEME::CASE`, so `cargo test -p ductwork-transports --test conformance -- tcp::`
@@ -11,14 +12,13 @@
 mod cases;
 mod roles;
 mod subjects;
+#[path = "../support/mod.rs"]
+mod support;
 
 use libtest_mimic::{Arguments, Trial};
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("--dw-child") {
-        std::process::exit(roles::run_child(&args[2..]));
-    }
+    support::child::enter_if_child(roles::run);
     let args = Arguments::from_args();
     let mut trials = Vec::new();
     for subject in subjects::all() {

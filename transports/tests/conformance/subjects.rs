@@ -1,66 +1,64 @@
-//! The transports under test: one entry per backend, with how to make a fresh endpoint and,
-//! where the mechanism allows it, how to write raw garbage to a listener.
+//! The transports under test: every transport built into `ductwork_transports` (its
+//! [`Transport::local_endpoint`] makes a fresh endpoint), with, where the mechanism lets a raw
+//! client in, how to write garbage to a listener. A new transport needs nothing here but its
+//! garbage writer, if any, and one line in [`garbage_writer`].
 
-use ductwork_core::Endpoint;
-use std::io;
+use crate::support;
+use ductwork_core::{Endpoint, Transport};
+use std::{io, sync::Arc};
+
+/// Writes garbage to a listener at the endpoint with raw OS calls (no ductwork code).
+pub type GarbageWriter = fn(&Endpoint) -> io::Result<()>;
 
 /// One transport under test.
 #[derive(Clone)]
 pub struct Subject {
-    /// The name in test names (the scheme, or scheme plus variant).
+    /// The name in test names: the scheme.
     pub name: &'static str,
+    pub transport: Arc<dyn Transport>,
+    pub garbage: Option<GarbageWriter>,
+}
+
+impl Subject {
     /// A fresh endpoint for a test; `unique` is different for every case and process.
-    pub endpoint: fn(unique: &str) -> String,
-    /// Writes garbage to a listener at the endpoint with raw OS calls (no ductwork code), if
-    /// the mechanism lets a raw client in.
-    pub garbage: Option<fn(&Endpoint) -> io::Result<()>>,
+    pub fn endpoint(&self, unique: &str) -> String {
+        self.transport.local_endpoint(unique)
+    }
 }
 
 pub fn all() -> Vec<Subject> {
-    vec![
-        Subject {
-            name: "tcp",
-            endpoint: |_| "tcp://127.0.0.1:0".into(),
-            garbage: Some(tcp_garbage),
-        },
-        Subject {
-            name: "udp",
-            endpoint: |_| "udp://127.0.0.1:0".into(),
-            garbage: Some(udp_garbage),
-        },
-        Subject {
-            name: "unix",
-            endpoint: |u| {
-                let dir = std::env::temp_dir();
-                format!("unix://{}/dw-conf-{u}.sock", dir.display())
-            },
-            garbage: Some(unix_garbage),
-        },
-        Subject {
-            name: "shm",
-            endpoint: |u| format!("shm://conf-{u}"),
-            garbage: Some(shm_garbage),
-        },
-        Subject {
-            name: "copydata",
-            endpoint: |u| format!("copydata://conf-{u}"),
-            garbage: Some(copydata_garbage),
-        },
-        Subject {
-            name: "pipe",
-            endpoint: |u| format!("pipe://dw-{u}"),
-            garbage: Some(pipe_garbage),
-        },
-        Subject {
-            name: "mailslot",
-            endpoint: |u| format!("mailslot://dw-{u}"),
-            garbage: Some(mailslot_garbage),
-        },
-    ]
+    ductwork_transports::transports()
+        .into_iter()
+        .map(|transport| Subject {
+            name: transport.scheme(),
+            garbage: garbage_writer(transport.scheme()),
+            transport,
+        })
+        .collect()
+}
+
+/// The raw garbage writer of each scheme that has one.
+fn garbage_writer(scheme: &str) -> Option<GarbageWriter> {
+    match scheme {
+        "tcp" => Some(tcp_garbage),
+        "udp" => Some(udp_garbage),
+        #[cfg(unix)]
+        "unix" => Some(unix_garbage),
+        #[cfg(any(target_os = "linux", windows))]
+        "shm" => Some(shm_garbage),
+        #[cfg(windows)]
+        "copydata" => Some(copydata_garbage),
+        "pipe" => Some(pipe_garbage),
+        "mailslot" => Some(mailslot_garbage),
+        _ => None,
+    }
 }
 
 /// The garbage every raw client writes: a length far over any limit, then noise.
 pub const GARBAGE: &[u8] = b"\xde\xad\xbe\xefnot a ductwork frame at all";
+
+/// The datagrams the message-oriented raw clients send: the garbage, then short and odd ones.
+const GARBAGE_DATAGRAMS: &[&[u8]] = &[GARBAGE, &[0u8], &[1, 2, 3], &[0xff; 300]];
 
 fn tcp_garbage(ep: &Endpoint) -> io::Result<()> {
     use std::io::Write;
@@ -72,7 +70,7 @@ fn tcp_garbage(ep: &Endpoint) -> io::Result<()> {
 fn udp_garbage(ep: &Endpoint) -> io::Result<()> {
     let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
     s.connect(ep.address())?;
-    for g in [GARBAGE, &[0u8][..], &[1, 2, 3][..], &[0xff; 300][..]] {
+    for g in GARBAGE_DATAGRAMS {
         s.send(g)?;
     }
     Ok(())
@@ -80,89 +78,42 @@ fn udp_garbage(ep: &Endpoint) -> io::Result<()> {
 
 #[cfg(unix)]
 fn unix_garbage(ep: &Endpoint) -> io::Result<()> {
+    stream_garbage(std::path::Path::new(ep.address()))
+}
+
+#[cfg(unix)]
+fn stream_garbage(path: &std::path::Path) -> io::Result<()> {
     use std::io::Write;
-    let mut s = std::os::unix::net::UnixStream::connect(ep.address())?;
+    let mut s = std::os::unix::net::UnixStream::connect(path)?;
     s.write_all(GARBAGE)?;
     s.flush()
 }
 
-#[cfg(not(unix))]
-fn unix_garbage(_ep: &Endpoint) -> io::Result<()> {
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "no unix sockets here",
-    ))
-}
-
 /// WM_COPYDATA with raw Win32 calls: a foreign `dwData` tag, garbage bytes and empty blocks
-/// with the ductwork tag, and a WM_COPYDATA with no COPYDATASTRUCT at all. The ductwork tag and results are the ones `copydata/mod.rs` documents.
+/// with the ductwork tag, and a WM_COPYDATA with no COPYDATASTRUCT at all. The ductwork tag
+/// and results are the ones `copydata/mod.rs` documents.
 #[cfg(windows)]
 fn copydata_garbage(ep: &Endpoint) -> io::Result<()> {
-    use windows_sys::Win32::{
-        System::DataExchange::COPYDATASTRUCT,
-        UI::WindowsAndMessaging::{
-            FindWindowExW, SendMessageTimeoutW, HWND_MESSAGE, SMTO_ABORTIFHUNG, WM_COPYDATA,
-        },
+    use support::win32::{copydata_window, send_copydata};
+    use windows_sys::Win32::UI::WindowsAndMessaging::{
+        SendMessageTimeoutW, SMTO_ABORTIFHUNG, WM_COPYDATA,
     };
     const MAGIC: usize = 0x4457_4344;
-    let wide = |s: &str| s.encode_utf16().chain(Some(0)).collect::<Vec<u16>>();
-    let class = wide(&format!("ductwork.copydata.{}", ep.address()));
-    let title = wide(ep.address());
-    // SAFETY: both strings are NUL-terminated and outlive the call.
-    let hwnd = unsafe {
-        FindWindowExW(
-            HWND_MESSAGE,
-            std::ptr::null_mut(),
-            class.as_ptr(),
-            title.as_ptr(),
-        )
-    };
-    if hwnd.is_null() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            "no receiver window",
-        ));
-    }
-    let mut noise = GARBAGE.to_vec();
-    let send = |tag: usize, data: &mut [u8], len: u32, null_data: bool, expect: usize| {
-        let cds = COPYDATASTRUCT {
-            dwData: tag,
-            cbData: len,
-            lpData: if null_data {
-                std::ptr::null_mut()
-            } else {
-                data.as_mut_ptr().cast()
-            },
-        };
-        let mut result = usize::MAX;
-        // SAFETY: `cds` and `data` outlive the call, and `len` never exceeds `data.len()` when
-        // the pointer is not null.
-        let ok = unsafe {
-            SendMessageTimeoutW(
-                hwnd,
-                WM_COPYDATA,
-                0,
-                &cds as *const _ as isize,
-                SMTO_ABORTIFHUNG,
-                10_000,
-                &mut result,
-            )
-        };
-        if ok == 0 {
-            return Err(io::Error::last_os_error());
-        }
+    let hwnd = copydata_window(ep.address())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no receiver window"))?;
+    for (tag, data, expect) in [
+        (0xbad, Some(GARBAGE), 0),
+        (MAGIC, Some(GARBAGE), 1),
+        (MAGIC, None, 1),
+        (MAGIC, Some(&GARBAGE[..0]), 1),
+    ] {
+        let result = send_copydata(hwnd, tag, data)?;
         if result != expect {
             return Err(io::Error::other(format!(
-                "tag {tag:#x}, {len} bytes: result {result}, expected {expect}"
+                "tag {tag:#x}, {data:?}: result {result}, expected {expect}"
             )));
         }
-        Ok(())
-    };
-    let n = noise.len() as u32;
-    send(0xbad, &mut noise, n, false, 0)?;
-    send(MAGIC, &mut noise, n, false, 1)?;
-    send(MAGIC, &mut noise, 0, true, 1)?;
-    send(MAGIC, &mut noise, 0, false, 1)?;
+    }
     // SAFETY: a null lParam carries no pointer for the receiver to follow.
     let ok =
         unsafe { SendMessageTimeoutW(hwnd, WM_COPYDATA, 0, 0, SMTO_ABORTIFHUNG, 10_000, &mut 0) };
@@ -170,112 +121,31 @@ fn copydata_garbage(ep: &Endpoint) -> io::Result<()> {
     Ok(())
 }
 
-#[cfg(not(windows))]
-fn copydata_garbage(_ep: &Endpoint) -> io::Result<()> {
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "copydata is Windows only",
-    ))
-}
-
-/// The Unix socket path a `pipe://` or `mailslot://` name maps to (see the transports' docs):
-/// recomputed here independently, as a foreign client would.
-#[cfg(unix)]
-fn private_socket(prefix: &str, ep: &Endpoint) -> std::path::PathBuf {
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
-    let dir = match std::env::var_os("XDG_RUNTIME_DIR").map(std::path::PathBuf::from) {
-        Some(d) if d.is_absolute() => d.join("ductwork"),
-        _ => std::env::temp_dir().join(format!("ductwork-{uid}")),
-    };
-    dir.join(format!("{prefix}-{}.sock", ep.address()))
-}
-
 #[cfg(unix)]
 fn pipe_garbage(ep: &Endpoint) -> io::Result<()> {
-    use std::io::Write;
-    let mut s = std::os::unix::net::UnixStream::connect(private_socket("pipe", ep))?;
-    s.write_all(GARBAGE)?;
-    s.flush()
+    stream_garbage(&support::unix::private_socket("pipe", ep.address()))
 }
 
 #[cfg(unix)]
 fn mailslot_garbage(ep: &Endpoint) -> io::Result<()> {
     let s = std::os::unix::net::UnixDatagram::unbound()?;
-    s.connect(private_socket("mailslot", ep))?;
-    for g in [
-        GARBAGE,
-        &[0u8][..],
-        &[1, 2, 3][..],
-        &[0xff; 300][..],
-        &[][..],
-    ] {
+    s.connect(support::unix::private_socket("mailslot", ep.address()))?;
+    for g in GARBAGE_DATAGRAMS.iter().chain([&&[][..]]) {
         s.send(g)?;
     }
     Ok(())
 }
 
-/// Opens `path` for writing with `CreateFileW` and writes each buffer with `WriteFile`.
-#[cfg(windows)]
-fn win32_write_all(path: &str, bufs: &[&[u8]]) -> io::Result<()> {
-    use windows_sys::Win32::{
-        Foundation::{CloseHandle, GENERIC_WRITE, INVALID_HANDLE_VALUE},
-        Storage::FileSystem::{
-            CreateFileW, WriteFile, FILE_ATTRIBUTE_NORMAL, FILE_SHARE_READ, FILE_SHARE_WRITE,
-            OPEN_EXISTING,
-        },
-    };
-    let wide: Vec<u16> = path.encode_utf16().chain(Some(0)).collect();
-    // SAFETY: `wide` is a NUL-terminated UTF-16 string that outlives the call; the other
-    // arguments are plain flags and null pointers the API accepts.
-    let h = unsafe {
-        CreateFileW(
-            wide.as_ptr(),
-            GENERIC_WRITE,
-            FILE_SHARE_READ | FILE_SHARE_WRITE,
-            std::ptr::null(),
-            OPEN_EXISTING,
-            FILE_ATTRIBUTE_NORMAL,
-            std::ptr::null_mut(),
-        )
-    };
-    if h == INVALID_HANDLE_VALUE {
-        return Err(io::Error::last_os_error());
-    }
-    let mut result = Ok(());
-    for b in bufs {
-        let mut written = 0u32;
-        // SAFETY: `h` is an open handle; `b` is valid for `b.len()` bytes and `written` for
-        // a write; no OVERLAPPED is used (the handle is synchronous).
-        let ok = unsafe {
-            WriteFile(
-                h,
-                b.as_ptr(),
-                b.len() as u32,
-                &mut written,
-                std::ptr::null_mut(),
-            )
-        };
-        if ok == 0 {
-            result = Err(io::Error::last_os_error());
-            break;
-        }
-    }
-    // SAFETY: `h` is an open handle we own and do not use afterwards.
-    unsafe { CloseHandle(h) };
-    result
-}
-
 #[cfg(windows)]
 fn pipe_garbage(ep: &Endpoint) -> io::Result<()> {
-    win32_write_all(&format!(r"\\.\pipe\ductwork-{}", ep.address()), &[GARBAGE])
+    support::win32::write_all(&format!(r"\\.\pipe\ductwork-{}", ep.address()), &[GARBAGE])
 }
 
 #[cfg(windows)]
 fn mailslot_garbage(ep: &Endpoint) -> io::Result<()> {
-    win32_write_all(
+    support::win32::write_all(
         &format!(r"\\.\mailslot\ductwork\{}", ep.address()),
-        &[GARBAGE, &[0u8][..], &[1, 2, 3][..], &[0xff; 300][..]],
+        GARBAGE_DATAGRAMS,
     )
 }
 
@@ -283,29 +153,14 @@ fn mailslot_garbage(ep: &Endpoint) -> io::Result<()> {
 /// of the hello. (Garbage written into a live ring is tested in `tests/shm.rs`.)
 #[cfg(target_os = "linux")]
 fn shm_garbage(ep: &Endpoint) -> io::Result<()> {
-    use std::io::Write;
-    let mut s = std::os::unix::net::UnixStream::connect(private_socket("shm", ep))?;
-    s.write_all(GARBAGE)?;
-    s.flush()
+    stream_garbage(&support::unix::private_socket("shm", ep.address()))
 }
 
 /// On Windows the set-up goes over the named pipe `\\.\pipe\ductwork-shm-<name>`.
 #[cfg(windows)]
 fn shm_garbage(ep: &Endpoint) -> io::Result<()> {
-    use std::io::Write;
-    let path = format!(r"\\.\pipe\ductwork-shm-{}", ep.address());
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)?;
-    f.write_all(GARBAGE)?;
-    f.flush()
-}
-
-#[cfg(not(any(target_os = "linux", windows)))]
-fn shm_garbage(_ep: &Endpoint) -> io::Result<()> {
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "no raw shm client here",
-    ))
+    support::win32::write_all(
+        &format!(r"\\.\pipe\ductwork-shm-{}", ep.address()),
+        &[GARBAGE],
+    )
 }
