@@ -552,3 +552,96 @@ fn rounds_are_merged_into_one_row() {
         assert_eq!(tp["sent"], tp["received"], "{r}");
     }
 }
+
+/// The pattern rows of the default run: request/reply over unix and shm and the fan-out to
+/// 100 subscribers over unix, at 64 B, each with its ratio to the plain channel row of its
+/// transport measured in the same run, in the table, the JSON and the plot.
+#[cfg(unix)]
+#[test]
+fn pattern_rows_carry_their_ratio_to_the_plain_channel() {
+    let b = Bench::run(
+        "patterns",
+        &[
+            "--duration",
+            "0.05",
+            "--sizes",
+            "64",
+            "--transports",
+            "unix,shm",
+            "--pin",
+            "none",
+        ],
+        &[],
+    );
+    let v = b.json();
+    let table = String::from_utf8_lossy(&b.out.stdout);
+    let plot = b.svg();
+    assert_eq!(row_names(&v, "patterns").len(), 3, "{v:#}");
+    for (name, plain, pattern) in [
+        ("unix+reqrep", "unix", "reqrep"),
+        ("shm+reqrep", "shm", "reqrep"),
+        ("unix+pubsub×100", "unix", "pubsub"),
+    ] {
+        assert!(table.contains(name), "{table}");
+        assert!(plot.contains(name), "the plot has a series for {name}");
+        let rows = rows_of(&v, "patterns", name);
+        assert_eq!(rows.len(), 1, "{v:#}");
+        let r = rows[0];
+        assert_eq!(r["size"], 64, "{r}");
+        assert_eq!(r["pattern"], pattern, "{r}");
+        // Compared with the plain channel row of the same transport, which the run measured.
+        assert_eq!(r["baseline"], plain, "{r}");
+        assert_eq!(rows_of(&v, "results", plain).len(), 1, "{v:#}");
+        assert!(
+            r["ratio_compares"].as_str().unwrap().contains("plain"),
+            "{r}"
+        );
+        if pattern == "reqrep" {
+            assert_percentiles(&r["rtt_ns"]);
+            assert!(r["ratio"]["p50"].as_f64().unwrap() > 0.0, "{r}");
+            assert!(r["throughput"].is_null(), "{r}");
+            assert!(r["subscribers"].is_null(), "{r}");
+        } else {
+            assert_eq!(r["subscribers"], 100, "{r}");
+            assert!(r["rtt_ns"].is_null(), "{r}");
+            let tp = &r["throughput"];
+            // Every message reached every subscriber.
+            assert_eq!(tp["sent"], tp["received"], "{r}");
+            assert_eq!(tp["sent"].as_u64().unwrap() % 100, 0, "{r}");
+            assert!(tp["msgs_per_s"].as_f64().unwrap() > 0.0, "{r}");
+            assert!(r["ratio"]["throughput"].as_f64().unwrap() > 0.0, "{r}");
+        }
+    }
+}
+
+/// `--patterns none` measures no pattern row; `--patterns all` measures request/reply at
+/// every size on any reliable duplex transport (here tcp, whose default run has none).
+#[test]
+fn patterns_option_chooses_the_rows() {
+    let args = |which: &'static str| {
+        [
+            "--duration",
+            "0.05",
+            "--sizes",
+            "64,1KiB",
+            "--transports",
+            "tcp",
+            "--patterns",
+            which,
+        ]
+    };
+    let none = Bench::run("pat-none", &args("none"), &[]);
+    assert!(row_names(&none.json(), "patterns").is_empty());
+    let all = Bench::run("pat-all", &args("all"), &[]);
+    let v = all.json();
+    let rows = rows_of(&v, "patterns", "tcp+reqrep");
+    let sizes: Vec<u64> = rows.iter().map(|r| r["size"].as_u64().unwrap()).collect();
+    assert_eq!(sizes, [64, 1024], "{v:#}");
+    for r in rows {
+        assert_eq!(r["baseline"], "tcp", "{r}");
+        assert!(r["ratio"]["p50"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let o = run(&["bench", "--patterns", "some"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--patterns"), "{}", stderr(&o));
+}

@@ -71,13 +71,13 @@ impl Pattern {
     pub fn compares(self) -> &'static str {
         match self {
             Pattern::ReqRep => {
-                "p50: median request/reply round trip / median plain channel round trip of the \
-                 baseline row (same transport and size, same run); lower is better"
+                "p50: median request/reply round trip / median round trip of the plain channel row \
+                 named in `baseline` (same transport and size, same run); lower is better"
             }
             Pattern::PubSub => {
-                "throughput: messages/s delivered in all to the subscribers / messages/s of the \
-                 baseline row's one-way throughput (same transport and size, same run); higher \
-                 is better"
+                "throughput: messages/s delivered in all to the subscribers / one-way messages/s of \
+                 the plain channel row named in `baseline` (same transport and size, same run); \
+                 higher is better"
             }
         }
     }
@@ -93,7 +93,7 @@ impl Pattern {
         t: Timing,
     ) -> Result<Measured, String> {
         match self {
-            Pattern::ReqRep => Ok((Some(reqrep_cell(ep, size, cpu, t).await?), None)),
+            Pattern::ReqRep => Ok((Some(reqrep_cell(ep, control, size, cpu, t).await?), None)),
             Pattern::PubSub => Ok((None, Some(pubsub_cell(ep, control, size, cpu, t).await?))),
         }
     }
@@ -112,23 +112,34 @@ fn client_options() -> ClientOptions {
     }
 }
 
-/// The request/reply row's round: spawn the server peer, connect, measure, quit.
+/// The request/reply row's round: spawn the server peer, connect to the endpoint it
+/// announces on `control`, measure, quit.
 async fn reqrep_cell(
     ep: Endpoint,
+    control: Endpoint,
     size: usize,
     cpu: Option<usize>,
     t: Timing,
 ) -> Result<Rtt, String> {
+    let mut listener = crate::bind_ep(&control).await.map_err(err)?;
     let spec = PeerSpec {
         job: Job::ReqRep {
             endpoint: ep.to_string(),
+            control: listener.endpoint().to_string(),
         },
         size,
         cpu,
         deadline_ms: t.peer_deadline_ms(),
     };
     let mut peer = Peer::spawn(&spec)?;
-    let client = match or_peer_exit(&mut peer, connect_client(&ep, t.reply_limit)).await {
+    let setup = async {
+        // The server's real endpoint (a port 0 becomes a real port).
+        let (_, ready) = accept_ready(&mut listener, t.reply_limit).await?;
+        let real = String::from_utf8(ready.payload).map_err(|e| e.to_string())?;
+        let conn = ductwork::connect(real.as_str()).await.map_err(err)?;
+        Ok(Client::with_options(Channel::new(conn), client_options()))
+    };
+    let client: Client<BenchMsg, BenchMsg> = match or_peer_exit(&mut peer, setup).await {
         Ok(c) => c,
         Err(e) => return Err(peer.fail(e).await),
     };
@@ -154,23 +165,36 @@ async fn reqrep_cell(
     Ok(rtt)
 }
 
-/// Connects a client once the peer's server is bound: tries again every 2 ms until `limit`.
-async fn connect_client(
-    ep: &Endpoint,
+/// Accepts the peer's control connection and its `Ready`, within `limit` each.
+async fn accept_ready(
+    listener: &mut ductwork::BoxListener,
     limit: Duration,
-) -> Result<Client<BenchMsg, BenchMsg>, String> {
-    let start = Instant::now();
-    loop {
-        match crate::connect_ep(ep).await {
-            Ok(conn) => return Ok(Client::with_options(Channel::new(conn), client_options())),
-            Err(e) if start.elapsed() >= limit => {
-                return Err(format!(
-                    "the peer's server did not come up within {limit:?}: {e}"
-                ))
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
-        }
+) -> Result<(Channel<BenchMsg>, BenchMsg), String> {
+    let mut ch: Channel<BenchMsg> = tokio::time::timeout(limit, ductwork::accept_channel(listener))
+        .await
+        .map_err(|_| format!("the peer did not connect within {limit:?}"))?
+        .map_err(err)?;
+    let ready = tokio::time::timeout(limit, ch.recv())
+        .await
+        .map_err(|_| format!("no Ready from the peer within {limit:?}"))?
+        .map_err(err)?;
+    match ready {
+        Some(m) if m.op == Op::Ready => Ok((ch, m)),
+        other => Err(format!("expected Ready from the peer, got {other:?}")),
     }
+}
+
+/// Connects to `control` and says `Ready`, with `payload`.
+async fn say_ready(control: &str, payload: Vec<u8>) -> Result<Channel<BenchMsg>, String> {
+    let control = Endpoint::parse(control).map_err(err)?;
+    let mut ch: Channel<BenchMsg> = Channel::new(crate::connect_ep(&control).await.map_err(err)?);
+    let ready = BenchMsg {
+        seq: 0,
+        op: Op::Ready,
+        payload,
+    };
+    ch.send(&ready).await.map_err(err)?;
+    Ok(ch)
 }
 
 /// The latency phase through the client: call, check the echo, record the round trip.
@@ -203,10 +227,12 @@ async fn reqrep_latency(
     Ok(round_trips.finish())
 }
 
-/// The peer's side of the request/reply row: an echo server until `Quit`.
-pub async fn serve_reqrep(endpoint: &str) -> Result<(), String> {
+/// The peer's side of the request/reply row: an echo server until `Quit`, its endpoint
+/// announced on `control`.
+pub async fn serve_reqrep(endpoint: &str, control: &str) -> Result<(), String> {
     let ep = Endpoint::parse(endpoint).map_err(err)?;
     let listener = crate::bind_ep(&ep).await.map_err(err)?;
+    let real = listener.endpoint().to_string().into_bytes();
     let quit = Arc::new(tokio::sync::Notify::new());
     let asked = quit.clone();
     let handler = move |m: BenchMsg| {
@@ -216,6 +242,7 @@ pub async fn serve_reqrep(endpoint: &str) -> Result<(), String> {
         async move { m }
     };
     let server = Server::new(listener, handler).spawn();
+    let _control = say_ready(control, real).await?;
     quit.notified().await;
     server.shutdown(Duration::from_secs(2)).await.map_err(err)
 }
@@ -249,22 +276,10 @@ async fn pubsub_cell(
         deadline_ms: t.peer_deadline_ms() + 10_000,
     };
     let mut peer = Peer::spawn(&spec)?;
-    let setup = async {
-        let limit = t.reply_limit * 2;
-        let mut ch: Channel<BenchMsg> =
-            tokio::time::timeout(limit, ductwork::accept_channel(&mut listener))
-                .await
-                .map_err(|_| format!("the subscribers' peer did not connect within {limit:?}"))?
-                .map_err(err)?;
-        match ch.recv().await.map_err(err)? {
-            Some(m) if m.op == Op::Ready => Ok(ch),
-            other => Err(format!(
-                "expected Ready from the subscribers' peer, got {other:?}"
-            )),
-        }
-    };
+    // The peer connects once its 100 subscribers are in: that takes a moment longer.
+    let setup = accept_ready(&mut listener, t.reply_limit * 2);
     let mut ch = match or_peer_exit(&mut peer, setup).await {
-        Ok(c) => c,
+        Ok((c, _)) => c,
         Err(e) => return Err(peer.fail(e).await),
     };
     let run = fan_out(&publisher, &mut ch, size, t);
@@ -348,14 +363,7 @@ pub async fn serve_pubsub(
             .map_err(err)?;
         subs.spawn(count(sub, pattern(size)));
     }
-    let control = Endpoint::parse(control).map_err(err)?;
-    let mut ch: Channel<BenchMsg> = Channel::new(crate::connect_ep(&control).await.map_err(err)?);
-    let ready = BenchMsg {
-        seq: 0,
-        op: Op::Ready,
-        payload: Vec::new(),
-    };
-    ch.send(&ready).await.map_err(err)?;
+    let mut ch = say_ready(control, Vec::new()).await?;
     let (mut received, mut bad) = (0u64, 0u64);
     while let Some(done) = subs.join_next().await {
         let (r, b) = done.map_err(|e| e.to_string())??;

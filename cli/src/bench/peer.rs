@@ -67,7 +67,7 @@ pub fn run(spec: &str) -> i32 {
 async fn serve(spec: &PeerSpec) -> Result<(), String> {
     match &spec.job {
         Job::Dw { endpoint, back } => serve_dw(endpoint, back.as_deref(), spec.size).await,
-        Job::ReqRep { endpoint } => patterns::serve_reqrep(endpoint).await,
+        Job::ReqRep { endpoint, control } => patterns::serve_reqrep(endpoint, control).await,
         Job::PubSub {
             endpoint,
             control,

@@ -21,11 +21,14 @@ pub enum Job {
         /// The endpoint the peer binds for one-way transports.
         back: Option<String>,
     },
-    /// Request/reply row: bind this endpoint and serve a `patterns::Server` that echoes each
-    /// request, until a request with `Op::Quit`.
+    /// Request/reply row: bind `endpoint`, say `Ready` on `control` with the endpoint bound
+    /// (the real port for port 0), and serve a `patterns::Server` that echoes each request,
+    /// until a request with `Op::Quit`.
     ReqRep {
         /// The endpoint to bind.
         endpoint: String,
+        /// The parent's plain control endpoint.
+        control: String,
     },
     /// Fan-out row: connect `subscribers` `patterns::Subscriber`s to the parent's publisher,
     /// say `Ready` on `control` once all are subscribed, and report their total count there.
