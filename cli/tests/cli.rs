@@ -1,5 +1,6 @@
 //! The `ductwork` binary, run as a real process: argument errors, the JSON written by a tiny
-//! bench run, and a send/listen round trip through TCP between two processes.
+//! bench run (pattern rows included), a send/listen round trip through TCP between two
+//! processes, and raw send/listen against typed `ductwork::Channel`s in this test process.
 //!
 //! Correctness only: nothing here asserts how fast anything is.
 
@@ -388,8 +389,15 @@ fn listen(args: &[&str]) -> (Child, BufReader<ChildStderr>, String) {
 
 /// Runs `ductwork send ENDPOINT` with `input` on its stdin, then end of input.
 fn send(endpoint: &str, input: &[u8]) -> Output {
+    send_with(&[], endpoint, input)
+}
+
+/// Runs `ductwork send ARGS ENDPOINT` with `input` on its stdin, then end of input.
+fn send_with(args: &[&str], endpoint: &str, input: &[u8]) -> Output {
     let mut child = ductwork()
-        .args(["send", endpoint])
+        .arg("send")
+        .args(args)
+        .arg(endpoint)
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -644,4 +652,128 @@ fn patterns_option_chooses_the_rows() {
     let o = run(&["bench", "--patterns", "some"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--patterns"), "{}", stderr(&o));
+}
+
+/// A typed message as an application would define it (the example of docs/wire-format.md).
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Order {
+    id: u64,
+    item: String,
+    qty: u32,
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// `listen --raw hex` prints the postcard bytes of what a typed `Channel` sends: an `Order`
+/// (the bytes docs/wire-format.md gives for it) and a `u32`, over two connections.
+#[test]
+fn listen_raw_prints_the_frames_a_typed_channel_sends() {
+    let (listener, _stderr, endpoint) =
+        listen(&["tcp://127.0.0.1:0", "--raw", "hex", "--count", "3"]);
+    let order = Order {
+        id: 7,
+        item: "bolt".into(),
+        qty: 3,
+    };
+    runtime().block_on(async {
+        let mut orders: ductwork::Channel<Order> =
+            ductwork::connect_channel(endpoint.as_str()).await.unwrap();
+        orders.send(&order).await.unwrap();
+        orders
+            .send(&Order {
+                id: 300,
+                item: String::new(),
+                qty: 0,
+            })
+            .await
+            .unwrap();
+        orders.close().await.unwrap();
+        let mut numbers: ductwork::Channel<u32> =
+            ductwork::connect_channel(endpoint.as_str()).await.unwrap();
+        numbers.send(&1_000_000).await.unwrap();
+        numbers.close().await.unwrap();
+    });
+    let out = wait_with_timeout(listener, Duration::from_secs(30));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    // id 300 is the varint ac 02; 1,000,000 the varint c0 84 3d.
+    assert_eq!(lines, ["0704626f6c7403", "ac020000", "c0843d"], "{stdout}");
+}
+
+/// `send --raw` lines reach a typed `Channel` receiver as the values they encode, in hex and
+/// in base64, blank-free and spaced alike.
+#[test]
+fn send_raw_reaches_a_typed_receiver() {
+    let rt = runtime();
+    let mut listener = rt.block_on(ductwork::bind("tcp://127.0.0.1:0")).unwrap();
+    let endpoint = listener.endpoint().to_string();
+    for (encoding, input) in [
+        ("hex", "07 04 62 6F 6C 74 03\r\nac020000\n"),
+        ("base64", "BwRib2x0Aw==\nrAIAAA\n"),
+    ] {
+        let sent = send_with(&["--raw", encoding], &endpoint, input.as_bytes());
+        assert!(sent.status.success(), "{encoding}: {}", stderr(&sent));
+        let got: Vec<Order> = rt.block_on(async {
+            let mut ch: ductwork::Channel<Order> =
+                ductwork::accept_channel(&mut listener).await.unwrap();
+            let mut got = Vec::new();
+            // Bounded: the sender sent two frames and closed.
+            for _ in 0..3 {
+                match ch.recv().await.unwrap() {
+                    Some(o) => got.push(o),
+                    None => break,
+                }
+            }
+            got
+        });
+        let want = [
+            Order {
+                id: 7,
+                item: "bolt".into(),
+                qty: 3,
+            },
+            Order {
+                id: 300,
+                item: String::new(),
+                qty: 0,
+            },
+        ];
+        assert_eq!(got, want, "{encoding}");
+    }
+}
+
+/// A line that is not hex or base64 stops `send --raw` with an error naming the line and
+/// the column, after the good lines before it went out; nothing panics.
+#[test]
+fn send_raw_rejects_bad_lines_by_number() {
+    for (encoding, input, says) in [
+        ("hex", "0102\n0g\n", "`g` at column 2"),
+        ("hex", "0102\n012\n", "odd number of hex digits"),
+        ("base64", "AQI=\nA*==\n", "`*` at column 2"),
+        ("base64", "AQI=\nQUJD=\n", "padding"),
+    ] {
+        let (listener, _stderr, endpoint) =
+            listen(&["tcp://127.0.0.1:0", "--raw", "hex", "--connections", "1"]);
+        let o = send_with(&["--raw", encoding], &endpoint, input.as_bytes());
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{encoding} {input:?}: {}",
+            stderr(&o)
+        );
+        let e = stderr(&o);
+        assert!(
+            e.contains("stdin line 2") && e.contains(says) && e.contains(encoding),
+            "{e}"
+        );
+        assert!(!e.contains("panicked"), "{e}");
+        let out = wait_with_timeout(listener, Duration::from_secs(30));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0102");
+    }
 }
