@@ -777,3 +777,35 @@ fn send_raw_rejects_bad_lines_by_number() {
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0102");
     }
 }
+
+/// A pattern row whose peer dies (the request/reply server, the subscribers' process) fails
+/// with a note like any cell, and the run goes on.
+#[cfg(unix)]
+#[test]
+fn a_pattern_peer_that_dies_fails_its_row() {
+    let b = Bench::run(
+        "patdies",
+        &[
+            "--duration",
+            "0.05",
+            "--sizes",
+            "64",
+            "--transports",
+            "unix",
+        ],
+        // Fewer than the 20 round trips every round makes at least.
+        &[("DUCTWORK_BENCH_PEER_DIES_AFTER", "10")],
+    );
+    let v = b.json();
+    assert!(row_names(&v, "patterns").is_empty(), "{v:#}");
+    assert_eq!(row_names(&v, "baselines"), ["raw-unix"], "{v:#}");
+    let notes = strings(&v["notes"]);
+    for row in ["unix+reqrep", "unix+pubsub×100"] {
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.starts_with(&format!("{row} 64 B: failed"))),
+            "{row}: {notes:?}"
+        );
+    }
+}

@@ -11,15 +11,15 @@
 //! - **`TRANSPORT+pubsub×100`**: the parent binds a [`Publisher`] (policy
 //!   [`SlowSubscriber::Wait`], so nothing is dropped and the rate is what every subscriber
 //!   really got); the peer connects [`FANOUT`] [`Subscriber`]s and, once all are subscribed,
-//!   says `Ready` over a plain control channel. The parent publishes for the duration, then
-//!   `End`; each subscriber checks order and payload of what it got, and the peer reports the
+//!   says `Ready` over a plain control channel. The parent publishes for the duration (and
+//!   at least 20 messages), then `End`; each subscriber checks order and payload of what it got, and the peer reports the
 //!   sum. The rate is messages delivered to all subscribers per second, from the first
 //!   publish to the report, like the plain row's throughput. No latency.
 //!
 //! Imports only [`proto`](super::proto) and [`types`](super::types).
 
 use super::{
-    proto::{or_peer_exit, BenchMsg, Job, Op, Peer, PeerSpec},
+    proto::{die_after, or_peer_exit, BenchMsg, Job, Op, Peer, PeerSpec},
     types::{pattern, payload_ok, Measured, RoundTrips, Rtt, Throughput, Timing},
 };
 use ductwork::{
@@ -29,7 +29,10 @@ use ductwork::{
     Channel, Endpoint,
 };
 use std::{
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -235,7 +238,13 @@ pub async fn serve_reqrep(endpoint: &str, control: &str) -> Result<(), String> {
     let real = listener.endpoint().to_string().into_bytes();
     let quit = Arc::new(tokio::sync::Notify::new());
     let asked = quit.clone();
+    let handled = Arc::new(AtomicU64::new(0));
+    let die_after = die_after();
     let handler = move |m: BenchMsg| {
+        // Testing aid: a server that crashes mid-run.
+        if die_after.is_some_and(|n| handled.fetch_add(1, Ordering::Relaxed) >= n) {
+            std::process::exit(101);
+        }
         if m.op == Op::Quit {
             asked.notify_one();
         }
@@ -317,7 +326,8 @@ async fn fan_out(
     msg.op = Op::Data;
     let start = Instant::now();
     let mut published = 0u64;
-    while start.elapsed() < t.duration {
+    // At least as many as the latency phase's minimum, however short the duration.
+    while start.elapsed() < t.duration || published < RoundTrips::MIN_SAMPLES {
         msg.seq = published;
         publisher.publish("", &msg).await.map_err(err)?;
         published += 1;
@@ -384,7 +394,12 @@ pub async fn serve_pubsub(
 /// One subscriber: counts `Data` messages (checking order and payload) until `End`.
 async fn count(mut sub: Subscriber<BenchMsg>, expected: Vec<u8>) -> Result<(u64, u64), String> {
     let (mut received, mut bad, mut next) = (0u64, 0u64, 0u64);
+    let die_after = die_after();
     loop {
+        // Testing aid: a subscriber process that crashes mid-run.
+        if die_after.is_some_and(|n| received >= n) {
+            std::process::exit(101);
+        }
         let Some(m) = sub.recv().await.map_err(err)? else {
             return Err("the publisher closed before End".into());
         };
