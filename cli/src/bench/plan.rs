@@ -62,7 +62,7 @@ pub struct BenchArgs {
     pub plot: PathBuf,
     /// Pattern rows (request/reply, and publish/subscribe to 100 subscribers), each compared
     /// with the plain channel row of its transport: `default` measures `unix+reqrep`,
-    /// `shm+reqrep` and `unix+pubsub×100` at 64 B (when unix, shm and 64 B are in the run);
+    /// `shm+reqrep` and `unix+pubsub×100` at 64 B (each when its transport and 64 B are in the run);
     /// `all` measures request/reply on every reliable duplex transport and the fan-out on
     /// unix, at every size; `none` measures neither.
     #[arg(long, value_enum, value_name = "WHICH", default_value = "default")]
