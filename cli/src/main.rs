@@ -5,13 +5,15 @@
 //! - `bench`: measures latency and throughput of every transport against raw baselines
 //!   ([`bench`](mod@bench)).
 //! - `send` / `listen`: JSON lines on stdin/stdout carried as postcard frames ([`sendlisten`],
-//!   with the envelope type in [`json`]).
+//!   with the envelope type in [`json`]), or with `--raw hex|base64` each line one frame's
+//!   bytes ([`encoding`]), to talk to a typed service.
 //! - `__peer`: hidden; the bench re-executes this binary as its peer process.
 //!
 //! Every failure prints one clear line to stderr and exits non-zero; nothing panics on bad
 //! input.
 
 mod bench;
+mod encoding;
 mod json;
 mod sendlisten;
 

@@ -1,14 +1,21 @@
-//! `ductwork send ENDPOINT` and `ductwork listen ENDPOINT`: JSON lines over any transport.
+//! `ductwork send ENDPOINT` and `ductwork listen ENDPOINT`: JSON lines, or raw frames, over any
+//! transport.
 //!
 //! Each JSON value travels as one postcard frame holding the [`Json`] envelope, so any
 //! ductwork program (or another language with a postcard implementation) can talk to these
 //! commands. `listen` prints `listening on ENDPOINT` (with the real port for `:0`) on stderr
 //! once bound, then one compact JSON line per message on stdout. `send` reads one JSON value
 //! per line (blank lines are skipped), sends each, and closes cleanly at end of input.
+//!
+//! With `--raw hex` or `--raw base64` ([`Encoding`]) there is no envelope: each line is one
+//! frame's bytes, exactly as the application's own `Channel<T>` puts them on the wire, so
+//! these commands can talk to a typed service (send it the postcard bytes of its request
+//! type, print the bytes it sends back).
 
-use super::{json::Json, EXIT_FAILURE, EXIT_USAGE};
+use super::{encoding::Encoding, json::Json, EXIT_FAILURE, EXIT_USAGE};
 use clap::Args;
 use ductwork::{BoxListener, Channel, Endpoint};
+use futures::SinkExt;
 use std::io::{BufRead, Write};
 
 /// `--help` text of `send`.
@@ -20,7 +27,14 @@ Messages are postcard frames holding the `Json` envelope enum (variant = postcar
   | 5 String(String) | 6 Array(Vec<Json>) | 7 Object(Vec<(String, Json)>)
 Blank lines are skipped; a line that is not JSON stops with an error naming the line.
 At end of input the connection is closed cleanly. Example:
-  echo '{\"item\":\"bolt\",\"qty\":3}' | ductwork send tcp://127.0.0.1:7000";
+  echo '{\"item\":\"bolt\",\"qty\":3}' | ductwork send tcp://127.0.0.1:7000
+
+With --raw hex or --raw base64 there is no envelope: each line is the bytes of one frame,
+sent as they are, so a typed service receives its own postcard encoding. ASCII whitespace
+within a line is ignored; an empty line is a frame of zero bytes. A line that does not
+decode stops with an error naming the line and column. Example (the postcard encoding of
+`struct Order { id: u64, item: String, qty: u32 }` with id 7, \"bolt\", 3):
+  echo '07 04 62 6f 6c 74 03' | ductwork send --raw hex unix:///tmp/orders.sock";
 
 /// `--help` text of `listen`.
 pub const LISTEN_HELP: &str = "\
@@ -30,13 +44,20 @@ Once bound, prints `listening on ENDPOINT` on stderr (with the real port when th
 asked for port 0). Messages are postcard frames holding the `Json` envelope enum (see
 `ductwork send --help`); a frame that does not decode is reported on stderr and skipped.
 Serves connections one after another until interrupted, or until --count messages or
---connections connections were handled.";
+--connections connections were handled.
+
+With --raw hex or --raw base64 every frame is printed as it arrived, one line of hex or
+base64 per frame (an empty line for a frame of zero bytes), whatever type it holds.";
 
 /// Arguments of `ductwork send`.
 #[derive(Debug, Args)]
 pub struct SendArgs {
     /// Where to send, e.g. tcp://127.0.0.1:7000, unix:///tmp/x.sock, shm://name.
     pub endpoint: String,
+    /// Send each line's bytes as one frame, without the JSON envelope, the line written in
+    /// this encoding.
+    #[arg(long, value_enum, value_name = "ENCODING")]
+    pub raw: Option<Encoding>,
 }
 
 /// Arguments of `ductwork listen`.
@@ -50,6 +71,10 @@ pub struct ListenArgs {
     /// Exit after this many connections have closed.
     #[arg(long)]
     pub connections: Option<u64>,
+    /// Print each frame's bytes as they arrived, one line in this encoding, instead of
+    /// decoding the JSON envelope.
+    #[arg(long, value_enum, value_name = "ENCODING")]
+    pub raw: Option<Encoding>,
 }
 
 /// Parses `endpoint` and runs `work` on it on a fresh runtime; returns the exit code. A bad
@@ -84,9 +109,28 @@ where
 
 /// Runs `ductwork send`; returns the exit code.
 pub fn send(args: SendArgs) -> i32 {
-    run_on("send", &args.endpoint, |ep| {
-        send_lines(ep, std::io::stdin().lock())
+    run_on("send", &args.endpoint, |ep| async move {
+        let input = std::io::stdin().lock();
+        match args.raw {
+            None => send_lines(ep, input).await,
+            Some(encoding) => send_raw(ep, input, encoding).await,
+        }
     })
+}
+
+/// `send --raw`: each line decoded and sent as one frame as it is.
+async fn send_raw(ep: Endpoint, input: impl BufRead, encoding: Encoding) -> Result<(), String> {
+    let mut conn = super::connect_ep(&ep).await.map_err(|e| e.to_string())?;
+    for (n, line) in input.lines().enumerate() {
+        let line = line.map_err(|e| format!("{ep}: reading stdin: {e}"))?;
+        let frame = encoding
+            .decode(&line)
+            .map_err(|e| format!("{ep}: stdin line {}: not {}: {e}", n + 1, encoding.name()))?;
+        conn.send(bytes::Bytes::from(frame))
+            .await
+            .map_err(|e| format!("{e} (stdin line {})", n + 1))?;
+    }
+    conn.close().await.map_err(|e| e.to_string())
 }
 
 async fn send_lines(ep: Endpoint, input: impl BufRead) -> Result<(), String> {
@@ -109,11 +153,31 @@ async fn send_lines(ep: Endpoint, input: impl BufRead) -> Result<(), String> {
 /// Runs `ductwork listen`; returns the exit code.
 pub fn listen(args: ListenArgs) -> i32 {
     run_on("listen", &args.endpoint, |ep| {
-        listen_loop(ep, args.count, args.connections)
+        listen_loop(ep, args.count, args.connections, args.raw)
     })
 }
 
-async fn listen_loop(ep: Endpoint, count: Option<u64>, conns: Option<u64>) -> Result<(), String> {
+/// The next line to print from `ch`: the JSON envelope decoded, or with `raw` the frame's
+/// bytes encoded. `Ok(None)` at a clean close.
+async fn next_line(
+    ch: &mut Channel<Json, Json>,
+    raw: Option<Encoding>,
+) -> ductwork::Result<Option<String>> {
+    let Some(encoding) = raw else {
+        return Ok(ch
+            .recv()
+            .await?
+            .map(|msg| serde_json::Value::from(&msg).to_string()));
+    };
+    Ok(ch.recv_frame().await?.map(|f| encoding.encode(&f)))
+}
+
+async fn listen_loop(
+    ep: Endpoint,
+    count: Option<u64>,
+    conns: Option<u64>,
+    raw: Option<Encoding>,
+) -> Result<(), String> {
     let mut listener: BoxListener = super::bind_ep(&ep).await.map_err(|e| e.to_string())?;
     let bound = listener.endpoint().clone();
     eprintln!("listening on {bound}");
@@ -130,10 +194,8 @@ async fn listen_loop(ep: Endpoint, count: Option<u64>, conns: Option<u64>) -> Re
             .await
             .map_err(|e| e.to_string())?;
         loop {
-            match ch.recv().await {
-                Ok(Some(msg)) => {
-                    let line = serde_json::to_string(&serde_json::Value::from(&msg))
-                        .map_err(|e| format!("{bound}: cannot print a message: {e}"))?;
+            match next_line(&mut ch, raw).await {
+                Ok(Some(line)) => {
                     let mut out = std::io::stdout().lock();
                     writeln!(out, "{line}")
                         .and_then(|_| out.flush())

@@ -1,5 +1,6 @@
 //! The `ductwork` binary, run as a real process: argument errors, the JSON written by a tiny
-//! bench run, and a send/listen round trip through TCP between two processes.
+//! bench run (pattern rows included), a send/listen round trip through TCP between two
+//! processes, and raw send/listen against typed `ductwork::Channel`s in this test process.
 //!
 //! Correctness only: nothing here asserts how fast anything is.
 
@@ -388,8 +389,15 @@ fn listen(args: &[&str]) -> (Child, BufReader<ChildStderr>, String) {
 
 /// Runs `ductwork send ENDPOINT` with `input` on its stdin, then end of input.
 fn send(endpoint: &str, input: &[u8]) -> Output {
+    send_with(&[], endpoint, input)
+}
+
+/// Runs `ductwork send ARGS ENDPOINT` with `input` on its stdin, then end of input.
+fn send_with(args: &[&str], endpoint: &str, input: &[u8]) -> Output {
     let mut child = ductwork()
-        .args(["send", endpoint])
+        .arg("send")
+        .args(args)
+        .arg(endpoint)
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -550,5 +558,254 @@ fn rounds_are_merged_into_one_row() {
         assert_eq!(r["rtt_ns"]["samples"], 40, "{r}");
         let tp = &r["throughput"];
         assert_eq!(tp["sent"], tp["received"], "{r}");
+    }
+}
+
+/// The pattern rows of the default run: request/reply over unix and shm and the fan-out to
+/// 100 subscribers over unix, at 64 B, each with its ratio to the plain channel row of its
+/// transport measured in the same run, in the table, the JSON and the plot.
+#[cfg(unix)]
+#[test]
+fn pattern_rows_carry_their_ratio_to_the_plain_channel() {
+    let b = Bench::run(
+        "patterns",
+        &[
+            "--duration",
+            "0.05",
+            "--sizes",
+            "64",
+            "--transports",
+            "unix,shm",
+            "--pin",
+            "none",
+        ],
+        &[],
+    );
+    let v = b.json();
+    let table = String::from_utf8_lossy(&b.out.stdout);
+    let plot = b.svg();
+    assert_eq!(row_names(&v, "patterns").len(), 3, "{v:#}");
+    for (name, plain, pattern) in [
+        ("unix+reqrep", "unix", "reqrep"),
+        ("shm+reqrep", "shm", "reqrep"),
+        ("unix+pubsub×100", "unix", "pubsub"),
+    ] {
+        assert!(table.contains(name), "{table}");
+        assert!(plot.contains(name), "the plot has a series for {name}");
+        let rows = rows_of(&v, "patterns", name);
+        assert_eq!(rows.len(), 1, "{v:#}");
+        let r = rows[0];
+        assert_eq!(r["size"], 64, "{r}");
+        assert_eq!(r["pattern"], pattern, "{r}");
+        // Compared with the plain channel row of the same transport, which the run measured.
+        assert_eq!(r["baseline"], plain, "{r}");
+        assert_eq!(rows_of(&v, "results", plain).len(), 1, "{v:#}");
+        assert!(
+            r["ratio_compares"].as_str().unwrap().contains("plain"),
+            "{r}"
+        );
+        if pattern == "reqrep" {
+            assert_percentiles(&r["rtt_ns"]);
+            assert!(r["ratio"]["p50"].as_f64().unwrap() > 0.0, "{r}");
+            assert!(r["throughput"].is_null(), "{r}");
+            assert!(r["subscribers"].is_null(), "{r}");
+        } else {
+            assert_eq!(r["subscribers"], 100, "{r}");
+            assert!(r["rtt_ns"].is_null(), "{r}");
+            let tp = &r["throughput"];
+            // Every message reached every subscriber.
+            assert_eq!(tp["sent"], tp["received"], "{r}");
+            assert_eq!(tp["sent"].as_u64().unwrap() % 100, 0, "{r}");
+            assert!(tp["msgs_per_s"].as_f64().unwrap() > 0.0, "{r}");
+            assert!(r["ratio"]["throughput"].as_f64().unwrap() > 0.0, "{r}");
+        }
+    }
+}
+
+/// `--patterns none` measures no pattern row; `--patterns all` measures request/reply at
+/// every size on any reliable duplex transport (here tcp, whose default run has none).
+#[test]
+fn patterns_option_chooses_the_rows() {
+    let args = |which: &'static str| {
+        [
+            "--duration",
+            "0.05",
+            "--sizes",
+            "64,1KiB",
+            "--transports",
+            "tcp",
+            "--patterns",
+            which,
+        ]
+    };
+    let none = Bench::run("pat-none", &args("none"), &[]);
+    assert!(row_names(&none.json(), "patterns").is_empty());
+    let all = Bench::run("pat-all", &args("all"), &[]);
+    let v = all.json();
+    let rows = rows_of(&v, "patterns", "tcp+reqrep");
+    let sizes: Vec<u64> = rows.iter().map(|r| r["size"].as_u64().unwrap()).collect();
+    assert_eq!(sizes, [64, 1024], "{v:#}");
+    for r in rows {
+        assert_eq!(r["baseline"], "tcp", "{r}");
+        assert!(r["ratio"]["p50"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let o = run(&["bench", "--patterns", "some"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--patterns"), "{}", stderr(&o));
+}
+
+/// A typed message as an application would define it (the example of docs/wire-format.md).
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Order {
+    id: u64,
+    item: String,
+    qty: u32,
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// `listen --raw hex` prints the postcard bytes of what a typed `Channel` sends: an `Order`
+/// (the bytes docs/wire-format.md gives for it) and a `u32`, over two connections.
+#[test]
+fn listen_raw_prints_the_frames_a_typed_channel_sends() {
+    let (listener, _stderr, endpoint) =
+        listen(&["tcp://127.0.0.1:0", "--raw", "hex", "--count", "3"]);
+    let order = Order {
+        id: 7,
+        item: "bolt".into(),
+        qty: 3,
+    };
+    runtime().block_on(async {
+        let mut orders: ductwork::Channel<Order> =
+            ductwork::connect_channel(endpoint.as_str()).await.unwrap();
+        orders.send(&order).await.unwrap();
+        orders
+            .send(&Order {
+                id: 300,
+                item: String::new(),
+                qty: 0,
+            })
+            .await
+            .unwrap();
+        orders.close().await.unwrap();
+        let mut numbers: ductwork::Channel<u32> =
+            ductwork::connect_channel(endpoint.as_str()).await.unwrap();
+        numbers.send(&1_000_000).await.unwrap();
+        numbers.close().await.unwrap();
+    });
+    let out = wait_with_timeout(listener, Duration::from_secs(30));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    // id 300 is the varint ac 02; 1,000,000 the varint c0 84 3d.
+    assert_eq!(lines, ["0704626f6c7403", "ac020000", "c0843d"], "{stdout}");
+}
+
+/// `send --raw` lines reach a typed `Channel` receiver as the values they encode, in hex and
+/// in base64, blank-free and spaced alike.
+#[test]
+fn send_raw_reaches_a_typed_receiver() {
+    let rt = runtime();
+    let mut listener = rt.block_on(ductwork::bind("tcp://127.0.0.1:0")).unwrap();
+    let endpoint = listener.endpoint().to_string();
+    for (encoding, input) in [
+        ("hex", "07 04 62 6F 6C 74 03\r\nac020000\n"),
+        ("base64", "BwRib2x0Aw==\nrAIAAA\n"),
+    ] {
+        let sent = send_with(&["--raw", encoding], &endpoint, input.as_bytes());
+        assert!(sent.status.success(), "{encoding}: {}", stderr(&sent));
+        let got: Vec<Order> = rt.block_on(async {
+            let mut ch: ductwork::Channel<Order> =
+                ductwork::accept_channel(&mut listener).await.unwrap();
+            let mut got = Vec::new();
+            // Bounded: the sender sent two frames and closed.
+            for _ in 0..3 {
+                match ch.recv().await.unwrap() {
+                    Some(o) => got.push(o),
+                    None => break,
+                }
+            }
+            got
+        });
+        let want = [
+            Order {
+                id: 7,
+                item: "bolt".into(),
+                qty: 3,
+            },
+            Order {
+                id: 300,
+                item: String::new(),
+                qty: 0,
+            },
+        ];
+        assert_eq!(got, want, "{encoding}");
+    }
+}
+
+/// A line that is not hex or base64 stops `send --raw` with an error naming the line and
+/// the column, after the good lines before it went out; nothing panics.
+#[test]
+fn send_raw_rejects_bad_lines_by_number() {
+    for (encoding, input, says) in [
+        ("hex", "0102\n0g\n", "`g` at column 2"),
+        ("hex", "0102\n012\n", "odd number of hex digits"),
+        ("base64", "AQI=\nA*==\n", "`*` at column 2"),
+        ("base64", "AQI=\nQUJD=\n", "padding"),
+    ] {
+        let (listener, _stderr, endpoint) =
+            listen(&["tcp://127.0.0.1:0", "--raw", "hex", "--connections", "1"]);
+        let o = send_with(&["--raw", encoding], &endpoint, input.as_bytes());
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{encoding} {input:?}: {}",
+            stderr(&o)
+        );
+        let e = stderr(&o);
+        assert!(
+            e.contains("stdin line 2") && e.contains(says) && e.contains(encoding),
+            "{e}"
+        );
+        assert!(!e.contains("panicked"), "{e}");
+        let out = wait_with_timeout(listener, Duration::from_secs(30));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0102");
+    }
+}
+
+/// A pattern row whose peer dies (the request/reply server, the subscribers' process) fails
+/// with a note like any cell, and the run goes on.
+#[cfg(unix)]
+#[test]
+fn a_pattern_peer_that_dies_fails_its_row() {
+    let b = Bench::run(
+        "patdies",
+        &[
+            "--duration",
+            "0.05",
+            "--sizes",
+            "64",
+            "--transports",
+            "unix",
+        ],
+        // Fewer than the 20 round trips every round makes at least.
+        &[("DUCTWORK_BENCH_PEER_DIES_AFTER", "10")],
+    );
+    let v = b.json();
+    assert!(row_names(&v, "patterns").is_empty(), "{v:#}");
+    assert_eq!(row_names(&v, "baselines"), ["raw-unix"], "{v:#}");
+    let notes = strings(&v["notes"]);
+    for row in ["unix+reqrep", "unix+pubsub×100"] {
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.starts_with(&format!("{row} 64 B: failed"))),
+            "{row}: {notes:?}"
+        );
     }
 }

@@ -26,6 +26,12 @@
 //!   spinning (`shm`) and always parked (`shm?spin=0`).
 //!   Each transport row names its nearest baseline and the ratios: `p50` = latency / raw
 //!   latency (lower is better), `throughput` = bytes/s / raw bytes/s (higher is better).
+//! - **Patterns** (`--patterns`, see [`patterns`]): `unix+reqrep` and `shm+reqrep` (request/reply
+//!   round trips through `ductwork::patterns`) and `unix+pubsub×100` (messages/s delivered to 100
+//!   subscribers), compared with the plain channel row of the same transport in the same run.
+//!   On by default at 64 B only: they add a few cells to a run of dozens (three per round
+//!   when unix and shm are both measured), and the target is stated at 64 B;
+//!   `--patterns all` measures every size and every reliable duplex transport, `none` skips.
 //! - **Rounds** (`--rounds`, default 3): the cells of one size run that many times in turn,
 //!   each for an equal share of `--duration` after its own warm-up, and the rounds are merged
 //!   (histograms added, counts and times summed), so load drift hits a baseline and its
@@ -39,8 +45,8 @@
 //!   pinning, and the cells to measure.
 //! - [`baseline`]: the raw baselines, what each is and how to measure it.
 //! - [`peer`]: the peer process, `ductwork __peer`.
-//! - [`measure`], [`raw`], [`sys`], `iox`: how to measure a ductwork cell, the raw streams and
-//!   memcpy, shared memory (and CPU pinning), iceoryx2.
+//! - [`measure`], [`patterns`], [`raw`], [`sys`], `iox`: how to measure a ductwork cell, a
+//!   pattern cell, the raw streams and memcpy, shared memory (and CPU pinning), iceoryx2.
 //! - [`report`]: the table, the JSON file and the SVG plot.
 //! - [`proto`]: what parent and peer share (peer spec, messages, the peer's handle).
 //! - [`types`]: timing, results, the payload pattern.
@@ -49,6 +55,7 @@ pub mod baseline;
 #[cfg(all(feature = "peer-iceoryx2", target_os = "linux"))]
 pub mod iox;
 pub mod measure;
+pub mod patterns;
 pub mod peer;
 pub mod plan;
 pub mod proto;
@@ -105,6 +112,7 @@ fn run_inner(args: &BenchArgs) -> Result<(), (i32, String)> {
         },
         results: outcome.results,
         baselines: outcome.baselines,
+        patterns: outcome.patterns,
         notes,
     };
     print!("{}", report.table());

@@ -5,6 +5,7 @@
 //! deadline passes (so a peer never outlives a parent that died).
 
 use super::{
+    patterns,
     proto::{die_after, BenchMsg, BenchMsgRef, Job, Link, Op, PeerSpec},
     raw, sys,
     types::{pattern, payload_ok},
@@ -66,6 +67,12 @@ pub fn run(spec: &str) -> i32 {
 async fn serve(spec: &PeerSpec) -> Result<(), String> {
     match &spec.job {
         Job::Dw { endpoint, back } => serve_dw(endpoint, back.as_deref(), spec.size).await,
+        Job::ReqRep { endpoint, control } => patterns::serve_reqrep(endpoint, control).await,
+        Job::PubSub {
+            endpoint,
+            control,
+            subscribers,
+        } => patterns::serve_pubsub(endpoint, control, *subscribers, spec.size).await,
         Job::RawTcp { addr } => {
             let s = tokio::net::TcpStream::connect(addr)
                 .await

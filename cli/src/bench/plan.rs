@@ -7,12 +7,13 @@
 
 use super::{
     baseline::Baseline,
+    patterns::Pattern,
     proto::{BenchMsg, Op},
     report, sys,
     types::{Pin, Timing},
 };
-use clap::Args;
-use ductwork::{Capabilities, Endpoint, ErrorKind, Transport};
+use clap::{Args, ValueEnum};
+use ductwork::{Capabilities, Direction, Endpoint, ErrorKind, Transport};
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 /// Default payload sizes: 64 B, 1 KiB, 64 KiB, 1 MiB.
@@ -59,10 +60,61 @@ pub struct BenchArgs {
     /// Where to write the SVG plot.
     #[arg(long, value_name = "FILE", default_value = "target/ductwork-bench.svg")]
     pub plot: PathBuf,
+    /// Pattern rows (request/reply, and publish/subscribe to 100 subscribers), each compared
+    /// with the plain channel row of its transport: `default` measures `unix+reqrep`,
+    /// `shm+reqrep` and `unix+pubsub×100` at 64 B (each when its transport and 64 B are in the run);
+    /// `all` measures request/reply on every reliable duplex transport and the fan-out on
+    /// unix, at every size; `none` measures neither.
+    #[arg(long, value_enum, value_name = "WHICH", default_value = "default")]
+    pub patterns: PatternRows,
     /// Testing aid: use the one-way setup (two endpoints, one per direction) for every
     /// transport, so that path is exercised on platforms without a one-way transport.
     #[arg(long, hide = true)]
     pub two_endpoints: bool,
+}
+
+/// Which pattern rows a run measures (`--patterns`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PatternRows {
+    /// `unix+reqrep`, `shm+reqrep` and `unix+pubsub×100` at 64 B: a few seconds more.
+    Default,
+    /// Request/reply on every reliable duplex transport and the fan-out on unix, every size.
+    All,
+    /// None.
+    None,
+}
+
+/// The payload size of the default pattern rows, the size the target names.
+const PATTERN_SIZE: usize = 64;
+
+impl PatternRows {
+    /// The patterns measured for `subject` (with capabilities `caps`) at `size`.
+    fn for_cell(self, subject: &Subject, caps: &Capabilities, size: usize) -> Vec<Pattern> {
+        let scheme = subject.transport.scheme();
+        let plain = subject.options.is_empty();
+        let (reqrep, pubsub) = match self {
+            PatternRows::None => (false, false),
+            PatternRows::Default => {
+                let at = size == PATTERN_SIZE && plain;
+                (
+                    at && matches!(scheme, "unix" | "shm"),
+                    at && scheme == "unix",
+                )
+            }
+            PatternRows::All => {
+                let duplex = caps.direction == Direction::Duplex && caps.is_reliable();
+                (duplex, duplex && scheme == "unix")
+            }
+        };
+        let mut v = Vec::new();
+        if reqrep {
+            v.push(Pattern::ReqRep);
+        }
+        if pubsub {
+            v.push(Pattern::PubSub);
+        }
+        v
+    }
 }
 
 fn parse_size_arg(s: &str) -> Result<usize, String> {
@@ -169,6 +221,15 @@ pub enum Cell {
         /// Payload size.
         size: usize,
     },
+    /// A messaging pattern over a ductwork transport.
+    Pattern {
+        /// Which pattern.
+        pattern: Pattern,
+        /// Which transport, with which options.
+        subject: Subject,
+        /// Payload size.
+        size: usize,
+    },
     /// A baseline.
     Raw {
         /// Which baseline.
@@ -182,7 +243,7 @@ impl Cell {
     /// The payload size.
     pub fn size(&self) -> usize {
         match self {
-            Cell::Dw { size, .. } | Cell::Raw { size, .. } => *size,
+            Cell::Dw { size, .. } | Cell::Pattern { size, .. } | Cell::Raw { size, .. } => *size,
         }
     }
 
@@ -190,6 +251,15 @@ impl Cell {
     pub fn label(&self) -> String {
         match self {
             Cell::Dw { subject, size } => format!("{} {}", subject.name, report::size(*size)),
+            Cell::Pattern {
+                pattern,
+                subject,
+                size,
+            } => format!(
+                "{} {}",
+                pattern.row_name(&subject.name),
+                report::size(*size)
+            ),
             Cell::Raw { baseline, size } => {
                 format!("{} {}", baseline.name(), report::size(*size))
             }
@@ -197,10 +267,10 @@ impl Cell {
     }
 
     /// Where the cell runs within its size: right after its nearest baseline (transports
-    /// without one come last).
+    /// without one come last); a pattern with its transport.
     fn rank(&self) -> usize {
         match self {
-            Cell::Dw { subject, .. } => subject
+            Cell::Dw { subject, .. } | Cell::Pattern { subject, .. } => subject
                 .baselines
                 .first()
                 .map_or(Baseline::ALL.len(), |b| b.rank()),
@@ -331,6 +401,8 @@ pub struct Plan {
     pub pinning: Pinning,
     /// Use the one-way setup for every transport (testing aid).
     pub two_endpoints: bool,
+    /// Which pattern rows to measure.
+    pub patterns: PatternRows,
     /// Skipped cells so far.
     pub notes: Vec<String>,
 }
@@ -364,6 +436,7 @@ impl Plan {
             timing,
             pinning,
             two_endpoints: args.two_endpoints,
+            patterns: args.patterns,
             notes,
         })
     }
@@ -377,6 +450,7 @@ impl Plan {
         names: &mut Names,
     ) -> Result<(), String> {
         let mut dw_cells = Vec::new();
+        let mut pattern_cells = Vec::new();
         let mut wanted: Vec<Baseline> = Vec::new();
         for subject in &self.subjects {
             let Some(caps) = probe(subject, self.explicit, rt, names, &mut self.notes)? else {
@@ -394,6 +468,17 @@ impl Plan {
                     continue;
                 }
                 let subject = subject.clone();
+                // The pattern envelopes (an id, a topic) add a few bytes to the frame.
+                if len + 32 <= caps.max_message {
+                    for pattern in self.patterns.for_cell(&subject, &caps, size) {
+                        let subject = subject.clone();
+                        pattern_cells.push(Cell::Pattern {
+                            pattern,
+                            subject,
+                            size,
+                        });
+                    }
+                }
                 dw_cells.push(Cell::Dw { subject, size });
             }
             wanted.extend(&subject.baselines);
@@ -416,6 +501,8 @@ impl Plan {
             }
         }
         self.cells.extend(dw_cells);
+        // After the plain cells: within a size, each pattern runs after its transport's plain row.
+        self.cells.extend(pattern_cells);
         // By size, and within a size each baseline right before the transports compared with
         // it first, so a machine whose load drifts during the run skews the ratios less. The
         // sort is stable: transports keep the order they were chosen in.

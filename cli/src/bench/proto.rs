@@ -21,6 +21,25 @@ pub enum Job {
         /// The endpoint the peer binds for one-way transports.
         back: Option<String>,
     },
+    /// Request/reply row: bind `endpoint`, say `Ready` on `control` with the endpoint bound
+    /// (the real port for port 0), and serve a `patterns::Server` that echoes each request,
+    /// until a request with `Op::Quit`.
+    ReqRep {
+        /// The endpoint to bind.
+        endpoint: String,
+        /// The parent's plain control endpoint.
+        control: String,
+    },
+    /// Fan-out row: connect `subscribers` `patterns::Subscriber`s to the parent's publisher,
+    /// say `Ready` on `control` once all are subscribed, and report their total count there.
+    PubSub {
+        /// The parent's publisher.
+        endpoint: String,
+        /// The parent's plain control endpoint.
+        control: String,
+        /// How many subscribers.
+        subscribers: usize,
+    },
     /// Raw TCP baseline: connect to this address.
     RawTcp {
         /// `host:port`.

@@ -9,6 +9,7 @@
 //!   "results":   [ ROW... ],     // one per transport and size
 //!   "baselines": [ ROW... ],     // raw-cacheline, raw-eventfd, raw-memcpy, raw-unix, raw-tcp
 //!                                // (and peer-iceoryx2 with that cargo feature)
+//!   "patterns":  [ PATTERN_ROW... ], // +reqrep, +pubsub×100 rows (`--patterns`)
 //!   "notes":     [ "skipped ...", ... ] }
 //! ROW = { "transport", "size",
 //!         "rtt_ns": { "p50", "p99", "p999", "max", "samples" } | null,
@@ -16,6 +17,10 @@
 //!         "baseline": "raw-tcp" | null,
 //!         "ratio": { "p50", "throughput" } | null,   // vs `baseline`, same size
 //!         "other_ratios": [ { "baseline", "p50", "throughput" } ] }
+//! PATTERN_ROW = ROW + { "pattern": "reqrep" | "pubsub", "subscribers": 100 | null,
+//!                       "ratio_compares": "..." }
+//!         // "baseline" is the plain channel row of the same transport ("unix"), not a raw
+//!         // baseline; "ratio_compares" says in words what "ratio" divides by what.
 //! ```
 //!
 //! `ratio.p50` is the transport's median round trip divided by the baseline's (lower is
@@ -23,7 +28,10 @@
 //! (higher is better). The SVG is written by hand (no font or system dependencies) and opens
 //! in any browser.
 
-use super::types::{Pin, Rtt, Throughput};
+use super::{
+    patterns::Pattern,
+    types::{Pin, Rtt, Throughput},
+};
 use serde::Serialize;
 use std::{fmt::Write as _, path::Path};
 
@@ -134,6 +142,33 @@ impl Row {
     }
 }
 
+/// A pattern's row: measured like a transport row, compared with that transport's plain
+/// channel row of the same size (its `baseline`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PatternRow {
+    /// The numbers, named `unix+reqrep`; `baseline` and `ratio` refer to the plain row.
+    #[serde(flatten)]
+    pub row: Row,
+    /// `reqrep` or `pubsub`.
+    pub pattern: &'static str,
+    /// Subscribers (fan-out rows).
+    pub subscribers: Option<usize>,
+    /// What `ratio` compares, in words.
+    pub ratio_compares: &'static str,
+}
+
+impl PatternRow {
+    /// `pattern`'s row, not compared yet.
+    pub fn new(pattern: Pattern, row: Row) -> PatternRow {
+        PatternRow {
+            row,
+            pattern: pattern.name(),
+            subscribers: pattern.subscribers(),
+            ratio_compares: pattern.compares(),
+        }
+    }
+}
+
 /// A whole run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -143,6 +178,8 @@ pub struct Report {
     pub results: Vec<Row>,
     /// The raw baselines.
     pub baselines: Vec<Row>,
+    /// Pattern rows, each compared with its transport's plain row.
+    pub patterns: Vec<PatternRow>,
     /// Skipped cells and failures.
     pub notes: Vec<String>,
 }
@@ -277,6 +314,7 @@ impl Report {
             .baselines
             .iter()
             .chain(&self.results)
+            .chain(self.patterns.iter().map(|p| &p.row))
             .map(line)
             .collect();
         let mut out = columns(&lines);
@@ -299,6 +337,14 @@ impl Report {
             "p50..max: round trip of one typed message; MB/s: one-way payload bytes (10^6/s); \
              vs raw: latency ratio (lower is better) / throughput ratio (higher is better)."
         );
+        if !self.patterns.is_empty() {
+            let _ = writeln!(
+                out,
+                "+reqrep: request/reply round trip (patterns::Client to Server); +pubsub×N: \
+                 messages/s delivered in all to N subscribers (payload MB/s likewise); both \
+                 compared with the plain channel row of their transport, not a raw baseline."
+            );
+        }
         for n in &self.notes {
             let _ = writeln!(out, "note: {n}");
         }
@@ -322,7 +368,12 @@ impl Report {
 
     /// The plot: p50 round trip (bars) with p99 (ticks), and throughput, per size and series.
     pub fn svg(&self) -> String {
-        let rows: Vec<&Row> = self.baselines.iter().chain(&self.results).collect();
+        let rows: Vec<&Row> = self
+            .baselines
+            .iter()
+            .chain(&self.results)
+            .chain(self.patterns.iter().map(|p| &p.row))
+            .collect();
         let mut series: Vec<&str> = Vec::new();
         let mut sizes: Vec<usize> = Vec::new();
         for r in &rows {

@@ -9,7 +9,7 @@ use super::{
     measure,
     plan::{Cell, Names, Plan},
     proto::one_way,
-    report::Row,
+    report::{PatternRow, Row},
     types::{merge, Measured},
 };
 use indicatif::{ProgressBar, ProgressStyle};
@@ -24,6 +24,8 @@ pub struct Outcome {
     pub results: Vec<Row>,
     /// Baseline rows, in report order, then by size.
     pub baselines: Vec<Row>,
+    /// Pattern rows, each compared with its transport's plain row.
+    pub patterns: Vec<PatternRow>,
     /// Cells that failed.
     pub notes: Vec<String>,
     /// How long the run took.
@@ -115,10 +117,11 @@ pub fn execute(plan: &Plan, rt: &tokio::runtime::Runtime, names: &mut Names) -> 
         pb.inc(1);
     }
     pb.finish_and_clear();
-    let (results, baselines) = rows(plan, slots);
+    let (results, baselines, patterns) = rows(plan, slots);
     Outcome {
         results,
         baselines,
+        patterns,
         notes,
         elapsed: started.elapsed(),
     }
@@ -159,21 +162,46 @@ fn measure_cell(
             })?;
             Ok((Some(rtt), Some(tp)))
         }
+        Cell::Pattern {
+            pattern,
+            subject,
+            size,
+        } => {
+            let (ep, control) = names.endpoint(subject)?;
+            rt.block_on(async {
+                let cell = pattern.measure(ep, control, *size, cpu, t);
+                tokio::time::timeout(limit, cell)
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no result within {limit:?}")))
+            })
+        }
     }
 }
 
 /// The report's rows from the merged cells: transport rows compared with their baselines,
-/// both sorted for the report.
-fn rows(plan: &Plan, slots: Vec<Slot>) -> (Vec<Row>, Vec<Row>) {
+/// pattern rows with their transport's plain row, all sorted for the report.
+fn rows(plan: &Plan, slots: Vec<Slot>) -> (Vec<Row>, Vec<Row>, Vec<PatternRow>) {
     let mut results: Vec<(usize, Row, &[_])> = Vec::new();
     let mut baselines: Vec<(usize, Row)> = Vec::new();
+    let mut patterns: Vec<(usize, PatternRow, String)> = Vec::new();
     for (cell, slot) in plan.cells.iter().zip(slots) {
         let Slot::Merged((rtt, tp)) = slot else {
             continue;
         };
+        let order_of = |name: &str| plan.subjects.iter().position(|s| s.name == name);
         match cell {
+            Cell::Pattern {
+                pattern,
+                subject,
+                size,
+            } => {
+                let name = pattern.row_name(&subject.name);
+                let row = PatternRow::new(*pattern, Row::new(name, *size, rtt, tp));
+                let order = order_of(&subject.name).unwrap_or(usize::MAX);
+                patterns.push((order, row, subject.name.clone()));
+            }
             Cell::Dw { subject, size } => {
-                let order = plan.subjects.iter().position(|s| s.name == subject.name);
+                let order = order_of(&subject.name);
                 let row = Row::new(subject.name.clone(), *size, rtt, tp);
                 results.push((order.unwrap_or(usize::MAX), row, &subject.baselines));
             }
@@ -193,6 +221,14 @@ fn rows(plan: &Plan, slots: Vec<Slot>) -> (Vec<Row>, Vec<Row>) {
             row.compare(&baselines, &names);
             row
         })
+        .collect::<Vec<Row>>();
+    patterns.sort_by_key(|(order, p, _)| (*order, p.row.size));
+    let patterns = patterns
+        .into_iter()
+        .map(|(_, mut p, plain)| {
+            p.row.compare(&results, &[plain.as_str()]);
+            p
+        })
         .collect();
-    (results, baselines)
+    (results, baselines, patterns)
 }
