@@ -825,14 +825,23 @@ where
     async move {
         let mut in_flight = FuturesUnordered::new();
         let mut reading = true;
-        let mut heard = tokio::time::Instant::now();
+        // Built once, not per request: a timer only with heartbeats, one cancellation waiter.
+        let mut silent = silence.map(|d| Box::pin(tokio::time::sleep(d)));
+        let stopped = stop.cancelled();
+        tokio::pin!(stopped);
         while reading || !in_flight.is_empty() {
-            let deadline = heard + silence.unwrap_or(Duration::from_secs(86_400));
             tokio::select! {
+                // Finished replies first: a request that cannot have arrived yet must not keep
+                // a finished reply waiting (on shm, polling recv first spins for nothing).
+                biased;
                 // By value: a borrowed reply held across the await would need `Resp: Sync`.
                 Some(reply) = in_flight.next(), if !in_flight.is_empty() => SinkExt::send(&mut ch, reply).await?,
+                // Before recv, so a flood of requests cannot hold off a shutdown.
+                _ = &mut stopped, if reading => reading = false,
                 r = ch.recv(), if reading && in_flight.len() < max => {
-                    heard = tokio::time::Instant::now();
+                    if let (Some(t), Some(d)) = (silent.as_mut(), silence) {
+                        t.as_mut().reset(tokio::time::Instant::now() + d);
+                    }
                     match r {
                         Ok(Some(Request::Call { id, body })) => in_flight.push(answer(id, handler(body))),
                         Ok(Some(Request::Ping)) => SinkExt::send(&mut ch, Reply::Pong).await?,
@@ -844,14 +853,13 @@ where
                         Err(e) => return Err(e),
                     }
                 }
-                _ = tokio::time::sleep_until(deadline), if silence.is_some() => {
+                _ = async { silent.as_mut().expect("guarded").await }, if silent.is_some() => {
                     return Err(Error::new(
                         ErrorKind::ConnectionLost,
                         &ch.info().endpoint,
                         format!("the client was silent past the heartbeat bound ({:?})", silence.unwrap_or_default()),
                     ));
                 }
-                _ = stop.cancelled(), if reading => reading = false,
             }
         }
         ch.close().await
