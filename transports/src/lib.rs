@@ -51,6 +51,7 @@ use ductwork_core::{
 use std::sync::Arc;
 
 pub(crate) mod common;
+mod observed;
 
 // The backends, one folder and one cargo feature each. (Declared here rather than by the table
 // below so that rustfmt, which does not expand macros, reaches their files.)
@@ -194,14 +195,19 @@ pub fn transport_for(endpoint: &Endpoint) -> Result<Arc<dyn Transport>> {
     })
 }
 
-/// Binds `endpoint` with the transport its scheme names. `endpoint` is a string (`&str`,
+/// Binds `endpoint` with the transport its scheme names. The listener and its connections
+/// emit `tracing` events and count what they carry ([`Connection::stats`](ductwork_core::Connection::stats)). `endpoint` is a string (`&str`,
 /// `String`) or an [`Endpoint`] (by value or by reference).
 pub async fn bind<E>(endpoint: E) -> Result<BoxListener>
 where
     E: TryInto<Endpoint, Error: Into<Error>>,
 {
     let ep = endpoint.try_into().map_err(Into::into)?;
-    transport_for(&ep)?.bind(&ep).await
+    let t = transport_for(&ep)?;
+    match t.bind(&ep).await {
+        Ok(l) => Ok(observed::listener(l, t.scheme())),
+        Err(e) => Err(observed::failed("bind", e)),
+    }
 }
 
 /// Connects to `endpoint` with the transport its scheme names; `endpoint` as for [`bind`].
@@ -210,7 +216,11 @@ where
     E: TryInto<Endpoint, Error: Into<Error>>,
 {
     let ep = endpoint.try_into().map_err(Into::into)?;
-    transport_for(&ep)?.connect(&ep).await
+    let t = transport_for(&ep)?;
+    match t.connect(&ep).await {
+        Ok(c) => Ok(observed::connected(c, t.scheme())),
+        Err(e) => Err(observed::failed("connect", e)),
+    }
 }
 
 /// What the transport named by `endpoint` offers there.
