@@ -865,7 +865,10 @@ fn cancel_safe_accept(s: &Subject) -> Result<(), String> {
         }
         let ep = l.endpoint().clone();
         let clients = (0..CLIENTS)
-            .map(|i| spawn_peer("echo-client", &ep, &[i.to_string(), "20".into()]))
+            // Three round trips prove a client was served; more would only lengthen the
+            // exposure to Wine's UDP trouble with several echo clients (see udp::many_clients
+            // in scripts/windows-tests.sh).
+            .map(|i| spawn_peer("echo-client", &ep, &[i.to_string(), "3".into()]))
             .collect::<Result<Vec<_>, _>>()?;
         let mut rng = XorShift::new(u64::from(std::process::id()) ^ 0xacce);
         let (mut accepted, mut polls) = (0, 0u32);
