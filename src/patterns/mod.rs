@@ -15,6 +15,7 @@
 mod liveness;
 pub mod pubsub;
 pub mod reqrep;
+mod serve;
 
 pub use liveness::{Backoff, Heartbeat, Heartbeats, LinkState};
 pub use pubsub::{

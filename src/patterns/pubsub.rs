@@ -36,6 +36,7 @@
 //! On the wire a subscriber sends [`SubscriberMsg`] and receives [`Publication`] frames,
 //! postcard-encoded like every ductwork message.
 
+use super::serve::{accept_until, Background};
 use super::{Backoff, Heartbeat, Heartbeats, LinkState};
 use crate::{BoxConnection, Channel, Direction, Endpoint, Error, ErrorKind, Result};
 use bytes::Bytes;
@@ -156,8 +157,7 @@ const SUBSCRIBE_WITHIN: Duration = Duration::from_secs(10);
 pub struct Publisher<T> {
     hub: Arc<Hub>,
     endpoint: Endpoint,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    background: Background,
     _msg: PhantomData<fn(&T)>,
 }
 
@@ -277,13 +277,21 @@ impl<T: Serialize> Publisher<T> {
             max_message: caps.max_message,
             subs: Mutex::new(Vec::new()),
         });
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(accept_loop(listener, hub.clone(), stop.clone()));
+        let h = hub.clone();
+        let background = Background::spawn(endpoint.clone(), move |stop| {
+            let conn_stop = stop.clone();
+            accept_until(listener, stop, move |conn| {
+                let (hub, stop) = (h.clone(), conn_stop.clone());
+                async move {
+                    serve_subscriber(conn, hub, stop).await;
+                    Ok(())
+                }
+            })
+        });
         Ok(Publisher {
             hub,
             endpoint,
-            stop,
-            task,
+            background,
             _msg: PhantomData,
         })
     }
@@ -332,24 +340,7 @@ impl<T: Serialize> Publisher<T> {
     /// Stops accepting, sends every subscriber what is queued for it and closes them; past
     /// `grace` the rest is dropped and this fails with [`ErrorKind::Timeout`].
     pub async fn shutdown(mut self, grace: Duration) -> Result<()> {
-        self.stop.cancel();
-        match tokio::time::timeout(grace, &mut self.task).await {
-            Ok(_) => Ok(()),
-            Err(_) => {
-                self.task.abort();
-                Err(Error::new(
-                    ErrorKind::Timeout,
-                    &self.endpoint,
-                    format!("subscribers still draining after {grace:?} were dropped"),
-                ))
-            }
-        }
-    }
-}
-
-impl<T> Drop for Publisher<T> {
-    fn drop(&mut self) {
-        self.stop.cancel();
+        self.background.shutdown(grace, "subscribers").await
     }
 }
 
@@ -369,31 +360,6 @@ fn one_way(endpoint: &Endpoint) -> Error {
         endpoint,
         "publish/subscribe needs a duplex transport; this one carries messages one way only",
     )
-}
-
-async fn accept_loop(mut listener: crate::BoxListener, hub: Arc<Hub>, stop: CancellationToken) {
-    let endpoint = listener.endpoint().to_string();
-    let mut subs = tokio::task::JoinSet::new();
-    let mut pause = Duration::from_millis(10);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            Some(_) = subs.join_next(), if !subs.is_empty() => {}
-            r = listener.accept() => match r {
-                Ok(conn) => {
-                    pause = Duration::from_millis(10);
-                    subs.spawn(serve_subscriber(conn, hub.clone(), stop.clone()));
-                }
-                Err(e) => {
-                    tracing::warn!(endpoint = %endpoint, error = %e, retry_in = ?pause, "accept failed");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(1));
-                }
-            },
-        }
-    }
-    drop(listener);
-    while subs.join_next().await.is_some() {}
 }
 
 /// Reads one subscription request from a new connection.

@@ -56,6 +56,7 @@
 //!   client); a handler that burns CPU should hand work to `tokio::task::spawn_blocking`. A
 //!   handler that panics is answered with `Failed`, and the server goes on.
 
+use super::serve::{accept_until, Background};
 use super::{Backoff, Heartbeat, Heartbeats, LinkState};
 use crate::{BoxListener, Channel, Endpoint, Error, ErrorKind, Result};
 use futures::{
@@ -730,7 +731,8 @@ impl<H> Server<H> {
         self.listener.endpoint()
     }
 
-    /// Serves in a background task until [`ServerHandle::shutdown`].
+    /// Serves in a background task until [`ServerHandle::shutdown`] (or until the handle is
+    /// dropped).
     pub fn spawn<Req, Resp, Fut>(self) -> ServerHandle
     where
         H: Fn(Req) -> Fut + Clone + Send + Sync + 'static,
@@ -738,13 +740,9 @@ impl<H> Server<H> {
         Req: DeserializeOwned + Send + 'static,
         Resp: Serialize + Send + 'static,
     {
-        let stop = CancellationToken::new();
         let endpoint = self.endpoint().clone();
-        let task = tokio::spawn(self.run(stop.clone()));
         ServerHandle {
-            endpoint,
-            stop,
-            task,
+            inner: Background::spawn(endpoint, |stop| self.run(stop)),
         }
     }
 
@@ -761,44 +759,20 @@ impl<H> Server<H> {
         Resp: Serialize + Send + 'static,
     {
         let Server {
-            mut listener,
+            listener,
             handler,
             opts,
         } = self;
-        let endpoint = listener.endpoint().to_string();
-        let mut conns = tokio::task::JoinSet::new();
-        let mut pause = Duration::from_millis(10);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                Some(done) = conns.join_next(), if !conns.is_empty() => log_end(&endpoint, done),
-                r = listener.accept() => match r {
-                    Ok(conn) => {
-                        pause = Duration::from_millis(10);
-                        let ch = Channel::new(conn);
-                        let job = serve_connection(ch, handler.clone(), &opts, stop.clone());
-                        conns.spawn(job);
-                    }
-                    Err(e) => {
-                        tracing::warn!(endpoint = %endpoint, error = %e, retry_in = ?pause, "accept failed");
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_secs(1));
-                    }
-                },
-            }
-        }
-        drop(listener);
-        while let Some(done) = conns.join_next().await {
-            log_end(&endpoint, done);
-        }
-    }
-}
-
-fn log_end(endpoint: &str, done: std::result::Result<Result<()>, tokio::task::JoinError>) {
-    match done {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::info!(endpoint = %endpoint, error = %e, "connection ended"),
-        Err(e) => tracing::warn!(endpoint = %endpoint, error = %e, "connection task failed"),
+        let conn_stop = stop.clone();
+        accept_until(listener, stop, move |conn| {
+            serve_connection(
+                Channel::new(conn),
+                handler.clone(),
+                &opts,
+                conn_stop.clone(),
+            )
+        })
+        .await;
     }
 }
 
@@ -876,35 +850,22 @@ async fn answer<Resp>(id: u64, work: impl Future<Output = Resp>) -> Reply<Resp> 
     }
 }
 
-/// A server running in the background.
+/// A server running in the background; dropping the handle stops it (without a grace period).
 #[derive(Debug)]
 pub struct ServerHandle {
-    endpoint: Endpoint,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    inner: Background,
 }
 
 impl ServerHandle {
     /// The endpoint the server is bound to.
     pub fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
+        self.inner.endpoint()
     }
 
     /// Stops accepting, lets in-flight requests finish and closes every connection. Past
     /// `grace`, whatever is still running is dropped and this fails with
     /// [`ErrorKind::Timeout`].
     pub async fn shutdown(mut self, grace: Duration) -> Result<()> {
-        self.stop.cancel();
-        match tokio::time::timeout(grace, &mut self.task).await {
-            Ok(_) => Ok(()),
-            Err(_) => {
-                self.task.abort();
-                Err(Error::new(
-                    ErrorKind::Timeout,
-                    &self.endpoint,
-                    format!("requests still running after {grace:?} were dropped"),
-                ))
-            }
-        }
+        self.inner.shutdown(grace, "requests").await
     }
 }
