@@ -12,16 +12,44 @@
 //! | `mailslot` | a name, or `*/name` (Windows domain broadcast) | `mailslot://events` |
 //! | `copydata` | a name (Windows) | `copydata://ui` |
 //!
-//! Options every transport understands: `max_frame` (the largest message payload, in bytes or
-//! with a `KiB`/`MiB`/`GiB` suffix). Each transport documents its own further options and
-//! rejects options it does not know, so a typo is an error, not a silent default.
+//! Options every transport understands:
+//!
+//! - `max_frame`: the largest message payload, in bytes or with a `KiB`/`MiB`/`GiB` suffix
+//!   (default 16 MiB).
+//! - `connect_timeout`: how long `connect` may take in all, from the first system call to a
+//!   usable connection, before it fails with [`ErrorKind::Timeout`] naming the endpoint and the
+//!   deadline: a duration such as `500ms`, `10s` or a bare number of milliseconds (default
+//!   [`DEFAULT_CONNECT_TIMEOUT`], 10 s; at most one day). The older spelling
+//!   `connect_timeout_ms` (milliseconds) still works on the transports that had it (`udp`,
+//!   `pipe`); giving both is an error.
+//!
+//! Each transport documents its own further options and rejects options it does not know, so a
+//! typo is an error, not a silent default.
 
 use crate::error::{Error, ErrorKind, Result};
 use ductwork_codec::{DEFAULT_MAX_FRAME, MAX_CONFIGURABLE_FRAME};
-use std::{fmt, str::FromStr};
+use std::{fmt, str::FromStr, time::Duration};
 
-/// The option every transport accepts.
+/// The option every transport accepts: the largest message payload.
 pub const OPT_MAX_FRAME: &str = "max_frame";
+
+/// The option every transport accepts: the deadline of `connect`.
+pub const OPT_CONNECT_TIMEOUT: &str = "connect_timeout";
+
+/// The older, milliseconds-only spelling of [`OPT_CONNECT_TIMEOUT`], kept for the transports
+/// that accepted it (they list it among their own options).
+pub const OPT_CONNECT_TIMEOUT_MS: &str = "connect_timeout_ms";
+
+/// How long `connect` waits for a listener that does not answer, unless `connect_timeout`
+/// says otherwise.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest `connect_timeout` accepted: one day (a typo in the unit should not mean
+/// "forever").
+pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The options every transport accepts.
+const UNIVERSAL: &[&str] = &[OPT_MAX_FRAME, OPT_CONNECT_TIMEOUT];
 
 /// A parsed endpoint: scheme, address and options.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -81,6 +109,7 @@ impl Endpoint {
             options,
         };
         ep.max_frame()?;
+        ep.connect_timeout()?;
         Ok(ep)
     }
 
@@ -198,12 +227,47 @@ impl Endpoint {
         Ok(max)
     }
 
-    /// Fails with [`ErrorKind::InvalidEndpoint`] if an option is not `max_frame` or one of
-    /// `allowed`. Transports call this so that typos are caught.
+    /// The deadline of `connect` on this endpoint: the `connect_timeout` option (`500ms`,
+    /// `10s`, or bare milliseconds), else `connect_timeout_ms` (milliseconds, on the
+    /// transports that accept it), else [`DEFAULT_CONNECT_TIMEOUT`]. Zero, more than
+    /// [`MAX_CONNECT_TIMEOUT`], an unparsable value or both options at once are
+    /// [`ErrorKind::InvalidEndpoint`].
+    pub fn connect_timeout(&self) -> Result<Duration> {
+        let bad = |why: String| Error::new(ErrorKind::InvalidEndpoint, self, why);
+        let (key, value) = match (
+            self.option(OPT_CONNECT_TIMEOUT),
+            self.option(OPT_CONNECT_TIMEOUT_MS),
+        ) {
+            (Some(_), Some(_)) => {
+                return Err(bad(format!(
+                    "give `{OPT_CONNECT_TIMEOUT}` or `{OPT_CONNECT_TIMEOUT_MS}`, not both"
+                )))
+            }
+            (Some(v), None) => (OPT_CONNECT_TIMEOUT, parse_duration(v)),
+            (None, Some(v)) => (
+                OPT_CONNECT_TIMEOUT_MS,
+                v.trim()
+                    .parse::<u64>()
+                    .map(Duration::from_millis)
+                    .map_err(|_| format!("`{v}` is not a number of milliseconds")),
+            ),
+            (None, None) => return Ok(DEFAULT_CONNECT_TIMEOUT),
+        };
+        match value {
+            Ok(d) if d.is_zero() => Err(bad(format!("option `{key}` must be more than 0"))),
+            Ok(d) if d > MAX_CONNECT_TIMEOUT => Err(bad(format!("option `{key}` is over one day"))),
+            Ok(d) => Ok(d),
+            Err(why) => Err(bad(format!("option `{key}`: {why}"))),
+        }
+    }
+
+    /// Fails with [`ErrorKind::InvalidEndpoint`] if an option is not one every transport
+    /// accepts (`max_frame`, `connect_timeout`) or one of `allowed`. Transports call this so
+    /// that typos are caught.
     pub fn check_options(&self, allowed: &[&str]) -> Result<()> {
         for (k, _) in &self.options {
-            if k != OPT_MAX_FRAME && !allowed.contains(&k.as_str()) {
-                let mut known = vec![OPT_MAX_FRAME];
+            if !UNIVERSAL.contains(&k.as_str()) && !allowed.contains(&k.as_str()) {
+                let mut known = UNIVERSAL.to_vec();
                 known.extend_from_slice(allowed);
                 return Err(Error::new(
                     ErrorKind::InvalidEndpoint,
@@ -257,6 +321,26 @@ pub fn parse_size(s: &str) -> std::result::Result<usize, String> {
         u => return Err(format!("unknown size unit `{u}` (use B, KiB, MiB or GiB)")),
     };
     n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+/// Parses a duration for `connect_timeout`: a number with a unit `ms`, `s` or `m`, or a
+/// bare number of milliseconds (`500ms`, `10s`, `2m`, `2500`).
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 500ms, 10s, 2500)"))?;
+    let ms: u64 = match unit.trim() {
+        "" | "ms" => 1,
+        "s" => 1_000,
+        "m" | "min" => 60_000,
+        u => return Err(format!("unknown duration unit `{u}` (use ms, s or m)")),
+    };
+    n.checked_mul(ms)
+        .map(Duration::from_millis)
         .ok_or_else(|| format!("`{s}` is too large"))
 }
 
@@ -438,6 +522,44 @@ mod tests {
             );
             assert!(e.to_string().contains(says), "{s}: {e}");
         }
+    }
+
+    #[test]
+    fn connect_timeout_is_parsed_once_for_every_transport() {
+        let t = |s: &str| Endpoint::parse(s).and_then(|e| e.connect_timeout());
+        assert_eq!(t("tcp://a:1").unwrap(), DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(
+            t("tcp://a:1?connect_timeout=500ms").unwrap(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            t("shm://a?connect_timeout=10s").unwrap(),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            t("pipe://a?connect_timeout=2500").unwrap(),
+            Duration::from_millis(2500)
+        );
+        assert_eq!(
+            t("udp://a:1?connect_timeout_ms=300").unwrap(),
+            Duration::from_millis(300)
+        );
+        for bad in [
+            "tcp://a:1?connect_timeout=0",
+            "tcp://a:1?connect_timeout=soon",
+            "tcp://a:1?connect_timeout=5h",
+            "tcp://a:1?connect_timeout=2000m",
+            "udp://a:1?connect_timeout=1s&connect_timeout_ms=5",
+        ] {
+            let e = t(bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidEndpoint, "{bad}");
+            assert!(e.to_string().contains("connect_timeout"), "{bad}: {e}");
+        }
+        // Every transport accepts it; the legacy spelling only where a transport lists it.
+        let e = Endpoint::parse("tcp://a:1?connect_timeout=1s").unwrap();
+        assert!(e.check_options(&[]).is_ok());
+        let e = Endpoint::parse("tcp://a:1?connect_timeout_ms=1").unwrap();
+        assert!(e.check_options(&[]).is_err());
     }
 
     #[test]

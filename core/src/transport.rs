@@ -43,6 +43,24 @@
 //!   fails with [`ErrorKind::Unsupported`](crate::ErrorKind).
 //! - **Cancellation.** `accept` and `recv` (`Stream::poll_next`) are cancel-safe: dropping the
 //!   future loses nothing.
+//! - **What accept may return.** [`Listener::accept`] returns an error only when the listener
+//!   itself can accept no more (its socket, pipe or accepting task is gone); after one, later
+//!   calls fail too. Transient faults never come out of `accept`: running out of descriptors
+//!   or memory (`EMFILE`, `ENFILE`, `ENOMEM`, `ENOBUFS`, their Windows counterparts), a client
+//!   that gave up before it was accepted (`ECONNABORTED`), one client's failed set-up (the shm
+//!   handshake, a pipe instance that could not be made). The listener logs each at `warn`
+//!   with its endpoint, pauses (10 ms, doubling to 1 s, back to 10 ms after a success) and
+//!   keeps accepting. So an accept loop may treat an error as the end of the listener:
+//!   report it and stop (`while let Ok(c) = listener.accept().await` is correct, but loses
+//!   the reason).
+//! - **Connect deadline.** Every `connect` completes, fails, or fails with
+//!   [`ErrorKind::Timeout`](crate::ErrorKind) naming the endpoint and the deadline once the
+//!   endpoint's `connect_timeout` has passed (default 10 s, see [`Endpoint::connect_timeout`]):
+//!   a listener that is stopped, overloaded or behind a full backlog never makes it hang.
+//! - **Set-up refusals say why.** A listener that cannot set a connection up for lack of
+//!   resources tells the client when its mechanism can ([`ErrorKind::Refused`](crate::ErrorKind)
+//!   on the client); a client that runs out of descriptors itself gets
+//!   [`ErrorKind::Io`](crate::ErrorKind) saying so, never `Protocol`.
 //!
 //! # Sized sends
 //! [`Connection::start_send_sized`] queues a frame whose length the caller knows before
@@ -347,6 +365,10 @@ pub trait Listener: Send + 'static {
     fn endpoint(&self) -> &Endpoint;
 
     /// Waits for the next connection. Cancel-safe.
+    ///
+    /// Transient faults (out of descriptors or memory, a client that gave up, one client's
+    /// failed set-up) are logged at `warn` and retried with a backoff inside; an error means
+    /// the listener can accept no more (see the [module docs](self)).
     async fn accept(&mut self) -> Result<BoxConnection>;
 }
 
@@ -371,7 +393,8 @@ pub trait Transport: Send + Sync + 'static {
     /// Binds `endpoint` and returns a listener.
     async fn bind(&self, endpoint: &Endpoint) -> Result<BoxListener>;
 
-    /// Connects to a listener at `endpoint`.
+    /// Connects to a listener at `endpoint`, within its `connect_timeout` (else
+    /// [`ErrorKind::Timeout`]).
     async fn connect(&self, endpoint: &Endpoint) -> Result<BoxConnection>;
 }
 

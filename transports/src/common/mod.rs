@@ -18,6 +18,10 @@ pub(crate) mod datagram;
 #[cfg(any(feature = "pipe", feature = "mailslot", feature = "shm"))]
 pub(crate) mod names;
 
+// Listeners that keep accepting through transient errors, connects with a deadline.
+#[cfg(any(feature = "socket", feature = "pipe", feature = "shm"))]
+pub(crate) mod faults;
+
 // One-way transports: mailslot everywhere, copydata on Windows.
 #[cfg(any(feature = "mailslot", all(windows, feature = "copydata")))]
 pub(crate) mod oneway;

@@ -26,7 +26,11 @@
 //! - **Many clients**: each `accept` returns one connection per client. On Windows the listener
 //!   keeps one spare pipe instance waiting and creates the next before handing one out; a
 //!   client that finds every instance busy (`ERROR_PIPE_BUSY`) retries until
-//!   `connect_timeout_ms` (default 5000) has passed, then fails with `Timeout`.
+//!   `connect_timeout` (default 10 s) has passed, then fails with `Timeout`.
+//! - **Faults**: every `connect` fails with `Timeout` after `connect_timeout` (a stopped
+//!   listener whose backlog is full on Unix, busy instances on Windows). The listener keeps
+//!   accepting through transient errors (out of descriptors or handles, a failed instance),
+//!   logging them at `warn`; `accept` fails only when the listener cannot accept any more.
 //! - **Foreign clients** speak the stream framing of `docs/wire-format.md` (u32 BE length +
 //!   postcard payload, `0xFFFF_FFFF` to close): on Windows `CreateFileW` on
 //!   `\\.\pipe\ductwork-<name>` and `WriteFile`; on Unix a stream socket to the path below.
@@ -40,12 +44,14 @@
 //!   name; they are not exercised by the tests (no second host).
 //!
 //! Options: `max_frame`, `remote` (`true`/`false`, Windows: accept clients from other hosts;
-//! default `false`), `connect_timeout_ms` (how long `connect` waits for a free instance).
+//! default `false`), `connect_timeout` (the deadline of `connect`, e.g. `500ms`, `10s`; default
+//! 10 s; the older `connect_timeout_ms` still works).
 
+use crate::common::faults::connect_within;
 use crate::common::names::{check_name, split_server};
 use ductwork_core::{
     async_trait, BoxConnection, BoxListener, Capabilities, Endpoint, Error, ErrorKind, Reach,
-    Result, Transport,
+    Result, Transport, OPT_CONNECT_TIMEOUT_MS,
 };
 use std::time::Duration;
 
@@ -58,7 +64,7 @@ mod windows;
 #[cfg(windows)]
 use windows as imp;
 
-const OPTIONS: &[&str] = &["remote", "connect_timeout_ms"];
+const OPTIONS: &[&str] = &["remote", OPT_CONNECT_TIMEOUT_MS];
 
 /// The named pipe transport (`pipe://name`, `pipe://server/name`).
 #[derive(Debug, Default, Clone, Copy)]
@@ -74,7 +80,8 @@ pub(crate) struct Config {
     pub(crate) name: String,
     /// Whether the listener accepts remote clients.
     pub(crate) remote: bool,
-    /// How long a client waits for a free pipe instance (only Windows has instances).
+    /// How long a client waits for a free pipe instance (only Windows has instances); the
+    /// whole connect has this deadline too.
     #[cfg_attr(not(windows), allow(dead_code))]
     pub(crate) connect_timeout: Duration,
 }
@@ -94,10 +101,7 @@ impl Config {
         }
         check_name(ep, name)?;
         let remote = ep.parse_option::<bool>("remote")?.unwrap_or(false);
-        let connect_timeout = Duration::from_millis(
-            ep.parse_option::<u64>("connect_timeout_ms")?
-                .unwrap_or(5000),
-        );
+        let connect_timeout = ep.connect_timeout()?;
         let reach = if server.is_some() || remote {
             Reach::Network
         } else {
@@ -142,6 +146,12 @@ impl Transport for Pipe {
     }
 
     async fn connect(&self, ep: &Endpoint) -> Result<BoxConnection> {
-        imp::connect(ep, Config::new(ep)?).await
+        let cfg = Config::new(ep)?;
+        connect_within(
+            ep,
+            "the listener accepted no connection",
+            imp::connect(ep, cfg),
+        )
+        .await
     }
 }

@@ -9,6 +9,7 @@
 //! one call, so RUSTSEC-2023-0001 does not apply to tokio 1.23.1 and later).
 
 use super::Config;
+use crate::common::faults::{is_fatal_accept, Backoff};
 use crate::common::framed::{byte_stream, framed};
 use crate::common::windows::{is_not_found, open_blocking, os_error, pipe_exists, Security};
 use ductwork_core::{
@@ -85,6 +86,7 @@ pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
         caps: cfg.caps,
         instances,
         next: Some(first),
+        backoff: Backoff::default(),
     }))
 }
 
@@ -94,13 +96,49 @@ struct PipeListener {
     instances: Instances,
     /// The instance waiting for the next client.
     next: Option<NamedPipeServer>,
+    /// The pause after transient errors (no instance could be made, a failed wait).
+    backoff: Backoff,
 }
 
 impl PipeListener {
-    fn fresh(&self) -> Result<NamedPipeServer> {
-        self.instances
-            .create(false)
-            .map_err(|e| Error::io(&self.endpoint, "create the next pipe instance", e))
+    fn fresh(&self) -> io::Result<NamedPipeServer> {
+        self.instances.create(false)
+    }
+
+    /// Waits for a client on the waiting instance; `Ok(None)` after a transient error
+    /// (logged, paused) or a client that came and went.
+    async fn connected(&mut self) -> Result<Option<NamedPipeServer>> {
+        if self.next.is_none() {
+            match self.fresh() {
+                Ok(f) => self.next = Some(f),
+                Err(e) => {
+                    let ep = self.endpoint.clone();
+                    self.backoff
+                        .wait(&ep, "create the next pipe instance", &e)
+                        .await;
+                    return Ok(None);
+                }
+            }
+        }
+        let waiting = self.next.as_ref().expect("set above");
+        // Cancel-safe: a dropped connect() leaves the instance waiting in `next`.
+        let e = match waiting.connect().await {
+            Ok(()) => return Ok(self.next.take()),
+            Err(e) => e,
+        };
+        // The instance is spent either way: replace it (the next call creates one first,
+        // so the name never disappears for long).
+        self.next = self.fresh().ok();
+        if os_error(&e) == Some(ERROR_NO_DATA) {
+            // The client came and went before we saw it.
+            return Ok(None);
+        }
+        if is_fatal_accept(&e) {
+            return Err(Error::io(&self.endpoint, "wait for a client", e));
+        }
+        let ep = self.endpoint.clone();
+        self.backoff.wait(&ep, "wait for a client", &e).await;
+        Ok(None)
     }
 }
 
@@ -112,32 +150,20 @@ impl Listener for PipeListener {
 
     async fn accept(&mut self) -> Result<BoxConnection> {
         loop {
-            if self.next.is_none() {
-                self.next = Some(self.fresh()?);
-            }
-            let waiting = self.next.as_ref().expect("set above");
-            // Cancel-safe: a dropped connect() leaves the instance waiting in `next`.
-            match waiting.connect().await {
-                Ok(()) => {}
-                Err(e) if os_error(&e) == Some(ERROR_NO_DATA) => {
-                    // The client came and went before we saw it: replace the instance (create
-                    // the new one first so the name never disappears).
-                    let fresh = self.fresh()?;
-                    self.next = Some(fresh);
-                    continue;
-                }
-                Err(e) => return Err(Error::io(&self.endpoint, "wait for a client", e)),
-            }
+            let Some(conn) = self.connected().await? else {
+                continue;
+            };
+            self.backoff.reset();
             // Create the next instance before handing this one out; if that fails, the
             // connection is still good and the next accept tries again.
-            let fresh = match self.fresh() {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot create the next pipe instance yet");
-                    None
-                }
-            };
-            let conn = std::mem::replace(&mut self.next, fresh).expect("set above");
+            match self.fresh() {
+                Ok(f) => self.next = Some(f),
+                Err(e) => tracing::warn!(
+                    endpoint = %self.endpoint,
+                    error = %e,
+                    "cannot create the next pipe instance yet"
+                ),
+            }
             let mut pid = 0u32;
             // SAFETY: the handle belongs to `conn`, which is alive; `pid` is valid for a write.
             let ok = unsafe { GetNamedPipeClientProcessId(conn.as_raw_handle(), &mut pid) };
@@ -170,8 +196,8 @@ pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection>
                         ErrorKind::Timeout,
                         ep,
                         format!(
-                            "every instance of {path} stayed busy for {} ms (connect_timeout_ms)",
-                            cfg.connect_timeout.as_millis()
+                            "every instance of {path} stayed busy for the connect_timeout of {}",
+                            crate::common::faults::describe(cfg.connect_timeout)
                         ),
                     )
                     .with_source(e));

@@ -40,6 +40,14 @@
 //!   (`AddrInUse`); a file left by a killed one is replaced. Only processes of the same user
 //!   can connect; the mapping itself (a sealed memfd) is passed over that socket and is private
 //!   to the two processes. Names are 1 to 64 characters of `A-Z a-z 0-9 . _ -`.
+//! - **Faults.** A listener that cannot make a client's segment or doorbells (out of
+//!   descriptors, memory or handles) logs it at `warn` and tells the client, whose `connect`
+//!   fails with `Refused` ("the listener could not set up the connection", with the OS
+//!   error); a client that runs out of descriptors itself while receiving them gets `Io`
+//!   ("this process ran out of file descriptors"). Neither ends the listener: transient
+//!   accept errors are logged and retried with a backoff (10 ms doubling to 1 s). A
+//!   listener that does not answer (stopped, overloaded) makes `connect` fail with `Timeout`
+//!   after `connect_timeout`.
 //! - **Windows**: the name is the named pipe `\\.\pipe\ductwork-shm-<name>` (local clients
 //!   only) that carries the set-up; the section and the doorbell events are unnamed and
 //!   duplicated straight into the client process, so no other process can open them. A
@@ -52,6 +60,7 @@
 //! | `capacity` | `4MiB` | bytes per ring (per direction), 4 KiB to 1 GiB, rounded up to 128; set by the listener, the connecting side learns it |
 //! | `spin` | `10us` | how long a waiting side busy-polls before parking: a duration (`0`, `500ns`, `10us`, `1ms`; a bare number is nanoseconds). `0` parks at once. Adaptive: the budget shrinks when spinning stops paying off |
 //! | `max_frame` | 16 MiB | the largest message (also capped by the ring) |
+//! | `connect_timeout` | `10s` | the deadline of `connect`, set-up included (`500ms`, `10s`, or bare milliseconds) |
 
 // Portable; used by the Linux and Windows layers.
 #[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]

@@ -24,9 +24,13 @@ use super::{
     conn::{connection, OsLink},
     mapped::{Mapped, Unmap},
     ring::{self, SharedRegion},
-    setup::{read_hello, spawn_setup, Accepted, QueuedListener, HELLO, REPLY_OK},
+    setup::{
+        read_hello, refusal, refused, spawn_setup, Accepted, QueuedListener, HELLO, NO_OTHER_USER,
+        NO_RESOURCES, REPLY_NO, REPLY_OK,
+    },
     Config,
 };
+use crate::common::faults::{connect_within, is_fatal_accept, Backoff};
 use crate::common::unix::{bind_socket_file, peer_credentials, Probe};
 use ductwork_core::{BoxConnection, BoxListener, Endpoint, Error, ErrorKind, Result};
 use rustix::{
@@ -34,7 +38,7 @@ use rustix::{
     fs::{MemfdFlags, SealFlags},
     mm::{MapFlags, ProtFlags},
     net::{
-        RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+        RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
         SendAncillaryMessage, SendFlags,
     },
 };
@@ -45,16 +49,13 @@ use std::{
     path::PathBuf,
     sync::Arc,
     task::{ready, Context, Poll},
-    time::Duration,
 };
 use tokio::{
     io::{unix::AsyncFd, AsyncWriteExt, Interest},
     net::{UnixListener, UnixStream},
 };
 
-const REPLY_NO: &[u8; 8] = b"DWSHMno1";
 const REPLY_LEN: usize = 24;
-const NO_OTHER_USER: u64 = 1;
 
 fn my_uid() -> u32 {
     rustix::process::geteuid().as_raw()
@@ -280,22 +281,30 @@ pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
     })))
 }
 
-/// Accepts sockets and runs each set-up in its own task (see `spawn_setup`).
+/// Accepts sockets and runs each set-up in its own task (see `spawn_setup`). Transient accept
+/// errors (out of descriptors, ...) are logged and retried with a backoff; only an error that
+/// means the listening socket is broken ends the loop and reaches `accept`.
 async fn accept_loop(listener: UnixListener, ep: Endpoint, cfg: Config, tx: Accepted) {
+    let mut backoff = Backoff::default();
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let ep = ep.clone();
-                spawn_setup(&tx, async move { serve_handshake(stream, &ep, cfg).await });
+                backoff.reset();
+                let ep2 = ep.clone();
+                spawn_setup(
+                    &tx,
+                    &ep,
+                    async move { serve_handshake(stream, &ep2, cfg).await },
+                );
             }
             Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
-            Err(e) => {
-                if tx.send(Err(Error::io(&ep, "accept", e))).await.is_err() {
-                    return;
-                }
-                // Out of descriptors or similar: give the system a moment.
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            Err(e) if is_fatal_accept(&e) => {
+                let _ = tx
+                    .send(Err(Error::io(&ep, "accept (the listener is broken)", e)))
+                    .await;
+                return;
             }
+            Err(e) => backoff.wait(&ep, "accept", &e).await,
         }
     }
 }
@@ -311,10 +320,9 @@ async fn serve_handshake(
         .map_err(|e| Error::io(ep, "read the client's credentials", e))?
         .uid();
     if uid != my_uid() {
-        let mut no = [0u8; REPLY_LEN];
-        no[..8].copy_from_slice(REPLY_NO);
-        no[8..16].copy_from_slice(&NO_OTHER_USER.to_le_bytes());
-        let _ = stream.write_all(&no).await;
+        let _ = stream
+            .write_all(&refusal(REPLY_LEN, NO_OTHER_USER, None))
+            .await;
         return Err(Error::new(
             ErrorKind::PermissionDenied,
             ep,
@@ -335,8 +343,20 @@ async fn serve_handshake(
             ],
         ))
     };
-    let (memfd, map, [c_data, c_space, s_data, s_space]) =
-        setup().map_err(|e| Error::io(ep, "create the shared segment", e))?;
+    let (memfd, map, [c_data, c_space, s_data, s_space]) = match setup() {
+        Ok(made) => made,
+        Err(e) => {
+            // Tell the client why, so that it does not report a mere "closed".
+            let _ = stream
+                .write_all(&refusal(REPLY_LEN, NO_RESOURCES, Some(&e)))
+                .await;
+            return Err(Error::io(
+                ep,
+                "create the shared segment and doorbells for a client",
+                e,
+            ));
+        }
+    };
     let mut reply = [0u8; REPLY_LEN];
     reply[..8].copy_from_slice(REPLY_OK);
     reply[8..16].copy_from_slice(&(cfg.capacity as u64).to_le_bytes());
@@ -383,6 +403,15 @@ async fn serve_handshake(
 // Client.
 
 pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection> {
+    connect_within(
+        ep,
+        "the listener accepted no set-up: is it stopped or overloaded?",
+        connect_now(ep, cfg),
+    )
+    .await
+}
+
+async fn connect_now(ep: &Endpoint, cfg: Config) -> Result<BoxConnection> {
     let path = socket_path(ep)?;
     let mut stream = UnixStream::connect(&path)
         .await
@@ -408,50 +437,8 @@ pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection>
         .write_all(HELLO)
         .await
         .map_err(|e| Error::io(ep, "send hello", e))?;
-    let mut reply = [0u8; REPLY_LEN];
-    let (n, fds) = stream
-        .async_io(Interest::READABLE, || {
-            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(5))];
-            let mut ctl = RecvAncillaryBuffer::new(&mut space);
-            let got = rustix::net::recvmsg(
-                &stream,
-                &mut [IoSliceMut::new(&mut reply)],
-                &mut ctl,
-                RecvFlags::CMSG_CLOEXEC,
-            )?;
-            let mut fds: Vec<OwnedFd> = Vec::new();
-            for msg in ctl.drain() {
-                if let RecvAncillaryMessage::ScmRights(rights) = msg {
-                    fds.extend(rights);
-                }
-            }
-            Ok((got.bytes, fds))
-        })
-        .await
-        .map_err(|e| Error::io(ep, "receive the shared segment", e))?;
+    let (reply, [memfd, c_data, c_space, s_data, s_space]) = receive_reply(&stream, ep).await?;
     let bad = |why: String| Error::new(ErrorKind::Protocol, ep, why);
-    if n == 0 {
-        return Err(Error::new(
-            ErrorKind::ConnectionLost,
-            ep,
-            "the listener closed the connection during set-up",
-        ));
-    }
-    if n == REPLY_LEN && &reply[..8] == REPLY_NO {
-        return Err(Error::new(
-            ErrorKind::PermissionDenied,
-            ep,
-            "the listener refused us (it runs as another user)",
-        ));
-    }
-    if n != REPLY_LEN || &reply[..8] != REPLY_OK {
-        return Err(bad("the listener's set-up reply is not ductwork's".into()));
-    }
-    let Ok::<[OwnedFd; 5], _>([memfd, c_data, c_space, s_data, s_space]) = fds.try_into() else {
-        return Err(bad(
-            "the listener passed the wrong number of descriptors".into()
-        ));
-    };
     let seg_len = u64::from_le_bytes(reply[16..24].try_into().expect("8 bytes"));
     let seg_len = usize::try_from(seg_len)
         .ok()
@@ -467,6 +454,60 @@ pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection>
     let link = link(stream, c_data, c_space, s_data, s_space)
         .map_err(|e| Error::io(ep, "register the doorbells", e))?;
     Ok(connection(ep, cfg, map, cap, false, Box::new(link), peer))
+}
+
+/// Receives the listener's set-up reply and its five descriptors (memfd, client data, client
+/// space, server data, server space), or the error that says why there are none.
+async fn receive_reply(
+    stream: &UnixStream,
+    ep: &Endpoint,
+) -> Result<([u8; REPLY_LEN], [OwnedFd; 5])> {
+    let mut reply = [0u8; REPLY_LEN];
+    let (n, fds, truncated) = stream
+        .async_io(Interest::READABLE, || {
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(5))];
+            let mut ctl = RecvAncillaryBuffer::new(&mut space);
+            let got = rustix::net::recvmsg(
+                stream,
+                &mut [IoSliceMut::new(&mut reply)],
+                &mut ctl,
+                RecvFlags::CMSG_CLOEXEC,
+            )?;
+            let mut fds: Vec<OwnedFd> = Vec::new();
+            for msg in ctl.drain() {
+                if let RecvAncillaryMessage::ScmRights(rights) = msg {
+                    fds.extend(rights);
+                }
+            }
+            Ok((got.bytes, fds, got.flags.contains(ReturnFlags::CTRUNC)))
+        })
+        .await
+        .map_err(|e| Error::io(ep, "receive the shared segment", e))?;
+    let bad = |why: &str| Error::new(ErrorKind::Protocol, ep, why.to_string());
+    if n == 0 {
+        return Err(Error::new(
+            ErrorKind::ConnectionLost,
+            ep,
+            "the listener closed the connection during set-up without saying why",
+        ));
+    }
+    if n == REPLY_LEN && &reply[..8] == REPLY_NO {
+        return Err(refused(ep, &reply));
+    }
+    if n != REPLY_LEN || &reply[..8] != REPLY_OK {
+        return Err(bad("the listener's set-up reply is not ductwork's"));
+    }
+    match fds.try_into() {
+        Ok(fds) => Ok((reply, fds)),
+        // The kernel drops passed descriptors this process has no room for (MSG_CTRUNC).
+        Err(_) if truncated => Err(Error::new(
+            ErrorKind::Io,
+            ep,
+            "this process ran out of file descriptors: the kernel dropped the shared segment \
+             and doorbells the listener passed (raise `ulimit -n` or close descriptors)",
+        )),
+        Err(_) => Err(bad("the listener passed the wrong number of descriptors")),
+    }
 }
 
 #[cfg(test)]

@@ -24,9 +24,13 @@ use super::{
     conn::{connection, OsLink},
     mapped::{Mapped, Unmap},
     ring,
-    setup::{read_hello, spawn_setup, Accepted, QueuedListener, HELLO, REPLY_OK},
+    setup::{
+        read_hello, refusal, refused, spawn_setup, Accepted, QueuedListener, HELLO, NO_RESOURCES,
+        REPLY_NO, REPLY_OK,
+    },
     Config,
 };
+use crate::common::faults::{connect_within, is_fatal_accept, Backoff};
 use crate::common::windows::{is_not_found, last_error, os_error, owned, pipe_exists, raw};
 use ductwork_core::{BoxConnection, BoxListener, Endpoint, Error, ErrorKind, Result};
 use futures::task::AtomicWaker;
@@ -38,7 +42,7 @@ use std::{
         Arc,
     },
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -63,7 +67,6 @@ use windows_sys::Win32::{
 };
 
 const REPLY_LEN: usize = 64;
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn pipe_path(ep: &Endpoint) -> String {
     format!(r"\\.\pipe\ductwork-shm-{}", ep.address())
@@ -345,7 +348,8 @@ pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
 }
 
 /// Keeps one pipe instance waiting, and runs each connected client's set-up in its own task
-/// (see `spawn_setup`).
+/// (see `spawn_setup`). Transient errors (no next instance, a failed wait) are logged and
+/// retried with a backoff; only a broken pipe handle ends the loop and reaches `accept`.
 async fn accept_loop(
     mut next: NamedPipeServer,
     path: String,
@@ -353,32 +357,40 @@ async fn accept_loop(
     cfg: Config,
     tx: Accepted,
 ) {
+    let mut backoff = Backoff::default();
     loop {
         let r = next.connect().await;
         // Always keep an instance waiting: create the next one before handing this out.
         let fresh = match create_instance(&path, false) {
             Ok(f) => f,
             Err(e) => {
-                let _ = tx
-                    .send(Err(Error::io(&ep, "create the next pipe instance", e)))
-                    .await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // `next` is kept: when it is connected its client fails its set-up and
+                // retries; when it is not, it waits again.
+                backoff.wait(&ep, "create the next pipe instance", &e).await;
                 continue;
             }
         };
         let conn = std::mem::replace(&mut next, fresh);
         match r {
-            Ok(()) => {}
+            Ok(()) => backoff.reset(),
             Err(e) if os_error(&e) == Some(ERROR_NO_DATA) => continue,
+            Err(e) if is_fatal_accept(&e) => {
+                let _ = tx
+                    .send(Err(Error::io(&ep, "accept (the listener is broken)", e)))
+                    .await;
+                return;
+            }
             Err(e) => {
-                if tx.send(Err(Error::io(&ep, "accept", e))).await.is_err() {
-                    return;
-                }
+                backoff.wait(&ep, "accept", &e).await;
                 continue;
             }
         }
-        let ep = ep.clone();
-        spawn_setup(&tx, async move { serve_handshake(conn, &ep, cfg).await });
+        let ep2 = ep.clone();
+        spawn_setup(
+            &tx,
+            &ep,
+            async move { serve_handshake(conn, &ep2, cfg).await },
+        );
     }
 }
 
@@ -407,8 +419,16 @@ async fn serve_handshake(
         }
         Ok((client, view, len, events, values))
     };
-    let (client, view, len, [c_data, c_space, s_data, s_space], values) =
-        setup().map_err(|e| Error::io(ep, "set up the shared segment for the client", e))?;
+    let (client, view, len, [c_data, c_space, s_data, s_space], values) = match setup() {
+        Ok(made) => made,
+        Err(e) => {
+            // Tell the client why, so that it does not report a mere "closed".
+            let _ = pipe
+                .write_all(&refusal(REPLY_LEN, NO_RESOURCES, Some(&e)))
+                .await;
+            return Err(Error::io(ep, "set up the shared segment for the client", e));
+        }
+    };
     let mut reply = [0u8; REPLY_LEN];
     reply[..8].copy_from_slice(REPLY_OK);
     reply[8..16].copy_from_slice(&(cfg.capacity as u64).to_le_bytes());
@@ -436,12 +456,21 @@ async fn serve_handshake(
 // Client.
 
 pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection> {
+    connect_within(
+        ep,
+        "the listener accepted no set-up: is it stopped or overloaded?",
+        connect_now(ep, cfg),
+    )
+    .await
+}
+
+async fn connect_now(ep: &Endpoint, cfg: Config) -> Result<BoxConnection> {
     let path = pipe_path(ep);
-    let deadline = Instant::now() + BUSY_TIMEOUT;
     let mut pipe = loop {
         match ClientOptions::new().pipe_mode(PipeMode::Byte).open(&path) {
             Ok(p) => break p,
-            Err(e) if os_error(&e) == Some(ERROR_PIPE_BUSY) && Instant::now() < deadline => {
+            // Every instance busy: retry (the caller's connect_timeout bounds this).
+            Err(e) if os_error(&e) == Some(ERROR_PIPE_BUSY) => {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             Err(e) => {
@@ -469,11 +498,14 @@ pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection>
         Error::new(
             ErrorKind::ConnectionLost,
             ep,
-            "the listener closed the connection during set-up",
+            "the listener closed the connection during set-up without saying why",
         )
         .with_source(e)
     })?;
     let bad = |why: String| Error::new(ErrorKind::Protocol, ep, why);
+    if &reply[..8] == REPLY_NO {
+        return Err(refused(ep, &reply));
+    }
     if &reply[..8] != REPLY_OK {
         return Err(bad("the listener's set-up reply is not ductwork's".into()));
     }

@@ -5,10 +5,15 @@
 //! - **udp**: duplex, best-effort datagrams, one frame per datagram with a one-byte tag; a
 //!   small handshake makes `connect` fail clearly when nothing listens. The listener
 //!   demultiplexes peers by address into one connection each. Messages are capped at
-//!   65,506 bytes. Options: `connect_timeout_ms` (default 2000), `max_peers` (default 1024).
+//!   65,506 bytes. Options: `connect_timeout` (or `connect_timeout_ms`; default 2 s), `max_peers` (default 1024).
 //! - **unix**: like tcp, on one host, at a filesystem path. The socket file is made owner-only
 //!   (`0600`) unless `mode=0660` (octal) widens it; a stale file left by a dead listener is
 //!   replaced, a live one is [`ErrorKind::AddrInUse`](ductwork_core::ErrorKind). Unix only.
+//!
+//! Every transport here also takes `connect_timeout` (default 10 s; udp: 2 s unless given):
+//! a connect that does not complete in time fails with `Timeout`. A unix listener whose
+//! backlog is full (it is not accepting) is retried until then. Listeners keep accepting
+//! through transient errors (out of descriptors, memory; a client that gave up).
 //!
 //! Every option is an endpoint option; unknown options are rejected.
 
@@ -23,6 +28,7 @@ pub use unix::Unix;
 #[cfg(all(unix, feature = "pipe"))]
 pub(crate) use unix::{bind_path, connect_path};
 
+use crate::common::faults::{is_fatal_accept, Backoff};
 use ductwork_core::{
     async_trait, Accept, Boundaries, BoxConnection, Capabilities, Delivery, Direction, Endpoint,
     Error, Listener, Reach, Result,
@@ -68,11 +74,14 @@ use stream_source;
 /// Makes a connection of an accepted stream, for the listener's endpoint.
 type Wrap<S> = Box<dyn Fn(S, Endpoint) -> BoxConnection + Send>;
 
-/// The listener of the stream transports (tcp, unix): accepts a stream, wraps it.
+/// The listener of the stream transports (tcp, unix, pipe on Unix): accepts a stream, wraps
+/// it. Transient accept errors are logged and retried with a backoff (see
+/// `crate::common::faults`); only a listener that cannot accept any more returns an error.
 pub(crate) struct StreamListener<L: StreamSource> {
     listener: L,
     endpoint: Endpoint,
     wrap: Wrap<L::Stream>,
+    backoff: Backoff,
     /// Whatever must live as long as the listener (the socket file's guard for unix).
     _keep: Box<dyn Send>,
 }
@@ -89,6 +98,7 @@ impl<L: StreamSource> StreamListener<L> {
             listener,
             endpoint,
             wrap: Box::new(wrap),
+            backoff: Backoff::default(),
             _keep: keep,
         }
     }
@@ -102,12 +112,26 @@ impl<L: StreamSource> Listener for StreamListener<L> {
 
     async fn accept(&mut self) -> Result<BoxConnection> {
         loop {
-            match self.listener.accept_stream().await {
-                Ok(stream) => return Ok((self.wrap)(stream, self.endpoint.clone())),
-                // A client that gave up before we accepted it is no reason to fail.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
-                Err(e) => return Err(Error::io(&self.endpoint, "accept", e)),
+            let e = match self.listener.accept_stream().await {
+                Ok(stream) => {
+                    self.backoff.reset();
+                    return Ok((self.wrap)(stream, self.endpoint.clone()));
+                }
+                Err(e) => e,
+            };
+            if e.kind() == io::ErrorKind::ConnectionAborted {
+                // A client that gave up before we accepted it is no reason to pause.
+                continue;
             }
+            if is_fatal_accept(&e) {
+                return Err(Error::io(
+                    &self.endpoint,
+                    "accept (the listener is broken)",
+                    e,
+                ));
+            }
+            // Out of descriptors, memory, buffers: the system recovers, so do we.
+            self.backoff.wait(&self.endpoint, "accept", &e).await;
         }
     }
 }

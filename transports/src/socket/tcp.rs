@@ -1,6 +1,10 @@
 //! `tcp://host:port`: framed TCP streams.
+//!
+//! `connect` fails with `Timeout` after `connect_timeout` (default 10 s) when the listener
+//! does not complete the handshake (its backlog is full, or a firewall drops the packets).
 
 use super::{stream_caps, stream_source, StreamListener};
+use crate::common::faults::connect_within;
 use crate::common::framed::{byte_stream, framed};
 use ductwork_core::{
     async_trait, BoxConnection, BoxListener, Capabilities, Endpoint, Error, Reach, Result,
@@ -73,9 +77,16 @@ impl Transport for Tcp {
 
     async fn connect(&self, ep: &Endpoint) -> Result<BoxConnection> {
         let cfg = Config::new(ep)?;
-        let stream = TcpStream::connect(ep.address())
-            .await
-            .map_err(|e| Error::io(ep, "connect", e))?;
+        let stream = connect_within(
+            ep,
+            "the listener did not complete the TCP handshake",
+            async {
+                TcpStream::connect(ep.address())
+                    .await
+                    .map_err(|e| Error::io(ep, "connect", e))
+            },
+        )
+        .await?;
         Ok(wrap(stream, ep.clone(), cfg.caps, cfg.nodelay))
     }
 }

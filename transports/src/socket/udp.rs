@@ -13,7 +13,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use ductwork_core::{
     async_trait, Accept, Boundaries, BoxConnection, BoxListener, Capabilities, Connection,
     ConnectionInfo, Delivery, Direction, Endpoint, Error, ErrorKind, Listener, Reach, Result,
-    Transport,
+    Transport, OPT_CONNECT_TIMEOUT, OPT_CONNECT_TIMEOUT_MS,
 };
 use futures::{ready, Stream};
 use std::{
@@ -31,7 +31,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-const OPTIONS: &[&str] = &["connect_timeout_ms", "max_peers"];
+const OPTIONS: &[&str] = &[OPT_CONNECT_TIMEOUT_MS, "max_peers"];
 const TAG_DATA: u8 = 0;
 const TAG_HELLO: u8 = 1;
 const TAG_WELCOME: u8 = 2;
@@ -103,10 +103,14 @@ impl Transport for Udp {
 
     async fn connect(&self, ep: &Endpoint) -> Result<BoxConnection> {
         let caps = self.capabilities(ep)?;
-        let timeout = Duration::from_millis(
-            ep.parse_option::<u64>("connect_timeout_ms")?
-                .unwrap_or(2000),
-        );
+        // Silence is what "nothing listens" usually looks like over UDP: a shorter default.
+        let given =
+            ep.option(OPT_CONNECT_TIMEOUT).is_some() || ep.option(OPT_CONNECT_TIMEOUT_MS).is_some();
+        let timeout = if given {
+            ep.connect_timeout()?
+        } else {
+            Duration::from_secs(2)
+        };
         let target = tokio::net::lookup_host(ep.address())
             .await
             .map_err(|e| Error::io(ep, "resolve", e))?

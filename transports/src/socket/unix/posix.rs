@@ -2,11 +2,12 @@
 //! are also `pipe://` on Unix, which is a Unix socket at a private path.
 
 use super::Config;
+use crate::common::faults::connect_within;
 use crate::common::framed::{byte_stream, framed};
 use crate::common::unix::{bind_socket_file, connect_error, peer_credentials, Probe};
 use crate::socket::{stream_source, StreamListener};
 use ductwork_core::{BoxConnection, BoxListener, Capabilities, Endpoint, Error, ErrorKind, Result};
-use std::path::Path;
+use std::{io, path::Path, time::Duration};
 use tokio::net::{UnixListener, UnixStream};
 
 byte_stream!(UnixStream);
@@ -68,9 +69,28 @@ pub(crate) async fn connect_path(
     path: &Path,
     caps: Capabilities,
 ) -> Result<BoxConnection> {
-    let stream = UnixStream::connect(path)
-        .await
-        .map_err(|e| connect_error(ep, e, "the socket file exists but nothing listens on it"))?;
+    let stream = connect_within(ep, "the listener's backlog stayed full", async {
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match UnixStream::connect(path).await {
+                Ok(s) => return Ok(s),
+                // The backlog is full: the listener is alive but not accepting (busy,
+                // stopped, out of descriptors). Wait for room, within the deadline.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                Err(e) => {
+                    return Err(connect_error(
+                        ep,
+                        e,
+                        "the socket file exists but nothing listens on it",
+                    ))
+                }
+            }
+        }
+    })
+    .await?;
     Ok(wrap(stream, ep.clone(), caps))
 }
 
