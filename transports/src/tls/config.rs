@@ -31,8 +31,20 @@ impl Config {
     }
 }
 
+/// ring's provider, AES-128-GCM preferred: as safe as AES-256 here and a third fewer rounds.
+/// (ChaCha20 stays last: without AES instructions a client may still pick it.)
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites.sort_by_key(|s| {
+        use rustls::CipherSuite as C;
+        !matches!(
+            s.suite(),
+            C::TLS13_AES_128_GCM_SHA256
+                | C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                | C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+        )
+    });
+    Arc::new(p)
 }
 
 /// A configuration problem: the endpoint is unusable as written.

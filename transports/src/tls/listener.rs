@@ -2,7 +2,7 @@
 //! deadline, finished sessions handed to [`Listener::accept`] through a bounded queue. A
 //! client that fails its handshake, or never finishes it, costs the others nothing.
 
-use super::{config, stream::TlsByteStream, timeout, Config};
+use super::{config, stream, stream::TlsByteStream, timeout, Config};
 use crate::common::framed::framed;
 use ductwork_core::{async_trait, BoxConnection, Capabilities, Endpoint, Error, Listener, Result};
 use std::{io, sync::Arc, time::Duration};
@@ -115,7 +115,12 @@ async fn accept_loop(
         let deadline = cfg.handshake;
         tokio::spawn(async move {
             let who = peer.as_deref().unwrap_or("?");
-            let tls = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+            let tls = match tokio::time::timeout(
+                deadline,
+                acceptor.accept(stream::buffered(stream)),
+            )
+            .await
+            {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     let e = config::handshake_error(&endpoint, e, false);

@@ -121,7 +121,12 @@ impl Transport for Tls {
             .map_err(|e| Error::io(ep, "connect", e))?;
         let _ = tcp.set_nodelay(cfg.nodelay);
         let peer = tcp.peer_addr().ok().map(|a| a.to_string());
-        let tls = match tokio::time::timeout(cfg.handshake, connector.connect(name, tcp)).await {
+        let tls = match tokio::time::timeout(
+            cfg.handshake,
+            connector.connect(name, stream::buffered(tcp)),
+        )
+        .await
+        {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => return Err(config::handshake_error(ep, e, true)),
             Err(_) => return Err(timeout(ep, cfg.handshake, "the listener")),

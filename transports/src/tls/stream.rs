@@ -9,20 +9,30 @@ use std::{
     sync::Mutex,
     task::{Context, Poll},
 };
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsStream;
 
+/// What TLS runs on: TCP read through a 64 KiB buffer. rustls asks for at most one record
+/// (~16 KiB) per read; the buffer lets one system call fetch several, as tcp's own reads do
+/// (writes pass straight through).
+pub(super) type Tcp = BufReader<TcpStream>;
+
+/// The buffered TCP stream under a TLS session.
+pub(super) fn buffered(tcp: TcpStream) -> Tcp {
+    BufReader::with_capacity(64 * 1024, tcp)
+}
+
 /// A TLS session over TCP (either side).
 pub(super) struct TlsByteStream {
-    inner: TlsStream<TcpStream>,
+    inner: TlsStream<Tcp>,
     /// What the framed connection asked to write as it was dropped (its close marker): sent,
     /// sealed and followed by close_notify in our own `Drop`, where we have `&mut self`.
     on_drop: Mutex<Vec<u8>>,
 }
 
 impl TlsByteStream {
-    pub(super) fn new(inner: TlsStream<TcpStream>) -> TlsByteStream {
+    pub(super) fn new(inner: TlsStream<Tcp>) -> TlsByteStream {
         TlsByteStream {
             inner,
             on_drop: Mutex::new(Vec::new()),
@@ -122,11 +132,11 @@ impl Drop for TlsByteStream {
         match &mut self.inner {
             TlsStream::Client(s) => {
                 let (tcp, conn) = s.get_mut();
-                seal_and_send(tcp, conn, &pending);
+                seal_and_send(tcp.get_ref(), conn, &pending);
             }
             TlsStream::Server(s) => {
                 let (tcp, conn) = s.get_mut();
-                seal_and_send(tcp, conn, &pending);
+                seal_and_send(tcp.get_ref(), conn, &pending);
             }
         }
     }
