@@ -7,6 +7,7 @@
 //! | `copydata` (Windows only) | [`copydata`] | `copydata` |
 //! | `pipe` | [`pipe`] | `pipe` (needs `socket`: on Unix a pipe is a Unix socket) |
 //! | `mailslot` | [`mailslot`] | `mailslot` |
+//! | `tls` | [`tls`] | `tls` (needs `socket`: tcp inside rustls) |
 //!
 //! [`bind`] and [`connect`] pick the backend from the endpoint's scheme. A scheme no backend
 //! serves is [`ErrorKind::InvalidEndpoint`] listing the [`KNOWN_SCHEMES`]; a scheme whose
@@ -65,6 +66,8 @@ pub mod pipe;
 pub mod shm;
 #[cfg(feature = "socket")]
 pub mod socket;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 /// The scheme table: one line per backend, `"cargo feature" => [schemes] => [transports, one
 /// per scheme]`. Generates [`KNOWN_SCHEMES`], [`transports`] and the feature lookup, so they
@@ -96,6 +99,7 @@ backends! {
     "copydata" => ["copydata"] => [copydata::CopyData];
     "pipe" => ["pipe"] => [pipe::Pipe];
     "mailslot" => ["mailslot"] => [mailslot::Mailslot];
+    "tls" => ["tls"] => [tls::Tls];
 }
 
 /// Entry points for the fuzz targets in `fuzz/`; not part of the API.

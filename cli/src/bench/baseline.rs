@@ -150,6 +150,8 @@ impl Baseline {
     pub fn for_transport(scheme: &str, parked: bool) -> Vec<Baseline> {
         let list: &[Baseline] = match scheme {
             "tcp" => &[Tcp],
+            // tls:// is tcp plus encryption: the raw TCP stream shows what TLS costs.
+            "tls" => &[Tcp],
             "unix" => &[Unix],
             // On Unix, pipe:// and mailslot:// are Unix domain sockets.
             "pipe" | "mailslot" if cfg!(unix) => &[Unix],

@@ -19,7 +19,7 @@ pub(crate) mod datagram;
 pub(crate) mod names;
 
 // Listeners that keep accepting through transient errors, connects with a deadline.
-#[cfg(any(feature = "socket", feature = "pipe", feature = "shm"))]
+#[cfg(any(feature = "socket", feature = "pipe", feature = "shm", feature = "tls"))]
 pub(crate) mod faults;
 
 // One-way transports: mailslot everywhere, copydata on Windows.

@@ -41,6 +41,7 @@ pub fn all() -> Vec<Subject> {
 fn garbage_writer(scheme: &str) -> Option<GarbageWriter> {
     match scheme {
         "tcp" => Some(tcp_garbage),
+        "tls" => Some(tls_garbage),
         "udp" => Some(udp_garbage),
         #[cfg(unix)]
         "unix" => Some(unix_garbage),
@@ -64,6 +65,37 @@ fn tcp_garbage(ep: &Endpoint) -> io::Result<()> {
     use std::io::Write;
     let mut s = std::net::TcpStream::connect(ep.address())?;
     s.write_all(GARBAGE)?;
+    s.flush()
+}
+
+/// A raw rustls client (no ductwork code) that finishes the handshake, trusting the endpoint's
+/// `ca=`, then writes the garbage inside the session. (Plaintext garbage at a TLS listener is
+/// tested in `tests/tls.rs`.)
+fn tls_garbage(ep: &Endpoint) -> io::Result<()> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+    use std::io::Write;
+    let ca = ep
+        .option("ca")
+        .ok_or_else(|| io::Error::other("no ca= option"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).map_err(io::Error::other)? {
+        roots
+            .add(c.map_err(io::Error::other)?)
+            .map_err(io::Error::other)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from(ep.host_port().map_err(io::Error::other)?.0.to_string())
+        .map_err(io::Error::other)?;
+    let conn = rustls::ClientConnection::new(config.into(), name).map_err(io::Error::other)?;
+    let mut s = rustls::StreamOwned::new(conn, std::net::TcpStream::connect(ep.address())?);
+    s.write_all(GARBAGE)?;
+    s.flush()?;
+    s.conn.send_close_notify();
     s.flush()
 }
 

@@ -2,13 +2,25 @@
 //! directory ([`socket_path`]), one rule for binding a socket file and removing it again
 //! ([`bind_socket_file`], [`SocketFileGuard`]), and how a peer's credentials are described.
 
-#[cfg(any(feature = "pipe", feature = "mailslot", feature = "shm"))]
+#[cfg(any(
+    feature = "pipe",
+    feature = "mailslot",
+    feature = "shm",
+    feature = "tls"
+))]
+#[cfg_attr(
+    not(any(feature = "pipe", feature = "mailslot", feature = "shm")),
+    allow(dead_code) // tls alone uses only `private_dir`
+)]
 mod private_dir;
 #[cfg(any(feature = "socket", feature = "mailslot", feature = "shm"))]
 mod socket_file;
 
 #[cfg(any(feature = "pipe", feature = "mailslot", feature = "shm"))]
 pub(crate) use private_dir::socket_path;
+// tls:// keeps the local certificate there.
+#[cfg(feature = "tls")]
+pub(crate) use private_dir::private_dir;
 #[cfg(any(feature = "socket", feature = "mailslot"))]
 pub(crate) use socket_file::connect_error;
 #[cfg(feature = "mailslot")]
