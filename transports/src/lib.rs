@@ -37,14 +37,15 @@
 //!    `"newt" => ["newt"] => [newt::Newt];` (feature, schemes, one transport per scheme).
 //!    [`transports`], [`transport_for`], the cargo-feature hint and [`KNOWN_SCHEMES`] all
 //!    derive from that row.
-//! 3. **One line in `transports/Cargo.toml`** `[features]`: `newt = []` (and add `"newt"` to
-//!    `default`), and the matching forwarding line in the root `Cargo.toml`
-//!    (`newt = ["ductwork-transports/newt"]`, and `default`) so `ductwork` users can pick it.
-//! 4. **Its subject in the conformance suite**: one entry in `all()` in
-//!    `tests/conformance/subjects.rs`, which then runs every contract test across two
-//!    processes against it. Benches and the `ductwork` command
-//!    find it through [`transports`] and [`Transport::local_endpoint`]; nothing else lists
-//!    transports.
+//! 3. **One line in `transports/Cargo.toml`** `[features]`: `newt = []` (and `"newt"` in its
+//!    `default` list, which the library and the command inherit), and **one forwarding line**
+//!    in the root `Cargo.toml`, `newt = ["ductwork-transports/newt"]`, so an application can
+//!    pick it alone.
+//! 4. **Nothing else is required**: the conformance suite (`tests/conformance/subjects.rs`)
+//!    and the patterns suite build their subjects from [`transports`] and
+//!    [`Transport::local_endpoint`] and run every contract case across two processes against
+//!    it; benches and the `ductwork` command find it the same way. To let the suite's garbage
+//!    case in, add one match arm for its raw writer in `garbage_writer` there.
 
 use ductwork_core::{
     BoxConnection, BoxListener, Capabilities, Endpoint, Error, ErrorKind, Result, Transport,
