@@ -10,6 +10,10 @@
 //!   mailslot message from another process is one `FrameTooLarge` on the shared receiver,
 //!   which goes on receiving a good sender process's messages (the contract's rule for shared
 //!   receivers).
+//! - `bytes_after_the_close_marker_in_a_later_read_fail_the_connection`: a raw client process
+//!   sends a frame and the close marker, waits until the receiver has read them, then sends
+//!   garbage; the receiver reports `Protocol`, not a clean end (tcp; and pipe on Unix, a
+//!   Unix stream socket; a Windows named pipe has no half-close and ends at the marker).
 // Each test needs its transport's feature; with fewer features some helpers go unused.
 #![cfg_attr(not(all(feature = "socket", feature = "mailslot")), allow(unused))]
 
@@ -30,6 +34,7 @@ fn roles(role: &str, args: &[String]) -> Result<(), String> {
         "capped-echo" => capped::echo(args),
         "raw-mailslot" => raw_mailslot(args),
         "send-frames" => send_frames(args),
+        "raw-after-close" => raw_after_close(args),
         _ => Err(format!("unknown role {role}")),
     }
 }
@@ -262,5 +267,72 @@ fn an_over_long_datagram_is_one_error_on_the_shared_receiver() {
             assert_eq!(too_large, 1, "the over-long message is reported once");
         }
         must("sender", sender.finish()).await.unwrap();
+    });
+}
+
+/// Role `raw-after-close ADDRESS`: connects to ADDRESS (`host:port`, or on Unix a socket
+/// path) without ductwork, sends the frame `"a"` and the close marker, waits for a line on
+/// stdin, sends garbage, then waits for stdin's end before closing.
+fn raw_after_close(args: &[String]) -> Result<(), String> {
+    use std::io::{BufRead, Write};
+    let [addr] = args else {
+        return Err("usage: raw-after-close ADDRESS".into());
+    };
+    let mut s: Box<dyn Write> = match addr.parse::<std::net::SocketAddr>() {
+        Ok(a) => Box::new(std::net::TcpStream::connect(a).map_err(|e| e.to_string())?),
+        #[cfg(unix)]
+        Err(_) => {
+            Box::new(std::os::unix::net::UnixStream::connect(addr).map_err(|e| e.to_string())?)
+        }
+        #[cfg(not(unix))]
+        Err(e) => return Err(format!("{addr}: {e}")),
+    };
+    s.write_all(b"\0\0\0\x01a\xff\xff\xff\xff")
+        .map_err(|e| e.to_string())?;
+    let mut lines = std::io::stdin().lock().lines();
+    lines.next();
+    s.write_all(b"garbage").map_err(|e| e.to_string())?;
+    lines.count();
+    Ok(())
+}
+
+#[cfg(feature = "socket")]
+#[test]
+fn bytes_after_the_close_marker_in_a_later_read_fail_the_connection() {
+    let mut endpoints = vec![("tcp://127.0.0.1:0".to_string(), None)];
+    #[cfg(all(unix, feature = "pipe"))]
+    {
+        let name = support::unique("hostile-marker");
+        let path = support::unix::private_socket("pipe", &name);
+        endpoints.push((format!("pipe://{name}"), Some(path.display().to_string())));
+    }
+    support::runtime().block_on(async {
+        for (ep, path) in endpoints {
+            let mut l = must(
+                "bind",
+                ductwork_transports::bind(&Endpoint::parse(&ep).unwrap()),
+            )
+            .await
+            .unwrap();
+            let addr = path.unwrap_or_else(|| l.endpoint().address().to_string());
+            let mut child = Child::spawn("raw-after-close", &[&addr]).unwrap();
+            let mut c = must("accept", l.accept()).await.unwrap();
+            match must("recv", c.next()).await {
+                Some(Ok(f)) => assert_eq!(&f[..], b"a", "{ep}"),
+                other => panic!("{ep}: the first frame: {other:?}"),
+            }
+            // The marker is read now or in this wait; no end of stream follows it, so the
+            // receiver must still be waiting (the wait is a chance to read, not a bound).
+            let early = tokio::time::timeout(std::time::Duration::from_millis(300), c.next());
+            if let Ok(r) = early.await {
+                panic!("{ep}: after the marker, before the end of stream: {r:?}");
+            }
+            child.say("go").await.unwrap();
+            match must("recv", c.next()).await {
+                Some(Err(e)) => assert_eq!(e.kind(), ErrorKind::Protocol, "{ep}: {e}"),
+                other => panic!("{ep}: bytes after the close marker gave {other:?}"),
+            }
+            child.finish().await.unwrap();
+        }
     });
 }
