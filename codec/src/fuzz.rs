@@ -1,11 +1,11 @@
 //! Fuzzing entry points (`fuzz/fuzz_targets/`), here so that the workspace's tests and lints
 //! check them too. Not part of the API.
 //!
-//! - [`frame_stream`]: arbitrary bytes arrive at a [`FrameCodec`] in arbitrary reads, as on a
+//! - `frame_stream`: arbitrary bytes arrive at a [`FrameCodec`] in arbitrary reads, as on a
 //!   socket. Checks that nothing panics, that no frame passes the limit, that the buffer grows
 //!   with what arrived and never by a header's claim alone, that the frames and the ending
 //!   (clean, error) do not depend on how the bytes were split, and the close marker's rules.
-//! - [`typed_decode`]: arbitrary bytes decoded with [`crate::decode`] into a type with every
+//! - `typed_decode`: arbitrary bytes decoded with [`crate::decode`] into a type with every
 //!   common serde shape. Checks that nothing panics, and that a value that decodes encodes
 //!   back to bytes that decode to the same encoding.
 

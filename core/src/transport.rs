@@ -23,7 +23,9 @@
 //!   nor is memory reserved by a frame's announced length alone, only as its bytes arrive.
 //! - **What close means.** `Sink::poll_close` flushes pending frames, tells the peer no more will
 //!   come and releases the sending side. The peer's stream then yields every frame sent before,
-//!   then `None`. Dropping a connection without closing is best-effort: transports try to
+//!   then `None`; anything the closed side sends after its close is a
+//!   [`ErrorKind::Protocol`](crate::ErrorKind) error instead, however late it arrives (on a
+//!   byte stream with a half-close; a Windows named pipe has none, see `docs/wire-format.md`). Dropping a connection without closing is best-effort: transports try to
 //!   close cleanly, but may report [`ErrorKind::ConnectionLost`](crate::ErrorKind) instead.
 //! - **What a dead peer looks like.** If the peer dies (killed, crashed, network reset) a
 //!   transport with `peer_loss` makes the survivor's pending and later `recv` return

@@ -3,7 +3,10 @@
 //! TCP, Unix stream sockets and named pipes are byte streams; this module turns one into a
 //! connection that keeps the contract: length-prefixed frames, a close marker on
 //! [`Sink::poll_close`] (and, best-effort, on drop), and end-of-stream without a close marker
-//! reported as [`ErrorKind::ConnectionLost`].
+//! reported as [`ErrorKind::ConnectionLost`]. After the peer's close marker the reader waits
+//! for the end of stream (where the stream has a half-close, [`ByteStream::HALF_CLOSE`]) and
+//! reports any byte before it as [`ErrorKind::Protocol`]. Room for a frame grows with the
+//! bytes that arrive ([`ductwork_codec::grow_for`]), never by a header's claim alone.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ductwork_codec::{check_len, CodecError, Frame, FrameCodec, CLOSE_MARKER, HEADER_LEN};
