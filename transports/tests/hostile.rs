@@ -14,8 +14,12 @@
 //!   sends a frame and the close marker, waits until the receiver has read them, then sends
 //!   garbage; the receiver reports `Protocol`, not a clean end (tcp; and pipe on Unix, a
 //!   Unix stream socket; a Windows named pipe has no half-close and ends at the marker).
-// Each test needs its transport's feature; with fewer features some helpers go unused.
-#![cfg_attr(not(all(feature = "socket", feature = "mailslot")), allow(unused))]
+// Each test needs its transport's feature, and the capped listener Linux; elsewhere some
+// helpers go unused.
+#![cfg_attr(
+    not(all(target_os = "linux", feature = "socket", feature = "mailslot")),
+    allow(unused)
+)]
 
 mod support;
 
