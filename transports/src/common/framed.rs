@@ -138,6 +138,38 @@ impl<S: ByteStream> FramedConnection<S> {
         Error::new(ErrorKind::Closed, &self.info.endpoint, "send after close")
     }
 
+    /// Whether the peer sent its close marker: read already, or among the bytes readable now.
+    /// A close that fails because the peer is gone is no error if the peer closed first; its
+    /// marker may be unread yet (nobody was reading, or the reader waits for the end of stream
+    /// after it). What is read here stays in the read buffer for the reader.
+    fn peer_has_closed(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.peer_closed {
+            return true;
+        }
+        // Bounded: a few reads of what is already there, never a wait.
+        for _ in 0..16 {
+            self.read_buf.reserve(1);
+            match poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.read_buf) {
+                Poll::Ready(Ok(n)) if n > 0 => {}
+                _ => break,
+            }
+        }
+        // Walk the buffered frames (the codec keeps an incomplete frame's header at the start).
+        let buf = &self.read_buf[..];
+        let mut pos = 0usize;
+        while let Some(h) = pos
+            .checked_add(HEADER_LEN)
+            .and_then(|end| buf.get(pos..end))
+        {
+            let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
+            if len == CLOSE_MARKER {
+                return true;
+            }
+            pos = pos.saturating_add(HEADER_LEN + len as usize);
+        }
+        false
+    }
+
     /// Writes the whole write buffer to the stream, then flushes the stream.
     fn poll_write_all(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let stream = &mut self.stream;
@@ -292,7 +324,7 @@ impl<S: ByteStream> Sink<Bytes> for FramedConnection<S> {
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         if !self.close_sent {
             match ready!(self.as_mut().poll_flush(cx)) {
-                Err(e) if self.peer_closed && e.kind() == ErrorKind::ConnectionLost => {
+                Err(e) if e.kind() == ErrorKind::ConnectionLost && self.peer_has_closed(cx) => {
                     self.close_sent = true;
                     return Poll::Ready(Ok(()));
                 }
@@ -309,7 +341,7 @@ impl<S: ByteStream> Sink<Bytes> for FramedConnection<S> {
             Ok(()) => Poll::Ready(Ok(())),
             Err(e) => {
                 let e = self.err(CodecError::from(e));
-                if self.peer_closed && e.kind() == ErrorKind::ConnectionLost {
+                if e.kind() == ErrorKind::ConnectionLost && self.peer_has_closed(cx) {
                     Poll::Ready(Ok(()))
                 } else {
                     Poll::Ready(Err(e))
