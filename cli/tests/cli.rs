@@ -809,3 +809,34 @@ fn a_pattern_peer_that_dies_fails_its_row() {
         );
     }
 }
+
+/// `listen` on a shared receiver keeps going after one sender's over-long message (issue 11,
+/// defect 8: one 70,000-byte datagram made `ductwork listen mailslot://` exit and remove its
+/// socket). The over-long message comes from another process, a sender configured with a
+/// larger `max_frame` (to the receiver, a foreign writer); the listener reports it on stderr,
+/// then prints a good sender's message, and exits normally after `--count 1`.
+#[test]
+fn listen_on_a_mailslot_survives_an_over_long_message() {
+    let name = format!("cli-overlong-{}", std::process::id());
+    let endpoint = format!("mailslot://{name}");
+    let (listener, mut err, bound) = listen(&[&endpoint, "--raw", "hex", "--count", "1"]);
+    assert_eq!(bound, endpoint);
+    let big = "ab".repeat(70_000) + "\n";
+    let out = send_with(
+        &["--raw", "hex"],
+        &format!("{endpoint}?max_frame=100000"),
+        big.as_bytes(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = send_with(&["--raw", "hex"], &endpoint, b"0102\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = wait_with_timeout(listener, Duration::from_secs(60));
+    let mut log = String::new();
+    err.read_to_string(&mut log).unwrap();
+    assert!(out.status.success(), "listen failed: {log}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0102", "{log}");
+    assert!(
+        log.contains("skipped a message") && log.contains("65536"),
+        "the over-long message is reported, naming the limit: {log}"
+    );
+}

@@ -18,22 +18,32 @@
 //!   A full mechanism makes send wait (backpressure): no transport buffers without bound.
 //! - **Size limit.** A frame larger than the endpoint's `max_message` is refused on send with
 //!   [`ErrorKind::FrameTooLarge`](crate::ErrorKind) and the connection stays usable. A peer that
-//!   announces a larger frame makes *that connection* fail with `FrameTooLarge` before any
-//!   memory is reserved for it.
+//!   announces a larger frame makes *that connection* fail with `FrameTooLarge` (on a shared
+//!   receiver: that message only, see *After an error*) before any memory is reserved for it;
+//!   nor is memory reserved by a frame's announced length alone, only as its bytes arrive.
 //! - **What close means.** `Sink::poll_close` flushes pending frames, tells the peer no more will
 //!   come and releases the sending side. The peer's stream then yields every frame sent before,
-//!   then `None`. Dropping a connection without closing is best-effort: transports try to
+//!   then `None`; anything the closed side sends after its close is a
+//!   [`ErrorKind::Protocol`](crate::ErrorKind) error instead, however late it arrives (on a
+//!   byte stream with a half-close; a Windows named pipe has none, see `docs/wire-format.md`). Dropping a connection without closing is best-effort: transports try to
 //!   close cleanly, but may report [`ErrorKind::ConnectionLost`](crate::ErrorKind) instead.
 //! - **What a dead peer looks like.** If the peer dies (killed, crashed, network reset) a
 //!   transport with `peer_loss` makes the survivor's pending and later `recv` return
 //!   [`ErrorKind::ConnectionLost`](crate::ErrorKind) promptly, never hang; `None` is reserved for
 //!   a clean close. Sends to a dead peer fail with `ConnectionLost` or `Closed`.
-//! - **Garbage.** Malformed input fails that connection with
-//!   [`ErrorKind::Protocol`](crate::ErrorKind) or `FrameTooLarge`; the listener and other
+//! - **Garbage.** Malformed input fails that connection (on a shared receiver, that message)
+//!   with [`ErrorKind::Protocol`](crate::ErrorKind) or `FrameTooLarge`; the listener and other
 //!   connections keep working. Nothing the peer sends causes a panic, undefined behaviour or an
 //!   allocation sized by the peer's claim beyond `max_message`.
 //! - **After an error.** Once `recv` returned an error other than `Decode`, the connection is
-//!   broken: later calls return an error or `None`.
+//!   broken: later calls return an error or `None`. One exception, **shared receivers**
+//!   ([`Accept::Shared`](crate::Accept): mailslot, copydata, one receiving connection for every
+//!   sender): an error that concerns one message, `Decode` or `FrameTooLarge` (one message
+//!   over the limit), is that message's alone. The receiver drops the message, reports it (as
+//!   one `recv` error, or to its sender where the mechanism answers each message, as
+//!   copydata's acknowledgement does) and goes on receiving every other sender's messages.
+//!   Any other error (the mechanism itself failed) breaks it as above. A shared receiver that
+//!   one message from any same-user process could end would be a denial of service for all.
 //! - **Names.** Binding an endpoint that another live listener holds fails with
 //!   [`ErrorKind::AddrInUse`](crate::ErrorKind); connecting where nothing listens fails with
 //!   [`ErrorKind::NotFound`](crate::ErrorKind); binding an endpoint this machine cannot serve

@@ -3,7 +3,10 @@
 //! TCP, Unix stream sockets and named pipes are byte streams; this module turns one into a
 //! connection that keeps the contract: length-prefixed frames, a close marker on
 //! [`Sink::poll_close`] (and, best-effort, on drop), and end-of-stream without a close marker
-//! reported as [`ErrorKind::ConnectionLost`].
+//! reported as [`ErrorKind::ConnectionLost`]. After the peer's close marker the reader waits
+//! for the end of stream (where the stream has a half-close, [`ByteStream::HALF_CLOSE`]) and
+//! reports any byte before it as [`ErrorKind::Protocol`]. Room for a frame grows with the
+//! bytes that arrive ([`ductwork_codec::grow_for`]), never by a header's claim alone.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ductwork_codec::{check_len, CodecError, Frame, FrameCodec, CLOSE_MARKER, HEADER_LEN};
@@ -31,16 +34,37 @@ const WRITE_BOUNDARY: usize = 8 * 1024;
 
 /// A byte stream a framed connection can run on.
 pub(crate) trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
+    /// Whether the peer's `poll_shutdown` ends this side's reading (TCP FIN, a Unix socket's
+    /// `shutdown`), so that the end of stream follows a close marker even while the peer
+    /// still reads. Then a receiver that read the marker waits for that end and reports any
+    /// byte before it as `Protocol`, however late it arrives. A stream without a half-close
+    /// (a Windows named pipe, which ends only when the peer closes its handle) reports the
+    /// clean end at the marker and can only see bytes that arrived with it.
+    const HALF_CLOSE: bool = true;
+
     /// Writes without waiting; used on drop to send the close marker when nothing is pending.
     fn try_write_now(&self, buf: &[u8]) -> io::Result<usize>;
 }
 
 /// Implements [`ByteStream`] for tokio stream types, whose inherent `try_write` writes
 /// without waiting (sockets, named pipes).
+/// `byte_stream!(without_half_close: T, ...)` for streams whose end comes only with the peer's
+/// handle (see [`ByteStream::HALF_CLOSE`]).
 macro_rules! byte_stream {
     ($($t:ty),+) => {
         $(
             impl $crate::common::framed::ByteStream for $t {
+                fn try_write_now(&self, buf: &[u8]) -> std::io::Result<usize> {
+                    self.try_write(buf)
+                }
+            }
+        )+
+    };
+    (without_half_close: $($t:ty),+) => {
+        $(
+            impl $crate::common::framed::ByteStream for $t {
+                const HALF_CLOSE: bool = false;
+
                 fn try_write_now(&self, buf: &[u8]) -> std::io::Result<usize> {
                     self.try_write(buf)
                 }
@@ -68,7 +92,8 @@ pub(crate) struct FramedConnection<S: ByteStream> {
     close_sent: bool,
     read_done: bool,
     /// The peer sent its close marker: it reads no more, so failing to deliver our own close
-    /// marker to it is not an error.
+    /// marker to it is not an error. With [`ByteStream::HALF_CLOSE`] the reader then waits
+    /// for the end of stream, and any byte before it is a protocol error.
     peer_closed: bool,
 }
 
@@ -111,6 +136,38 @@ impl<S: ByteStream> FramedConnection<S> {
 
     fn closed_err(&self) -> Error {
         Error::new(ErrorKind::Closed, &self.info.endpoint, "send after close")
+    }
+
+    /// Whether the peer sent its close marker: read already, or among the bytes readable now.
+    /// A close that fails because the peer is gone is no error if the peer closed first; its
+    /// marker may be unread yet (nobody was reading, or the reader waits for the end of stream
+    /// after it). What is read here stays in the read buffer for the reader.
+    fn peer_has_closed(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.peer_closed {
+            return true;
+        }
+        // Bounded: a few reads of what is already there, never a wait.
+        for _ in 0..16 {
+            self.read_buf.reserve(1);
+            match poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.read_buf) {
+                Poll::Ready(Ok(n)) if n > 0 => {}
+                _ => break,
+            }
+        }
+        // Walk the buffered frames (the codec keeps an incomplete frame's header at the start).
+        let buf = &self.read_buf[..];
+        let mut pos = 0usize;
+        while let Some(h) = pos
+            .checked_add(HEADER_LEN)
+            .and_then(|end| buf.get(pos..end))
+        {
+            let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
+            if len == CLOSE_MARKER {
+                return true;
+            }
+            pos = pos.saturating_add(HEADER_LEN + len as usize);
+        }
+        false
     }
 
     /// Writes the whole write buffer to the stream, then flushes the stream.
@@ -176,13 +233,18 @@ impl<S: ByteStream> Stream for FramedConnection<S> {
         let this = &mut *self;
         loop {
             match this.codec.decode(&mut this.read_buf) {
-                // Not a whole frame yet (the codec reserved room for the rest of it).
+                // Not a whole frame yet (the codec made room for more of it), or the close
+                // marker was read and the end of stream must follow.
                 Ok(None) => {}
                 Ok(Some(Frame::Data(b))) => return Poll::Ready(Some(Ok(b.freeze()))),
                 Ok(Some(Frame::Close)) => {
-                    this.read_done = true;
                     this.peer_closed = true;
-                    return Poll::Ready(None);
+                    if !S::HALF_CLOSE {
+                        this.read_done = true;
+                        return Poll::Ready(None);
+                    }
+                    // Wait for the end of stream: bytes arriving in a later read are as much
+                    // a protocol error as bytes that came with the marker.
                 }
                 Err(e) => {
                     this.read_done = true;
@@ -199,9 +261,10 @@ impl<S: ByteStream> Stream for FramedConnection<S> {
                 Ok(0) => {
                     this.read_done = true;
                     // A partial frame is `Truncated`; nothing at all is a peer gone without
-                    // its close marker.
+                    // its close marker; nothing after the marker is the clean end.
                     let e = match this.codec.decode_eof(&mut this.read_buf) {
                         Err(e) => this.err(e),
+                        Ok(_) if this.peer_closed => return Poll::Ready(None),
                         Ok(_) => Error::new(
                             ErrorKind::ConnectionLost,
                             &this.info.endpoint,
@@ -212,6 +275,12 @@ impl<S: ByteStream> Stream for FramedConnection<S> {
                     return Poll::Ready(Some(Err(e)));
                 }
                 Ok(_) => {}
+                // The peer said it was done and every frame before that was delivered: a
+                // failing link now (a reset after its close) loses nothing.
+                Err(_) if this.peer_closed => {
+                    this.read_done = true;
+                    return Poll::Ready(None);
+                }
                 Err(e) => {
                     this.read_done = true;
                     return Poll::Ready(Some(Err(this.err(CodecError::from(e)))));
@@ -255,7 +324,7 @@ impl<S: ByteStream> Sink<Bytes> for FramedConnection<S> {
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         if !self.close_sent {
             match ready!(self.as_mut().poll_flush(cx)) {
-                Err(e) if self.peer_closed && e.kind() == ErrorKind::ConnectionLost => {
+                Err(e) if e.kind() == ErrorKind::ConnectionLost && self.peer_has_closed(cx) => {
                     self.close_sent = true;
                     return Poll::Ready(Ok(()));
                 }
@@ -272,7 +341,7 @@ impl<S: ByteStream> Sink<Bytes> for FramedConnection<S> {
             Ok(()) => Poll::Ready(Ok(())),
             Err(e) => {
                 let e = self.err(CodecError::from(e));
-                if self.peer_closed && e.kind() == ErrorKind::ConnectionLost {
+                if e.kind() == ErrorKind::ConnectionLost && self.peer_has_closed(cx) {
                     Poll::Ready(Ok(()))
                 } else {
                     Poll::Ready(Err(e))
@@ -404,5 +473,42 @@ mod tests {
         let (got, e) = read(&[b"\0\0\0\x01a\xff\xff\xff\xffz"]).await;
         assert_eq!(got, ["a".as_bytes()]);
         assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+    }
+
+    /// Bytes after the close marker are a protocol error also when they come in a later read
+    /// (defect 9: they were reported as a clean end). The receiver reads the marker first
+    /// (its next `recv` waits for the end of stream instead of ending cleanly), then the
+    /// garbage arrives; with a marker followed by the end of stream the end is clean.
+    #[tokio::test]
+    async fn bytes_after_the_close_marker_in_a_later_read_are_a_protocol_error() {
+        use tokio::io::AsyncWriteExt;
+        let mut listener = crate::bind("tcp://127.0.0.1:0?max_frame=64").await.unwrap();
+        let addr = listener.endpoint().address().to_string();
+        for garbage in [&b"z"[..], b"\0\0\0\x01b", b"\xff\xff\xff\xff"] {
+            let (w, b) = tokio::join!(tokio::net::TcpStream::connect(&addr), listener.accept());
+            let (mut w, mut b) = (w.unwrap(), b.unwrap());
+            w.write_all(b"\0\0\0\x01a\xff\xff\xff\xff").await.unwrap();
+            assert_eq!(&b.next().await.unwrap().unwrap()[..], b"a");
+            // The marker is read (it came with the frame, or comes now); no end follows it
+            // yet, so the receiver must still be waiting, not done.
+            let early = tokio::time::timeout(std::time::Duration::from_millis(200), b.next());
+            if let Ok(r) = early.await {
+                panic!("after the marker, before the end of stream: {r:?}");
+            }
+            w.write_all(garbage).await.unwrap();
+            match b.next().await {
+                Some(Err(e)) => assert_eq!(e.kind(), ErrorKind::Protocol, "{e}"),
+                other => panic!("{garbage:?} after the marker: {other:?}"),
+            }
+            assert!(b.next().await.is_none(), "broken after the error");
+        }
+        // The marker, a pause, then the end of stream: a clean end.
+        let (w, b) = tokio::join!(tokio::net::TcpStream::connect(&addr), listener.accept());
+        let (mut w, mut b) = (w.unwrap(), b.unwrap());
+        w.write_all(b"\xff\xff\xff\xff").await.unwrap();
+        let early = tokio::time::timeout(std::time::Duration::from_millis(200), b.next());
+        assert!(early.await.is_err(), "no end before the end of stream");
+        w.shutdown().await.unwrap();
+        assert!(b.next().await.is_none(), "marker then end of stream: clean");
     }
 }

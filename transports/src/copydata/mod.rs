@@ -35,7 +35,12 @@
 //!
 //! # Options
 //! - `max_frame`: the largest frame (both sides check it; the receiver refuses a larger one
-//!   and the sender reports [`ErrorKind::FrameTooLarge`], the connection stays usable).
+//!   and the sender reports [`ErrorKind::FrameTooLarge`], the connection stays usable). This
+//!   is the contract's rule for shared receivers (`ductwork_core::transport`, *After an
+//!   error*): an error that concerns one message (`Decode`, `FrameTooLarge`) is that
+//!   message's alone and never ends the receiver. Here the refusal goes to the sender, in the
+//!   message's result ([`REFUSED_TOO_LARGE`]); the receiving connection never sees the frame
+//!   and goes on receiving every other sender's messages.
 //! - `timeout_ms` (default 5000, sender side): how long one send waits for the receiver. A hung
 //!   receiver (one that stopped pumping) is reported as [`ErrorKind::Timeout`], never a hang.
 //!

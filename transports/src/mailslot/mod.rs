@@ -37,7 +37,10 @@
 //! - **Sizes.** A message larger than the sending endpoint's limit is refused on send with
 //!   `FrameTooLarge` and the connection stays usable. A larger message from a foreign writer
 //!   (or a sender configured with a larger `max_frame`) yields one `FrameTooLarge` error on
-//!   the receiver, which goes on receiving (Wine accepts such writes and truncates them; the
+//!   the receiver, which drops that message and goes on receiving: the contract's rule for
+//!   shared receivers (`ductwork_core::transport`, *After an error*), under which an error
+//!   that concerns one message (`Decode`, `FrameTooLarge`) never ends the receiver, and only a
+//!   failure of the mailslot itself does (Wine accepts such writes and truncates them; the
 //!   reader detects that with a buffer one byte larger than the limit). On Unix a 200 KiB
 //!   message fills a socket's default send buffer, so large messages are sent one at a time as
 //!   the receiver reads; the send buffer is raised when the system default is smaller than the

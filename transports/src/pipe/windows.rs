@@ -29,7 +29,7 @@ use windows_sys::Win32::{
     System::Pipes::GetNamedPipeClientProcessId,
 };
 
-byte_stream!(NamedPipeServer, NamedPipeClient);
+byte_stream!(without_half_close: NamedPipeServer, NamedPipeClient);
 
 fn pipe_path(server: Option<&str>, name: &str) -> String {
     format!(r"\\{}\pipe\ductwork-{name}", server.unwrap_or("."))
