@@ -26,6 +26,20 @@ async fn handler(op: Op) -> i64 {
     }
 }
 
+/// `handler`, telling the test each time a request has reached it (so a test waits for that
+/// instead of guessing with a sleep).
+fn signalling_handler() -> (
+    impl Fn(Op) -> std::pin::Pin<Box<dyn std::future::Future<Output = i64> + Send>> + Clone,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let h = move |op: Op| {
+        let _ = tx.send(());
+        Box::pin(handler(op)) as std::pin::Pin<Box<dyn std::future::Future<Output = i64> + Send>>
+    };
+    (h, rx)
+}
+
 fn endpoints(case: &str) -> Vec<String> {
     let mut v = vec!["tcp://127.0.0.1:0".to_string()];
     if cfg!(unix) {
@@ -105,14 +119,12 @@ async fn a_panicking_handler_fails_that_request_only() {
 /// later calls fail with the connection's end, not a hang.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_answers_in_flight_requests_then_closes() {
-    let server = Server::bind("tcp://127.0.0.1:0", handler)
-        .await
-        .unwrap()
-        .spawn();
+    let (h, mut started) = signalling_handler();
+    let server = Server::bind("tcp://127.0.0.1:0", h).await.unwrap().spawn();
     let client = Client::<Op, i64>::connect(server.endpoint()).await.unwrap();
     let c = client.clone();
     let slow = tokio::spawn(async move { c.call(Op::Slow(300, 7)).await });
-    tokio::time::sleep(Duration::from_millis(100)).await; // the request is in its handler
+    started.recv().await.unwrap(); // the request is in its handler
     server.shutdown(Duration::from_secs(10)).await.unwrap();
     assert_eq!(slow.await.unwrap().unwrap(), 7);
     let e = client.call(Op::Add(1, 1)).await.unwrap_err();
@@ -125,14 +137,12 @@ async fn shutdown_answers_in_flight_requests_then_closes() {
 /// A shutdown whose grace runs out drops what is still running and says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_past_its_grace_reports_a_timeout() {
-    let server = Server::bind("tcp://127.0.0.1:0", handler)
-        .await
-        .unwrap()
-        .spawn();
+    let (h, mut started) = signalling_handler();
+    let server = Server::bind("tcp://127.0.0.1:0", h).await.unwrap().spawn();
     let client = Client::<Op, i64>::connect(server.endpoint()).await.unwrap();
     let c = client.clone();
     let slow = tokio::spawn(async move { c.call(Op::Slow(5_000, 7)).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    started.recv().await.unwrap(); // the request is in its handler
     let e = server
         .shutdown(Duration::from_millis(100))
         .await
@@ -174,7 +184,7 @@ async fn max_in_flight_bounds_the_handlers_of_a_connection() {
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..20 {
         let c = client.clone();
-        tasks.spawn(async move { assert_eq!(c.call(Op::Slow(10, i)).await.unwrap(), i) });
+        tasks.spawn(async move { assert_eq!(c.call(Op::Slow(50, i)).await.unwrap(), i) });
     }
     while let Some(r) = tasks.join_next().await {
         r.unwrap();
