@@ -26,16 +26,16 @@ async fn handler(op: Op) -> i64 {
     }
 }
 
+type BoxedAnswer = std::pin::Pin<Box<dyn std::future::Future<Output = i64> + Send>>;
+use tokio::sync::mpsc::UnboundedReceiver;
+
 /// `handler`, telling the test each time a request has reached it (so a test waits for that
 /// instead of guessing with a sleep).
-fn signalling_handler() -> (
-    impl Fn(Op) -> std::pin::Pin<Box<dyn std::future::Future<Output = i64> + Send>> + Clone,
-    tokio::sync::mpsc::UnboundedReceiver<()>,
-) {
+fn signalling_handler() -> (impl Fn(Op) -> BoxedAnswer + Clone, UnboundedReceiver<()>) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let h = move |op: Op| {
         let _ = tx.send(());
-        Box::pin(handler(op)) as std::pin::Pin<Box<dyn std::future::Future<Output = i64> + Send>>
+        Box::pin(handler(op)) as BoxedAnswer
     };
     (h, rx)
 }
