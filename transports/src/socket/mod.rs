@@ -21,6 +21,8 @@ mod tcp;
 mod udp;
 mod unix;
 
+#[cfg(feature = "tls")]
+pub(crate) use tcp::connect_stream;
 pub use tcp::Tcp;
 pub use udp::Udp;
 pub use unix::Unix;

@@ -77,16 +77,21 @@ impl Transport for Tcp {
 
     async fn connect(&self, ep: &Endpoint) -> Result<BoxConnection> {
         let cfg = Config::new(ep)?;
-        let stream = connect_within(
-            ep,
-            "the listener did not complete the TCP handshake",
-            async {
-                TcpStream::connect(ep.address())
-                    .await
-                    .map_err(|e| Error::io(ep, "connect", e))
-            },
-        )
-        .await?;
+        let stream = connect_stream(ep).await?;
         Ok(wrap(stream, ep.clone(), cfg.caps, cfg.nodelay))
     }
+}
+
+/// A TCP connection to `ep`'s address within its `connect_timeout` (tcp's and tls's).
+pub(crate) async fn connect_stream(ep: &Endpoint) -> Result<TcpStream> {
+    connect_within(
+        ep,
+        "the listener did not complete the TCP handshake",
+        async {
+            TcpStream::connect(ep.address())
+                .await
+                .map_err(|e| Error::io(ep, "connect", e))
+        },
+    )
+    .await
 }

@@ -52,7 +52,6 @@ mod imp;
 #[path = "windows.rs"]
 mod imp;
 
-use crate::common::faults::connect_within;
 use crate::common::framed::framed;
 use crate::socket::stream_caps;
 use config::Config;
@@ -61,7 +60,7 @@ use ductwork_core::{
     Result, Transport,
 };
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 pub use listener::MAX_HANDSHAKES;
 
@@ -117,16 +116,7 @@ impl Transport for Tls {
         let caps = self.capabilities(ep)?;
         let cfg = Config::new(ep)?;
         let (connector, name) = config::client(ep)?;
-        let tcp = connect_within(
-            ep,
-            "the listener did not complete the TCP handshake",
-            async {
-                TcpStream::connect(ep.address())
-                    .await
-                    .map_err(|e| Error::io(ep, "connect", e))
-            },
-        )
-        .await?;
+        let tcp = crate::socket::connect_stream(ep).await?;
         let _ = tcp.set_nodelay(cfg.nodelay);
         let peer = tcp.peer_addr().ok().map(|a| a.to_string());
         let tls = match tokio::time::timeout(
