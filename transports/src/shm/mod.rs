@@ -224,7 +224,13 @@ impl Transport for Shm {
 
     async fn connect(&self, ep: &Endpoint) -> Result<BoxConnection> {
         let cfg = Config::from_endpoint(ep)?;
-        imp::connect(ep, cfg).await
+        // One deadline for both OS layers: the socket or pipe and the whole set-up.
+        crate::common::faults::connect_within(
+            ep,
+            "the listener accepted no set-up: is it stopped or overloaded?",
+            imp::connect(ep, cfg),
+        )
+        .await
     }
 }
 

@@ -30,7 +30,7 @@ use super::{
     },
     Config,
 };
-use crate::common::faults::{connect_within, is_fatal_accept, Backoff};
+use crate::common::faults::{is_fatal_accept, Backoff};
 use crate::common::windows::{is_not_found, last_error, os_error, owned, pipe_exists, raw};
 use ductwork_core::{BoxConnection, BoxListener, Endpoint, Error, ErrorKind, Result};
 use futures::task::AtomicWaker;
@@ -455,16 +455,8 @@ async fn serve_handshake(
 // ----------------------------------------------------------------------------------------
 // Client.
 
+/// Connects and sets up; `mod.rs` bounds the whole of it by `connect_timeout`.
 pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection> {
-    connect_within(
-        ep,
-        "the listener accepted no set-up: is it stopped or overloaded?",
-        connect_now(ep, cfg),
-    )
-    .await
-}
-
-async fn connect_now(ep: &Endpoint, cfg: Config) -> Result<BoxConnection> {
     let path = pipe_path(ep);
     let mut pipe = loop {
         match ClientOptions::new().pipe_mode(PipeMode::Byte).open(&path) {
