@@ -701,11 +701,11 @@ impl<T: DeserializeOwned> Subscriber<T> {
         self.state.subscribe()
     }
 
-    /// Unsubscribes and closes the connection.
+    /// Unsubscribes and closes the connection; a publisher that is already gone is no error.
     pub async fn close(&mut self) -> Result<()> {
         self.opts.reconnect = None;
         self.state.send_replace(LinkState::Lost);
-        self.ch.close().await
+        super::close_result(self.ch.close().await)
     }
 }
 

@@ -309,7 +309,8 @@ where
     }
 
     /// Flushes and closes the connection (the server finishes what it has and closes too);
-    /// calls made after this fail with [`ErrorKind::Closed`], and no reconnect follows.
+    /// calls made after this fail with [`ErrorKind::Closed`], and no reconnect follows. A
+    /// server that is already gone is no error here.
     pub async fn close(&self) -> Result<()> {
         let closed = Failure {
             kind: ErrorKind::Closed,
@@ -321,7 +322,7 @@ where
             _ => return Ok(()),
         };
         self.shared.state.send_replace(LinkState::Lost);
-        let r = link.tx.lock().await.close().await;
+        let r = super::close_result(link.tx.lock().await.close().await);
         link.fail_all(Error::new(
             ErrorKind::Closed,
             &link.endpoint,
