@@ -102,10 +102,126 @@ use std::{fmt, io, marker::PhantomData, mem::MaybeUninit, pin::Pin, ptr};
 pub struct ConnectionInfo {
     /// The endpoint this connection belongs to (the listener's, for accepted connections).
     pub endpoint: Endpoint,
-    /// A description of the peer, when the mechanism knows one (address, pid, ...).
+    /// A description of the peer, when the mechanism knows one (address, pid, ...). On the
+    /// Unix socket transports (`unix://`, and `pipe://`, `shm://` on Unix) it is the peer's
+    /// kernel-reported credentials, which [`peer_credentials`](Self::peer_credentials) returns
+    /// typed.
     pub peer: Option<String>,
     /// What this connection offers.
     pub capabilities: Capabilities,
+}
+
+impl ConnectionInfo {
+    /// The peer process's credentials as the kernel reported them when the connection was made
+    /// (`SO_PEERCRED`: the listener's as of its `listen`, the client's as of its `connect`),
+    /// on `unix://`, and on `pipe://` and `shm://` on Unix; `None` on other transports.
+    ///
+    /// Transports record them in [`peer`](Self::peer) in the one form
+    /// [`PeerCredentials`]'s `Display` writes (`uid 1000, gid 1000, pid 42`); an address, a
+    /// path or a Windows description never reads as one.
+    pub fn peer_credentials(&self) -> Option<PeerCredentials> {
+        self.peer.as_deref()?.parse().ok()
+    }
+}
+
+/// Who is at the other end of a local connection, as the kernel vouches for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCredentials {
+    /// The peer's effective user id.
+    pub uid: u32,
+    /// The peer's effective group id.
+    pub gid: u32,
+    /// The peer's process id, when the kernel gives one.
+    pub pid: Option<u32>,
+}
+
+impl fmt::Display for PeerCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "uid {}, gid {}", self.uid, self.gid)?;
+        match self.pid {
+            Some(pid) => write!(f, ", pid {pid}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::str::FromStr for PeerCredentials {
+    type Err = ();
+
+    /// Reads exactly what `Display` writes; anything else is `Err(())`.
+    fn from_str(s: &str) -> std::result::Result<Self, ()> {
+        let mut parts = s.split(", ");
+        let mut field = |name: &str| -> Option<u32> {
+            let v = parts.next()?.strip_prefix(name)?.strip_prefix(' ')?;
+            // Digits only: `u32::from_str` would also take a leading `+`.
+            v.bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| v.parse().ok())?
+        };
+        let uid = field("uid").ok_or(())?;
+        let gid = field("gid").ok_or(())?;
+        let rest: Vec<&str> = parts.collect();
+        let pid = match rest.as_slice() {
+            [] => None,
+            [p] => Some(
+                p.strip_prefix("pid ")
+                    .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|v| v.parse().ok())
+                    .ok_or(())?,
+            ),
+            _ => return Err(()),
+        };
+        Ok(PeerCredentials { uid, gid, pid })
+    }
+}
+
+#[cfg(test)]
+mod peer_credentials_tests {
+    use super::PeerCredentials;
+
+    #[test]
+    fn display_and_parse_round_trip() {
+        for c in [
+            PeerCredentials {
+                uid: 1000,
+                gid: 100,
+                pid: Some(42),
+            },
+            PeerCredentials {
+                uid: 0,
+                gid: 0,
+                pid: None,
+            },
+        ] {
+            assert_eq!(c.to_string().parse::<PeerCredentials>(), Ok(c));
+        }
+        assert_eq!(
+            PeerCredentials {
+                uid: 1,
+                gid: 2,
+                pid: Some(3)
+            }
+            .to_string(),
+            "uid 1, gid 2, pid 3"
+        );
+    }
+
+    #[test]
+    fn addresses_paths_and_other_descriptions_are_not_credentials() {
+        for s in [
+            "127.0.0.1:5000",
+            "/run/user/0/ductwork/mailslot-x.sock",
+            "pid 42",
+            "pid 42, window 0x10",
+            "uid 1",
+            "uid +1, gid 2",
+            "uid 1, gid 2, pid ",
+            "uid 1, gid 2, pid 3, x",
+            "uid 99999999999, gid 2",
+        ] {
+            assert!(s.parse::<PeerCredentials>().is_err(), "{s}");
+        }
+    }
 }
 
 /// What one connection has carried so far, as [`Connection::stats`] reports it.

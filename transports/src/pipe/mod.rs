@@ -43,6 +43,12 @@
 //! - **Remote pipes** (`pipe://server/name`, `remote=true`) use the same code with a server
 //!   name; they are not exercised by the tests (no second host).
 //!
+//! Options (Unix): `peer_uid` (the listener must run as this uid; default: our own) and
+//! `allow_uids` (comma-separated uids a listener admits; default: our own), checked with
+//! `SO_PEERCRED`: a listener of another uid (a user squatting the name) fails `connect` with
+//! `PermissionDenied`; a client of another uid is logged and disconnected at once. The peer's
+//! uid, gid and pid are on `ConnectionInfo::peer_credentials`.
+//!
 //! Options: `max_frame`, `remote` (`true`/`false`, Windows: accept clients from other hosts;
 //! default `false`), `connect_timeout` (the deadline of `connect`, e.g. `500ms`, `10s`; default
 //! 10 s; the older `connect_timeout_ms` still works).
@@ -64,7 +70,7 @@ mod windows;
 #[cfg(windows)]
 use windows as imp;
 
-const OPTIONS: &[&str] = &["remote", OPT_CONNECT_TIMEOUT_MS];
+const OPTIONS: &[&str] = &["remote", OPT_CONNECT_TIMEOUT_MS, "peer_uid", "allow_uids"];
 
 /// The named pipe transport (`pipe://name`, `pipe://server/name`).
 #[derive(Debug, Default, Clone, Copy)]
@@ -100,6 +106,15 @@ impl Config {
             }
         }
         check_name(ep, name)?;
+        if cfg!(windows) && (ep.option("peer_uid").is_some() || ep.option("allow_uids").is_some()) {
+            // Silently ignoring a security option would be worse than refusing it.
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                ep,
+                "peer_uid and allow_uids are Unix uids; Windows pipes admit the creating user \
+                 and SYSTEM only (their DACL)",
+            ));
+        }
         let remote = ep.parse_option::<bool>("remote")?.unwrap_or(false);
         let connect_timeout = ep.connect_timeout()?;
         let reach = if server.is_some() || remote {

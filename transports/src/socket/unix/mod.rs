@@ -5,8 +5,14 @@
 //! path keeps a deep directory under the 107-byte socket path limit. `unix://tmp/a.sock` is
 //! refused with [`ErrorKind::InvalidEndpoint`], since it reads like `/tmp/a.sock`.
 //!
-//! The listener's socket file is made owner-only (`0600`) right after `bind`, or the mode given
-//! by the `mode` option (octal, e.g. `mode=0660`). A socket file left by a listener that died is
+//! The listener's socket file is owner-only (`0600`), or has the mode given by the `mode`
+//! option (octal, e.g. `mode=0660`), from the moment it appears at the path: it is bound in a
+//! private temporary directory, given its mode there and renamed into place, so there is no
+//! window with the umask's mode and no symlink at the path is ever followed (see
+//! `crate::common::unix`). Peer checks (`SO_PEERCRED`): a client may require the listener's uid
+//! (`peer_uid=0`: a squatter's listener is refused with `PermissionDenied`), a listener may
+//! admit only some uids (`allow_uids=1000,1001`; others are logged and disconnected at once);
+//! the peer's uid, gid and pid are on `ConnectionInfo::peer_credentials`. A socket file left by a listener that died is
 //! detected (connecting to it is refused) and replaced; one with a live listener behind it is
 //! `AddrInUse`. The listener removes its socket file when dropped, if the file is still its own.
 //! The connection-level pieces here are shared with `pipe://` on Unix.
@@ -29,7 +35,7 @@ use unsupported as imp;
 #[cfg(all(unix, feature = "pipe"))]
 pub(crate) use posix::{bind_path, connect_path};
 
-const OPTIONS: &[&str] = &["mode"];
+const OPTIONS: &[&str] = &["mode", "peer_uid", "allow_uids"];
 
 /// The Unix domain stream socket transport (`unix:///path`).
 #[derive(Debug, Default, Clone, Copy)]

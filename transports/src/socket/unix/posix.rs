@@ -4,21 +4,24 @@
 use super::Config;
 use crate::common::faults::connect_within;
 use crate::common::framed::{byte_stream, framed};
-use crate::common::unix::{bind_socket_file, connect_error, peer_credentials, Probe};
-use crate::socket::{stream_source, StreamListener};
+use crate::common::unix::{
+    bind_socket_file, connect_error, credentials, peer_credentials, PeerPolicy, Probe,
+};
+use crate::socket::{StreamListener, StreamSource};
 use ductwork_core::{BoxConnection, BoxListener, Capabilities, Endpoint, Error, ErrorKind, Result};
 use std::{io, path::Path, time::Duration};
 use tokio::net::{UnixListener, UnixStream};
 
 byte_stream!(UnixStream);
-stream_source!(UnixListener => UnixStream);
 
 pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
-    bind_path(ep, socket_path(ep)?, cfg.mode, cfg.caps).await
+    let policy = PeerPolicy::from_endpoint(ep, false)?;
+    bind_path(ep, socket_path(ep)?, cfg.mode, policy, cfg.caps).await
 }
 
 pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection> {
-    connect_path(ep, socket_path(ep)?, cfg.caps).await
+    let policy = PeerPolicy::from_endpoint(ep, false)?;
+    connect_path(ep, socket_path(ep)?, &policy, cfg.caps).await
 }
 
 /// The socket path: absolute (`unix:///run/a.sock`), or relative to the working directory
@@ -39,11 +42,13 @@ fn socket_path(ep: &Endpoint) -> Result<&Path> {
     ))
 }
 
-/// Binds a framed stream listener at `path`, replacing a stale socket file.
+/// Binds a framed stream listener at `path`, replacing a stale socket file; clients that
+/// `policy` does not admit are disconnected as they arrive.
 pub(crate) async fn bind_path(
     ep: &Endpoint,
     path: &Path,
     mode: u32,
+    policy: PeerPolicy,
     caps: Capabilities,
 ) -> Result<BoxListener> {
     let (listener, guard) = bind_socket_file(
@@ -55,6 +60,11 @@ pub(crate) async fn bind_path(
         UnixListener::bind,
     )
     .await?;
+    let listener = Checked {
+        listener,
+        policy,
+        endpoint: ep.clone(),
+    };
     Ok(Box::new(StreamListener::new(
         listener,
         ep.clone(),
@@ -63,10 +73,39 @@ pub(crate) async fn bind_path(
     )))
 }
 
-/// Connects a framed stream to the listener at `path`.
+/// A Unix listener that disconnects the clients its policy does not admit.
+struct Checked {
+    listener: UnixListener,
+    policy: PeerPolicy,
+    endpoint: Endpoint,
+}
+
+impl StreamSource for Checked {
+    type Stream = UnixStream;
+
+    async fn accept_stream(&self) -> io::Result<UnixStream> {
+        loop {
+            let (stream, _) = self.listener.accept().await?;
+            let creds = credentials(&stream);
+            if self.policy.admits(creds) {
+                return Ok(stream);
+            }
+            // One refused client is no reason to stop serving the others.
+            tracing::warn!(
+                endpoint = %self.endpoint,
+                "refused a client of {} (allow_uids: {:?})",
+                creds.map_or("unknown credentials".into(), |c| c.to_string()),
+                self.policy.client_uids.as_deref().unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// Connects a framed stream to the listener at `path`, if `policy` accepts the listener.
 pub(crate) async fn connect_path(
     ep: &Endpoint,
     path: &Path,
+    policy: &PeerPolicy,
     caps: Capabilities,
 ) -> Result<BoxConnection> {
     let stream = connect_within(ep, "the listener's backlog stayed full", async {
@@ -91,6 +130,7 @@ pub(crate) async fn connect_path(
         }
     })
     .await?;
+    policy.check_listener(ep, credentials(&stream))?;
     Ok(wrap(stream, ep.clone(), caps))
 }
 
