@@ -34,9 +34,10 @@
 //! - **Foreign clients** speak the stream framing of `docs/wire-format.md` (u32 BE length +
 //!   postcard payload, `0xFFFF_FFFF` to close): on Windows `CreateFileW` on
 //!   `\\.\pipe\ductwork-<name>` and `WriteFile`; on Unix a stream socket to the path below.
-//! - **Unix stand-in**: the socket lives in `$XDG_RUNTIME_DIR/ductwork` or
-//!   `/tmp/ductwork-<uid>` (mode `0700`; one owned by someone else, open to others, or a
-//!   symlink is refused with `PermissionDenied`), as `pipe-<name>.sock` (mode `0600`). Socket
+//! - **Unix stand-in**: the socket lives in the private per-user directory
+//!   (`$DUCTWORK_RUNTIME_DIR`, `$XDG_RUNTIME_DIR/ductwork`, or `/tmp/ductwork-<uid>`, falling
+//!   back to `~/.cache/ductwork/run-<host>` when another user took that; mode `0700`, the rule
+//!   in `crate::common::unix`), as `pipe-<name>.sock` (mode `0600` from the moment it appears). Socket
 //!   paths are limited to 107 bytes (`InvalidEndpoint` beyond). A socket left by a crashed
 //!   listener is replaced on the next bind. `pipe://server/name` and `remote=true` are
 //!   `Unsupported` on Unix ("remote pipes need Windows").

@@ -6,9 +6,11 @@
 //!   small handshake makes `connect` fail clearly when nothing listens. The listener
 //!   demultiplexes peers by address into one connection each. Messages are capped at
 //!   65,506 bytes. Options: `connect_timeout` (or `connect_timeout_ms`; default 2 s), `max_peers` (default 1024).
-//! - **unix**: like tcp, on one host, at a filesystem path. The socket file is made owner-only
-//!   (`0600`) unless `mode=0660` (octal) widens it; a stale file left by a dead listener is
-//!   replaced, a live one is [`ErrorKind::AddrInUse`](ductwork_core::ErrorKind). Unix only.
+//! - **unix**: like tcp, on one host, at a filesystem path. The socket file is owner-only
+//!   (`0600`) unless `mode=0660` (octal) widens it, from the moment it appears (no window, no
+//!   symlink followed); a stale file left by a dead listener is replaced, a live one is
+//!   [`ErrorKind::AddrInUse`](ductwork_core::ErrorKind). `peer_uid` (client) and `allow_uids`
+//!   (listener) check the peer's uid (`SO_PEERCRED`). Unix only.
 //!
 //! Every transport here also takes `connect_timeout` (default 10 s; udp: 2 s unless given):
 //! a connect that does not complete in time fails with `Timeout`. A unix listener whose
