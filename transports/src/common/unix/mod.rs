@@ -32,7 +32,7 @@ pub(crate) use socket_file::{bind_socket_file, Probe};
 
 #[cfg(any(feature = "socket", feature = "shm"))]
 use ductwork_core::transport::PeerCredentials;
-#[cfg(feature = "socket")]
+#[cfg(any(feature = "socket", feature = "shm"))]
 use ductwork_core::{Endpoint, Error, ErrorKind, Result};
 
 /// The kernel's word on who is at the other end of a Unix stream socket.
@@ -63,7 +63,10 @@ pub(crate) fn peer_credentials(stream: &tokio::net::UnixStream) -> Option<String
 ///   client sees the connection lost), and keeps accepting others.
 ///
 /// Both read the credentials the kernel recorded (`SO_PEERCRED`), which the peer cannot forge.
-#[cfg(feature = "socket")]
+/// (`shm://` checks the same user on both sides itself; this is ready for it to take the
+/// options too.)
+#[cfg(any(feature = "socket", feature = "shm"))]
+#[cfg_attr(not(feature = "socket"), allow(dead_code))]
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PeerPolicy {
     /// The uid the listener must have (client side).
@@ -72,7 +75,8 @@ pub(crate) struct PeerPolicy {
     pub(crate) client_uids: Option<Vec<u32>>,
 }
 
-#[cfg(feature = "socket")]
+#[cfg(any(feature = "socket", feature = "shm"))]
+#[cfg_attr(not(feature = "socket"), allow(dead_code))]
 impl PeerPolicy {
     /// The policy the endpoint's options give; with `same_user` (the private-directory
     /// transports) the default on both sides is this process's effective uid only.
