@@ -149,25 +149,23 @@ fn a_racing_symlink_never_redirects_the_mode() {
 fn with_umask_000_a_socket_never_appears_with_another_mode() {
     let scratch = Scratch::new("umask", 0o755);
     let rt = support::runtime();
-    for mode in ["", "?mode=0640"] {
-        let out = rt
-            .block_on(run_role(
-                None,
-                "umask_window",
-                &[scratch.0.display().to_string(), mode.to_string()],
-            ))
-            .unwrap();
-        println!("umask 000, mode option {mode:?}: {out}");
+    // 277 takes even the owner's bits: binding must still work and give the final mode.
+    for (umask, mode) in [("0", ""), ("0", "?mode=0640"), ("277", "")] {
+        let args = [scratch.0.display().to_string(), mode.into(), umask.into()];
+        let out = rt.block_on(run_role(None, "umask_window", &args)).unwrap();
+        println!("umask {umask}, mode option {mode:?}: {out}");
         assert!(out.starts_with("ok"), "{out}");
         assert!(out.contains(" wrong=0 "), "{out}");
     }
     assert_eq!(temp_dirs_left(&scratch.0), Vec::<String>::new());
 }
 
-/// The child side of item (b): umask 000, then `count` binds while a thread watches the path.
-fn umask_window(dir: &str, option: &str) -> Result<String, String> {
+/// The child side of item (b): sets `umask`, then binds many times while a thread watches the
+/// path.
+fn umask_window(dir: &str, option: &str, umask: &str) -> Result<String, String> {
     const BINDS: u32 = 1000;
-    rustix::process::umask(rustix::fs::Mode::empty());
+    let umask = u32::from_str_radix(umask, 8).map_err(|e| e.to_string())?;
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(umask));
     let want = if option.is_empty() { 0o600 } else { 0o640 };
     let sock = Path::new(dir).join("u.sock");
     let ep = format!("unix://{}{option}", sock.display());
@@ -367,7 +365,7 @@ async fn run_role(user: Option<&User>, role: &str, args: &[String]) -> Result<St
 fn roles(role: &str, args: &[String]) -> Result<(), String> {
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
     let result = match role {
-        "umask_window" => umask_window(arg(0), arg(1))?,
+        "umask_window" => umask_window(arg(0), arg(1), arg(2))?,
         "connect" => support::runtime().block_on(connect_role(arg(0))),
         "raw_connect" => raw_connect(arg(0), arg(1)),
         "listen" => return support::runtime().block_on(listen_role(arg(0))),

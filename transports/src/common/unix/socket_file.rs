@@ -145,7 +145,12 @@ impl<'a> TempDir<'a> {
         );
         let temp = match fd {
             Ok(fd) => TempDir { parent, name, fd },
-            Err(e) => return Err(err("open the temporary directory (it was replaced)", e)),
+            Err(e) => {
+                // Whatever is at the name now is not ours to use; remove our directory if it
+                // is still there (rmdir neither follows a symlink nor removes a non-empty one).
+                let _ = rustix::fs::unlinkat(parent, name.as_str(), AtFlags::REMOVEDIR);
+                return Err(err("open the temporary directory (it was replaced)", e));
+            }
         };
         let st =
             rustix::fs::fstat(&temp.fd).map_err(|e| err("inspect the temporary directory", e))?;
@@ -159,7 +164,22 @@ impl<'a> TempDir<'a> {
                 "cannot bind: the temporary directory was replaced by someone else's",
             ));
         }
+        if st.st_mode & 0o700 != 0o700 {
+            // A umask that takes the owner's own bits (0277): give them back, by descriptor.
+            temp.chmod_owner_only()
+                .map_err(|e| err("set the temporary directory's mode", e))?;
+        }
         Ok(temp)
+    }
+
+    /// Sets the directory's mode to `0700` through its descriptor.
+    fn chmod_owner_only(&self) -> rustix::io::Result<()> {
+        let mode = Mode::from_raw_mode(0o700);
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        // An O_PATH descriptor cannot be fchmod'ed; its /proc link reaches the same inode.
+        return rustix::fs::chmod(format!("/proc/self/fd/{}", self.fd.as_raw_fd()), mode);
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        return rustix::fs::fchmod(&self.fd, mode);
     }
 
     /// The path to bind: through our descriptor where the kernel offers one (Linux's
