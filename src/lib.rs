@@ -38,8 +38,8 @@ pub use config::Config;
 pub use ductwork_codec as codec;
 pub use ductwork_core::{
     parse_size, transport, Accept, Boundaries, BoxConnection, BoxListener, Capabilities, Channel,
-    Connection, ConnectionInfo, Delivery, Direction, Endpoint, Error, ErrorKind, Listener, Reach,
-    Result, Stats, Transport,
+    Connection, ConnectionInfo, Delivery, Direction, Endpoint, Error, ErrorKind, Listener,
+    PeerCredentials, Reach, Result, Stats, Transport,
 };
 pub use ductwork_transports::{bind, capabilities, connect, transport_for, transports};
 

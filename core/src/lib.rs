@@ -22,7 +22,8 @@ pub use endpoint::{
 };
 pub use error::{Error, ErrorKind, Result};
 pub use transport::{
-    BoxConnection, BoxListener, Connection, ConnectionInfo, FrameWriter, Listener, Stats, Transport,
+    BoxConnection, BoxListener, Connection, ConnectionInfo, FrameWriter, Listener, PeerCredentials,
+    Stats, Transport,
 };
 
 /// Re-export for transports implementing the traits.
