@@ -48,8 +48,10 @@ impl RawClient {
         let mut sock =
             std::os::unix::net::UnixStream::connect(support::unix::private_socket("shm", name))
                 .unwrap();
-        sock.write_all(b"DWSHMhi1").unwrap();
-        let mut reply = [0u8; 24];
+        sock.write_all(b"DWSHMhi2").unwrap();
+        // Our max_frame, u64 LE.
+        sock.write_all(&(16u64 << 20).to_le_bytes()).unwrap();
+        let mut reply = [0u8; 32];
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(5))];
         let mut ctl = RecvAncillaryBuffer::new(&mut space);
         let got = rustix::net::recvmsg(
@@ -59,8 +61,8 @@ impl RawClient {
             RecvFlags::empty(),
         )
         .unwrap();
-        assert_eq!(got.bytes, 24);
-        assert_eq!(&reply[..8], b"DWSHMok1");
+        assert_eq!(got.bytes, 32);
+        assert_eq!(&reply[..8], b"DWSHMok2");
         let mut fds = Vec::new();
         for m in ctl.drain() {
             if let RecvAncillaryMessage::ScmRights(r) = m {
