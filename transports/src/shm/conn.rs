@@ -27,7 +27,8 @@ use std::{
 pub(crate) struct Peer {
     /// How the peer is named in [`ConnectionInfo::peer`].
     pub(crate) name: Option<String>,
-    /// The peer's `max_frame`, from the handshake: we send nothing larger.
+    /// The peer's `max_frame` as the handshake told it (the listener's, on the client side;
+    /// `usize::MAX` on the listener's side): we send nothing larger.
     pub(crate) max_frame: usize,
     /// The listener's connection slot (on the listening side), given back on drop.
     pub(crate) slot: Option<Slot>,
@@ -35,7 +36,8 @@ pub(crate) struct Peer {
 
 /// The connection over a segment of two `cap`-byte rings, as both OS layers build it: the
 /// server sends on ring A and receives on ring B, the client the other way round. Messages
-/// are capped at the smaller of both sides' `max_frame` (and the ring).
+/// are capped at the smaller of our `max_frame` and the peer's as far as we know it (and the
+/// ring).
 #[cfg(any(target_os = "linux", windows))]
 pub(crate) fn connection(
     ep: &Endpoint,

@@ -9,11 +9,13 @@
 //!
 //! # Behaviour
 //! - **Duplex, reliable, ordered, message boundaries kept**, one host.
-//! - **Size limit.** A message must fit in the ring and in both sides' `max_frame` (the
-//!   set-up exchanges them): `max_message` = the smallest of the client's `max_frame`, the
-//!   listener's and `capacity - 16`. A larger send fails locally with `FrameTooLarge` (naming
-//!   the capacity) and the connection stays usable: the peer never sees a message it would
-//!   refuse. Messages are not chunked.
+//! - **Size limit.** A message must fit in the ring: `max_message` = the smaller of
+//!   `max_frame` and `capacity - 16`, and on the connecting side also the listener's
+//!   `max_frame`, which the set-up reply carries. A larger send fails locally with
+//!   `FrameTooLarge` (naming the capacity) and the connection stays usable, so a client never
+//!   sends what the listener would refuse. A listener's message over the client's own limit
+//!   fails the client's `recv` with `FrameTooLarge`, as on every transport. Messages are not
+//!   chunked.
 //! - **Copies.** A typed send whose record fits in the ring right away is encoded straight
 //!   into the ring (one pass over the payload); one that must wait for space is encoded into
 //!   a reusable buffer and copied in once there is room.

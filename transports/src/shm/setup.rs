@@ -3,14 +3,15 @@
 //! per-listener limits, and the listener whose set-ups run on their own tasks.
 //!
 //! Both layers speak the same handshake over their naming channel (a Unix socket, a named
-//! pipe): the client sends [`HELLO`] and its `max_frame` (u64 LE); the listener answers
+//! pipe): the client sends [`HELLO`]; the listener answers
 //! [`REPLY_OK`] followed by the capacity, the segment length and its own `max_frame` (u64 LE
 //! each) and then the OS objects (descriptors or handle values; the reply's length is the OS
 //! layer's), or refuses with [`REPLY_NO`], a reason code and a detail word (u64 LE each, then
 //! zeros up to the reply's length), so that the client can say what went wrong instead of
-//! "closed". Each side then caps the messages it sends at the smaller of both `max_frame`s:
-//! a message the peer would refuse fails locally with `FrameTooLarge` and the connection
-//! stays usable.
+//! "closed". The client then caps the messages it sends at the smaller of both `max_frame`s:
+//! a message the listener would refuse fails locally with `FrameTooLarge` and the connection
+//! stays usable. (The listener does not learn the client's limit: a client enforces its own
+//! on receipt, as every transport does.)
 
 use ductwork_core::{async_trait, BoxConnection, Endpoint, Error, ErrorKind, Listener, Result};
 use std::{
@@ -28,15 +29,13 @@ use tokio::{
     task::JoinHandle,
 };
 
-/// What a client sends first (then its `max_frame`, u64 LE).
-pub(super) const HELLO: &[u8; 8] = b"DWSHMhi2";
-/// The hello's length: the word and the client's `max_frame`.
-pub(super) const HELLO_LEN: usize = 16;
+/// What a client sends first.
+pub(super) const HELLO: &[u8; 8] = b"DWSHMhi1";
 /// How the listener's set-up reply starts when it accepts the client.
 pub(super) const REPLY_OK: &[u8; 8] = b"DWSHMok2";
 /// How the listener's set-up reply starts when it refuses the client.
 pub(super) const REPLY_NO: &[u8; 8] = b"DWSHMno2";
-/// The start of the replies of the previous handshake (no `max_frame` words).
+/// The start of the replies of every handshake version (v1 had no `max_frame` word).
 const REPLY_V1: &[u8; 7] = b"DWSHMok";
 /// The common head of an accepting reply: the word, capacity, segment length, `max_frame`.
 pub(super) const REPLY_HEAD: usize = 32;
@@ -55,35 +54,22 @@ pub(super) const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many finished set-ups may wait for `accept`.
 const ACCEPT_QUEUE: usize = 16;
 
-/// The hello a client sends: [`HELLO`] and its `max_frame`.
-pub(super) fn hello(max_frame: usize) -> [u8; HELLO_LEN] {
-    let mut h = [0u8; HELLO_LEN];
-    h[..8].copy_from_slice(HELLO);
-    h[8..].copy_from_slice(&(max_frame as u64).to_le_bytes());
-    h
-}
-
-/// Checks a client's hello; returns the client's `max_frame`.
-pub(super) fn parse_hello(ep: &Endpoint, hello: &[u8; HELLO_LEN]) -> Result<usize> {
-    if &hello[..8] != HELLO {
-        let why = if hello.starts_with(b"DWSHMhi") {
-            "a client of another ductwork version said hello (both sides need the same)"
-        } else {
-            "bad hello from a client"
-        };
-        return Err(Error::new(ErrorKind::Protocol, ep, why));
+/// Checks a client's hello.
+pub(super) fn parse_hello(ep: &Endpoint, hello: &[u8; 8]) -> Result<()> {
+    if hello == HELLO {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::Protocol,
+            ep,
+            "bad hello from a client",
+        ))
     }
-    let max = u64::from_le_bytes(hello[8..].try_into().expect("8 bytes"));
-    Ok(usize::try_from(max).unwrap_or(usize::MAX))
 }
 
-/// Reads the client's hello (within [`HELLO_TIMEOUT`]) and checks it; returns the client's
-/// `max_frame`.
-pub(super) async fn read_hello(
-    stream: &mut (impl AsyncRead + Unpin),
-    ep: &Endpoint,
-) -> Result<usize> {
-    let mut hello = [0u8; HELLO_LEN];
+/// Reads the client's hello (within [`HELLO_TIMEOUT`]) and checks it.
+pub(super) async fn read_hello(stream: &mut (impl AsyncRead + Unpin), ep: &Endpoint) -> Result<()> {
+    let mut hello = [0u8; 8];
     match tokio::time::timeout(HELLO_TIMEOUT, stream.read_exact(&mut hello)).await {
         Ok(Ok(_)) => parse_hello(ep, &hello),
         Ok(Err(e)) => Err(Error::io(ep, "read the client's hello", e)),
@@ -283,7 +269,7 @@ impl Drop for Slot {
 pub(crate) fn fuzz_one(input: &[u8]) {
     use super::ring::SharedRegion;
     let ep = Endpoint::parse("shm://fuzz").expect("a valid endpoint");
-    let mut hello = [0u8; HELLO_LEN];
+    let mut hello = [0u8; 8];
     for (d, s) in hello.iter_mut().zip(input) {
         *d = *s;
     }
@@ -451,9 +437,8 @@ mod tests {
         let mut zero = ok;
         zero[24..32].fill(0);
         assert_eq!(bad(&zero, 32), ErrorKind::Protocol);
-        let h = hello(77);
-        assert_eq!(parse_hello(&ep(), &h).unwrap(), 77);
-        assert!(parse_hello(&ep(), &[0; HELLO_LEN]).is_err());
+        assert!(parse_hello(&ep(), HELLO).is_ok());
+        assert!(parse_hello(&ep(), b"DWSHMhi2").is_err());
     }
 
     /// The fuzz target's body over a deterministic sweep (what `scripts/fuzz.sh` runs when

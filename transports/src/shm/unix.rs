@@ -2,8 +2,7 @@
 //! set-up; each connection gets a sealed memfd with both rings and four eventfds.
 //!
 //! Set-up, per connection:
-//! 1. The client connects to `<dir>/shm-<name>.sock` and sends the 16-byte hello `DWSHMhi2`
-//!    and its `max_frame`.
+//! 1. The client connects to `<dir>/shm-<name>.sock` and sends the 8-byte hello `DWSHMhi1`.
 //! 2. The server checks the client's credentials (same user) and its limits (`max_conns`,
 //!    `max_memory`), creates a memfd (`MFD_ALLOW_SEALING`, sized but sparse, sealed against
 //!    shrinking and growing so that neither side can make the other's mapping fault for a
@@ -45,8 +44,8 @@ use super::{
     mapped::{Mapped, Unmap},
     ring::{self, SharedRegion},
     setup::{
-        accept_reply, hello, os_detail, parse_reply, read_hello, refusal, spawn_setup, Accepted,
-        Limits, QueuedListener, Reply, NO_OTHER_USER, NO_RESOURCES, REPLY_HEAD,
+        accept_reply, os_detail, parse_reply, read_hello, refusal, spawn_setup, Accepted, Limits,
+        QueuedListener, Reply, HELLO, NO_OTHER_USER, NO_RESOURCES, REPLY_HEAD,
     },
     Config,
 };
@@ -418,7 +417,7 @@ async fn serve_handshake(
             format!("refused a client of uid {uid}"),
         ));
     }
-    let peer_max_frame = read_hello(&mut stream, ep).await?;
+    read_hello(&mut stream, ep).await?;
     // Over a limit: refused before anything is made for the client.
     let slot = match limits.take() {
         Ok(slot) => slot,
@@ -472,7 +471,8 @@ async fn serve_handshake(
         .map_err(|e| Error::io(ep, "register the doorbells", e))?;
     let peer = Peer {
         name: peer,
-        max_frame: peer_max_frame,
+        // The client enforces its own limit on receipt.
+        max_frame: usize::MAX,
         slot: Some(slot),
     };
     Ok(connection(
@@ -540,7 +540,7 @@ pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection>
     }
     let peer = peer_credentials(&stream);
     stream
-        .write_all(&hello(cfg.max_frame))
+        .write_all(HELLO)
         .await
         .map_err(|e| Error::io(ep, "send hello", e))?;
     let (reply, [memfd, c_data, c_space, s_data, s_space]) = receive_reply(&stream, ep).await?;

@@ -4,7 +4,7 @@
 //!
 //! Set-up, per connection:
 //! 1. The client opens `\\.\pipe\ductwork-shm-<name>` (local clients only) and sends the
-//!    16-byte hello `DWSHMhi2` and its `max_frame`.
+//!    8-byte hello `DWSHMhi1`.
 //! 2. The server learns the client's process id from the pipe
 //!    (`GetNamedPipeClientProcessId`), opens it (`PROCESS_DUP_HANDLE | SYNCHRONIZE`: this
 //!    fails for a process of another user), checks its limits (`max_conns`, `max_memory`;
@@ -37,8 +37,8 @@ use super::{
     mapped::{Mapped, Unmap},
     ring,
     setup::{
-        accept_reply, hello, os_detail, parse_reply, read_hello, refusal, spawn_setup, word,
-        Accepted, Limits, QueuedListener, NO_RESOURCES, REPLY_HEAD,
+        accept_reply, os_detail, parse_reply, read_hello, refusal, spawn_setup, word, Accepted,
+        Limits, QueuedListener, HELLO, NO_RESOURCES, REPLY_HEAD,
     },
     Config,
 };
@@ -420,7 +420,7 @@ async fn serve_handshake(
     cfg: Config,
     limits: &Arc<Limits>,
 ) -> Result<BoxConnection> {
-    let peer_max_frame = read_hello(&mut pipe, ep).await?;
+    read_hello(&mut pipe, ep).await?;
     // Over a limit: refused before anything is made for the client.
     let slot = match limits.take() {
         Ok(slot) => slot,
@@ -474,7 +474,8 @@ async fn serve_handshake(
         .map_err(|e| Error::io(ep, "start the doorbell waiter", e))?;
     let peer = Peer {
         name: Some(format!("pid {pid}")),
-        max_frame: peer_max_frame,
+        // The client enforces its own limit on receipt.
+        max_frame: usize::MAX,
         slot: Some(slot),
     };
     Ok(connection(
@@ -518,7 +519,7 @@ pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection>
     }
     let server = open_process(pid, PROCESS_SYNCHRONIZE)
         .map_err(|e| Error::io(ep, "open the listener process", e))?;
-    pipe.write_all(&hello(cfg.max_frame))
+    pipe.write_all(HELLO)
         .await
         .map_err(|e| Error::io(ep, "send hello", e))?;
     let mut reply = [0u8; REPLY_LEN];
