@@ -18,7 +18,7 @@ use std::{
     future::Future,
     io,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
     },
     time::Duration,
@@ -214,11 +214,14 @@ pub(super) fn refused(ep: &Endpoint, reply: &[u8]) -> Error {
 /// set-up to drop holds a [`Slot`]; a client beyond a limit is refused before the listener
 /// makes anything for it.
 pub(super) struct Limits {
+    endpoint: Endpoint,
     max_conns: usize,
     max_memory: usize,
     /// Segment bytes per connection.
     seg_len: usize,
     live: AtomicUsize,
+    /// A refusal was logged at `warn` since the last slot was given back.
+    warned: AtomicBool,
 }
 
 /// One connection's share of its listener's [`Limits`], given back on drop.
@@ -226,12 +229,19 @@ pub(super) struct Slot(Arc<Limits>);
 
 impl Limits {
     /// Limits of `max_conns` connections and `max_memory` bytes of segments of `seg_len`.
-    pub(super) fn new(max_conns: usize, max_memory: usize, seg_len: usize) -> Arc<Limits> {
+    pub(super) fn new(
+        ep: &Endpoint,
+        max_conns: usize,
+        max_memory: usize,
+        seg_len: usize,
+    ) -> Arc<Limits> {
         Arc::new(Limits {
+            endpoint: ep.clone(),
             max_conns,
             max_memory,
             seg_len: seg_len.max(1),
             live: AtomicUsize::new(0),
+            warned: AtomicBool::new(false),
         })
     }
 
@@ -243,11 +253,23 @@ impl Limits {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.max_conns && n < by_memory).then_some(n + 1)
             });
-        match r {
-            Ok(_) => Ok(Slot(self.clone())),
-            Err(n) if n >= self.max_conns => Err((NO_MAX_CONNS, self.max_conns as u64)),
-            Err(_) => Err((NO_MAX_MEMORY, self.max_memory as u64)),
+        let refusal = match r {
+            Ok(_) => return Ok(Slot(self.clone())),
+            Err(n) if n >= self.max_conns => (NO_MAX_CONNS, self.max_conns as u64),
+            Err(_) => (NO_MAX_MEMORY, self.max_memory as u64),
+        };
+        if !self.warned.swap(true, Ordering::AcqRel) {
+            let (what, limit) = match refusal.0 {
+                NO_MAX_CONNS => ("max_conns", refusal.1),
+                _ => ("max_memory", refusal.1),
+            };
+            tracing::warn!(
+                endpoint = %self.endpoint,
+                "shm listener at its limit {what}={limit}: refusing new clients until a \
+                 connection closes"
+            );
         }
+        Err(refusal)
     }
 
     /// Connections holding a slot now.
@@ -260,6 +282,7 @@ impl Limits {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.live.fetch_sub(1, Ordering::AcqRel);
+        self.0.warned.store(false, Ordering::Release);
     }
 }
 
@@ -299,7 +322,9 @@ pub(super) type Accepted = mpsc::Sender<Result<BoxConnection>>;
 /// Runs one client's set-up on its own task, so that a slow or hostile client cannot hold up
 /// others; a finished connection queues (boundedly) for `accept`, a failed one is logged at
 /// `warn` (the client got a refusal saying why, when the listener could still send one) and
-/// never reaches `accept`: one client's failed set-up does not end the listener.
+/// never reaches `accept`: one client's failed set-up does not end the listener. A refusal
+/// over a limit is logged at `debug` ([`Limits::take`] warns once per time the limit is
+/// reached), so that a flood of clients does not flood the log.
 pub(super) fn spawn_setup(
     tx: &Accepted,
     ep: &Endpoint,
@@ -312,6 +337,11 @@ pub(super) fn spawn_setup(
             Ok(c) => {
                 let _ = tx.send(Ok(c)).await;
             }
+            Err(e) if e.kind() == ErrorKind::Refused => tracing::debug!(
+                endpoint = %ep,
+                error = %e,
+                "shm listener refused a client over its limits"
+            ),
             Err(e) => tracing::warn!(
                 endpoint = %ep,
                 error = %e,
@@ -388,7 +418,7 @@ mod tests {
 
     #[test]
     fn limits_refuse_past_either_limit_and_free_on_drop() {
-        let l = Limits::new(2, usize::MAX, 1000);
+        let l = Limits::new(&ep(), 2, usize::MAX, 1000);
         let a = l.take().unwrap();
         let _b = l.take().unwrap();
         assert_eq!(l.take().err(), Some((NO_MAX_CONNS, 2)));
@@ -396,7 +426,7 @@ mod tests {
         assert_eq!(l.live(), 1);
         let _c = l.take().unwrap();
         // Memory for two segments and a half: the third is refused by memory.
-        let m = Limits::new(10, 2500, 1000);
+        let m = Limits::new(&ep(), 10, 2500, 1000);
         let _s = (m.take().unwrap(), m.take().unwrap());
         assert_eq!(m.take().err(), Some((NO_MAX_MEMORY, 2500)));
     }

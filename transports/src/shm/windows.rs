@@ -359,6 +359,7 @@ pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
     })?;
     let ep2 = ep.clone();
     let limits = Limits::new(
+        ep,
         cfg.max_conns,
         cfg.max_memory,
         ring::segment_len(cfg.capacity),
