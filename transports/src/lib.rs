@@ -111,6 +111,12 @@ pub mod __fuzz {
     pub fn shm_ring(input: &[u8]) {
         crate::shm::ring::fuzz_one(input)
     }
+
+    /// Runs the shm set-up parsers (hello, listener reply, segment header) over `input`.
+    #[cfg(any(target_os = "linux", windows))]
+    pub fn shm_setup(input: &[u8]) {
+        crate::shm::fuzz_setup(input)
+    }
 }
 
 /// In-process access to the shared-memory ring for the criterion benches in `benches/`; not

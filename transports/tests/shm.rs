@@ -7,7 +7,14 @@
 //! - a full ring makes `send` wait (backpressure) until the receiver reads;
 //! - a sender waiting for space when the peer is killed gets `ConnectionLost`;
 //! - 1 MiB messages pass with the default capacity; a message over the ring is refused
-//!   with `FrameTooLarge` naming the capacity; the park-only path (`spin=0`) works.
+//!   with `FrameTooLarge` naming the capacity; the park-only path (`spin=0`) works;
+//! - a message over the *listener's* `max_frame` fails locally on the client, which stays
+//!   usable (the handshake tells the client the listener's limit);
+//! - 1,000 idle connections at default settings cost the listener (a child process) under
+//!   64 MiB of RSS (the connect time is printed); 5,000 clients against `max_conns=200`
+//!   are refused with `Refused` naming the limit while a good client keeps being served;
+//! - a sender of 1 KiB every 10 ms learns of a peer killed with SIGKILL within a few sends,
+//!   on either side, while the ring is far from full.
 //!
 //! Child processes are this test binary run again through `support::child` (see `roles`).
 #![cfg(target_os = "linux")]
@@ -49,7 +56,7 @@ impl RawClient {
             std::os::unix::net::UnixStream::connect(support::unix::private_socket("shm", name))
                 .unwrap();
         sock.write_all(b"DWSHMhi1").unwrap();
-        let mut reply = [0u8; 24];
+        let mut reply = [0u8; 32];
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(5))];
         let mut ctl = RecvAncillaryBuffer::new(&mut space);
         let got = rustix::net::recvmsg(
@@ -59,8 +66,8 @@ impl RawClient {
             RecvFlags::empty(),
         )
         .unwrap();
-        assert_eq!(got.bytes, 24);
-        assert_eq!(&reply[..8], b"DWSHMok1");
+        assert_eq!(got.bytes, 32);
+        assert_eq!(&reply[..8], b"DWSHMok2");
         let mut fds = Vec::new();
         for m in ctl.drain() {
             if let RecvAncillaryMessage::ScmRights(r) = m {
@@ -167,6 +174,7 @@ fn roles(mode: &str, args: &[String]) -> Result<(), String> {
             rustix::io::write(&c.fds[4], &1u64.to_ne_bytes()).unwrap();
             wait_stdin();
         }
+        "hold" => hold(name, args.get(1).map(String::as_str).unwrap_or("")),
         "idle" => {
             let rt = rt();
             let _conn = rt.block_on(ductwork_transports::connect(format!("shm://{name}")));
@@ -178,7 +186,152 @@ fn roles(mode: &str, args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// After a broken connection, the listener still serves a good client.
+/// The `hold` role: a listener on `shm://<name><opts>` that echoes on every connection it
+/// accepts and keeps them all; `rss N` on stdin waits (up to 60 s) until N connections were
+/// accepted and answers `READY <accepted> <VmRSS kB>`.
+fn hold(name: &str, opts: &str) {
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    };
+    use tokio::io::AsyncBufReadExt;
+    rt().block_on(async {
+        let mut l = ductwork_transports::bind(format!("shm://{name}{opts}").as_str())
+            .await
+            .unwrap();
+        support::child::announce_ready(l.endpoint());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok(mut c) = l.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    while let Some(Ok(f)) = c.next().await {
+                        if c.send(f).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let want: usize = line.trim_start_matches("rss ").parse().unwrap_or(0);
+            for _ in 0..6000 {
+                if accepted.load(Ordering::SeqCst) >= want {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            support::child::announce_ready(format!(
+                "{} {}",
+                accepted.load(Ordering::SeqCst),
+                vm_rss_kb()
+            ));
+        }
+    });
+}
+
+/// This process's resident set (VmRSS) in kB.
+fn vm_rss_kb() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Raises this process's descriptor limit to its hard limit (children inherit it): the
+/// tests below hold thousands of connections of six descriptors each.
+fn raise_nofile() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `r` is a valid rlimit for getrlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return 0;
+    }
+    r.rlim_cur = r.rlim_max;
+    // SAFETY: `r` is a valid rlimit with cur <= max.
+    let _ = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) };
+    r.rlim_cur
+}
+
+/// Starts a `hold` listener child on `shm://<name><opts>`; returns it and its endpoint.
+async fn holding_listener(case: &str, opts: &str) -> (Child, String) {
+    let n = name(case);
+    let mut child = Child::spawn("hold", &[n.as_str(), opts]).unwrap();
+    let ep = child.ready().await.unwrap();
+    (child, ep)
+}
+
+/// Asks a `hold` child for its accepted count and RSS once it accepted `n`.
+async fn accepted_and_rss(child: &mut Child, n: usize) -> (usize, u64) {
+    child.say(&format!("rss {n}")).await.unwrap();
+    let line = child.ready().await.unwrap();
+    let mut it = line.split(' ').map(|w| w.parse::<u64>().unwrap());
+    (it.next().unwrap() as usize, it.next().unwrap())
+}
+
+/// One echo round trip on `c`.
+async fn ping(c: &mut BoxConnection, what: &[u8]) {
+    within(c.send(Bytes::copy_from_slice(what))).await.unwrap();
+    assert_eq!(&within(c.next()).await.unwrap().unwrap()[..], what);
+}
+
+/// `n` connects to `ep`, `parallel` at a time; the results in completion order.
+async fn connect_many(
+    ep: &str,
+    n: usize,
+    parallel: usize,
+) -> Vec<ductwork_core::Result<BoxConnection>> {
+    futures::stream::iter(0..n)
+        .map(|_| ductwork_transports::connect(ep))
+        .buffer_unordered(parallel)
+        .collect()
+        .await
+}
+
+#[test]
+fn a_thousand_idle_connections_cost_the_listener_little() {
+    let n: usize = std::env::var("DW_SHM_IDLE_CONNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    assert!(
+        raise_nofile() >= 8 * n as u64,
+        "RLIMIT_NOFILE too low for {n} connections"
+    );
+    rt().block_on(async {
+        let (mut child, ep) = holding_listener("idle-many", "").await;
+        let (_, before) = accepted_and_rss(&mut child, 0).await;
+        let started = std::time::Instant::now();
+        let results = within(connect_many(&ep, n, 32)).await;
+        let took = started.elapsed();
+        let mut clients: Vec<BoxConnection> = results.into_iter().map(Result::unwrap).collect();
+        let (accepted, rss_kb) = accepted_and_rss(&mut child, n).await;
+        eprintln!(
+            "shm: {n} idle connections: connected in {took:?}; listener VmRSS {} KiB before, \
+             {rss_kb} KiB after ({:.1} KiB per connection)",
+            before,
+            (rss_kb.saturating_sub(before)) as f64 / n as f64
+        );
+        assert_eq!(accepted, n);
+        assert!(
+            rss_kb < 64 * 1024,
+            "the listener holds {rss_kb} KiB of RSS for {n} idle connections (limit 64 MiB)"
+        );
+        // Each of them works.
+        for (i, c) in clients.iter_mut().enumerate().step_by(97) {
+            ping(c, format!("client {i}").as_bytes()).await;
+        }
+        drop(clients);
+        child.kill().await.unwrap();
+    });
+}
+
 async fn listener_still_serves(l: &mut ductwork_core::BoxListener, name: &str) {
     let ep = format!("shm://{name}");
     let client = tokio::spawn(async move {
@@ -411,5 +564,155 @@ fn dropping_with_a_pending_send_is_connection_lost_not_a_clean_end() {
             Some(Err(e)) => assert_eq!(e.kind(), ErrorKind::ConnectionLost, "{e}"),
             other => panic!("expected ConnectionLost, got {other:?}"),
         }
+    });
+}
+
+#[test]
+fn clients_over_max_conns_are_refused_naming_the_limit_while_the_listener_serves() {
+    const CAP: usize = 200;
+    const CLIENTS: usize = 5000;
+    raise_nofile();
+    rt().block_on(async {
+        let (mut child, ep) = holding_listener("capped", &format!("?max_conns={CAP}")).await;
+        let mut good = within(ductwork_transports::connect(ep.as_str()))
+            .await
+            .unwrap();
+        ping(&mut good, b"first").await;
+        let started = std::time::Instant::now();
+        let mut held = Vec::new();
+        let mut refused = 0;
+        for round in 0..CLIENTS / 500 {
+            for r in within(connect_many(&ep, 500, 64)).await {
+                match r {
+                    Ok(c) => held.push(c),
+                    Err(e) => {
+                        assert_eq!(e.kind(), ErrorKind::Refused, "{e}");
+                        let text = e.to_string();
+                        assert!(
+                            text.contains(&format!("max_conns={CAP}")) && text.contains(&ep),
+                            "the refusal names neither the limit nor the endpoint: {text}"
+                        );
+                        refused += 1;
+                    }
+                }
+            }
+            // The good client is served all along.
+            ping(&mut good, format!("round {round}").as_bytes()).await;
+        }
+        let (accepted, rss_kb) = accepted_and_rss(&mut child, CAP).await;
+        eprintln!(
+            "shm: {CLIENTS} clients against max_conns={CAP}: {} held, {refused} refused in {:?}; \
+             listener VmRSS {rss_kb} KiB",
+            held.len(),
+            started.elapsed()
+        );
+        assert_eq!(held.len(), CAP - 1, "the good client holds one slot");
+        assert_eq!(refused, CLIENTS - (CAP - 1));
+        assert_eq!(accepted, CAP);
+        // Closing held connections gives their slots back: a new client gets in (the
+        // listener frees a slot once its side of the connection is dropped).
+        for mut c in held.drain(..10) {
+            c.close().await.unwrap();
+        }
+        let mut late = None;
+        for _ in 0..200 {
+            match ductwork_transports::connect(ep.as_str()).await {
+                Ok(c) => {
+                    late = Some(c);
+                    break;
+                }
+                Err(e) => assert_eq!(e.kind(), ErrorKind::Refused, "{e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut late = late.expect("a slot was given back within 2 s");
+        ping(&mut late, b"late").await;
+        ping(&mut good, b"last").await;
+        drop(held);
+        child.kill().await.unwrap();
+    });
+}
+
+/// Sends 1 KiB every 10 ms on `c` (up to `max` sends) until one fails; returns how many
+/// succeeded and the error.
+async fn sends_until_failure(c: &mut BoxConnection, max: usize) -> (usize, ductwork_core::Error) {
+    let msg = Bytes::from(vec![7u8; 1024]);
+    for sent in 0..max {
+        if let Err(e) = within(c.send(msg.clone())).await {
+            return (sent, e);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{max} sends of 1 KiB to a killed peer all succeeded");
+}
+
+/// How many sends a sender may still complete after its peer was killed: the kill is
+/// synchronous (the child is reaped before the first send), so the watcher's flag is normally
+/// set before the second; the bound allows for a loaded machine.
+const SENDS_AFTER_KILL: usize = 20;
+
+#[test]
+fn a_slow_sender_learns_of_a_killed_client_within_a_few_sends() {
+    rt().block_on(async {
+        let name = name("slow-sender");
+        let mut l = ductwork_transports::bind(format!("shm://{name}").as_str())
+            .await
+            .unwrap();
+        let mut child = spawn_child("idle", &name);
+        let mut c = within(l.accept()).await.unwrap();
+        c.send(Bytes::from_static(b"hello")).await.unwrap();
+        child.kill().await.unwrap();
+        let (sent, e) = sends_until_failure(&mut c, 500).await;
+        eprintln!("shm: listener's sends after its client was killed: {sent} succeeded, then {e}");
+        assert!(
+            matches!(e.kind(), ErrorKind::ConnectionLost | ErrorKind::Closed),
+            "{e}"
+        );
+        assert!(
+            sent <= SENDS_AFTER_KILL,
+            "{sent} sends succeeded after the kill"
+        );
+        listener_still_serves(&mut l, &name).await;
+    });
+}
+
+#[test]
+fn a_slow_sender_learns_of_a_killed_listener_within_a_few_sends() {
+    rt().block_on(async {
+        let (mut child, ep) = holding_listener("slow-client", "").await;
+        let mut c = within(ductwork_transports::connect(ep.as_str()))
+            .await
+            .unwrap();
+        ping(&mut c, b"hello").await;
+        child.kill().await.unwrap();
+        let (sent, e) = sends_until_failure(&mut c, 500).await;
+        eprintln!("shm: client's sends after its listener was killed: {sent} succeeded, then {e}");
+        assert!(
+            matches!(e.kind(), ErrorKind::ConnectionLost | ErrorKind::Closed),
+            "{e}"
+        );
+        assert!(
+            sent <= SENDS_AFTER_KILL,
+            "{sent} sends succeeded after the kill"
+        );
+    });
+}
+
+#[test]
+fn over_the_listeners_max_frame_fails_locally_and_the_client_goes_on() {
+    rt().block_on(async {
+        let (mut child, ep) = holding_listener("small-frames", "?max_frame=1000").await;
+        // The client's own limit is the default (16 MiB): the listener's is what counts.
+        let client_ep = ep.split('?').next().unwrap().to_string();
+        let mut c = within(ductwork_transports::connect(client_ep.as_str()))
+            .await
+            .unwrap();
+        assert_eq!(c.info().capabilities.max_message, 1000);
+        ping(&mut c, b"one").await;
+        let e = c.send(Bytes::from(vec![1u8; 20_000])).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::FrameTooLarge, "{e}");
+        ping(&mut c, &[2u8; 1000]).await;
+        c.close().await.unwrap();
+        child.kill().await.unwrap();
     });
 }

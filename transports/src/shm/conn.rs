@@ -1,6 +1,8 @@
 //! The portable shared-memory connection: two rings, a spin-then-park receive loop, and
 //! backpressure, over doorbells and a liveness signal the OS layer provides.
 
+#[cfg(any(target_os = "linux", windows))]
+use super::setup::Slot;
 use super::{
     caps,
     ring::{Consumer, Pop, Producer, Record, RingError, SharedRegion, Which},
@@ -20,9 +22,23 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// What the set-up learnt about the peer, and what the connection holds for its listener.
+#[cfg(any(target_os = "linux", windows))]
+pub(crate) struct Peer {
+    /// How the peer is named in [`ConnectionInfo::peer`].
+    pub(crate) name: Option<String>,
+    /// The peer's `max_frame` as the handshake told it (the listener's, on the client side;
+    /// `usize::MAX` on the listener's side): we send nothing larger.
+    pub(crate) max_frame: usize,
+    /// The listener's connection slot (on the listening side), given back on drop.
+    pub(crate) slot: Option<Slot>,
+}
+
 /// The connection over a segment of two `cap`-byte rings, as both OS layers build it: the
-/// server sends on ring A and receives on ring B, the client the other way round.
-#[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
+/// server sends on ring A and receives on ring B, the client the other way round. Messages
+/// are capped at the smaller of our `max_frame` and the peer's as far as we know it (and the
+/// ring).
+#[cfg(any(target_os = "linux", windows))]
 pub(crate) fn connection(
     ep: &Endpoint,
     cfg: Config,
@@ -30,12 +46,12 @@ pub(crate) fn connection(
     cap: usize,
     server: bool,
     os: Box<dyn OsLink>,
-    peer: Option<String>,
+    peer: Peer,
 ) -> BoxConnection {
     let info = ConnectionInfo {
         endpoint: ep.clone(),
-        peer,
-        capabilities: caps(cap, cfg.max_frame),
+        peer: peer.name,
+        capabilities: caps(cap, cfg.max_frame.min(peer.max_frame)),
     };
     let max = info.capabilities.max_message;
     let (out, inn) = if server {
@@ -43,13 +59,15 @@ pub(crate) fn connection(
     } else {
         (Which::B, Which::A)
     };
-    Box::new(ShmConnection::new(
+    let mut c = ShmConnection::new(
         Producer::new(region.clone(), cap, out),
         Consumer::new(region, cap, inn, max),
         os,
         info,
         cfg.spin,
-    ))
+    );
+    c._slot = peer.slot.map(|s| Box::new(s) as Box<dyn Send + Sync>);
+    Box::new(c)
 }
 
 /// What the OS layer gives a connection: doorbells to wait on and to ring, and a signal that
@@ -68,6 +86,9 @@ pub(crate) trait OsLink: Send + Sync + 'static {
     fn poll_gone_rx(&self, cx: &mut Context<'_>) -> Poll<()>;
     /// Ready once the peer process is gone (for the sending side's waker).
     fn poll_gone_tx(&self, cx: &mut Context<'_>) -> Poll<()>;
+    /// Whether the peer process is known to be gone: a flag the OS layer's watcher (a task
+    /// or thread) sets, so that every send can look at it without a system call.
+    fn peer_gone(&self) -> bool;
 }
 
 /// Bounded, adaptive busy-waiting before parking.
@@ -157,6 +178,8 @@ pub(crate) struct ShmConnection {
     tx_closed: bool,
     /// The sending side failed for good.
     tx_broken: Option<ErrorKind>,
+    /// The listener's connection slot, if any (see `setup::Limits`); dropped last.
+    _slot: Option<Box<dyn Send + Sync>>,
 }
 
 /// A frame waiting for space in the ring.
@@ -223,6 +246,7 @@ impl ShmConnection {
             rx_done: false,
             tx_closed: false,
             tx_broken: None,
+            _slot: None,
         }
     }
 
@@ -298,6 +322,12 @@ impl ShmConnection {
         if let Some(kind) = self.tx_broken {
             return Poll::Ready(Err(self.err(kind, "the connection failed earlier")));
         }
+        if !matches!(self.pending, Pending::None) {
+            // A frame that waits must not enter the ring of a dead peer as if delivered.
+            if let Err(e) = self.check_peer() {
+                return Poll::Ready(Err(e));
+            }
+        }
         loop {
             let frame: &[u8] = match &self.pending {
                 Pending::None => break,
@@ -368,14 +398,32 @@ impl ShmConnection {
     }
 
     /// Whether a new frame may be queued now.
-    fn check_send(&self) -> Result<()> {
+    fn check_send(&mut self) -> Result<()> {
         if self.tx_closed {
             return Err(self.err(ErrorKind::Closed, "send after close"));
         }
         if let Some(kind) = self.tx_broken {
             return Err(self.err(kind, "the connection failed earlier"));
         }
-        Ok(())
+        self.check_peer()
+    }
+
+    /// Fails the sending side once the OS layer saw the peer process go: `Closed` if the
+    /// peer closed its receiving side first (a clean exit), else `ConnectionLost`. One
+    /// atomic load while the peer lives, so every send can afford it: without it a sender
+    /// would learn of the death only once the ring is full.
+    fn check_peer(&mut self) -> Result<()> {
+        if !self.os.peer_gone() {
+            return Ok(());
+        }
+        let err = if self.tx.peer_closed() {
+            self.ring_err(RingError::PeerClosed)
+        } else {
+            self.lost()
+        };
+        self.tx_broken = Some(err.kind());
+        self.clear_pending();
+        Err(err)
     }
 
     fn too_large(&self, len: usize) -> Error {
@@ -383,8 +431,9 @@ impl ShmConnection {
         self.err(
             ErrorKind::FrameTooLarge,
             format!(
-                "message of {len} bytes exceeds the limit of {max} bytes (ring capacity {} \
-                 bytes; raise it with ?capacity=)",
+                "message of {len} bytes exceeds the limit of {max} bytes (the smallest of the \
+                 ring capacity {} bytes less 16, raised with ?capacity=, and the max_frame of \
+                 both sides)",
                 self.tx.capacity()
             ),
         )
@@ -552,6 +601,10 @@ impl Sink<Bytes> for ShmConnection {
         if this.tx_closed {
             return Poll::Ready(Err(this.err(ErrorKind::Closed, "send after close")));
         }
+        // About to send: a peer known dead fails it now, not when the ring is full.
+        if this.tx_broken.is_none() {
+            this.check_peer()?;
+        }
         this.poll_pending(cx)
     }
 
@@ -657,6 +710,9 @@ mod tests {
         }
         fn poll_gone_tx(&self, _: &mut Context<'_>) -> Poll<()> {
             Poll::Pending
+        }
+        fn peer_gone(&self) -> bool {
+            false
         }
     }
 

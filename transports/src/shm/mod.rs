@@ -10,13 +10,24 @@
 //! # Behaviour
 //! - **Duplex, reliable, ordered, message boundaries kept**, one host.
 //! - **Size limit.** A message must fit in the ring: `max_message` = the smaller of
-//!   `max_frame` and `capacity - 16`. A larger send fails with `FrameTooLarge` (naming the
-//!   capacity) and the connection stays usable. Messages are not chunked.
+//!   `max_frame` and `capacity - 16`, and on the connecting side also the listener's
+//!   `max_frame`, which the set-up reply carries. A larger send fails locally with
+//!   `FrameTooLarge` (naming the capacity) and the connection stays usable, so a client never
+//!   sends what the listener would refuse. A listener's message over the client's own limit
+//!   fails the client's `recv` with `FrameTooLarge`, as on every transport. Messages are not
+//!   chunked.
 //! - **Copies.** A typed send whose record fits in the ring right away is encoded straight
 //!   into the ring (one pass over the payload); one that must wait for space is encoded into
 //!   a reusable buffer and copied in once there is room.
-//! - **Memory.** Besides the mapping (`2 * capacity` plus 1 KiB, pages touched as used),
-//!   each connection keeps two reusable heap buffers so that steady traffic allocates
+//! - **Memory.** The mapping is `2 * capacity` plus 1 KiB of address space, but its pages
+//!   are committed as used (Linux: a sparse memfd, no `MAP_POPULATE`; Windows: demand-zero
+//!   pages of a committed section; see each OS layer's docs for what running out of memory
+//!   does): an idle connection costs about two pages, a busy one what its messages went
+//!   through, at most the mapping. A listener holds at most `max_conns` connections (1024)
+//!   and at most `max_memory` bytes of mappings (no limit by default, so `max_conns` times
+//!   the mapping: 8 GiB at the default capacity); a client over a limit is refused at
+//!   set-up, its `connect` failing with `Refused` naming the limit (`max_conns=1024`), and
+//!   the listener and its other connections go on. Each connection keeps two reusable heap buffers so that steady traffic allocates
 //!   nothing: typed sends that wait for space encode into one (it keeps the size of the
 //!   largest such message), and messages of 4 KiB or more are copied out into the other (a
 //!   received frame shares it; its memory is reused once the application dropped the frame).
@@ -30,7 +41,9 @@
 //! - **Dead peer.** On Linux a Unix socket between the two processes stays open for the life
 //!   of the connection; when the peer dies the kernel closes it. On Windows each side waits on
 //!   the peer's process handle. Either way a waiting `recv` or `send` fails with
-//!   `ConnectionLost` at once (after the messages already published).
+//!   `ConnectionLost` at once (after the messages already published), and so does the next
+//!   `send` of a sender that is not waiting (a flag set by the watcher task or thread, one
+//!   atomic load per send), or `Closed` if the peer closed its receiving side first.
 //! - **A misbehaving peer** that writes garbage into the mapping makes that connection fail
 //!   with `Protocol` (or `FrameTooLarge`): every index and length read from shared memory is
 //!   checked before use, and messages are copied out before anyone decodes them.
@@ -61,6 +74,8 @@
 //! | `spin` | `10us` | how long a waiting side busy-polls before parking: a duration (`0`, `500ns`, `10us`, `1ms`; a bare number is nanoseconds). `0` parks at once. Adaptive: the budget shrinks when spinning stops paying off |
 //! | `max_frame` | 16 MiB | the largest message (also capped by the ring) |
 //! | `connect_timeout` | `10s` | the deadline of `connect`, set-up included (`500ms`, `10s`, or bare milliseconds) |
+//! | `max_conns` | `1024` | listener: the most connections held at once (1 to 1048576); one more client is refused with `Refused` naming the limit |
+//! | `max_memory` | none | listener: the most bytes of mappings (each `2 * capacity` + 1 KiB) over all its connections; at least one mapping |
 
 // Portable; used by the Linux and Windows layers.
 #[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
@@ -71,6 +86,8 @@ mod mapped;
 pub mod ring;
 #[cfg(any(target_os = "linux", windows))]
 mod setup;
+#[cfg(any(target_os = "linux", windows))]
+pub(crate) use setup::fuzz_one as fuzz_setup;
 
 #[cfg(target_os = "linux")]
 mod unix;
@@ -92,7 +109,13 @@ use ductwork_core::{
 use std::time::Duration;
 
 /// The options this transport knows (besides `max_frame`).
-const OPTIONS: &[&str] = &["capacity", "spin"];
+const OPTIONS: &[&str] = &["capacity", "spin", "max_conns", "max_memory"];
+
+/// The default limit of connections a listener holds at once.
+pub const DEFAULT_MAX_CONNS: usize = 1024;
+
+/// The largest `max_conns` accepted (each connection also takes a handful of descriptors).
+const MAX_MAX_CONNS: usize = 1 << 20;
 
 /// The default ring capacity per direction: 4 MiB, so that 1 MiB messages pass with room to
 /// stream.
@@ -115,6 +138,10 @@ pub(crate) struct Config {
     pub(crate) spin: Duration,
     /// The endpoint's `max_frame`.
     pub(crate) max_frame: usize,
+    /// A listener's limit of connections held at once.
+    pub(crate) max_conns: usize,
+    /// A listener's limit of shared memory (segment bytes) over all its connections.
+    pub(crate) max_memory: usize,
 }
 
 impl Config {
@@ -141,10 +168,34 @@ impl Config {
             ));
         }
         check_name(ep)?;
+        let max_conns = ep
+            .parse_option::<usize>("max_conns")?
+            .unwrap_or(DEFAULT_MAX_CONNS);
+        if !(1..=MAX_MAX_CONNS).contains(&max_conns) {
+            return Err(Error::new(
+                ErrorKind::InvalidEndpoint,
+                ep,
+                format!("option `max_conns={max_conns}`: use 1 to {MAX_MAX_CONNS}"),
+            ));
+        }
+        let max_memory = ep.size_option("max_memory")?.unwrap_or(usize::MAX);
+        if max_memory < ring::segment_len(capacity) {
+            return Err(Error::new(
+                ErrorKind::InvalidEndpoint,
+                ep,
+                format!(
+                    "option `max_memory={max_memory}` is less than one connection's segment \
+                     ({} bytes for capacity {capacity})",
+                    ring::segment_len(capacity)
+                ),
+            ));
+        }
         Ok(Config {
             capacity,
             spin,
             max_frame: ep.max_frame()?,
+            max_conns,
+            max_memory,
         })
     }
 }
@@ -249,6 +300,11 @@ mod tests {
         assert_eq!(Shm.capabilities(&ep).unwrap().max_message, 1000);
         let ep = Endpoint::parse("shm://a").unwrap();
         assert!(Shm.capabilities(&ep).unwrap().max_message >= 1 << 20);
+        let c = Config::from_endpoint(&ep).unwrap();
+        assert_eq!((c.max_conns, c.max_memory), (DEFAULT_MAX_CONNS, usize::MAX));
+        let ep = Endpoint::parse("shm://a?max_conns=3&max_memory=64MiB").unwrap();
+        let c = Config::from_endpoint(&ep).unwrap();
+        assert_eq!((c.max_conns, c.max_memory), (3, 64 << 20));
         for bad in [
             "shm://a?capacity=1",
             "shm://a?capacity=2GiB",
@@ -259,6 +315,10 @@ mod tests {
             "shm://../x",
             "shm://a/b",
             "shm://.hidden",
+            "shm://a?max_conns=0",
+            "shm://a?max_conns=many",
+            "shm://a?max_conns=2000000",
+            "shm://a?max_memory=4KiB",
         ] {
             let e = Shm
                 .capabilities(&Endpoint::parse(bad).unwrap())

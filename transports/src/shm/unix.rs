@@ -3,36 +3,56 @@
 //!
 //! Set-up, per connection:
 //! 1. The client connects to `<dir>/shm-<name>.sock` and sends the 8-byte hello `DWSHMhi1`.
-//! 2. The server checks the client's credentials (same user), creates a memfd
-//!    (`MFD_ALLOW_SEALING`, sized, preallocated, sealed against shrinking and growing so that
-//!    neither side can make the other's mapping fault), writes the segment header, creates
-//!    four eventfds (data/space doorbell for each side), and sends the 24-byte reply
-//!    `DWSHMok1`, capacity (u64 LE), segment length (u64 LE) with the five descriptors in one
-//!    `SCM_RIGHTS` message. A refused client gets `DWSHMno1` and a reason code instead.
+//! 2. The server checks the client's credentials (same user) and its limits (`max_conns`,
+//!    `max_memory`), creates a memfd (`MFD_ALLOW_SEALING`, sized but sparse, sealed against
+//!    shrinking and growing so that neither side can make the other's mapping fault for a
+//!    missing page of the file), writes the segment header, creates four eventfds
+//!    (data/space doorbell for each side), and sends the 32-byte reply `DWSHMok2`, capacity,
+//!    segment length, its `max_frame` (u64 LE each) with the five descriptors in one
+//!    `SCM_RIGHTS` message. A refused client gets `DWSHMno2`, a reason code and a detail (the
+//!    limit, the OS error) instead.
 //! 3. The client checks the reply, the server's credentials, the memfd's size and seals, then
 //!    maps it and checks the segment header.
 //!
 //! The Unix socket then stays open, idle, for the life of the connection: when a process
 //! dies the kernel closes its end, the survivor's socket becomes readable with end-of-file,
-//! and its waiting `recv`/`send` fail with `ConnectionLost`.
+//! and its waiting `recv`/`send` fail with `ConnectionLost`. A watcher task per connection
+//! waits for that and sets a flag that every send reads (one atomic load), so a sender that
+//! never waits learns of the death at its next send too, not once the ring is full.
+//!
+//! Memory is committed as used: the memfd is sparse and mapped without `MAP_POPULATE`, so
+//! an idle connection costs the pages of its headers (two pages) and a busy one the pages
+//! its messages went through, at most the whole segment. The header pages are allocated
+//! with `fallocate` at set-up, so that a failure there is a refusal. A data page is
+//! allocated when first written; a memfd lives on the kernel's internal tmpfs mount, which
+//! has no size limit, so that allocation does not fail with `SIGBUS` the way a full
+//! `/dev/shm` file would: out of memory is handled as for any anonymous memory (reclaim,
+//! then the OOM killer or the memory cgroup's limit). The one exception is strict
+//! overcommit (`vm.overcommit_memory=2`) with the commit limit reached, where the kernel
+//! raises `SIGBUS` in the process that touches a new page; preallocating every ring to
+//! avoid that cost 8 MiB per idle connection (and took the listener down with the OOM
+//! killer at about 1,500 clients), so the rings are sparse and `max_conns`/`max_memory`
+//! bound the worst case instead.
 //!
 //! Doorbells: each eventfd is registered with tokio (edge-triggered epoll). Ringing is one
 //! `write(2)`; the woken side reads nothing (Linux signals an edge per write), so a parked
 //! message costs the ringer's write and the waiter's `epoll_wait`, nothing else.
 
 use super::{
+    conn::Peer,
     conn::{connection, OsLink},
     mapped::{Mapped, Unmap},
     ring::{self, SharedRegion},
     setup::{
-        read_hello, refusal, refused, spawn_setup, Accepted, QueuedListener, HELLO, NO_OTHER_USER,
-        NO_RESOURCES, REPLY_NO, REPLY_OK,
+        accept_reply, os_detail, parse_reply, read_hello, refusal, spawn_setup, Accepted, Limits,
+        QueuedListener, Reply, HELLO, NO_OTHER_USER, NO_RESOURCES, REPLY_HEAD,
     },
     Config,
 };
 use crate::common::faults::{is_fatal_accept, Backoff};
 use crate::common::unix::{bind_socket_file, peer_credentials, Probe};
 use ductwork_core::{BoxConnection, BoxListener, Endpoint, Error, ErrorKind, Result};
+use futures::task::AtomicWaker;
 use rustix::{
     event::{eventfd, EventfdFlags},
     fs::{MemfdFlags, SealFlags},
@@ -47,15 +67,20 @@ use std::{
     mem::MaybeUninit,
     os::fd::{AsFd, OwnedFd},
     path::PathBuf,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     task::{ready, Context, Poll},
 };
 use tokio::{
     io::{unix::AsyncFd, AsyncWriteExt, Interest},
     net::{UnixListener, UnixStream},
+    task::JoinHandle,
 };
 
-const REPLY_LEN: usize = 24;
+/// The set-up reply: the common head, the objects travel as `SCM_RIGHTS`.
+const REPLY_LEN: usize = REPLY_HEAD;
 
 fn my_uid() -> u32 {
     rustix::process::geteuid().as_raw()
@@ -84,8 +109,8 @@ impl Unmap for Munmap {
     }
 }
 
-/// Maps `len` bytes of `fd`, populating the page tables now so that the first messages do
-/// not pay for page faults.
+/// Maps `len` bytes of `fd`. Pages are not populated: each is allocated (and faulted in)
+/// when first touched, so memory follows use (see the module docs).
 fn map(fd: &OwnedFd, len: usize) -> io::Result<Mapping> {
     // SAFETY: a fresh mapping chosen by the kernel (null hint) aliases no Rust object;
     // `fd` is a memfd at least `len` bytes long, sealed against shrinking (callers check).
@@ -94,7 +119,7 @@ fn map(fd: &OwnedFd, len: usize) -> io::Result<Mapping> {
             std::ptr::null_mut(),
             len,
             ProtFlags::READ | ProtFlags::WRITE,
-            MapFlags::SHARED | MapFlags::POPULATE,
+            MapFlags::SHARED,
             fd,
             0,
         )
@@ -105,7 +130,8 @@ fn map(fd: &OwnedFd, len: usize) -> io::Result<Mapping> {
     Ok(unsafe { Mapped::new(ptr.cast(), len, Munmap) })
 }
 
-/// Creates a sealed, preallocated memfd for rings of `capacity` bytes and maps it.
+/// Creates a sealed, sparse memfd for rings of `capacity` bytes and maps it; only the pages
+/// of the headers are allocated now (see the module docs).
 fn create_segment(capacity: usize) -> io::Result<(OwnedFd, Arc<Mapping>)> {
     let len = ring::segment_len(capacity);
     let fd = rustix::fs::memfd_create(
@@ -113,9 +139,21 @@ fn create_segment(capacity: usize) -> io::Result<(OwnedFd, Arc<Mapping>)> {
         MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
     )?;
     rustix::fs::ftruncate(&fd, len as u64)?;
-    // Reserve the memory now, so that running out of it is an error here rather than a
-    // SIGBUS later. Not every kernel or filesystem supports it; the seals below still hold.
-    let _ = rustix::fs::fallocate(&fd, rustix::fs::FallocateFlags::empty(), 0, len as u64);
+    // The pages `init_segment` and every idle wait write (the segment header, both ring
+    // headers and the first record word of each ring): allocated now, so that running out
+    // of memory is a refusal here rather than a fault in `init_segment`.
+    for start in [0, ring::SEGMENT_HEADER + ring::RING_HEADER + capacity] {
+        let (from, to) = (
+            start / 4096 * 4096,
+            (start + 2 * ring::RING_HEADER).min(len),
+        );
+        rustix::fs::fallocate(
+            &fd,
+            rustix::fs::FallocateFlags::empty(),
+            from as u64,
+            (to - from) as u64,
+        )?;
+    }
     rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
     let map = Arc::new(map(&fd, len)?);
     ring::init_segment(&*map, capacity);
@@ -157,10 +195,37 @@ struct Link {
     /// The peer's doorbells.
     peer_data: OwnedFd,
     peer_space: OwnedFd,
-    /// The Unix socket to the peer, twice (dup), so the receiving and the sending side each
-    /// have their own waker registration.
+    /// The Unix socket to the peer, for the receiving side's wait; a dup of it is the
+    /// watcher's, which sets `gone`.
     gone_rx: AsyncFd<OwnedFd>,
-    gone_tx: AsyncFd<OwnedFd>,
+    gone: Arc<Gone>,
+    /// The watcher task, stopped with the link (it holds the dup of the socket).
+    watcher: JoinHandle<()>,
+}
+
+/// The peer's death as the watcher saw it: a flag for every send, a waker for a waiting one.
+#[derive(Default)]
+struct Gone {
+    flag: AtomicBool,
+    waker: AtomicWaker,
+}
+
+/// Waits (on its own task) until the peer's end of the socket closes, then sets the flag and
+/// wakes a sender waiting for space.
+fn watch(socket: AsyncFd<OwnedFd>, gone: Arc<Gone>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        std::future::poll_fn(|cx| poll_gone(&socket, cx)).await;
+        gone.flag.store(true, Ordering::Release);
+        gone.waker.wake();
+    })
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // The watcher's future (and its dup of the socket) goes with the task, so the peer
+        // sees the socket close once this connection is gone.
+        self.watcher.abort();
+    }
 }
 
 fn poll_eventfd(fd: &AsyncFd<OwnedFd>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -230,7 +295,18 @@ impl OsLink for Link {
         poll_gone(&self.gone_rx, cx)
     }
     fn poll_gone_tx(&self, cx: &mut Context<'_>) -> Poll<()> {
-        poll_gone(&self.gone_tx, cx)
+        if self.peer_gone() {
+            return Poll::Ready(());
+        }
+        self.gone.waker.register(cx.waker());
+        if self.peer_gone() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+    fn peer_gone(&self) -> bool {
+        self.gone.flag.load(Ordering::Acquire)
     }
 }
 
@@ -250,14 +326,16 @@ fn link(
     peer_space: OwnedFd,
 ) -> io::Result<Link> {
     let socket: OwnedFd = socket.into_std()?.into();
-    let dup = socket.try_clone()?;
+    let dup = async_fd(socket.try_clone()?)?;
+    let gone = Arc::new(Gone::default());
     Ok(Link {
         data: async_fd(data)?,
         space: async_fd(space)?,
         peer_data,
         peer_space,
         gone_rx: async_fd(socket)?,
-        gone_tx: async_fd(dup)?,
+        gone: gone.clone(),
+        watcher: watch(dup, gone),
     })
 }
 
@@ -276,26 +354,36 @@ pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
     )
     .await?;
     let ep2 = ep.clone();
+    let limits = Limits::new(
+        ep,
+        cfg.max_conns,
+        cfg.max_memory,
+        ring::segment_len(cfg.capacity),
+    );
     Ok(Box::new(QueuedListener::start(ep, Box::new(guard), |tx| {
-        accept_loop(listener, ep2, cfg, tx)
+        accept_loop(listener, ep2, cfg, limits, tx)
     })))
 }
 
 /// Accepts sockets and runs each set-up in its own task (see `spawn_setup`). Transient accept
 /// errors (out of descriptors, ...) are logged and retried with a backoff; only an error that
 /// means the listening socket is broken ends the loop and reaches `accept`.
-async fn accept_loop(listener: UnixListener, ep: Endpoint, cfg: Config, tx: Accepted) {
+async fn accept_loop(
+    listener: UnixListener,
+    ep: Endpoint,
+    cfg: Config,
+    limits: Arc<Limits>,
+    tx: Accepted,
+) {
     let mut backoff = Backoff::default();
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 backoff.reset();
-                let ep2 = ep.clone();
-                spawn_setup(
-                    &tx,
-                    &ep,
-                    async move { serve_handshake(stream, &ep2, cfg).await },
-                );
+                let (ep2, limits) = (ep.clone(), limits.clone());
+                spawn_setup(&tx, &ep, async move {
+                    serve_handshake(stream, &ep2, cfg, &limits).await
+                });
             }
             Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
             Err(e) if is_fatal_accept(&e) => {
@@ -313,6 +401,7 @@ async fn serve_handshake(
     mut stream: UnixStream,
     ep: &Endpoint,
     cfg: Config,
+    limits: &Arc<Limits>,
 ) -> Result<BoxConnection> {
     let peer = peer_credentials(&stream);
     let uid = stream
@@ -321,7 +410,7 @@ async fn serve_handshake(
         .uid();
     if uid != my_uid() {
         let _ = stream
-            .write_all(&refusal(REPLY_LEN, NO_OTHER_USER, None))
+            .write_all(&refusal(REPLY_LEN, NO_OTHER_USER, 0))
             .await;
         return Err(Error::new(
             ErrorKind::PermissionDenied,
@@ -330,6 +419,18 @@ async fn serve_handshake(
         ));
     }
     read_hello(&mut stream, ep).await?;
+    // Over a limit: refused before anything is made for the client.
+    let slot = match limits.take() {
+        Ok(slot) => slot,
+        Err((code, limit)) => {
+            let _ = stream.write_all(&refusal(REPLY_LEN, code, limit)).await;
+            return Err(Error::new(
+                ErrorKind::Refused,
+                ep,
+                format!("refused a client: the listener is at its limit ({limit})"),
+            ));
+        }
+    };
     let setup = || -> io::Result<_> {
         let (memfd, map) = create_segment(cfg.capacity)?;
         Ok((
@@ -348,7 +449,7 @@ async fn serve_handshake(
         Err(e) => {
             // Tell the client why, so that it does not report a mere "closed".
             let _ = stream
-                .write_all(&refusal(REPLY_LEN, NO_RESOURCES, Some(&e)))
+                .write_all(&refusal(REPLY_LEN, NO_RESOURCES, os_detail(&e)))
                 .await;
             return Err(Error::io(
                 ep,
@@ -357,10 +458,7 @@ async fn serve_handshake(
             ));
         }
     };
-    let mut reply = [0u8; REPLY_LEN];
-    reply[..8].copy_from_slice(REPLY_OK);
-    reply[8..16].copy_from_slice(&(cfg.capacity as u64).to_le_bytes());
-    reply[16..24].copy_from_slice(&(map.len() as u64).to_le_bytes());
+    let reply = accept_reply(REPLY_LEN, cfg.capacity, map.len(), cfg.max_frame);
     let fds = [
         memfd.as_fd(),
         c_data.as_fd(),
@@ -368,26 +466,16 @@ async fn serve_handshake(
         s_data.as_fd(),
         s_space.as_fd(),
     ];
-    let sent = stream
-        .async_io(Interest::WRITABLE, || {
-            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(5))];
-            let mut ctl = SendAncillaryBuffer::new(&mut space);
-            ctl.push(SendAncillaryMessage::ScmRights(&fds));
-            Ok(rustix::net::sendmsg(
-                &stream,
-                &[IoSlice::new(&reply)],
-                &mut ctl,
-                SendFlags::NOSIGNAL,
-            )?)
-        })
-        .await
-        .map_err(|e| Error::io(ep, "send the shared segment to the client", e))?;
-    if sent != REPLY_LEN {
-        return Err(Error::new(ErrorKind::Io, ep, "short set-up reply"));
-    }
+    send_with_fds(&stream, &reply, &fds, ep).await?;
     drop(memfd);
     let link = link(stream, s_data, s_space, c_data, c_space)
         .map_err(|e| Error::io(ep, "register the doorbells", e))?;
+    let peer = Peer {
+        name: peer,
+        // The client enforces its own limit on receipt.
+        max_frame: usize::MAX,
+        slot: Some(slot),
+    };
     Ok(connection(
         ep,
         cfg,
@@ -397,6 +485,33 @@ async fn serve_handshake(
         Box::new(link),
         peer,
     ))
+}
+
+/// Sends the accepting reply with the five descriptors in one `SCM_RIGHTS` message.
+async fn send_with_fds(
+    stream: &UnixStream,
+    reply: &[u8],
+    fds: &[std::os::fd::BorrowedFd<'_>; 5],
+    ep: &Endpoint,
+) -> Result<()> {
+    let sent = stream
+        .async_io(Interest::WRITABLE, || {
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(5))];
+            let mut ctl = SendAncillaryBuffer::new(&mut space);
+            ctl.push(SendAncillaryMessage::ScmRights(fds));
+            Ok(rustix::net::sendmsg(
+                stream,
+                &[IoSlice::new(reply)],
+                &mut ctl,
+                SendFlags::NOSIGNAL,
+            )?)
+        })
+        .await
+        .map_err(|e| Error::io(ep, "send the shared segment to the client", e))?;
+    if sent != reply.len() {
+        return Err(Error::new(ErrorKind::Io, ep, "short set-up reply"));
+    }
+    Ok(())
 }
 
 // ----------------------------------------------------------------------------------------
@@ -431,29 +546,22 @@ pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection>
         .map_err(|e| Error::io(ep, "send hello", e))?;
     let (reply, [memfd, c_data, c_space, s_data, s_space]) = receive_reply(&stream, ep).await?;
     let bad = |why: String| Error::new(ErrorKind::Protocol, ep, why);
-    let seg_len = u64::from_le_bytes(reply[16..24].try_into().expect("8 bytes"));
-    let seg_len = usize::try_from(seg_len)
-        .ok()
-        .filter(|l| *l <= ring::segment_len(ring::MAX_CAPACITY))
-        .ok_or_else(|| {
-            bad(format!(
-                "the listener announces a segment of {seg_len} bytes"
-            ))
-        })?;
-    let map = map_received(&memfd, seg_len).map_err(bad)?;
+    let map = map_received(&memfd, reply.seg_len).map_err(bad)?;
     drop(memfd);
     let cap = ring::check_segment(&*map).map_err(bad)?;
     let link = link(stream, c_data, c_space, s_data, s_space)
         .map_err(|e| Error::io(ep, "register the doorbells", e))?;
+    let peer = Peer {
+        name: peer,
+        max_frame: reply.max_frame,
+        slot: None,
+    };
     Ok(connection(ep, cfg, map, cap, false, Box::new(link), peer))
 }
 
 /// Receives the listener's set-up reply and its five descriptors (memfd, client data, client
 /// space, server data, server space), or the error that says why there are none.
-async fn receive_reply(
-    stream: &UnixStream,
-    ep: &Endpoint,
-) -> Result<([u8; REPLY_LEN], [OwnedFd; 5])> {
+async fn receive_reply(stream: &UnixStream, ep: &Endpoint) -> Result<(Reply, [OwnedFd; 5])> {
     let mut reply = [0u8; REPLY_LEN];
     let (n, fds, truncated) = stream
         .async_io(Interest::READABLE, || {
@@ -483,12 +591,7 @@ async fn receive_reply(
             "the listener closed the connection during set-up without saying why",
         ));
     }
-    if n == REPLY_LEN && &reply[..8] == REPLY_NO {
-        return Err(refused(ep, &reply));
-    }
-    if n != REPLY_LEN || &reply[..8] != REPLY_OK {
-        return Err(bad("the listener's set-up reply is not ductwork's"));
-    }
+    let reply = parse_reply(ep, &reply[..n], REPLY_LEN)?;
     match fds.try_into() {
         Ok(fds) => Ok((reply, fds)),
         // The kernel drops passed descriptors this process has no room for (MSG_CTRUNC).

@@ -7,10 +7,13 @@
 //!    8-byte hello `DWSHMhi1`.
 //! 2. The server learns the client's process id from the pipe
 //!    (`GetNamedPipeClientProcessId`), opens it (`PROCESS_DUP_HANDLE | SYNCHRONIZE`: this
-//!    fails for a process of another user), creates the section (`CreateFileMappingW`) and
+//!    fails for a process of another user), checks its limits (`max_conns`, `max_memory`;
+//!    over one the client gets `DWSHMno2` naming it), creates the section
+//!    (`CreateFileMappingW`) and
 //!    the events (`CreateEventW`), maps the section, writes the segment header, duplicates the
-//!    section and the four events into the client (`DuplicateHandle`) and sends the 64-byte
-//!    reply `DWSHMok1`, capacity, segment length and the five handle values (u64 LE each).
+//!    section and the four events into the client (`DuplicateHandle`) and sends the 72-byte
+//!    reply `DWSHMok2`, capacity, segment length, its `max_frame` and the five handle values
+//!    (u64 LE each).
 //!    No object has a name, so nothing can be squatted or opened by a third process.
 //! 3. The client checks the reply and maps exactly the announced length (`MapViewOfFile`
 //!    fails if the section is smaller), then checks the segment header.
@@ -18,15 +21,24 @@
 //! Waiting: one thread per connection blocks in `WaitForMultipleObjects` on our two doorbell
 //! events, the peer's process handle and a stop event, and wakes the tokio tasks through
 //! `AtomicWaker`s: no tokio worker ever blocks. The peer's process handle is the liveness
-//! signal: it becomes signalled when the peer exits or is killed.
+//! signal: it becomes signalled when the peer exits or is killed, and the thread then sets
+//! the flag every send reads.
+//!
+//! Memory: the section is pagefile-backed and committed (`SEC_COMMIT`, the default): the
+//! system charges its size against the commit limit at creation, so no access can fault for
+//! want of backing, and a listener out of commit refuses the client instead. Physical pages
+//! are still demand-zero, allocated when first touched, so an idle connection's working set
+//! is its header pages. `SEC_RESERVE` would make the commit follow use too, but then each
+//! side must commit pages (`VirtualAlloc`) before writing them, and a page the peer did not
+//! commit yet faults; the commit charge is bounded by `max_conns` and `max_memory` instead.
 
 use super::{
-    conn::{connection, OsLink},
+    conn::{connection, OsLink, Peer},
     mapped::{Mapped, Unmap},
     ring,
     setup::{
-        read_hello, refusal, refused, spawn_setup, Accepted, QueuedListener, HELLO, NO_RESOURCES,
-        REPLY_NO, REPLY_OK,
+        accept_reply, os_detail, parse_reply, read_hello, refusal, spawn_setup, word, Accepted,
+        Limits, QueuedListener, HELLO, NO_RESOURCES, REPLY_HEAD,
     },
     Config,
 };
@@ -66,7 +78,8 @@ use windows_sys::Win32::{
     },
 };
 
-const REPLY_LEN: usize = 64;
+/// The set-up reply: the common head, then the five handle values.
+const REPLY_LEN: usize = REPLY_HEAD + 5 * 8;
 
 fn pipe_path(ep: &Endpoint) -> String {
     format!(r"\\.\pipe\ductwork-shm-{}", ep.address())
@@ -277,6 +290,9 @@ impl OsLink for Link {
             Poll::Pending
         }
     }
+    fn peer_gone(&self) -> bool {
+        self.flags.gone.load(Ordering::Acquire)
+    }
 }
 
 impl Drop for Link {
@@ -342,8 +358,14 @@ pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
         _ => Error::bind(ep, "create the named pipe", e),
     })?;
     let ep2 = ep.clone();
+    let limits = Limits::new(
+        ep,
+        cfg.max_conns,
+        cfg.max_memory,
+        ring::segment_len(cfg.capacity),
+    );
     Ok(Box::new(QueuedListener::start(ep, Box::new(()), |tx| {
-        accept_loop(first, path, ep2, cfg, tx)
+        accept_loop(first, path, ep2, cfg, limits, tx)
     })))
 }
 
@@ -355,6 +377,7 @@ async fn accept_loop(
     path: String,
     ep: Endpoint,
     cfg: Config,
+    limits: Arc<Limits>,
     tx: Accepted,
 ) {
     let mut backoff = Backoff::default();
@@ -385,12 +408,10 @@ async fn accept_loop(
                 continue;
             }
         }
-        let ep2 = ep.clone();
-        spawn_setup(
-            &tx,
-            &ep,
-            async move { serve_handshake(conn, &ep2, cfg).await },
-        );
+        let (ep2, limits) = (ep.clone(), limits.clone());
+        spawn_setup(&tx, &ep, async move {
+            serve_handshake(conn, &ep2, cfg, &limits).await
+        });
     }
 }
 
@@ -398,8 +419,21 @@ async fn serve_handshake(
     mut pipe: NamedPipeServer,
     ep: &Endpoint,
     cfg: Config,
+    limits: &Arc<Limits>,
 ) -> Result<BoxConnection> {
     read_hello(&mut pipe, ep).await?;
+    // Over a limit: refused before anything is made for the client.
+    let slot = match limits.take() {
+        Ok(slot) => slot,
+        Err((code, limit)) => {
+            let _ = pipe.write_all(&refusal(REPLY_LEN, code, limit)).await;
+            return Err(Error::new(
+                ErrorKind::Refused,
+                ep,
+                format!("refused a client: the listener is at its limit ({limit})"),
+            ));
+        }
+    };
     let mut pid = 0u32;
     // SAFETY: the pipe handle is valid while `pipe` lives; `pid` is valid for a write.
     if unsafe { GetNamedPipeClientProcessId(pipe.as_raw_handle() as HANDLE, &mut pid) } == 0 {
@@ -424,23 +458,27 @@ async fn serve_handshake(
         Err(e) => {
             // Tell the client why, so that it does not report a mere "closed".
             let _ = pipe
-                .write_all(&refusal(REPLY_LEN, NO_RESOURCES, Some(&e)))
+                .write_all(&refusal(REPLY_LEN, NO_RESOURCES, os_detail(&e)))
                 .await;
             return Err(Error::io(ep, "set up the shared segment for the client", e));
         }
     };
-    let mut reply = [0u8; REPLY_LEN];
-    reply[..8].copy_from_slice(REPLY_OK);
-    reply[8..16].copy_from_slice(&(cfg.capacity as u64).to_le_bytes());
-    reply[16..24].copy_from_slice(&(len as u64).to_le_bytes());
+    let mut reply = accept_reply(REPLY_LEN, cfg.capacity, len, cfg.max_frame);
     for (i, v) in values.iter().enumerate() {
-        reply[24 + 8 * i..32 + 8 * i].copy_from_slice(&v.to_le_bytes());
+        let at = REPLY_HEAD + 8 * i;
+        reply[at..at + 8].copy_from_slice(&v.to_le_bytes());
     }
     pipe.write_all(&reply)
         .await
         .map_err(|e| Error::io(ep, "send the set-up reply", e))?;
     let link = link(Box::new(pipe), client, s_data, s_space, c_data, c_space)
         .map_err(|e| Error::io(ep, "start the doorbell waiter", e))?;
+    let peer = Peer {
+        name: Some(format!("pid {pid}")),
+        // The client enforces its own limit on receipt.
+        max_frame: usize::MAX,
+        slot: Some(slot),
+    };
     Ok(connection(
         ep,
         cfg,
@@ -448,7 +486,7 @@ async fn serve_handshake(
         cfg.capacity,
         true,
         Box::new(link),
-        Some(format!("pid {pid}")),
+        peer,
     ))
 }
 
@@ -495,17 +533,11 @@ pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection>
         .with_source(e)
     })?;
     let bad = |why: String| Error::new(ErrorKind::Protocol, ep, why);
-    if &reply[..8] == REPLY_NO {
-        return Err(refused(ep, &reply));
-    }
-    if &reply[..8] != REPLY_OK {
-        return Err(bad("the listener's set-up reply is not ductwork's".into()));
-    }
-    let word = |i: usize| u64::from_le_bytes(reply[i..i + 8].try_into().expect("8 bytes"));
+    let parsed = parse_reply(ep, &reply, REPLY_LEN)?;
     // The handles were duplicated into this process by the listener: we own them now.
     let mut handles = Vec::with_capacity(5);
     for i in 0..5 {
-        let v = word(24 + 8 * i);
+        let v = word(&reply, REPLY_HEAD + 8 * i);
         if v == 0 || v > u32::MAX as u64 {
             return Err(bad(format!(
                 "the listener passed an invalid handle value {v}"
@@ -518,20 +550,17 @@ pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection>
     }
     let [section, c_data, c_space, s_data, s_space]: [OwnedHandle; 5] =
         handles.try_into().map_err(|_| bad("handles".into()))?;
-    let len = usize::try_from(word(16))
-        .ok()
-        .filter(|l| *l <= ring::segment_len(ring::MAX_CAPACITY))
-        .ok_or_else(|| {
-            bad(format!(
-                "the listener announces a segment of {} bytes",
-                word(16)
-            ))
-        })?;
+    let len = parsed.seg_len;
     let view = map_view(section, len)
         .map_err(|e| bad(format!("cannot map the announced {len} bytes: {e}")))?;
     let cap = ring::check_segment(&view).map_err(bad)?;
     let link = link(Box::new(pipe), server, c_data, c_space, s_data, s_space)
         .map_err(|e| Error::io(ep, "start the doorbell waiter", e))?;
+    let peer = Peer {
+        name: Some(format!("pid {pid}")),
+        max_frame: parsed.max_frame,
+        slot: None,
+    };
     Ok(connection(
         ep,
         cfg,
@@ -539,6 +568,6 @@ pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection>
         cap,
         false,
         Box::new(link),
-        Some(format!("pid {pid}")),
+        peer,
     ))
 }
