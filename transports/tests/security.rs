@@ -701,23 +701,39 @@ fn peer_options_are_checked_and_reported() {
         assert_eq!(e.kind(), ErrorKind::InvalidEndpoint, "{e}");
         assert!(e.to_string().contains("is not a uid"), "{e}");
     }
-    let name = support::unique("creds");
-    let ep = format!("pipe://{name}");
-    let mut l = rt.block_on(ductwork_transports::bind(ep.as_str())).unwrap();
-    let c = rt
-        .block_on(ductwork_transports::connect(ep.as_str()))
-        .unwrap();
-    let s = rt.block_on(l.accept()).unwrap();
-    for conn in [&c, &s] {
-        let p = conn.info().peer_credentials().unwrap();
-        assert_eq!(p.uid, euid());
-        assert_eq!(p.pid, Some(std::process::id()));
+    for scheme in ["pipe", "shm"] {
+        let name = support::unique("creds");
+        let ep = format!("{scheme}://{name}");
+        let mut l = rt.block_on(ductwork_transports::bind(ep.as_str())).unwrap();
+        let c = rt
+            .block_on(ductwork_transports::connect(ep.as_str()))
+            .unwrap();
+        let s = rt.block_on(l.accept()).unwrap();
+        for conn in [&c, &s] {
+            let p = conn.info().peer_credentials().unwrap();
+            assert_eq!(p.uid, euid(), "{ep}");
+            assert_eq!(p.pid, Some(std::process::id()), "{ep}");
+        }
+        // A client that requires another uid refuses our own listener.
+        let other = format!("{scheme}://{name}?peer_uid={}", euid() + 1);
+        let e = rt
+            .block_on(ductwork_transports::connect(other.as_str()))
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{ep}: {e}");
+        assert!(e.to_string().contains("not uid"), "{ep}: {e}");
+        // A listener that admits only another uid refuses us, and says so to the client.
+        let only = format!("{scheme}://{name}-only?allow_uids={}", euid() + 1);
+        let _l2 = rt
+            .block_on(ductwork_transports::bind(only.as_str()))
+            .unwrap();
+        let plain = format!("{scheme}://{name}-only");
+        if scheme == "shm" {
+            let e = rt
+                .block_on(ductwork_transports::connect(plain.as_str()))
+                .err()
+                .unwrap();
+            assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{plain}: {e}");
+        }
     }
-    // A client that requires another uid refuses our own listener.
-    let other = format!("pipe://{name}?peer_uid={}", euid() + 1);
-    let e = rt
-        .block_on(ductwork_transports::connect(other.as_str()))
-        .err()
-        .unwrap();
-    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
 }

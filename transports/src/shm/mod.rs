@@ -48,10 +48,14 @@
 //!   with `Protocol` (or `FrameTooLarge`): every index and length read from shared memory is
 //!   checked before use, and messages are copied out before anyone decodes them.
 //! - **Names.** On Linux the name is a Unix socket `shm-<name>.sock` in a private per-user
-//!   directory (`$XDG_RUNTIME_DIR/ductwork/`, or `/tmp/ductwork-<uid>/`, mode 0700, refused if
-//!   it belongs to someone else or is open to others). A live listener holds the name
+//!   directory (see `crate::common::unix` for where: `$XDG_RUNTIME_DIR/ductwork/` or
+//!   `/tmp/ductwork-<uid>/`, else one in the home directory; mode 0700, checked by
+//!   descriptor). A live listener holds the name
 //!   (`AddrInUse`); a file left by a killed one is replaced. Only processes of the same user
-//!   can connect; the mapping itself (a sealed memfd) is passed over that socket and is private
+//!   can connect, and each side checks the other's uid (`SO_PEERCRED`): `peer_uid=N` on a
+//!   client and `allow_uids=A,B` on a listener change whom it accepts, as on `unix://` (the
+//!   directory's mode still keeps other users out unless `DUCTWORK_RUNTIME_DIR` names a shared
+//!   one); the mapping itself (a sealed memfd) is passed over that socket and is private
 //!   to the two processes. Names are 1 to 64 characters of `A-Z a-z 0-9 . _ -`.
 //! - **Faults.** A listener that cannot make a client's segment or doorbells (out of
 //!   descriptors, memory or handles) logs it at `warn` and tells the client, whose `connect`
@@ -109,7 +113,14 @@ use ductwork_core::{
 use std::time::Duration;
 
 /// The options this transport knows (besides `max_frame`).
-const OPTIONS: &[&str] = &["capacity", "spin", "max_conns", "max_memory"];
+const OPTIONS: &[&str] = &[
+    "capacity",
+    "spin",
+    "max_conns",
+    "max_memory",
+    "peer_uid",
+    "allow_uids",
+];
 
 /// The default limit of connections a listener holds at once.
 pub const DEFAULT_MAX_CONNS: usize = 1024;
@@ -129,7 +140,8 @@ pub const DEFAULT_SPIN: Duration = Duration::from_micros(10);
 pub struct Shm;
 
 /// Settings read from an endpoint.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
+#[cfg_attr(not(unix), derive(Copy))]
 #[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
 pub(crate) struct Config {
     /// Ring capacity in bytes (valid, rounded).
@@ -142,6 +154,9 @@ pub(crate) struct Config {
     pub(crate) max_conns: usize,
     /// A listener's limit of shared memory (segment bytes) over all its connections.
     pub(crate) max_memory: usize,
+    /// Whom each side accepts at the other end (`peer_uid`, `allow_uids`; default: this user).
+    #[cfg(unix)]
+    pub(crate) policy: crate::common::unix::PeerPolicy,
 }
 
 impl Config {
@@ -190,12 +205,23 @@ impl Config {
                 ),
             ));
         }
+        #[cfg(not(unix))]
+        if ep.option("peer_uid").is_some() || ep.option("allow_uids").is_some() {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                ep,
+                "`peer_uid`/`allow_uids` are Unix uids; on Windows shm:// is limited to this \
+                 user by its objects' security descriptors",
+            ));
+        }
         Ok(Config {
             capacity,
             spin,
             max_frame: ep.max_frame()?,
             max_conns,
             max_memory,
+            #[cfg(unix)]
+            policy: crate::common::unix::PeerPolicy::from_endpoint(ep, true)?,
         })
     }
 }

@@ -170,7 +170,7 @@ pub(super) fn refused(ep: &Endpoint, reply: &[u8]) -> Error {
         NO_OTHER_USER => Error::new(
             ErrorKind::PermissionDenied,
             ep,
-            "the listener refused us (it runs as another user)",
+            "the listener refused our uid (it admits only its own user, or its `allow_uids`)",
         ),
         NO_RESOURCES => {
             let os = i32::try_from(detail as i64).unwrap_or(0);

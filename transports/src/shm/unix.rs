@@ -50,7 +50,7 @@ use super::{
     Config,
 };
 use crate::common::faults::{is_fatal_accept, Backoff};
-use crate::common::unix::{bind_socket_file, peer_credentials, Probe};
+use crate::common::unix::{bind_socket_file, credentials, peer_credentials, Probe};
 use ductwork_core::{BoxConnection, BoxListener, Endpoint, Error, ErrorKind, Result};
 use futures::task::AtomicWaker;
 use rustix::{
@@ -81,10 +81,6 @@ use tokio::{
 
 /// The set-up reply: the common head, the objects travel as `SCM_RIGHTS`.
 const REPLY_LEN: usize = REPLY_HEAD;
-
-fn my_uid() -> u32 {
-    rustix::process::geteuid().as_raw()
-}
 
 /// `shm-<name>.sock` in the private per-user directory shared with `pipe://` and
 /// `mailslot://` (see `crate::common::unix`: created 0700, refused if someone else could use it).
@@ -380,7 +376,7 @@ async fn accept_loop(
         match listener.accept().await {
             Ok((stream, _)) => {
                 backoff.reset();
-                let (ep2, limits) = (ep.clone(), limits.clone());
+                let (ep2, limits, cfg) = (ep.clone(), limits.clone(), cfg.clone());
                 spawn_setup(&tx, &ep, async move {
                     serve_handshake(stream, &ep2, cfg, &limits).await
                 });
@@ -404,11 +400,12 @@ async fn serve_handshake(
     limits: &Arc<Limits>,
 ) -> Result<BoxConnection> {
     let peer = peer_credentials(&stream);
-    let uid = stream
-        .peer_cred()
-        .map_err(|e| Error::io(ep, "read the client's credentials", e))?
-        .uid();
-    if uid != my_uid() {
+    // The hello is read first, so that a refused client is reading when the refusal comes
+    // (it would otherwise fail writing its hello to a closed socket and never hear why).
+    read_hello(&mut stream, ep).await?;
+    let creds = credentials(&stream);
+    if !cfg.policy.admits(creds) {
+        let uid = creds.map_or("unknown".into(), |c| c.uid.to_string());
         let _ = stream
             .write_all(&refusal(REPLY_LEN, NO_OTHER_USER, 0))
             .await;
@@ -418,7 +415,6 @@ async fn serve_handshake(
             format!("refused a client of uid {uid}"),
         ));
     }
-    read_hello(&mut stream, ep).await?;
     // Over a limit: refused before anything is made for the client.
     let slot = match limits.take() {
         Ok(slot) => slot,
@@ -476,11 +472,12 @@ async fn serve_handshake(
         max_frame: usize::MAX,
         slot: Some(slot),
     };
+    let capacity = cfg.capacity;
     Ok(connection(
         ep,
         cfg,
         map,
-        cfg.capacity,
+        capacity,
         true,
         Box::new(link),
         peer,
@@ -528,17 +525,7 @@ pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection>
             }
             _ => Error::io(ep, "connect", e),
         })?;
-    let server_uid = stream
-        .peer_cred()
-        .map_err(|e| Error::io(ep, "read the listener's credentials", e))?
-        .uid();
-    if server_uid != my_uid() {
-        return Err(Error::new(
-            ErrorKind::PermissionDenied,
-            ep,
-            format!("the listener runs as uid {server_uid}, not as us"),
-        ));
-    }
+    cfg.policy.check_listener(ep, credentials(&stream))?;
     let peer = peer_credentials(&stream);
     stream
         .write_all(HELLO)

@@ -63,10 +63,8 @@ pub(crate) fn peer_credentials(stream: &tokio::net::UnixStream) -> Option<String
 ///   client sees the connection lost), and keeps accepting others.
 ///
 /// Both read the credentials the kernel recorded (`SO_PEERCRED`), which the peer cannot forge.
-/// (`shm://` checks the same user on both sides itself; this is ready for it to take the
-/// options too.)
+/// `shm://` applies the same policy during its set-up (a refused client is told why).
 #[cfg(any(feature = "socket", feature = "shm"))]
-#[cfg_attr(not(feature = "socket"), allow(dead_code))]
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PeerPolicy {
     /// The uid the listener must have (client side).
@@ -76,7 +74,6 @@ pub(crate) struct PeerPolicy {
 }
 
 #[cfg(any(feature = "socket", feature = "shm"))]
-#[cfg_attr(not(feature = "socket"), allow(dead_code))]
 impl PeerPolicy {
     /// The policy the endpoint's options give; with `same_user` (the private-directory
     /// transports) the default on both sides is this process's effective uid only.
