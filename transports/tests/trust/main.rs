@@ -12,6 +12,7 @@
 //!   listener, each exchanging sequence-checked messages: nothing lost, duplicated, reordered.
 //! - `exhaust`: a tls listener out of descriptors keeps its established client and accepts
 //!   again afterwards (tcp, unix, pipe and shm are in `faults.rs`).
+//! - `parse`: what the `endpoint_parse` fuzz target found, as plain tests.
 //!
 //! Loopback only; every child is stopped by its pid (`support::child`). Linux only: the
 //! memory figures come from `/proc`.
@@ -24,6 +25,7 @@ mod crowd;
 mod exhaust;
 mod hostile;
 mod killed;
+mod parse;
 mod roles;
 
 use ductwork_core::Endpoint;
