@@ -360,7 +360,9 @@ pub struct Good {
 /// is counted as lost, and late echoes are skipped.
 pub async fn good_client(ep: Endpoint, stop: Arc<AtomicBool>) -> Result<Good, String> {
     let udp = ep.scheme() == "udp";
-    let mut c = within("good connect", ROUND, ductwork_transports::connect(&ep))
+    // The endpoint's own connect deadline, and a margin: `within` only guards against hangs.
+    let deadline = ep.connect_timeout().map_err(|e| e.to_string())? + Duration::from_secs(5);
+    let mut c = within("good connect", deadline, ductwork_transports::connect(&ep))
         .await?
         .map_err(|e| format!("good connect: {e}"))?;
     let mut good = Good::default();
@@ -448,13 +450,16 @@ pub async fn case(scheme: &str) {
     // Still accepting: a fresh client's round trips. It may queue behind the attack's
     // connections that the listener has not taken yet: a long deadline.
     let late = ep.with_option("connect_timeout", "60s");
+    let t = Instant::now();
     let after = good_client(late, Arc::new(AtomicBool::new(true))).await;
     after.unwrap_or_else(|e| panic!("{scheme}: a new client after the attack: {e}"));
+    let served_after = t.elapsed();
     let (rss, hwm) = crate::memory_kib(pid).unwrap();
     println!(
         "hostile {scheme}: seed {seed:#x}, {} inputs ({} refused by the OS, {} stalled held), \
          {killed} killed mid-frame in {attack_time:?}; good client {} round trips, {} lost; \
-         listener VmHWM {base} -> {hwm} KiB, VmRSS {rss} KiB",
+         a new client served within {served_after:?}; listener VmHWM {base} -> {hwm} KiB, \
+         VmRSS {rss} KiB",
         tried.inputs, tried.refused, tried.stalled, good.rounds, good.lost
     );
     assert!(
