@@ -74,6 +74,22 @@ fn raw(to: &Target) -> std::io::Result<Box<dyn std::any::Any>> {
     })
 }
 
+/// A new client once the flood is gone. The listener may not have closed the flood's
+/// connections yet: a refusal that says "try again later" (shm) is retried, boundedly.
+async fn connect_after(ep: &Endpoint) -> ductwork_core::Result<BoxConnection> {
+    let late = ep.with_option("connect_timeout", "20s");
+    // Bounded: 40 tries, 250 ms apart.
+    for _ in 0..40 {
+        match must("connect after", ductwork_transports::connect(&late)).await {
+            Err(e) if e.kind() == ductwork_core::ErrorKind::Refused => {
+                tokio::time::sleep(Duration::from_millis(250)).await
+            }
+            other => return other,
+        }
+    }
+    ductwork_transports::connect(&late).await
+}
+
 async fn case(scheme: &str) {
     let ep = crate::local_endpoint(scheme, "exhaust");
     let mut child = Child::spawn("exhaust-echo", &[ep, LIMIT.to_string()]).unwrap();
@@ -96,8 +112,7 @@ async fn case(scheme: &str) {
     }
     drop(flood);
     round_trips(&mut good, 200, 10).await.unwrap();
-    let late = ep.with_option("connect_timeout", "20s");
-    let mut fresh = must("connect after", ductwork_transports::connect(&late))
+    let mut fresh = connect_after(&ep)
         .await
         .unwrap_or_else(|e| panic!("{scheme}: no new client after the flood: {e}"));
     round_trips(&mut fresh, 0, 10)
