@@ -130,6 +130,45 @@ impl Child {
         })
     }
 
+    /// As [`Child::spawn`], but started through `wrapper` (a command and its arguments that
+    /// end by exec'ing the rest, such as `ip netns exec NS`), so that the role runs where the
+    /// wrapper puts it; its pid is the role's once the wrapper exec'd.
+    pub fn spawn_wrapped(
+        wrapper: &[&str],
+        role: &str,
+        args: &[impl AsRef<str>],
+    ) -> Result<Child, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
+        let (cmd, pre) = wrapper.split_first().ok_or("an empty wrapper")?;
+        let joined = args
+            .iter()
+            .map(AsRef::as_ref)
+            .collect::<Vec<_>>()
+            .join(&ARG_SEP.to_string());
+        let mut inner = Command::new(cmd)
+            .args(pre)
+            .arg(exe)
+            .args([ENTRY, "--exact", "--ignored", "--nocapture", "--quiet"])
+            .args(["--test-threads", "1"])
+            .env(ROLE_VAR, role)
+            .env(ARGS_VAR, joined)
+            .env(LIFETIME_VAR, LIFETIME.as_secs().to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("spawn child {role} through {cmd}: {e}"))?;
+        let stdin = inner.stdin.take();
+        let stdout = BufReader::new(inner.stdout.take().expect("piped stdout")).lines();
+        Ok(Child {
+            inner,
+            role: role.into(),
+            stdin,
+            stdout,
+        })
+    }
+
     /// The child's process id (None once it was reaped).
     pub fn id(&self) -> Option<u32> {
         self.inner.id()
