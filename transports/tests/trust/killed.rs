@@ -168,8 +168,5 @@ killed_tests! {
         Way::ServerMidSend,
         Way::ServerMidReceive,
     ];
-    #[ignore = "defect (issue 11, defect 5): an shm sender of 1 KiB every 10 ms to a killed \
-                peer keeps succeeding (the ring has room) and learns nothing within 20 s; \
-                tcp, unix, pipe and tls fail it within about 30 ms"]
     killed_shm_slow_sender => "shm", &[Way::ClientMidReceiveSlowSender];
 }
