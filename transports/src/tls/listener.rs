@@ -1,28 +1,32 @@
 //! The `tls://` listener: TCP accepts in one task, each handshake in a task of its own with a
 //! deadline, finished sessions handed to [`Listener::accept`] through a bounded queue. A
-//! client that fails its handshake, or never finishes it, costs the others nothing.
+//! client that fails its handshake, or never finishes it, costs the others nothing: silent
+//! connections wait for their first bytes without a handshake slot, so they cannot lock the
+//! slots, and the number of connections in either state is bounded.
 
 use super::{config, stream, stream::TlsByteStream, timeout, Config};
+use crate::common::faults::{is_fatal_accept, Backoff};
 use crate::common::framed::framed;
 use ductwork_core::{async_trait, BoxConnection, Capabilities, Endpoint, Error, Listener, Result};
 use std::{io, sync::Arc, time::Duration};
 use tokio::{
-    net::TcpListener,
+    net::{TcpListener, TcpStream},
     sync::{mpsc, Semaphore},
     task::JoinHandle,
 };
 use tokio_rustls::TlsAcceptor;
 
-/// Handshakes one listener runs at once; further clients wait in the OS's backlog.
+/// Handshakes one listener runs at once (a connection takes a slot when its first bytes
+/// arrive); further talking clients wait for a slot within their deadline.
 pub const MAX_HANDSHAKES: usize = 64;
+
+/// Connections one listener holds before their sessions are handed over (silent, waiting for
+/// a slot or shaking hands); one more is closed at once and logged.
+pub const MAX_PENDING: usize = 1024;
 
 /// Finished sessions not yet taken by `accept` (each also holds a handshake slot until taken,
 /// so this and [`MAX_HANDSHAKES`] bound the memory together).
 const QUEUE: usize = 16;
-
-/// Why the accept loop waits after an error of the OS (out of descriptors, say) before
-/// accepting again: it must not spin, and it must not stop.
-const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 
 /// A bound `tls://` listener. See the module docs.
 pub(super) struct TlsListener {
@@ -86,56 +90,96 @@ async fn accept_loop(
     tx: mpsc::Sender<Result<BoxConnection>>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let pending = Arc::new(Semaphore::new(MAX_PENDING));
+    let mut backoff = Backoff::default();
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
         let stream = match tcp.accept().await {
-            Ok((s, _)) => s,
+            Ok((s, _)) => {
+                backoff.reset();
+                s
+            }
             // A client that gave up before we accepted it is no reason to fail.
             Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+            Err(e) if is_fatal_accept(&e) => {
+                let e = Error::io(&endpoint, "accept (the listener is broken)", e);
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+            // Out of descriptors or memory: logged, retried, never fatal.
             Err(e) => {
-                // Reported to whoever accepts, who may call again: transient errors never
-                // end a listener.
-                if tx
-                    .send(Err(Error::io(&endpoint, "accept", e)))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                tokio::time::sleep(ACCEPT_PAUSE).await;
+                backoff.wait(&endpoint, "accept", &e).await;
                 continue;
             }
         };
+        let Ok(held) = pending.clone().try_acquire_owned() else {
+            tracing::warn!(
+                endpoint = %endpoint,
+                peer = ?stream.peer_addr().ok(),
+                "{MAX_PENDING} connections are already waiting for their TLS handshake: closing a new one"
+            );
+            continue;
+        };
         let _ = stream.set_nodelay(cfg.nodelay);
-        let peer = stream.peer_addr().ok().map(|a| a.to_string());
-        let (acceptor, endpoint, caps, tx) =
-            (acceptor.clone(), endpoint.clone(), caps.clone(), tx.clone());
-        let deadline = cfg.handshake;
+        let job = Handshake {
+            acceptor: acceptor.clone(),
+            endpoint: endpoint.clone(),
+            caps: caps.clone(),
+            tx: tx.clone(),
+            slots: slots.clone(),
+            deadline: cfg.handshake,
+        };
         tokio::spawn(async move {
-            let who = peer.as_deref().unwrap_or("?");
-            let tls = match tokio::time::timeout(
-                deadline,
-                acceptor.accept(stream::buffered(stream)),
-            )
-            .await
-            {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    let e = config::handshake_error(&endpoint, e, false);
-                    tracing::warn!(endpoint = %endpoint, peer = who, "TLS handshake failed: {e}");
-                    return;
-                }
-                Err(_) => {
-                    let e = timeout(&endpoint, deadline, "the client");
-                    tracing::warn!(endpoint = %endpoint, peer = who, "{e}");
-                    return;
-                }
-            };
-            let conn = framed(TlsByteStream::new(tls.into()), endpoint, peer, caps);
-            let _ = tx.send(Ok(conn)).await;
-            drop(slot);
+            job.run(stream).await;
+            drop(held);
         });
+    }
+}
+
+/// What one connection's handshake task needs.
+struct Handshake {
+    acceptor: TlsAcceptor,
+    endpoint: Endpoint,
+    caps: Capabilities,
+    tx: mpsc::Sender<Result<BoxConnection>>,
+    slots: Arc<Semaphore>,
+    deadline: Duration,
+}
+
+impl Handshake {
+    /// Waits for the client's first bytes, then for a slot, then shakes hands, all within the
+    /// deadline; hands the session to `accept` or logs why not.
+    async fn run(self, stream: TcpStream) {
+        let peer = stream.peer_addr().ok().map(|a| a.to_string());
+        let who = peer.as_deref().unwrap_or("?");
+        let endpoint = &self.endpoint;
+        let shake = async {
+            // Readable also on end of stream or error: the handshake then fails at once.
+            let _ = stream.readable().await;
+            let slot = self.slots.clone().acquire_owned().await;
+            let tls = self.acceptor.accept(stream::buffered(stream)).await;
+            (tls, slot)
+        };
+        let (tls, slot) = match tokio::time::timeout(self.deadline, shake).await {
+            Ok((Ok(tls), slot)) => (tls, slot),
+            Ok((Err(e), _)) => {
+                let e = config::handshake_error(endpoint, e, false);
+                tracing::warn!(endpoint = %endpoint, peer = who, "TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                let e = timeout(endpoint, self.deadline, "the client");
+                tracing::warn!(endpoint = %endpoint, peer = who, "{e}");
+                return;
+            }
+        };
+        let conn = framed(
+            TlsByteStream::new(tls.into()),
+            endpoint.clone(),
+            peer,
+            self.caps,
+        );
+        // The slot is held until `accept` takes the session: the queue is bounded by it too.
+        let _ = self.tx.send(Ok(conn)).await;
+        drop(slot);
     }
 }

@@ -30,8 +30,11 @@
 //! - A missing, unreadable or garbage PEM file is [`ErrorKind::InvalidEndpoint`] naming the
 //!   option and the path (never the file's contents).
 //! - The listener does every handshake in its own task with the deadline: a failed, slow or
-//!   silent client is logged and dropped and never delays or ends `accept` for others. At most
-//!   [`MAX_HANDSHAKES`] handshakes run at once; more clients wait in the OS backlog.
+//!   silent client is logged and dropped and never delays or ends `accept` for others. A
+//!   connection takes one of [`MAX_HANDSHAKES`] handshake slots only once its first bytes
+//!   arrive, so silent connections hold no slot; at most [`MAX_PENDING`] connections wait or
+//!   shake hands at once, and one over that is closed at once (logged). Transient accept
+//!   errors (out of descriptors) are logged and retried with a backoff, never returned.
 //!
 //! # A certificate for this machine
 //! [`Transport::local_endpoint`] (used by `ductwork bench` and tests) makes, on first use, a
@@ -52,6 +55,7 @@ mod imp;
 #[path = "windows.rs"]
 mod imp;
 
+use crate::common::faults::connect_within;
 use crate::common::framed::framed;
 use crate::socket::stream_caps;
 use config::Config;
@@ -62,7 +66,7 @@ use ductwork_core::{
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-pub use listener::MAX_HANDSHAKES;
+pub use listener::{MAX_HANDSHAKES, MAX_PENDING};
 
 /// Every option `tls://` knows (see the module docs).
 const OPTIONS: &[&str] = &[
@@ -116,19 +120,29 @@ impl Transport for Tls {
         let caps = self.capabilities(ep)?;
         let cfg = Config::new(ep)?;
         let (connector, name) = config::client(ep)?;
-        let tcp = crate::socket::connect_stream(ep).await?;
-        let _ = tcp.set_nodelay(cfg.nodelay);
-        let peer = tcp.peer_addr().ok().map(|a| a.to_string());
-        let tls = match tokio::time::timeout(
-            cfg.handshake,
-            connector.connect(name, stream::buffered(tcp)),
-        )
-        .await
-        {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => return Err(config::handshake_error(ep, e, true)),
-            Err(_) => return Err(timeout(ep, cfg.handshake, "the listener")),
+        // connect_timeout bounds the whole connect, TLS handshake included; the handshake
+        // has its own (usually longer) deadline as well.
+        let handshake = async {
+            let tcp = crate::socket::connect_stream(ep).await?;
+            let _ = tcp.set_nodelay(cfg.nodelay);
+            let peer = tcp.peer_addr().ok().map(|a| a.to_string());
+            match tokio::time::timeout(
+                cfg.handshake,
+                connector.connect(name, stream::buffered(tcp)),
+            )
+            .await
+            {
+                Ok(Ok(tls)) => Ok((tls, peer)),
+                Ok(Err(e)) => Err(config::handshake_error(ep, e, true)),
+                Err(_) => Err(timeout(ep, cfg.handshake, "the listener")),
+            }
         };
+        let (tls, peer) = connect_within(
+            ep,
+            "the listener did not finish the TCP and TLS handshakes",
+            handshake,
+        )
+        .await?;
         Ok(framed(
             stream::TlsByteStream::new(tls.into()),
             ep.clone(),

@@ -141,9 +141,5 @@ exhaust_tests! {
     exhaust_unix => "unix",
     exhaust_pipe => "pipe",
     exhaust_shm => "shm",
-    #[ignore = "defect: the tls listener's accept returns EMFILE (\"accept: Too many open files\") as \
-                an error instead of riding it out as the contract's \"What accept may return\" \
-                requires (transports/src/tls/listener.rs accept_loop), so an accept loop that \
-                stops at an error, as the contract allows, ends the listener"]
     exhaust_tls => "tls",
 }
