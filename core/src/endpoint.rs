@@ -78,8 +78,10 @@ impl Endpoint {
                 "`{scheme}` is not a scheme (a letter, then letters, digits, `+`, `-` or `.`)"
             )));
         }
+        // Whitespace around the address, a key or a value is dropped, as around the whole
+        // string, so that an endpoint prints as text that parses back to it.
         let (address, query) = match rest.split_once('?') {
-            Some((a, q)) => (a, Some(q)),
+            Some((a, q)) => (a.trim(), Some(q)),
             None => (rest, None),
         };
         if address.is_empty() {
@@ -90,10 +92,11 @@ impl Endpoint {
         }
         let mut options: Vec<(String, String)> = Vec::new();
         if let Some(q) = query {
-            for pair in q.split('&').filter(|p| !p.is_empty()) {
+            for pair in q.split('&').filter(|p| !p.trim().is_empty()) {
                 let (k, v) = pair
                     .split_once('=')
                     .ok_or_else(|| bad(&format!("option `{pair}` is not KEY=VALUE")))?;
+                let (k, v) = (k.trim(), v.trim());
                 if k.is_empty() {
                     return Err(bad(&format!("option `{pair}` has an empty key")));
                 }
