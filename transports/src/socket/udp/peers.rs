@@ -381,14 +381,21 @@ impl Table {
             }
             s.bytes
         };
+        let before = self.dropped();
         if own + c > self.limits.max_peer_queue {
             self.counters.peer_full += 1;
-            return self.log_drop(from, "its receiver is slow: its queue is full");
+            return self.log_drop(before, from, "its receiver is slow: its queue is full");
         }
         if !self.make_room(&queue, own + c, c) {
             self.counters.listener_full += 1;
-            return self.log_drop(from, "the listener's queues are full");
+            return self.log_drop(before, from, "the listener's queues are full");
         }
+        // Room may have been made by dropping a stalled receiver's oldest datagrams.
+        self.log_drop(
+            before,
+            from,
+            "the listener's queues are full: older datagrams of the longest queue dropped",
+        );
         let waker = {
             let mut s = queue.lock();
             // The receiver may have gone meanwhile: then nothing may be charged to it.
@@ -438,9 +445,16 @@ impl Table {
         fits(self)
     }
 
-    fn log_drop(&self, from: SocketAddr, why: &str) {
-        let dropped = self.counters.peer_full + self.counters.listener_full;
-        if dropped.is_power_of_two() {
+    /// Datagrams dropped so far, for whatever reason.
+    fn dropped(&self) -> u64 {
+        self.counters.peer_full + self.counters.listener_full
+    }
+
+    /// Logs at `warn` each time the count of drops since `before` reached a new power of two
+    /// (1, 2, 4, ...), so that a flood is visible without flooding the log.
+    fn log_drop(&self, before: u64, from: SocketAddr, why: &str) {
+        let dropped = self.dropped();
+        if dropped > 0 && (before == 0 || dropped.ilog2() > before.ilog2()) {
             let (endpoint, queued) = (&self.endpoint, self.queued());
             tracing::warn!(endpoint = %endpoint, %from, dropped, queued, "udp datagrams dropped: {why}");
         }
