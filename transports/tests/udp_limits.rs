@@ -6,6 +6,10 @@
 //!   after its connect timeout with "no ductwork listener answered"). Once the silent peers'
 //!   `idle_timeout` passed, a new client connects and the application accepts it and hears
 //!   from it. Peers used to stay for good.
+//! - `accepted_silent_peers_make_room_when_the_listener_is_full`: the application accepted
+//!   and holds two connections whose peers went silent, with `max_peers=2`; a new client is
+//!   refused until `idle_timeout` passed, then gets the slot of the one silent the longest,
+//!   whose held connection fails with `ConnectionLost` saying why.
 //! - `stalled_receivers_keep_the_listener_bounded`: a listener process holds connections it
 //!   never reads while 24 peers send 60 KB datagrams (58 MB in all, paced so that the
 //!   kernel does not drop them first). What the listener queued (read back at the end) stays
@@ -106,20 +110,7 @@ fn a_full_listener_refuses_and_silent_peers_expire() {
         .collect();
     drop(silent);
     // The silent peers are forgotten once idle_timeout (300 ms) has passed; bounded retries.
-    let mut client = None;
-    for _ in 0..100 {
-        match rt.block_on(must("connect", ductwork_transports::connect(&bound))) {
-            Ok(c) => {
-                client = Some(c);
-                break;
-            }
-            Err(e) if e.kind() == ErrorKind::Refused => {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => panic!("connect after the silent peers' timeout: {e}"),
-        }
-    }
-    let mut client = client.expect("silent peers were never forgotten (5 s)");
+    let mut client = rt.block_on(connect_when_room(&bound));
     rt.block_on(async {
         // The forgotten peers' connections are skipped; a silent peer that was not forgotten
         // yet when the client came (a slot is enough) may still be accepted before it.
@@ -138,6 +129,64 @@ fn a_full_listener_refuses_and_silent_peers_expire() {
         match must("recv", accepted.next()).await {
             Some(Ok(f)) => assert_eq!(f, hello),
             other => panic!("the accepted connection received {other:?}"),
+        }
+    });
+}
+
+/// Connects to `ep` until it is not refused (bounded in tries); any other error fails.
+async fn connect_when_room(ep: &Endpoint) -> BoxConnection {
+    for _ in 0..100 {
+        match must("connect", ductwork_transports::connect(ep)).await {
+            Ok(c) => return c,
+            Err(e) if e.kind() == ErrorKind::Refused => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+    panic!("still refused after 100 tries (5 s)");
+}
+
+#[test]
+fn accepted_silent_peers_make_room_when_the_listener_is_full() {
+    support::runtime().block_on(async {
+        let ep = Endpoint::parse("udp://127.0.0.1:0?max_peers=2&idle_timeout=300ms").unwrap();
+        let mut l = must("bind", ductwork_transports::bind(&ep)).await.unwrap();
+        let bound = l.endpoint().clone();
+        let mut clients = Vec::new();
+        let mut accepted = Vec::new();
+        for _ in 0..2 {
+            clients.push(
+                must("connect", ductwork_transports::connect(&bound))
+                    .await
+                    .unwrap(),
+            );
+            accepted.push(must("accept", l.accept()).await.unwrap());
+        }
+        let e = must("connect", ductwork_transports::connect(&bound))
+            .await
+            .err()
+            .expect("a third peer connected past max_peers=2");
+        assert_eq!(e.kind(), ErrorKind::Refused, "{e}");
+        // Both held peers are silent; once for idle_timeout, the one silent the longest (the
+        // first) gives its slot to a new client, and its connection says so.
+        let mut newcomer = connect_when_room(&bound).await;
+        let mut third = must("accept", l.accept()).await.unwrap();
+        match must("recv", accepted[0].next()).await {
+            Some(Err(e)) if e.kind() == ErrorKind::ConnectionLost => {
+                assert!(e.to_string().contains("make room"), "{e}");
+            }
+            other => panic!("the silent peer's held connection: {other:?}"),
+        }
+        assert!(
+            accepted[1].next().now_or_never().is_none(),
+            "only one slot was needed"
+        );
+        let hello = Bytes::from_static(b"in the freed slot");
+        must("send", newcomer.send(hello.clone())).await.unwrap();
+        match must("recv", third.next()).await {
+            Some(Ok(f)) => assert_eq!(f, hello),
+            other => panic!("the newcomer's connection received {other:?}"),
         }
     });
 }

@@ -12,7 +12,10 @@
 //! - `idle_timeout` (default 30 s; `500ms`, `10s`, ...): a peer whose connection has not been
 //!   accepted and that sends nothing for this long is forgotten, so hellos alone cannot hold
 //!   the peer slots for good. A peer whose connection the application dropped is forgotten at
-//!   once; an accepted connection is kept until dropped (or until its peer says bye).
+//!   once. An accepted connection is kept until dropped or its peer says bye, except when a
+//!   new peer finds every slot taken: then the accepted peer silent the longest, if for
+//!   `idle_timeout` at least, is forgotten to make room, and its connection's `recv` fails
+//!   with `ConnectionLost` saying so.
 //! - `max_peer_queue` (default 1 MiB) and `max_queue` (default 16 MiB): bytes queued for one
 //!   peer whose receiver is slow, and for all peers together. What does not fit is dropped,
 //!   as UDP would drop it in the kernel, counted and logged at `warn`.
@@ -612,7 +615,8 @@ impl Stream for UdpConn {
                         this.read_done = true;
                         let why = match end {
                             End::Expired => "the listener forgot this peer: it was silent while its connection waited for accept",
-                            _ => "the listener's socket task stopped",
+                            End::MadeRoom => "the listener forgot this peer to make room for a new one: it was silent for idle_timeout while every peer slot was taken",
+                            End::Bye | End::ListenerGone => "the listener's socket task stopped",
                         };
                         return Poll::Ready(Some(Err(Error::new(
                             ErrorKind::ConnectionLost,

@@ -5,7 +5,8 @@
 //!   forgotten at the next sweep. A peer whose connection still waits for `accept` and that
 //!   sent nothing for `idle_timeout` is forgotten too, and `accept` skips its connection. An
 //!   accepted connection is the application's: its peer stays until the application drops the
-//!   connection or the peer says bye.
+//!   connection or the peer says bye, unless a new peer finds every slot taken; then the
+//!   accepted peer silent the longest, if for `idle_timeout` at least, makes room.
 //! - **Queues, bounded in bytes**: each queued datagram costs its payload plus
 //!   [`DATAGRAM_OVERHEAD`]. One peer's queue holds at most `max_peer_queue`; a datagram that
 //!   would pass it is dropped. All queues together hold at most `max_queue`; to make room the
@@ -55,6 +56,9 @@ pub(crate) enum End {
     Bye,
     /// The peer was forgotten before its connection was accepted.
     Expired,
+    /// The peer was forgotten, though accepted, to make room for a new one: it was silent
+    /// for `idle_timeout` while every peer slot was taken.
+    MadeRoom,
     /// The listener's task stopped.
     ListenerGone,
 }
@@ -232,6 +236,8 @@ pub(crate) struct Counters {
     pub refused: u64,
     /// Peers forgotten because they stayed silent while their connection waited.
     pub expired: u64,
+    /// Accepted peers forgotten because they stayed silent while the listener was full.
+    pub made_room: u64,
 }
 
 /// The listener's peers and their queues.
@@ -309,6 +315,9 @@ impl Table {
         if self.peers.len() >= self.limits.max_peers {
             self.sweep(now);
         }
+        if self.peers.len() >= self.limits.max_peers {
+            self.make_room_for_a_peer(now);
+        }
         if self.peers.len() < self.limits.max_peers {
             return Action::Admit;
         }
@@ -319,6 +328,28 @@ impl Table {
             tracing::warn!(endpoint = %endpoint, %from, max_peers, refused, "udp peer refused: every peer slot is taken");
         }
         Action::Refuse
+    }
+
+    /// With every slot taken, forgets the accepted peer that has been silent the longest, if
+    /// for `idle_timeout` at least: hellos whose connections the application accepts and
+    /// holds must not lock the listener for good either. (A peer that keeps sending keeps
+    /// its slot.) Its connection's reader learns it (`End::MadeRoom`).
+    fn make_room_for_a_peer(&mut self, now: Instant) {
+        let idle = self.limits.idle_timeout;
+        let Some((&from, _)) = self
+            .peers
+            .iter()
+            .filter(|(_, p)| now.saturating_duration_since(p.last_heard) >= idle)
+            .min_by_key(|(_, p)| p.last_heard)
+        else {
+            return;
+        };
+        self.counters.made_room += 1;
+        tracing::debug!(endpoint = %self.endpoint, %from, "udp peer forgotten to make room: silent for idle_timeout while the listener was full");
+        if let Some(p) = self.peers.remove(&from) {
+            p.queue.end(End::MadeRoom);
+            self.retire(p);
+        }
     }
 
     /// Records the peer `from`, after [`datagram`](Self::datagram) said [`Action::Admit`] for
@@ -699,6 +730,37 @@ mod tests {
             (t.len(), t.counters().expired, t.counters().refused),
             (1, 1, 2)
         );
+    }
+
+    /// A full table makes room for a new peer by forgetting the accepted peer silent the
+    /// longest, once silent for `idle_timeout`; a peer that keeps sending keeps its slot.
+    #[test]
+    fn accepted_silent_peers_make_room_only_when_the_table_is_full() {
+        let t0 = Instant::now();
+        let mut t = table(2, 4096, 8192);
+        let quiet = join(&mut t, 1, t0);
+        let talking = join(&mut t, 2, t0);
+        assert!(quiet.accept() && talking.accept());
+        t.sweep(t0 + 2 * SECOND);
+        assert_eq!(
+            t.len(),
+            2,
+            "accepted peers stay while there is no one to make room for"
+        );
+        data(&mut t, 2, 10, 1, t0 + 2 * SECOND);
+        assert_eq!(t.datagram(addr(3), &[1], t0 + 2 * SECOND), Action::Admit);
+        let _new = t.admit(addr(3), t0 + 2 * SECOND);
+        assert!(matches!(
+            pop(&quiet),
+            Poll::Ready(Popped::End(End::MadeRoom))
+        ));
+        assert!(matches!(pop(&talking), Poll::Ready(Popped::Data(_))));
+        // The talking peer was heard within idle_timeout, and so was the new one: no room.
+        assert_eq!(
+            t.datagram(addr(4), &[1], t0 + 2 * SECOND + SECOND / 2),
+            Action::Refuse
+        );
+        assert_eq!(t.counters().made_room, 1);
     }
 
     /// Hearing from a peer keeps it; a dropped connection's peer is forgotten at the next
