@@ -3,7 +3,9 @@
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     (default 60 s; default all targets)
 #
 # Targets: shm_ring (the shared-memory ring reader/writer), frame_stream (the stream frame
-# decoder, close marker included), typed_decode (postcard decoding into a typed message). The
+# decoder, close marker included), typed_decode (postcard decoding into a typed message),
+# shm_setup (the shm set-up replies), endpoint_parse (endpoints and every transport's
+# options), udp_tags (the udp datagram tags and the listener's peer table). The
 # total is SECONDS_PER_TARGET times the number of targets, plus building them once (about a
 # minute). A crash stops the script with libFuzzer's report and the input under
 # fuzz/artifacts/TARGET/.
@@ -18,7 +20,7 @@ secs="${1:-60}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(shm_ring frame_stream typed_decode shm_setup endpoint_parse)
+    targets=(shm_ring frame_stream typed_decode shm_setup endpoint_parse udp_tags)
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

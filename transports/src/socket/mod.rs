@@ -5,7 +5,11 @@
 //! - **udp**: duplex, best-effort datagrams, one frame per datagram with a one-byte tag; a
 //!   small handshake makes `connect` fail clearly when nothing listens. The listener
 //!   demultiplexes peers by address into one connection each. Messages are capped at
-//!   65,506 bytes. Options: `connect_timeout` (or `connect_timeout_ms`; default 2 s), `max_peers` (default 1024).
+//!   65,506 bytes. Options: `connect_timeout` (or `connect_timeout_ms`; default 2 s),
+//!   `max_peers` (default 1024; a hello past it is refused, naming the limit), `idle_timeout`
+//!   (default 30 s: a silent peer is forgotten), `max_peer_queue` (1 MiB) and `max_queue`
+//!   (16 MiB) bound the bytes queued for unread connections (past them datagrams are dropped,
+//!   counted and logged: udp is best-effort).
 //! - **unix**: like tcp, on one host, at a filesystem path. The socket file is owner-only
 //!   (`0600`) unless `mode=0660` (octal) widens it, from the moment it appears (no window, no
 //!   symlink followed); a stale file left by a dead listener is replaced, a live one is

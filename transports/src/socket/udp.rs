@@ -1,12 +1,27 @@
 //! `udp://host:port`: best-effort datagrams, one frame per datagram.
 //!
 //! Each datagram starts with a one-byte tag (see `docs/wire-format.md`): `0` data, `1` hello,
-//! `2` welcome, `3` bye. `connect` sends hello until the listener answers welcome, so connecting
-//! where nothing listens fails with `NotFound` instead of sending into the void. The listener
-//! reads the one socket on a task and hands each peer address its own connection, with a
-//! bounded queue: when a slow receiver lets it fill, further datagrams are dropped, as UDP
-//! would drop them in the kernel. Datagrams with an unknown tag, or data from an address that
-//! never said hello, are dropped and logged.
+//! `2` welcome, `3` bye, `4` refused. `connect` sends hello until the listener answers welcome,
+//! so connecting where nothing listens fails with `NotFound` instead of sending into the void,
+//! and connecting to a listener with no room for another peer fails at once with `Refused`
+//! naming the limit. The listener reads the one socket on a task and hands each peer address
+//! its own connection; the peer table (`peers`) bounds peers and queued bytes.
+//!
+//! Listener options (all endpoint options; see `peers` for the rules):
+//! - `max_peers` (default 1024): peers known at once; a new peer beyond it is refused.
+//! - `idle_timeout` (default 30 s; `500ms`, `10s`, ...): a peer whose connection has not been
+//!   accepted and that sends nothing for this long is forgotten, so hellos alone cannot hold
+//!   the peer slots for good. A peer whose connection the application dropped is forgotten at
+//!   once. An accepted connection is kept until dropped or its peer says bye, except when a
+//!   new peer finds every slot taken: then the accepted peer silent the longest, if for
+//!   `idle_timeout` at least, is forgotten to make room, and its connection's `recv` fails
+//!   with `ConnectionLost` saying so.
+//! - `max_peer_queue` (default 1 MiB) and `max_queue` (default 16 MiB): bytes queued for one
+//!   peer whose receiver is slow, and for all peers together. What does not fit is dropped,
+//!   as UDP would drop it in the kernel, counted and logged at `warn`.
+//!
+//! Datagrams with an unknown tag, or data from an address that never said hello, are dropped
+//! and logged at `debug`.
 
 use crate::common::datagram::{datagram_sink, DatagramSend, Outbox};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -17,7 +32,6 @@ use ductwork_core::{
 };
 use futures::{ready, Stream};
 use std::{
-    collections::HashMap,
     io,
     net::SocketAddr,
     pin::Pin,
@@ -31,15 +45,167 @@ use tokio::{
     task::JoinHandle,
 };
 
-const OPTIONS: &[&str] = &[OPT_CONNECT_TIMEOUT_MS, "max_peers"];
+mod peers;
+
+use peers::{Action, End, Inbox, Limits, Popped, Table, DATAGRAM_OVERHEAD};
+
+const OPT_MAX_PEERS: &str = "max_peers";
+const OPT_IDLE_TIMEOUT: &str = "idle_timeout";
+const OPT_MAX_PEER_QUEUE: &str = "max_peer_queue";
+const OPT_MAX_QUEUE: &str = "max_queue";
+const OPTIONS: &[&str] = &[
+    OPT_CONNECT_TIMEOUT_MS,
+    OPT_MAX_PEERS,
+    OPT_IDLE_TIMEOUT,
+    OPT_MAX_PEER_QUEUE,
+    OPT_MAX_QUEUE,
+];
+const DEFAULT_MAX_PEERS: usize = 1024;
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_PEER_QUEUE: usize = 1 << 20;
+const DEFAULT_MAX_QUEUE: usize = 16 << 20;
+/// The longest `idle_timeout` accepted: one day (a typo in the unit should not mean "never").
+const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+
 const TAG_DATA: u8 = 0;
 const TAG_HELLO: u8 = 1;
 const TAG_WELCOME: u8 = 2;
 const TAG_BYE: u8 = 3;
+const TAG_REFUSED: u8 = 4;
+/// The longest refusal reason a client shows (a listener's reason is a few bytes).
+const MAX_REASON: usize = 128;
 /// The largest UDP payload over IPv4 (65,507 bytes) less the tag byte.
 pub const UDP_MAX_MESSAGE: usize = 65_507 - 1;
-const PEER_QUEUE: usize = 1024;
 const RECV_BUF: usize = 65_536;
+
+/// One datagram, by its tag (see `docs/wire-format.md`). Hello, welcome and bye ignore any
+/// bytes after the tag, as they always did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Datagram<'a> {
+    Data(&'a [u8]),
+    Hello,
+    Welcome,
+    Bye,
+    /// The listener has no room for another peer; the payload names the limit.
+    Refused(&'a [u8]),
+    Unknown(u8),
+    Empty,
+}
+
+/// Reads a datagram's tag.
+fn classify(d: &[u8]) -> Datagram<'_> {
+    match d.split_first() {
+        None => Datagram::Empty,
+        Some((&TAG_DATA, rest)) => Datagram::Data(rest),
+        Some((&TAG_HELLO, _)) => Datagram::Hello,
+        Some((&TAG_WELCOME, _)) => Datagram::Welcome,
+        Some((&TAG_BYE, _)) => Datagram::Bye,
+        Some((&TAG_REFUSED, rest)) => Datagram::Refused(rest),
+        Some((&tag, _)) => Datagram::Unknown(tag),
+    }
+}
+
+/// What a connecting client makes of one datagram from the listener.
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    /// Not an answer: keep waiting.
+    Wait,
+    /// Connected; a data or bye datagram that overtook the welcome comes along, to be
+    /// delivered first.
+    Welcome(Option<Bytes>),
+    /// The listener has no room; its reason, made printable.
+    Refused(String),
+}
+
+fn answer(d: &[u8]) -> Answer {
+    match classify(d) {
+        Datagram::Welcome => Answer::Welcome(None),
+        Datagram::Data(_) | Datagram::Bye => Answer::Welcome(Some(Bytes::copy_from_slice(d))),
+        Datagram::Refused(reason) => Answer::Refused(printable_reason(reason)),
+        Datagram::Hello | Datagram::Unknown(_) | Datagram::Empty => Answer::Wait,
+    }
+}
+
+/// A listener's refusal reason as a client may show it: printable ASCII only, at most
+/// [`MAX_REASON`] bytes (it comes from the network).
+fn printable_reason(reason: &[u8]) -> String {
+    let text: String = reason
+        .iter()
+        .take(MAX_REASON)
+        .map(|&b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                b as char
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if text.is_empty() {
+        "no limit named".into()
+    } else {
+        text
+    }
+}
+
+/// The refusal a full listener sends: the tag and the limit reached.
+fn refusal(max_peers: usize) -> Bytes {
+    let mut d = BytesMut::new();
+    d.put_u8(TAG_REFUSED);
+    d.put_slice(format!("{OPT_MAX_PEERS}={max_peers}").as_bytes());
+    d.freeze()
+}
+
+/// The listener's limits from the endpoint's options; a bad value is `InvalidEndpoint`.
+fn limits(ep: &Endpoint, max_message: usize) -> Result<Limits> {
+    let bad = |why: String| Error::new(ErrorKind::InvalidEndpoint, ep, why);
+    let max_peers = ep
+        .parse_option::<usize>(OPT_MAX_PEERS)?
+        .unwrap_or(DEFAULT_MAX_PEERS);
+    if max_peers == 0 {
+        return Err(bad(format!("option `{OPT_MAX_PEERS}` must be at least 1")));
+    }
+    let idle_timeout = match ep.option(OPT_IDLE_TIMEOUT) {
+        None => DEFAULT_IDLE_TIMEOUT,
+        Some(v) => match ductwork_core::parse_duration(v) {
+            Ok(d) if d.is_zero() => {
+                return Err(bad(format!(
+                    "option `{OPT_IDLE_TIMEOUT}` must be more than 0"
+                )))
+            }
+            Ok(d) if d > MAX_IDLE_TIMEOUT => {
+                return Err(bad(format!("option `{OPT_IDLE_TIMEOUT}` is over one day")))
+            }
+            Ok(d) => d,
+            Err(why) => return Err(bad(format!("option `{OPT_IDLE_TIMEOUT}={v}`: {why}"))),
+        },
+    };
+    // One queue must hold at least one largest message, and the whole at least one queue.
+    let least = max_message + DATAGRAM_OVERHEAD;
+    let max_peer_queue = ep
+        .size_option(OPT_MAX_PEER_QUEUE)?
+        .unwrap_or(DEFAULT_MAX_PEER_QUEUE.max(least));
+    if max_peer_queue < least {
+        return Err(bad(format!(
+            "option `{OPT_MAX_PEER_QUEUE}` ({max_peer_queue} bytes) cannot hold one message of \
+             {max_message} bytes: it must be at least {least}"
+        )));
+    }
+    let max_queue = ep
+        .size_option(OPT_MAX_QUEUE)?
+        .unwrap_or(DEFAULT_MAX_QUEUE.max(max_peer_queue));
+    if max_queue < max_peer_queue {
+        return Err(bad(format!(
+            "option `{OPT_MAX_QUEUE}` ({max_queue} bytes) is less than `{OPT_MAX_PEER_QUEUE}` \
+             ({max_peer_queue} bytes)"
+        )));
+    }
+    Ok(Limits {
+        max_peers,
+        max_peer_queue,
+        max_queue,
+        idle_timeout,
+    })
+}
 
 /// The UDP transport (`udp://host:port`).
 #[derive(Debug, Default, Clone, Copy)]
@@ -58,12 +224,14 @@ impl Transport for Udp {
     fn capabilities(&self, ep: &Endpoint) -> Result<Capabilities> {
         ep.check_options(OPTIONS)?;
         ep.host_port()?; // "missing port" here, not the OS's "invalid socket address" later
+        let max_message = ep.max_frame()?.min(UDP_MAX_MESSAGE);
+        limits(ep, max_message)?; // listener options are checked on either side
         Ok(Capabilities {
             direction: Direction::Duplex,
             delivery: Delivery::BestEffort,
             ordered: false,
             boundaries: Boundaries::Messages,
-            max_message: ep.max_frame()?.min(UDP_MAX_MESSAGE),
+            max_message,
             reach: Reach::Network,
             peer_loss: false,
             accept: Accept::PerPeer,
@@ -72,7 +240,7 @@ impl Transport for Udp {
 
     async fn bind(&self, ep: &Endpoint) -> Result<BoxListener> {
         let caps = self.capabilities(ep)?;
-        let max_peers = ep.parse_option::<usize>("max_peers")?.unwrap_or(1024);
+        let limits = limits(ep, caps.max_message)?;
         let sock = UdpSocket::bind(ep.address())
             .await
             .map_err(|e| Error::bind(ep, "", e))?;
@@ -87,7 +255,7 @@ impl Transport for Udp {
             sock.clone(),
             endpoint.clone(),
             caps.clone(),
-            max_peers,
+            limits,
             accept_tx,
             guard_rx,
         ));
@@ -146,6 +314,16 @@ impl Transport for Udp {
     }
 }
 
+impl Udp {
+    /// The fuzz target `udp_tags` (in `fuzz/`): everything a peer's datagram reaches, the
+    /// listener's peer table and the client's reading of the tags, driven by `input`. Not
+    /// part of the API.
+    #[doc(hidden)]
+    pub fn __fuzz_tags(input: &[u8]) {
+        peers::fuzz_one(input)
+    }
+}
+
 /// Whether a socket error means "nothing listens at that port" (ICMP port unreachable: Unix
 /// reports it as refused, Windows as reset).
 fn is_unreachable(e: &io::Error) -> bool {
@@ -157,7 +335,7 @@ fn is_unreachable(e: &io::Error) -> bool {
 
 /// Says hello until the listener answers. Returns a data or bye datagram that arrived before
 /// the welcome (the welcome may be lost or overtaken): it counts as the welcome and must be
-/// delivered first.
+/// delivered first. A refusal (the listener is full) ends it at once with `Refused`.
 ///
 /// The answer is polled with `try_recv` and short sleeps rather than awaited with `recv`:
 /// under Wine, awaiting `recv` on a connected UDP socket whose hello bounced (ICMP port
@@ -177,11 +355,17 @@ async fn handshake(sock: &UdpSocket, ep: &Endpoint, timeout: Duration) -> Result
         let until = (Instant::now() + wait).min(deadline);
         loop {
             match sock.try_recv(&mut buf) {
-                Ok(n) if n >= 1 && buf[0] == TAG_WELCOME => return Ok(None),
-                Ok(n) if n >= 1 && (buf[0] == TAG_DATA || buf[0] == TAG_BYE) => {
-                    return Ok(Some(Bytes::copy_from_slice(&buf[..n])))
-                }
-                Ok(_) => {}
+                Ok(n) => match answer(&buf[..n]) {
+                    Answer::Wait => {}
+                    Answer::Welcome(early) => return Ok(early),
+                    Answer::Refused(limit) => {
+                        return Err(Error::new(
+                            ErrorKind::Refused,
+                            ep,
+                            format!("the listener has no room for another peer ({limit} reached)"),
+                        ))
+                    }
+                },
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if Instant::now() >= until {
                         break;
@@ -215,47 +399,51 @@ impl Drop for AbortOnDrop {
     }
 }
 
-enum Incoming {
-    Data(Bytes),
-    Bye,
-}
-
-/// The listener's socket task: its state, and one method per datagram tag.
+/// The listener's socket task: the socket, the peer table, and the hand-over to `accept`.
 struct Server {
     sock: Arc<UdpSocket>,
     endpoint: Endpoint,
     caps: Capabilities,
-    max_peers: usize,
-    accept_tx: mpsc::Sender<BoxConnection>,
+    table: Table,
+    /// What a full listener answers to a new peer's hello.
+    refusal: Bytes,
+    accept_tx: mpsc::Sender<UdpConn>,
     /// Lets each accepted connection keep this task alive (see `AbortOnDrop`).
     task_guard: Weak<AbortOnDrop>,
-    peers: HashMap<SocketAddr, mpsc::Sender<Incoming>>,
-    /// Datagrams dropped because a receiver was slow, for the log.
-    dropped: u64,
 }
 
 async fn serve(
     sock: Arc<UdpSocket>,
     endpoint: Endpoint,
     caps: Capabilities,
-    max_peers: usize,
-    accept_tx: mpsc::Sender<BoxConnection>,
+    limits: Limits,
+    accept_tx: mpsc::Sender<UdpConn>,
     guard_rx: oneshot::Receiver<Weak<AbortOnDrop>>,
 ) {
     let task_guard = guard_rx.await.unwrap_or_default();
+    // Sweeps often enough that a silent peer goes within about a quarter past its timeout.
+    let every = (limits.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     let mut server = Server {
         sock,
+        table: Table::new(limits, endpoint.to_string()),
         endpoint,
         caps,
-        max_peers,
+        refusal: refusal(limits.max_peers),
         accept_tx,
         task_guard,
-        peers: HashMap::new(),
-        dropped: 0,
     };
+    let mut sweep = tokio::time::interval(every);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = vec![0u8; RECV_BUF];
     loop {
-        let (n, from) = match server.sock.recv_from(&mut buf).await {
+        let received = tokio::select! {
+            r = server.sock.recv_from(&mut buf) => r,
+            _ = sweep.tick() => {
+                server.table.sweep(Instant::now());
+                continue;
+            }
+        };
+        let (n, from) = match received {
             Ok(x) => x,
             // Windows reports an earlier send's ICMP error on the next receive; not fatal.
             Err(e)
@@ -272,40 +460,22 @@ async fn serve(
                 continue;
             }
         };
-        if n == 0 {
-            continue;
-        }
-        match buf[0] {
-            TAG_HELLO => server.on_hello(from).await,
-            TAG_DATA => server.on_data(from, &buf[1..n]),
-            TAG_BYE => {
-                if let Some(tx) = server.peers.remove(&from) {
-                    let _ = tx.try_send(Incoming::Bye);
-                }
+        match server.table.datagram(from, &buf[..n], Instant::now()) {
+            Action::Nothing => {}
+            Action::Welcome => {
+                let _ = server.sock.send_to(&[TAG_WELCOME], from).await;
             }
-            tag => {
-                tracing::debug!(endpoint = %server.endpoint, %from, tag, "udp datagram with an unknown tag dropped");
+            Action::Refuse => {
+                let _ = server.sock.send_to(&server.refusal, from).await;
             }
+            Action::Admit => server.admit(from).await,
         }
     }
 }
 
 impl Server {
-    /// A new peer gets a connection (within `max_peers`); a known one said hello again
-    /// because our welcome was lost: welcome it again.
-    async fn on_hello(&mut self, from: SocketAddr) {
-        if self.peers.contains_key(&from) {
-            let _ = self.sock.send_to(&[TAG_WELCOME], from).await;
-            return;
-        }
-        if self.peers.len() >= self.max_peers {
-            self.peers.retain(|_, tx| !tx.is_closed());
-        }
-        if self.peers.len() >= self.max_peers {
-            let (endpoint, max_peers) = (&self.endpoint, self.max_peers);
-            tracing::warn!(endpoint = %endpoint, %from, max_peers, "udp peer refused: too many peers");
-            return;
-        }
+    /// A new peer with room in the table: its connection goes to `accept`.
+    async fn admit(&mut self, from: SocketAddr) {
         // Reserve the accept slot first (a connection dropped for lack of room would say bye
         // to a peer that was never welcomed), then welcome, then hand the connection over:
         // once accepted the application may send data, which must not overtake the welcome.
@@ -313,12 +483,11 @@ impl Server {
             // The accept queue is full or the listener is gone: the peer retries.
             return;
         };
-        let (tx, rx) = mpsc::channel(PEER_QUEUE);
         let conn = UdpConn {
             early: None,
             sock: self.sock.clone(),
             to: Some(from),
-            rx: Rx::Queue(rx),
+            rx: Rx::Queue(self.table.admit(from, Instant::now())),
             info: ConnectionInfo {
                 endpoint: self.endpoint.clone(),
                 peer: Some(from.to_string()),
@@ -330,36 +499,13 @@ impl Server {
             _task: self.task_guard.upgrade(),
         };
         let _ = self.sock.send_to(&[TAG_WELCOME], from).await;
-        permit.send(Box::new(conn));
-        self.peers.insert(from, tx);
-    }
-
-    /// Queues a data datagram for its peer's connection, or drops it (unknown peer, or a
-    /// receiver too slow to keep its queue from filling).
-    fn on_data(&mut self, from: SocketAddr, payload: &[u8]) {
-        let Some(tx) = self.peers.get(&from) else {
-            tracing::debug!(endpoint = %self.endpoint, %from, "udp data from an unknown peer dropped");
-            return;
-        };
-        match tx.try_send(Incoming::Data(Bytes::copy_from_slice(payload))) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.dropped += 1;
-                if self.dropped.is_power_of_two() {
-                    let (endpoint, dropped) = (&self.endpoint, self.dropped);
-                    tracing::warn!(endpoint = %endpoint, %from, dropped, "udp receiver is slow: datagrams dropped");
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.peers.remove(&from);
-            }
-        }
+        permit.send(conn);
     }
 }
 
 struct UdpListen {
     endpoint: Endpoint,
-    accept_rx: mpsc::Receiver<BoxConnection>,
+    accept_rx: mpsc::Receiver<UdpConn>,
     _task: Arc<AbortOnDrop>,
 }
 
@@ -370,13 +516,21 @@ impl Listener for UdpListen {
     }
 
     async fn accept(&mut self) -> Result<BoxConnection> {
-        self.accept_rx.recv().await.ok_or_else(|| {
-            Error::new(
-                ErrorKind::Io,
-                &self.endpoint,
-                "the listener's socket task stopped",
-            )
-        })
+        loop {
+            let mut conn = self.accept_rx.recv().await.ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Io,
+                    &self.endpoint,
+                    "the listener's socket task stopped",
+                )
+            })?;
+            if conn.take_accepted() {
+                return Ok(Box::new(conn));
+            }
+            // Its peer was forgotten while it waited (silent for `idle_timeout`). No bye: the
+            // peer is probably gone, and a bounce from its closed port is all a bye would get.
+            conn.peer_left = true;
+        }
     }
 }
 
@@ -384,7 +538,7 @@ enum Rx {
     /// A connected client socket, read directly.
     Socket(Box<[u8]>),
     /// An accepted peer, fed by the listener's task.
-    Queue(mpsc::Receiver<Incoming>),
+    Queue(Inbox),
 }
 
 struct UdpConn {
@@ -404,6 +558,14 @@ struct UdpConn {
 }
 
 impl UdpConn {
+    /// Marks a listener's connection accepted; false if its peer was forgotten first.
+    fn take_accepted(&self) -> bool {
+        match &self.rx {
+            Rx::Queue(inbox) => inbox.accept(),
+            Rx::Socket(_) => true,
+        }
+    }
+
     fn poll_send_raw(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.to {
             Some(to) => self.sock.poll_send_to(cx, buf, to),
@@ -442,19 +604,24 @@ impl Stream for UdpConn {
         let max = this.info.capabilities.max_message;
         loop {
             let datagram = match &mut this.rx {
-                Rx::Queue(rx) => match ready!(rx.poll_recv(cx)) {
-                    Some(Incoming::Data(b)) => b,
-                    Some(Incoming::Bye) => {
+                Rx::Queue(inbox) => match ready!(inbox.poll_pop(cx)) {
+                    Popped::Data(b) => b,
+                    Popped::End(End::Bye) => {
                         this.read_done = true;
                         this.peer_left = true;
                         return Poll::Ready(None);
                     }
-                    None => {
+                    Popped::End(end) => {
                         this.read_done = true;
+                        let why = match end {
+                            End::Expired => "the listener forgot this peer: it was silent while its connection waited for accept",
+                            End::MadeRoom => "the listener forgot this peer to make room for a new one: it was silent for idle_timeout while every peer slot was taken",
+                            End::Bye | End::ListenerGone => "the listener's socket task stopped",
+                        };
                         return Poll::Ready(Some(Err(Error::new(
                             ErrorKind::ConnectionLost,
                             &this.info.endpoint,
-                            "the listener's socket task stopped",
+                            why,
                         ))));
                     }
                 },
@@ -474,9 +641,9 @@ impl Stream for UdpConn {
                             rb.filled()
                         }
                     };
-                    match d.first() {
-                        Some(&TAG_DATA) => Bytes::copy_from_slice(&d[1..]),
-                        Some(&TAG_BYE) => {
+                    match classify(d) {
+                        Datagram::Data(payload) => Bytes::copy_from_slice(payload),
+                        Datagram::Bye => {
                             this.read_done = true;
                             this.peer_left = true;
                             return Poll::Ready(None);
@@ -536,5 +703,91 @@ impl Drop for UdpConn {
                 None => self.sock.try_send(&[TAG_BYE]),
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(s: &str) -> Endpoint {
+        Endpoint::parse(s).unwrap()
+    }
+
+    /// The tags of `docs/wire-format.md`: the old four unchanged, refused new.
+    #[test]
+    fn tags_are_read_as_documented() {
+        assert_eq!(classify(&[]), Datagram::Empty);
+        assert_eq!(classify(&[0, 7]), Datagram::Data(&[7]));
+        assert_eq!(classify(&[1, 9]), Datagram::Hello);
+        assert_eq!(classify(&[2]), Datagram::Welcome);
+        assert_eq!(classify(&[3]), Datagram::Bye);
+        assert_eq!(
+            classify(b"\x04max_peers=4"),
+            Datagram::Refused(b"max_peers=4")
+        );
+        assert_eq!(classify(&[5]), Datagram::Unknown(5));
+        assert_eq!(answer(&refusal(4)), Answer::Refused("max_peers=4".into()));
+        assert_eq!(answer(&[4]), Answer::Refused("no limit named".into()));
+        // A reason from the network is shown short and printable.
+        let mut hostile = vec![4u8];
+        hostile.extend(b"\x1b[2Jmax\n");
+        hostile.extend([b'x'; 500]);
+        let Answer::Refused(why) = answer(&hostile) else {
+            panic!("not a refusal")
+        };
+        assert!(why.starts_with("?[2Jmax?x"), "{why}");
+        assert_eq!(why.len(), MAX_REASON);
+        assert_eq!(answer(&[2]), Answer::Welcome(None));
+        assert_eq!(
+            answer(&[3]),
+            Answer::Welcome(Some(Bytes::from_static(&[3])))
+        );
+        assert_eq!(answer(&[1]), Answer::Wait);
+    }
+
+    /// The limits' options: defaults, and bad values named.
+    #[test]
+    fn limit_options_are_checked() {
+        let l = limits(&ep("udp://127.0.0.1:1"), UDP_MAX_MESSAGE).unwrap();
+        assert_eq!(
+            l,
+            Limits {
+                max_peers: 1024,
+                max_peer_queue: 1 << 20,
+                max_queue: 16 << 20,
+                idle_timeout: Duration::from_secs(30),
+            }
+        );
+        let l = ep(
+            "udp://127.0.0.1:1?max_peers=3&idle_timeout=250ms&max_peer_queue=128KiB&max_queue=1MiB",
+        );
+        let l = limits(&l, UDP_MAX_MESSAGE).unwrap();
+        assert_eq!(
+            (l.max_peers, l.idle_timeout, l.max_peer_queue, l.max_queue),
+            (3, Duration::from_millis(250), 128 << 10, 1 << 20)
+        );
+        for (opts, says) in [
+            ("max_peers=0", "max_peers"),
+            ("idle_timeout=0", "idle_timeout"),
+            ("idle_timeout=2days", "idle_timeout"),
+            ("idle_timeout=25h", "idle_timeout"),
+            (
+                "max_peer_queue=1KiB",
+                "cannot hold one message of 65506 bytes",
+            ),
+            ("max_queue=64KiB", "less than `max_peer_queue`"),
+            ("max_quue=1", "unknown option"),
+        ] {
+            let e = Udp
+                .capabilities(&ep(&format!("udp://127.0.0.1:1?{opts}")))
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidEndpoint, "{opts}: {e}");
+            assert!(e.to_string().contains(says), "{opts}: {e}");
+            assert!(e.to_string().contains("udp://127.0.0.1:1"), "{opts}: {e}");
+        }
+        // A smaller max_frame lets a smaller queue hold one message.
+        let small = ep("udp://127.0.0.1:1?max_frame=1KiB&max_peer_queue=2KiB");
+        assert_eq!(Udp.capabilities(&small).unwrap().max_message, 1024);
     }
 }
