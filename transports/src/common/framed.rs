@@ -56,12 +56,6 @@ pub(crate) trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     /// clean end at the marker and can only see bytes that arrived with it.
     const HALF_CLOSE: bool = true;
 
-    /// Whether [`try_write_now`](Self::try_write_now) puts bytes on the stream at once (a
-    /// socket, a pipe), so that the hello can leave when the connection is made. A stream
-    /// that only queues them (TLS, which must encrypt) sends its hello with the first flush
-    /// or receive instead.
-    const WRITES_NOW: bool = false;
-
     /// Writes without waiting; used on drop to send the close marker when nothing is pending.
     fn try_write_now(&self, buf: &[u8]) -> io::Result<usize>;
 }
@@ -74,8 +68,6 @@ macro_rules! byte_stream {
     ($($t:ty),+) => {
         $(
             impl $crate::common::framed::ByteStream for $t {
-                const WRITES_NOW: bool = true;
-
                 fn try_write_now(&self, buf: &[u8]) -> std::io::Result<usize> {
                     self.try_write(buf)
                 }
@@ -86,7 +78,6 @@ macro_rules! byte_stream {
         $(
             impl $crate::common::framed::ByteStream for $t {
                 const HALF_CLOSE: bool = false;
-                const WRITES_NOW: bool = true;
 
                 fn try_write_now(&self, buf: &[u8]) -> std::io::Result<usize> {
                     self.try_write(buf)
@@ -122,6 +113,9 @@ pub(crate) struct FramedConnection<S: ByteStream> {
     hello_out: bool,
     /// What the peer's hello said, once read.
     peer: PeerLimit,
+    /// A sender waited the whole deadline for the peer's hello and goes on without it; the
+    /// reader still takes a late one off the start of the stream.
+    hello_wait_over: bool,
     /// The largest frame this side sends: our own limit, then also the peer's.
     send_max: usize,
     /// Until the peer's hello is read, the tasks that wait in `poll_next` and in `poll_ready`:
@@ -151,14 +145,16 @@ pub(crate) fn framed(
     peer: Option<String>,
     capabilities: Capabilities,
 ) -> BoxConnection {
-    Box::new(FramedConnection::new(
+    let mut conn = FramedConnection::new(
         stream,
         ConnectionInfo {
             endpoint,
             peer,
             capabilities,
         },
-    ))
+    );
+    conn.send_hello_now();
+    Box::new(conn)
 }
 
 impl<S: ByteStream> FramedConnection<S> {
@@ -168,29 +164,33 @@ impl<S: ByteStream> FramedConnection<S> {
         let codec = FrameCodec::new(max);
         let mut write_buf = BytesMut::with_capacity(WRITE_BOUNDARY);
         encode_hello(&mut write_buf, max);
-        // The hello leaves now where the stream can write at once, so that a peer waiting
-        // for it need not wait until this side flushes or reads; else with the first flush.
-        if S::WRITES_NOW {
-            if let Ok(n) = stream.try_write_now(&write_buf) {
-                write_buf.advance(n.min(write_buf.len()));
-            }
-        }
         FramedConnection {
             stream,
             codec,
             read_buf: BytesMut::with_capacity(READ_CAPACITY),
-            hello_out: write_buf.is_empty(),
+            hello_out: false,
             write_buf,
             info,
             close_sent: false,
             read_done: false,
             peer_closed: false,
             peer: PeerLimit::Unknown,
+            hello_wait_over: false,
             send_max: max,
             reader_waker: None,
             hello_waker: None,
             hello_deadline: None,
         }
+    }
+
+    /// Sends our hello now, if the stream takes it without waiting (a fresh connection's
+    /// always does), so that a peer waiting for it need not wait until this side first
+    /// flushes or reads. Polled with a waker that does nothing: no task waits on this
+    /// connection yet, and whichever polls it next registers its own. Else the hello goes
+    /// with the first flush or receive.
+    fn send_hello_now(&mut self) {
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        let _ = self.poll_write_all(&mut cx);
     }
 
     /// Takes the peer's hello off the front of the read buffer, if it is there, and wakes a
@@ -264,8 +264,7 @@ impl<S: ByteStream> FramedConnection<S> {
             Box::pin(tokio::time::sleep(wait))
         });
         if deadline.as_mut().poll(cx).is_ready() {
-            self.peer = PeerLimit::Absent;
-            self.wake_readers();
+            self.hello_wait_over = true;
             return Poll::Ready(Ok(()));
         }
         self.hello_waker = Some(cx.waker().clone());
@@ -484,7 +483,7 @@ impl<S: ByteStream> Sink<Bytes> for FramedConnection<S> {
         if self.close_sent {
             return Poll::Ready(Err(self.closed_err()));
         }
-        if self.peer == PeerLimit::Unknown {
+        if self.peer == PeerLimit::Unknown && !self.hello_wait_over {
             ready!(self.poll_peer_hello(cx))?;
         }
         if self.write_buf.len() >= WRITE_BOUNDARY {
@@ -699,5 +698,35 @@ mod tests {
         assert!(early.await.is_err(), "no end before the end of stream");
         w.shutdown().await.unwrap();
         assert!(b.next().await.is_none(), "marker then end of stream: clean");
+    }
+
+    /// A raw peer that sends no hello (it only reads): the first send waits for one at most
+    /// the endpoint's `connect_timeout`, then goes; the peer reads our hello, then the frame.
+    /// A hello that comes late is still taken off the start of the stream (not a frame, not
+    /// a protocol error), and its limit applies to the sends after it.
+    #[tokio::test]
+    async fn a_peer_without_a_hello_is_sent_to_after_the_deadline() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ep = format!("tcp://{}?connect_timeout=200ms", l.local_addr().unwrap());
+        let (c, r) = tokio::join!(crate::connect(ep.as_str()), l.accept());
+        let (mut c, (mut raw, _)) = (c.unwrap(), r.unwrap());
+        c.send(Bytes::from_static(b"hi")).await.unwrap();
+        let mut got = [0u8; 14];
+        raw.read_exact(&mut got).await.unwrap();
+        assert_eq!(
+            got[..8],
+            [0xff, 0xff, 0xff, 0xfe, 1, 0, 0, 0],
+            "hello, 16 MiB"
+        );
+        assert_eq!(&got[8..], b"\0\0\0\x02hi");
+        raw.write_all(b"\xff\xff\xff\xfe\0\0\0\x10\0\0\0\x01z")
+            .await
+            .unwrap();
+        assert_eq!(&c.next().await.unwrap().unwrap()[..], b"z");
+        let e = c.send(Bytes::from(vec![0u8; 17])).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::FrameTooLarge, "{e}");
+        assert!(e.to_string().contains("peer's limit of 16 bytes"), "{e}");
+        c.send(Bytes::from(vec![0u8; 16])).await.unwrap();
     }
 }
