@@ -15,6 +15,7 @@
 mod bench;
 mod encoding;
 mod json;
+mod render;
 mod sendlisten;
 
 use clap::{Parser, Subcommand};

@@ -717,8 +717,11 @@ fn send_raw_reaches_a_typed_receiver() {
         ("hex", "07 04 62 6F 6C 74 03\r\nac020000\n"),
         ("base64", "BwRib2x0Aw==\nrAIAAA\n"),
     ] {
-        let sent = send_with(&["--raw", encoding], &endpoint, input.as_bytes());
-        assert!(sent.status.success(), "{encoding}: {}", stderr(&sent));
+        // The sender's first frame waits for the listener's hello, written when it accepts:
+        // accept while it runs.
+        let ep = endpoint.clone();
+        let sender =
+            std::thread::spawn(move || send_with(&["--raw", encoding], &ep, input.as_bytes()));
         let got: Vec<Order> = rt.block_on(async {
             let mut ch: ductwork::Channel<Order> =
                 ductwork::accept_channel(&mut listener).await.unwrap();
@@ -732,6 +735,8 @@ fn send_raw_reaches_a_typed_receiver() {
             }
             got
         });
+        let sent = sender.join().unwrap();
+        assert!(sent.status.success(), "{encoding}: {}", stderr(&sent));
         let want = [
             Order {
                 id: 7,
@@ -839,4 +844,115 @@ fn listen_on_a_mailslot_survives_an_over_long_message() {
         log.contains("skipped a message") && log.contains("65536"),
         "the over-long message is reported, naming the limit: {log}"
     );
+}
+
+/// Issue 11, defect 11, exactly: a listener with `max_frame=1KiB`, a sender (with the default
+/// limit) of the lines `1`, a 20 KB string, `2` over tcp. The sender learns that line 2 was
+/// refused (stderr names the line and the peer's limit; exit status 1), line 3 still arrives
+/// on the same connection, and the listener prints `1` and `2`. (The sender exited 0, the
+/// listener dropped the connection with FrameTooLarge and `2` never arrived.)
+#[test]
+fn send_learns_that_the_listener_refused_a_message() {
+    let (listener, _stderr, endpoint) =
+        listen(&["tcp://127.0.0.1:0?max_frame=1KiB", "--count", "2"]);
+    // The sender's own limit is the default: only the listener's hello can refuse line 2.
+    let plain = endpoint.split('?').next().unwrap().to_string();
+    let input = format!("1\n\"{}\"\n2\n", "x".repeat(20_000));
+    let sent = send(&plain, input.as_bytes());
+    let e = stderr(&sent);
+    assert_eq!(sent.status.code(), Some(1), "{e}");
+    assert!(e.contains("stdin line 2 not sent"), "{e}");
+    assert!(e.contains("peer's limit of 1024 bytes"), "{e}");
+    let out = wait_with_timeout(listener, Duration::from_secs(30));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n2\n");
+}
+
+/// Issue 11, defect 10: `listen` serves connections at once. A client connects first and
+/// stays idle (on tcp, and on udp, where one idle or killed sender used to wedge the
+/// listener for good); a second client's messages are still printed.
+#[test]
+fn listen_serves_a_client_while_another_is_idle() {
+    for scheme in ["tcp", "udp"] {
+        let (listener, _stderr, endpoint) =
+            listen(&[&format!("{scheme}://127.0.0.1:0"), "--count", "2"]);
+        let rt = runtime();
+        let idle = rt
+            .block_on(ductwork::connect(endpoint.as_str()))
+            .unwrap_or_else(|e| panic!("{scheme}: idle client: {e}"));
+        let sent = send(&endpoint, b"1\n2\n");
+        assert!(sent.status.success(), "{scheme}: {}", stderr(&sent));
+        let out = wait_with_timeout(listener, Duration::from_secs(30));
+        assert!(out.status.success(), "{scheme}: {}", stderr(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n2\n", "{scheme}");
+        drop(idle);
+    }
+}
+
+/// Issue 11, defect 10: one valid 16 MiB frame holding a JSON array of nulls (80 MB as
+/// text) is printed as one line of at most `--max-line` bytes (64 KiB by default) plus a
+/// marker with the exact count of bytes elided, and the listener's peak memory stays small
+/// (it went from 21 MiB to 1.1 GiB, and printed an 80 MB line). It goes on serving after it.
+#[test]
+fn listen_prints_a_huge_frame_in_bounded_output_and_memory() {
+    use futures::SinkExt;
+    use std::sync::mpsc;
+    let (mut listener, _stderr, endpoint) = listen(&["tcp://127.0.0.1:0", "--count", "2"]);
+    // Lines of stdout, read on a thread so that every wait below has a deadline.
+    let (tx, lines) = mpsc::channel();
+    let stdout = BufReader::new(listener.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stdout.lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    let n = 16 * 1024 * 1024 - 5; // Array tag, a 4-byte varint count, n nulls: 16 MiB.
+    let mut frame = vec![6u8];
+    let mut count = n as u64;
+    while count >= 0x80 {
+        frame.push(count as u8 | 0x80);
+        count >>= 7;
+    }
+    frame.push(count as u8);
+    frame.resize(frame.len() + n, 0);
+    assert_eq!(frame.len(), 16 * 1024 * 1024);
+    let rt = runtime();
+    let mut conn = rt.block_on(ductwork::connect(endpoint.as_str())).unwrap();
+    rt.block_on(conn.send(bytes::Bytes::from(frame))).unwrap();
+    let line = lines
+        .recv_timeout(Duration::from_secs(120))
+        .expect("a line");
+    let whole = 5 * n + 1; // "[" + n times "null" joined by "," + "]"
+    let kept = 64 * 1024;
+    assert_eq!(
+        line.len(),
+        kept + format!(" ... [{} bytes elided]", whole - kept).len()
+    );
+    assert!(line.starts_with("[null,null,"), "{}", &line[..40]);
+    assert!(
+        line.ends_with(&format!("null, ... [{} bytes elided]", whole - kept)),
+        "{}",
+        &line[line.len() - 60..]
+    );
+    #[cfg(target_os = "linux")]
+    {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", listener.id())).unwrap();
+        let peak_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM");
+        // The frame's 16 MiB buffer (grown by doubling: a copy at each step) and the runtime.
+        assert!(peak_kib < 160 * 1024, "listen peaked at {peak_kib} KiB");
+    }
+    // The envelope's string "after": variant 5, length 5, the bytes.
+    rt.block_on(conn.send(bytes::Bytes::from_static(b"\x05\x05after")))
+        .unwrap();
+    let line = lines.recv_timeout(Duration::from_secs(60)).expect("a line");
+    assert_eq!(line, "\"after\"");
+    rt.block_on(conn.close()).unwrap();
+    let out = wait_with_timeout(listener, Duration::from_secs(30));
+    assert!(out.status.success(), "{}", stderr(&out));
 }

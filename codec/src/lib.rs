@@ -21,6 +21,11 @@
 //! +----------------+
 //! ```
 //!
+//! Before its first frame each side writes a *hello*, `0xFFFF_FFFE` then its own `max_frame`
+//! (u32, big-endian): the largest frame it accepts. A sender refuses a frame over the peer's
+//! announced limit itself ([`encode_hello`], [`parse_hello`]), so a conforming receiver never
+//! has to refuse one. A stream that starts with anything else has no hello (a raw writer).
+//!
 //! The close marker lets a receiver tell a clean close (marker, then end of stream) from a peer
 //! that died (end of stream without a marker, or in the middle of a frame). [`FrameCodec`]
 //! implements this on top of tokio-util's [`LengthDelimitedCodec`], checks every length against
@@ -55,6 +60,52 @@ pub const HEADER_LEN: usize = 4;
 
 /// The header value that marks a clean close of the sending direction.
 pub const CLOSE_MARKER: u32 = 0xFFFF_FFFF;
+
+/// The header value that opens a hello: the sender's receive limit follows (u32, big-endian).
+pub const HELLO_MARKER: u32 = 0xFFFF_FFFE;
+
+/// Size of a hello in bytes: the marker and the limit.
+pub const HELLO_LEN: usize = 8;
+
+/// Writes a hello announcing `max_frame` (clamped to [`MAX_CONFIGURABLE_FRAME`]) into `dst`.
+pub fn encode_hello(dst: &mut BytesMut, max_frame: usize) {
+    dst.put_u32(HELLO_MARKER);
+    dst.put_u32(max_frame.min(MAX_CONFIGURABLE_FRAME) as u32);
+}
+
+/// What the first bytes of a stream say about the peer's hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hello {
+    /// Too few bytes to tell yet.
+    Incomplete,
+    /// A hello announcing this limit; it takes the first [`HELLO_LEN`] bytes.
+    Limit(usize),
+    /// The stream does not start with a hello (a raw writer): its limit is unknown.
+    Absent,
+}
+
+/// Reads the hello at the start of `src`, if one is there (see [`Hello`]). A limit over
+/// [`MAX_CONFIGURABLE_FRAME`] is taken as that maximum.
+pub fn parse_hello(src: &[u8]) -> Hello {
+    if src.len() < 4 {
+        // Empty or a prefix of the marker: undecided; anything else is a frame header.
+        return if HELLO_MARKER.to_be_bytes().starts_with(src) {
+            Hello::Incomplete
+        } else {
+            Hello::Absent
+        };
+    }
+    if src[..4] != HELLO_MARKER.to_be_bytes() {
+        return Hello::Absent;
+    }
+    match src.get(4..HELLO_LEN) {
+        None => Hello::Incomplete,
+        Some(l) => {
+            let limit = u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize;
+            Hello::Limit(limit.min(MAX_CONFIGURABLE_FRAME))
+        }
+    }
+}
 
 /// What went wrong while framing, encoding or decoding.
 #[derive(Debug)]
@@ -280,6 +331,13 @@ impl Decoder for FrameCodec {
                 )));
             }
             return Ok(Some(Frame::Close));
+        }
+        if len == HELLO_MARKER {
+            // A hello is only valid as the first bytes of a stream, where the reader takes
+            // it before decoding frames.
+            return Err(CodecError::Protocol(
+                "a hello after the start of the stream".into(),
+            ));
         }
         // Check before anything reserves `len` bytes.
         let len = len as usize;
@@ -530,6 +588,34 @@ mod tests {
         assert_eq!(codec.decode(&mut src).unwrap(), None);
         assert_eq!(codec.decode_eof(&mut src).unwrap(), None);
         src.put_u8(1);
+        assert!(matches!(
+            codec.decode(&mut src),
+            Err(CodecError::Protocol(_))
+        ));
+    }
+
+    /// The hello: its bytes, how a reader tells it from a frame at every split, and that a
+    /// hello anywhere but at the start is a protocol error.
+    #[test]
+    fn hello_is_recognised_only_at_the_start() {
+        let mut dst = BytesMut::new();
+        encode_hello(&mut dst, 1024);
+        assert_eq!(&dst[..], &[0xff, 0xff, 0xff, 0xfe, 0, 0, 4, 0]);
+        for n in 0..HELLO_LEN {
+            assert_eq!(parse_hello(&dst[..n]), Hello::Incomplete, "{n} bytes");
+        }
+        assert_eq!(parse_hello(&dst), Hello::Limit(1024));
+        assert_eq!(parse_hello(&[0, 0, 0, 1, 7]), Hello::Absent);
+        assert_eq!(parse_hello(&[0]), Hello::Absent);
+        assert_eq!(parse_hello(&[0xff, 0xff, 0xff, 0xff]), Hello::Absent);
+        assert_eq!(
+            parse_hello(&[0xff, 0xff, 0xff, 0xfe, 0xff, 0xff, 0xff, 0xff]),
+            Hello::Limit(MAX_CONFIGURABLE_FRAME)
+        );
+        let mut src = frame_bytes(b"x");
+        src.extend_from_slice(&dst);
+        let mut codec = FrameCodec::new(64);
+        assert!(matches!(codec.decode(&mut src), Ok(Some(Frame::Data(_)))));
         assert!(matches!(
             codec.decode(&mut src),
             Err(CodecError::Protocol(_))

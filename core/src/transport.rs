@@ -17,7 +17,16 @@
 //!   frame was handed to the mechanism (socket buffer, ring, mailslot): not that the peer read it.
 //!   A full mechanism makes send wait (backpressure): no transport buffers without bound.
 //! - **Size limit.** A frame larger than the endpoint's `max_message` is refused on send with
-//!   [`ErrorKind::FrameTooLarge`](crate::ErrorKind) and the connection stays usable. A peer that
+//!   [`ErrorKind::FrameTooLarge`](crate::ErrorKind) and the connection stays usable. On the
+//!   byte-stream transports (tcp, unix, pipe, tls) the two sides also tell each other their
+//!   limit at connect (a hello, see `docs/wire-format.md`; no round trip: each writes its own
+//!   at once and a sender waits only before its first frame, for the peer's), and a frame over
+//!   *the peer's* limit is refused the same way, on send, naming the endpoint and the limit,
+//!   nothing written: so a sender learns of every frame its peer would refuse, and a
+//!   conforming receiver never drops a connection for one. A peer that sends no hello (a raw
+//!   writer) within the endpoint's `connect_timeout` has an unknown limit. (shm, whose set-up
+//!   handshake could carry the limits, does not exchange them yet; message transports refuse
+//!   on the receiving side, see *After an error*.) A peer that
 //!   announces a larger frame makes *that connection* fail with `FrameTooLarge` (on a shared
 //!   receiver: that message only, see *After an error*) before any memory is reserved for it;
 //!   nor is memory reserved by a frame's announced length alone, only as its bytes arrive.
@@ -27,6 +36,13 @@
 //!   [`ErrorKind::Protocol`](crate::ErrorKind) error instead, however late it arrives (on a
 //!   byte stream with a half-close; a Windows named pipe has none, see `docs/wire-format.md`). Dropping a connection without closing is best-effort: transports try to
 //!   close cleanly, but may report [`ErrorKind::ConnectionLost`](crate::ErrorKind) instead.
+//!   A completed close, like a completed send, means the frames were handed to the mechanism,
+//!   not that the peer's application read them: there is no acknowledgement. If the receiving
+//!   application drops its connection with frames unread, those frames are lost and the
+//!   sender is not necessarily told: a send or close still in progress may fail with
+//!   `ConnectionLost` (a stream socket closed with unread data resets the connection), but a
+//!   close that completed before that returned `Ok`. An application that must know that its
+//!   peer processed a message asks for a reply (`ductwork::patterns::reqrep`).
 //! - **What a dead peer looks like.** If the peer dies (killed, crashed, network reset) a
 //!   transport with `peer_loss` makes the survivor's pending and later `recv` return
 //!   [`ErrorKind::ConnectionLost`](crate::ErrorKind) promptly, never hang; `None` is reserved for

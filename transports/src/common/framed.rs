@@ -7,18 +7,32 @@
 //! for the end of stream (where the stream has a half-close, [`ByteStream::HALF_CLOSE`]) and
 //! reports any byte before it as [`ErrorKind::Protocol`]. Room for a frame grows with the
 //! bytes that arrive ([`ductwork_codec::grow_for`]), never by a header's claim alone.
+//!
+//! Limits are exchanged without a round trip: each side writes its hello (its own
+//! `max_frame`) as soon as the connection exists, and reads the peer's before the peer's
+//! first frame. A sender waits for the peer's hello before its first frame (in `poll_ready`;
+//! the peer wrote it when it accepted or connected, so this costs at most the time until the
+//! listener accepts) and then refuses a frame over the peer's limit itself, with
+//! [`ErrorKind::FrameTooLarge`], leaving the connection usable: a conforming receiver never
+//! has to drop a connection for a frame it cannot take. A peer that sent no hello (a raw
+//! writer) within the endpoint's `connect_timeout` has an unknown limit.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use ductwork_codec::{check_len, CodecError, Frame, FrameCodec, CLOSE_MARKER, HEADER_LEN};
+use ductwork_codec::{
+    check_len, encode_hello, parse_hello, CodecError, Frame, FrameCodec, Hello, CLOSE_MARKER,
+    HEADER_LEN, HELLO_LEN,
+};
 use ductwork_core::{
     BoxConnection, Capabilities, Connection, ConnectionInfo, Endpoint, Error, ErrorKind,
     FrameWriter, Result,
 };
 use futures::{ready, Sink, Stream};
 use std::{
+    future::Future,
     io,
     pin::Pin,
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
+    time::Duration,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::{codec::Decoder, io::poll_read_buf};
@@ -95,6 +109,33 @@ pub(crate) struct FramedConnection<S: ByteStream> {
     /// marker to it is not an error. With [`ByteStream::HALF_CLOSE`] the reader then waits
     /// for the end of stream, and any byte before it is a protocol error.
     peer_closed: bool,
+    /// Our hello has left the write buffer.
+    hello_out: bool,
+    /// What the peer's hello said, once read.
+    peer: PeerLimit,
+    /// A sender waited the whole deadline for the peer's hello and goes on without it; the
+    /// reader still takes a late one off the start of the stream.
+    hello_wait_over: bool,
+    /// The largest frame this side sends: our own limit, then also the peer's.
+    send_max: usize,
+    /// Until the peer's hello is read, the tasks that wait in `poll_next` and in `poll_ready`:
+    /// both read the stream then, and a stream keeps one read waker, so whichever reads wakes
+    /// the other (a split connection's halves run in different tasks).
+    reader_waker: Option<Waker>,
+    hello_waker: Option<Waker>,
+    /// When a sender stops waiting for a hello that does not come.
+    hello_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// The peer's receive limit, as its hello told it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerLimit {
+    /// No hello read yet.
+    Unknown,
+    /// The peer takes frames up to this size.
+    Known(usize),
+    /// The peer sent no hello (a raw writer), or the stream ended or failed first.
+    Absent,
 }
 
 /// A boxed framed connection over `stream`: what every byte-stream transport hands out.
@@ -104,29 +145,152 @@ pub(crate) fn framed(
     peer: Option<String>,
     capabilities: Capabilities,
 ) -> BoxConnection {
-    Box::new(FramedConnection::new(
+    let mut conn = FramedConnection::new(
         stream,
         ConnectionInfo {
             endpoint,
             peer,
             capabilities,
         },
-    ))
+    );
+    conn.send_hello_now();
+    Box::new(conn)
 }
 
 impl<S: ByteStream> FramedConnection<S> {
     /// Wraps `stream`; the frame limit is `info.capabilities.max_message`.
     pub(crate) fn new(stream: S, info: ConnectionInfo) -> Self {
-        let codec = FrameCodec::new(info.capabilities.max_message);
+        let max = info.capabilities.max_message;
+        let codec = FrameCodec::new(max);
+        let mut write_buf = BytesMut::with_capacity(WRITE_BOUNDARY);
+        encode_hello(&mut write_buf, max);
         FramedConnection {
             stream,
             codec,
             read_buf: BytesMut::with_capacity(READ_CAPACITY),
-            write_buf: BytesMut::with_capacity(WRITE_BOUNDARY),
+            hello_out: false,
+            write_buf,
             info,
             close_sent: false,
             read_done: false,
             peer_closed: false,
+            peer: PeerLimit::Unknown,
+            hello_wait_over: false,
+            send_max: max,
+            reader_waker: None,
+            hello_waker: None,
+            hello_deadline: None,
+        }
+    }
+
+    /// Sends our hello now, if the stream takes it without waiting (a fresh connection's
+    /// always does), so that a peer waiting for it need not wait until this side first
+    /// flushes or reads. Polled with a waker that does nothing: no task waits on this
+    /// connection yet, and whichever polls it next registers its own. Else the hello goes
+    /// with the first flush or receive.
+    fn send_hello_now(&mut self) {
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        let _ = self.poll_write_all(&mut cx);
+    }
+
+    /// Takes the peer's hello off the front of the read buffer, if it is there, and wakes a
+    /// task that waits for it. Call only while the peer's limit is unknown.
+    fn take_hello(&mut self) {
+        match parse_hello(&self.read_buf) {
+            Hello::Incomplete => return,
+            Hello::Absent => self.peer = PeerLimit::Absent,
+            Hello::Limit(limit) => {
+                self.read_buf.advance(HELLO_LEN);
+                self.peer = PeerLimit::Known(limit);
+                self.send_max = self.send_max.min(limit);
+            }
+        }
+        self.wake_readers();
+    }
+
+    /// Wakes both tasks that may wait on the stream's reads (see `reader_waker`).
+    fn wake_readers(&mut self) {
+        for w in [self.reader_waker.take(), self.hello_waker.take()]
+            .into_iter()
+            .flatten()
+        {
+            w.wake();
+        }
+    }
+
+    /// Waits until the peer's limit is settled: its hello read, or none by the deadline.
+    /// Our own hello goes out first, so two peers that both wait never wait on each other.
+    fn poll_peer_hello(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        if !self.hello_out {
+            if let Poll::Ready(Err(e)) = self.poll_write_all(cx) {
+                return Poll::Ready(Err(self.err(CodecError::from(e))));
+            }
+        }
+        // Bounded: each pass reads bytes (the hello is decided by its first 8) or returns.
+        for _ in 0..16 {
+            self.take_hello();
+            if self.peer != PeerLimit::Unknown {
+                return Poll::Ready(Ok(()));
+            }
+            self.read_buf.reserve(HELLO_LEN);
+            match poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.read_buf) {
+                Poll::Ready(Ok(n)) => {
+                    // Whatever this read took, the receiving task must look at it.
+                    self.wake_readers();
+                    if n == 0 {
+                        self.peer = PeerLimit::Absent;
+                    }
+                }
+                Poll::Ready(Err(_)) => {
+                    // The receiving side reports the failure; sends will meet it too.
+                    self.wake_readers();
+                    self.peer = PeerLimit::Absent;
+                }
+                Poll::Pending => return self.poll_hello_deadline(cx),
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Waiting for the hello: pending until the deadline (the endpoint's `connect_timeout`),
+    /// after which the peer counts as one without a hello.
+    fn poll_hello_deadline(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let endpoint = &self.info.endpoint;
+        let deadline = self.hello_deadline.get_or_insert_with(|| {
+            let wait = endpoint
+                .connect_timeout()
+                .unwrap_or(Duration::from_secs(10));
+            Box::pin(tokio::time::sleep(wait))
+        });
+        if deadline.as_mut().poll(cx).is_ready() {
+            self.hello_wait_over = true;
+            return Poll::Ready(Ok(()));
+        }
+        self.hello_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Checks a frame of `len` bytes against our limit and the peer's; `Err` refuses it.
+    fn check_send(&self, len: usize) -> Result<()> {
+        if self.close_sent {
+            return Err(self.closed_err());
+        }
+        if len <= self.send_max {
+            return Ok(());
+        }
+        let own = self.info.capabilities.max_message;
+        match check_len(len, own) {
+            Err(e) => Err(self.err(e)),
+            Ok(()) => Err(Error::new(
+                ErrorKind::FrameTooLarge,
+                &self.info.endpoint,
+                format!(
+                    "frame of {len} bytes exceeds the peer's limit of {} bytes (its \
+                     max_frame); nothing was sent and the connection stays usable",
+                    self.send_max
+                ),
+            )),
         }
     }
 
@@ -145,6 +309,9 @@ impl<S: ByteStream> FramedConnection<S> {
     fn peer_has_closed(&mut self, cx: &mut Context<'_>) -> bool {
         if self.peer_closed {
             return true;
+        }
+        if self.peer == PeerLimit::Unknown {
+            self.take_hello();
         }
         // Bounded: a few reads of what is already there, never a wait.
         for _ in 0..16 {
@@ -183,6 +350,7 @@ impl<S: ByteStream> FramedConnection<S> {
             }
             self.write_buf.advance(n);
         }
+        self.hello_out = true;
         Pin::new(stream).poll_flush(cx)
     }
 }
@@ -199,12 +367,7 @@ impl<S: ByteStream> Connection for FramedConnection<S> {
         len: usize,
         encode: &mut dyn FnMut(&mut FrameWriter<'_>) -> Result<()>,
     ) -> Result<()> {
-        if self.close_sent {
-            return Err(self.closed_err());
-        }
-        if let Err(e) = check_len(len, self.info.capabilities.max_message) {
-            return Err(self.err(e));
-        }
+        self.check_send(len)?;
         let buf = &mut self.write_buf;
         let start = buf.len();
         buf.reserve(HEADER_LEN + len);
@@ -231,8 +394,21 @@ impl<S: ByteStream> Stream for FramedConnection<S> {
             return Poll::Ready(None);
         }
         let this = &mut *self;
+        if !this.hello_out {
+            // A side that only receives must still send its hello (TLS queues it until a
+            // flush); a failure to write it shows on the reads and sends that follow.
+            let _ = this.poll_write_all(cx);
+        }
         loop {
-            match this.codec.decode(&mut this.read_buf) {
+            if this.peer == PeerLimit::Unknown {
+                this.take_hello();
+            }
+            // Frames only after the hello is settled: a partial hello is no frame header.
+            let decoded = match this.peer {
+                PeerLimit::Unknown => Ok(None),
+                _ => this.codec.decode(&mut this.read_buf),
+            };
+            match decoded {
                 // Not a whole frame yet (the codec made room for more of it), or the close
                 // marker was read and the end of stream must follow.
                 Ok(None) => {}
@@ -253,13 +429,20 @@ impl<S: ByteStream> Stream for FramedConnection<S> {
             }
             // Room for at least one byte, so that a read of 0 means end of stream.
             this.read_buf.reserve(1);
-            match ready!(poll_read_buf(
-                Pin::new(&mut this.stream),
-                cx,
-                &mut this.read_buf
-            )) {
+            let read = poll_read_buf(Pin::new(&mut this.stream), cx, &mut this.read_buf);
+            if this.peer == PeerLimit::Unknown {
+                // A sender may wait for the hello in `poll_ready` (see `reader_waker`).
+                match read {
+                    Poll::Pending => this.reader_waker = Some(cx.waker().clone()),
+                    Poll::Ready(_) => this.wake_readers(),
+                }
+            }
+            match ready!(read) {
                 Ok(0) => {
                     this.read_done = true;
+                    if this.peer == PeerLimit::Unknown {
+                        this.peer = PeerLimit::Absent;
+                    }
                     // A partial frame is `Truncated`; nothing at all is a peer gone without
                     // its close marker; nothing after the marker is the clean end.
                     let e = match this.codec.decode_eof(&mut this.read_buf) {
@@ -283,6 +466,9 @@ impl<S: ByteStream> Stream for FramedConnection<S> {
                 }
                 Err(e) => {
                     this.read_done = true;
+                    if this.peer == PeerLimit::Unknown {
+                        this.peer = PeerLimit::Absent;
+                    }
                     return Poll::Ready(Some(Err(this.err(CodecError::from(e)))));
                 }
             }
@@ -293,9 +479,12 @@ impl<S: ByteStream> Stream for FramedConnection<S> {
 impl<S: ByteStream> Sink<Bytes> for FramedConnection<S> {
     type Error = Error;
 
-    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         if self.close_sent {
             return Poll::Ready(Err(self.closed_err()));
+        }
+        if self.peer == PeerLimit::Unknown && !self.hello_wait_over {
+            ready!(self.poll_peer_hello(cx))?;
         }
         if self.write_buf.len() >= WRITE_BOUNDARY {
             return self.poll_flush(cx);
@@ -304,12 +493,7 @@ impl<S: ByteStream> Sink<Bytes> for FramedConnection<S> {
     }
 
     fn start_send(mut self: Pin<&mut Self>, item: Bytes) -> Result<()> {
-        if self.close_sent {
-            return Err(self.closed_err());
-        }
-        if let Err(e) = check_len(item.len(), self.info.capabilities.max_message) {
-            return Err(self.err(e));
-        }
+        self.check_send(item.len())?;
         self.write_buf.reserve(HEADER_LEN + item.len());
         self.write_buf.put_u32(item.len() as u32);
         self.write_buf.extend_from_slice(&item);
@@ -356,8 +540,12 @@ impl<S: ByteStream> Drop for FramedConnection<S> {
         // Best effort: a connection dropped with nothing pending closes cleanly. If the marker
         // cannot be written whole, the peer sees a truncated header: ConnectionLost, as if this
         // side had died, which is what the contract allows for drop without close.
-        if !self.close_sent && self.write_buf.is_empty() {
-            let _ = self.stream.try_write_now(&CLOSE_MARKER.to_be_bytes());
+        // Our hello may still be pending (a stream that does not write at once): it goes
+        // first.
+        let only_hello = !self.hello_out && self.write_buf.len() <= HELLO_LEN;
+        if !self.close_sent && (self.write_buf.is_empty() || only_hello) {
+            self.write_buf.put_u32(CLOSE_MARKER);
+            let _ = self.stream.try_write_now(&self.write_buf);
         }
     }
 }
@@ -510,5 +698,35 @@ mod tests {
         assert!(early.await.is_err(), "no end before the end of stream");
         w.shutdown().await.unwrap();
         assert!(b.next().await.is_none(), "marker then end of stream: clean");
+    }
+
+    /// A raw peer that sends no hello (it only reads): the first send waits for one at most
+    /// the endpoint's `connect_timeout`, then goes; the peer reads our hello, then the frame.
+    /// A hello that comes late is still taken off the start of the stream (not a frame, not
+    /// a protocol error), and its limit applies to the sends after it.
+    #[tokio::test]
+    async fn a_peer_without_a_hello_is_sent_to_after_the_deadline() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ep = format!("tcp://{}?connect_timeout=200ms", l.local_addr().unwrap());
+        let (c, r) = tokio::join!(crate::connect(ep.as_str()), l.accept());
+        let (mut c, (mut raw, _)) = (c.unwrap(), r.unwrap());
+        c.send(Bytes::from_static(b"hi")).await.unwrap();
+        let mut got = [0u8; 14];
+        raw.read_exact(&mut got).await.unwrap();
+        assert_eq!(
+            got[..8],
+            [0xff, 0xff, 0xff, 0xfe, 1, 0, 0, 0],
+            "hello, 16 MiB"
+        );
+        assert_eq!(&got[8..], b"\0\0\0\x02hi");
+        raw.write_all(b"\xff\xff\xff\xfe\0\0\0\x10\0\0\0\x01z")
+            .await
+            .unwrap();
+        assert_eq!(&c.next().await.unwrap().unwrap()[..], b"z");
+        let e = c.send(Bytes::from(vec![0u8; 17])).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::FrameTooLarge, "{e}");
+        assert!(e.to_string().contains("peer's limit of 16 bytes"), "{e}");
+        c.send(Bytes::from(vec![0u8; 16])).await.unwrap();
     }
 }

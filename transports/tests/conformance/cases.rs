@@ -132,6 +132,16 @@ pub const ALL: &[Case] = &[
         needs: any,
         run: sized_send_wrong_count,
     },
+    Case {
+        name: "peer_limit_refused_on_send",
+        needs: exchanges_limits,
+        run: peer_limit_refused_on_send,
+    },
+    Case {
+        name: "peer_limit_refused_by_listener",
+        needs: exchanges_limits,
+        run: peer_limit_refused_by_listener,
+    },
 ];
 
 fn any(_: &Capabilities) -> Result<(), &'static str> {
@@ -162,6 +172,17 @@ fn peer_loss(c: &Capabilities) -> Result<(), &'static str> {
     c.peer_loss
         .then_some(())
         .ok_or("transport cannot see a peer die")
+}
+
+/// Transports whose two sides tell each other their frame limit at connect, so that a frame
+/// over the peer's limit is refused on send (the contract's *Size limit*): the reliable byte
+/// streams, which all share `common/framed.rs`. shm joins once its set-up carries the limits.
+fn exchanges_limits(c: &Capabilities) -> Result<(), &'static str> {
+    duplex_per_peer(c)?;
+    reliable(c)?;
+    (c.boundaries == ductwork_core::Boundaries::FramedBytes)
+        .then_some(())
+        .ok_or("no limit exchange at connect (yet)")
 }
 
 /// Connections that one failed receive ends: per peer and reliable. A datagram connection
@@ -409,8 +430,99 @@ fn max_size(s: &Subject) -> Result<(), String> {
 /// allocation of the claimed size).
 fn oversized_from_peer(s: &Subject) -> Result<(), String> {
     run(120, async {
-        let ep = endpoint(s, "oversized_from_peer").with_option("max_frame", "65536");
-        let (peer, bound) = listener("blast", &ep, &["4096".into()]).await?;
+        let (mut c, peer) = oversized_sender(s, "oversized_from_peer", 0).await?;
+        match within("recv", PEER_DEADLINE, c.next()).await? {
+            Some(Err(e)) if e.kind() == ErrorKind::FrameTooLarge => {}
+            other => return Err(format!("expected FrameTooLarge, got {other:?}")),
+        }
+        drop(c);
+        peer.finish().await
+    })
+}
+
+/// A connection (with a limit of 1 KiB) to a peer process that sends it a frame over that
+/// limit, then `after` small frames. A ductwork peer that knows our limit refuses such a
+/// frame itself (see `peer_limit_refused_by_listener`), so where the transport exchanges
+/// limits the offender is the subject's raw client, which writes a header claiming far more
+/// than the limit, then noise; elsewhere a `blast` listener.
+async fn oversized_sender(
+    s: &Subject,
+    case: &str,
+    after: u32,
+) -> Result<(BoxConnection, Child), String> {
+    let ep = endpoint(s, case).with_option("max_frame", "65536");
+    let caps = ductwork_transports::capabilities(&ep).map_err(e2s)?;
+    if exchanges_limits(&caps).is_ok() && s.garbage.is_some() {
+        let mut l = ductwork_transports::bind(&ep.with_option("max_frame", "1024"))
+            .await
+            .map_err(e2s)?;
+        let peer = spawn_peer("garbage", l.endpoint(), &[s.name.into()])?;
+        return Ok((accept(&mut l).await?, peer));
+    }
+    let args = ["4096".to_string(), after.to_string()];
+    let (peer, bound) = listener("blast", &ep, &args).await?;
+    let mine = bound.with_option("max_frame", "1024");
+    let c = within(
+        "connect",
+        PEER_DEADLINE,
+        ductwork_transports::connect(&mine),
+    )
+    .await?
+    .map_err(e2s)?;
+    Ok((c, peer))
+}
+
+/// The scenario across two processes: a receiver process with `max_frame=1KiB`, a
+/// sender (this process) with the default limit. A frame within the receiver's limit arrives;
+/// one of 20,000 bytes is refused on send with FrameTooLarge naming the endpoint, before
+/// anything is written; the connection stays usable, and the next frame arrives. (The frame
+/// used to be written, the receiver dropped the connection, and the sender never knew.)
+fn peer_limit_refused_on_send(s: &Subject) -> Result<(), String> {
+    run(120, async {
+        let ep = endpoint(s, "peer_limit_refused_on_send").with_option("max_frame", "1KiB");
+        let (peer, bound) = listener("echo-server", &ep, &[]).await?;
+        let mine = bound.with_option("max_frame", "1MiB");
+        let mut c = within(
+            "connect",
+            PEER_DEADLINE,
+            ductwork_transports::connect(&mine),
+        )
+        .await?
+        .map_err(e2s)?;
+        echo(&mut c, Bytes::from(vec![1u8; 1024])).await?;
+        match c.send(Bytes::from(vec![2u8; 20_000])).await {
+            Err(e) if e.kind() == ErrorKind::FrameTooLarge => {
+                let text = e.to_string();
+                if !text.contains(bound.address()) || !text.contains("1024") {
+                    return Err(format!("the refusal names neither endpoint nor limit: {e}"));
+                }
+            }
+            other => return Err(format!("20,000 bytes to a 1 KiB peer: {other:?}")),
+        }
+        echo(&mut c, Bytes::from_static(b"still usable"))
+            .await
+            .map_err(|e| format!("after the refused frame: {e}"))?;
+        c.close().await.map_err(e2s)?;
+        peer.finish().await
+    })
+}
+
+/// Sends `frame` and expects it back from an echo server.
+async fn echo(c: &mut BoxConnection, frame: Bytes) -> Result<(), String> {
+    c.send(frame.clone()).await.map_err(e2s)?;
+    match within("echo", PEER_DEADLINE, c.next()).await? {
+        Some(Ok(back)) if back == frame => Ok(()),
+        other => Err(format!("{} bytes came back as {other:?}", frame.len())),
+    }
+}
+
+/// The other direction: a listener process sends to this client, which announced 1 KiB. Its
+/// 4,096-byte frame is refused on its side (the role checks the error and exits with 1
+/// otherwise); the frame it sends next arrives, then the clean end.
+fn peer_limit_refused_by_listener(s: &Subject) -> Result<(), String> {
+    run(120, async {
+        let ep = endpoint(s, "peer_limit_refused_by_listener");
+        let (peer, bound) = listener("send-over-limit", &ep, &["4096".into()]).await?;
         let mine = bound.with_option("max_frame", "1024");
         let mut c = within(
             "connect",
@@ -420,10 +532,18 @@ fn oversized_from_peer(s: &Subject) -> Result<(), String> {
         .await?
         .map_err(e2s)?;
         match within("recv", PEER_DEADLINE, c.next()).await? {
-            Some(Err(e)) if e.kind() == ErrorKind::FrameTooLarge => {}
-            other => return Err(format!("expected FrameTooLarge, got {other:?}")),
+            Some(Ok(f)) if &f[..] == b"after" => {}
+            other => {
+                let why = peer.finish().await.err().unwrap_or_default();
+                return Err(format!(
+                    "expected the frame after the refused one: {other:?}; {why}"
+                ));
+            }
         }
-        drop(c);
+        match within("recv", PEER_DEADLINE, c.next()).await? {
+            None => {}
+            other => return Err(format!("expected the clean end: {other:?}")),
+        }
         peer.finish().await
     })
 }
@@ -924,21 +1044,15 @@ fn cancel_safe_accept(s: &Subject) -> Result<(), String> {
 
 /// After a receive returned an error other than Decode the connection is broken: every later
 /// receive returns an error or the end, never a frame, never a hang. Twice: a live peer
-/// process sends one frame over our limit and then valid small frames (a reader that went on
-/// would deliver them); and (if the transport sees peers die) a peer process is killed. A
+/// process sends one frame over our limit and then more bytes (valid small frames, or the raw
+/// client's noise where the transport exchanges limits; see `oversized_sender`), which a
+/// reader that went on would deliver; and (if the transport sees peers die) a peer process is killed. A
 /// dead peer also makes a send fail (with ConnectionLost or Closed) within a few sends, and
 /// every send after that fails too.
 fn broken_after_error(s: &Subject) -> Result<(), String> {
     run(180, async {
-        let ep = endpoint(s, "broken_after_error").with_option("max_frame", "65536");
-        let (peer, bound) = listener("blast", &ep, &["4096".into(), "20".into()]).await?;
-        let mut c = within(
-            "connect",
-            PEER_DEADLINE,
-            ductwork_transports::connect(&bound.with_option("max_frame", "1024")),
-        )
-        .await?
-        .map_err(e2s)?;
+        let ep = endpoint(s, "broken_after_error");
+        let (mut c, peer) = oversized_sender(s, "broken_after_error", 20).await?;
         match within("recv", PEER_DEADLINE, c.next()).await? {
             Some(Err(e)) if e.kind() == ErrorKind::FrameTooLarge => {}
             other => return Err(format!("expected FrameTooLarge, got {other:?}")),

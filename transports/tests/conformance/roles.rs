@@ -183,6 +183,27 @@ async fn child(role: &str, args: &[String]) -> Result<(), String> {
             tokio::select! { _ = serve => {}, _ = until_stdin_closes() => {} }
             Ok(())
         }
+        // Bind; accept one client; send it a frame of SIZE bytes, which must be refused on
+        // send with FrameTooLarge (the client announced a smaller limit), then the frame
+        // "after" on the same connection, and close.
+        "send-over-limit" => {
+            let size: usize = arg(args, 1)?;
+            let mut l = ductwork_transports::bind(&ep).await.map_err(e2s)?;
+            announce_ready(l.endpoint());
+            let mut c = l.accept().await.map_err(e2s)?;
+            match c.send(Bytes::from(vec![7u8; size])).await {
+                Err(e) if e.kind() == ErrorKind::FrameTooLarge => {
+                    if !e.to_string().contains(l.endpoint().address()) {
+                        return Err(format!("the refusal does not name the endpoint: {e}"));
+                    }
+                }
+                other => return Err(format!("{size} bytes over the peer's limit: {other:?}")),
+            }
+            c.send(Bytes::from_static(b"after")).await.map_err(e2s)?;
+            c.close().await.map_err(e2s)?;
+            until_stdin_closes().await;
+            Ok(())
+        }
         // Bind and hold the name until stdin closes.
         "hold" => {
             let l = ductwork_transports::bind(&ep).await.map_err(e2s)?;
