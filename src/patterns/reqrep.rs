@@ -71,10 +71,7 @@ use std::{
     future::Future,
     panic::AssertUnwindSafe,
     pin::Pin,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex, Weak,
-    },
+    sync::{Arc, Mutex, Weak},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -202,7 +199,6 @@ impl Failure {
 struct Shared<Req, Resp> {
     endpoint: Endpoint,
     opts: ClientOptions,
-    next_id: AtomicU64,
     current: Mutex<Current<Req, Resp>>,
     state: watch::Sender<LinkState>,
 }
@@ -216,12 +212,27 @@ enum Current<Req, Resp> {
 /// One connection and the calls waiting on it.
 struct Link<Req, Resp> {
     endpoint: String,
-    tx: AsyncMutex<SplitSink<ClientChannel<Req, Resp>, Request<Req>>>,
+    tx: AsyncMutex<Tx<Req, Resp>>,
     rx: AsyncMutex<SplitStream<ClientChannel<Req, Resp>>>,
     calls: Mutex<Calls<Resp>>,
     /// When a frame last arrived; kept with heartbeats only (elsewhere a clock read per
     /// frame would buy nothing).
     heard: Option<Mutex<Instant>>,
+}
+
+/// The sending half, and the next request id: taken with the half, so an id costs no atomic
+/// operation of its own.
+struct Tx<Req, Resp> {
+    sink: SplitSink<ClientChannel<Req, Resp>, Request<Req>>,
+    next_id: u64,
+}
+
+impl<Req, Resp> Tx<Req, Resp> {
+    /// A fresh id, unique on this connection.
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
 }
 
 struct Calls<Resp> {
@@ -272,7 +283,6 @@ where
         let shared = Arc::new(Shared {
             endpoint,
             opts,
-            next_id: AtomicU64::new(1),
             current: Mutex::new(Current::Reconnecting),
             state: watch::Sender::new(LinkState::Connected),
         });
@@ -324,7 +334,7 @@ where
             _ => return Ok(()),
         };
         self.shared.state.send_replace(LinkState::Lost);
-        let r = super::close_result(link.tx.lock().await.close().await);
+        let r = super::close_result(link.tx.lock().await.sink.close().await);
         link.fail_all(Error::new(
             ErrorKind::Closed,
             &link.endpoint,
@@ -341,8 +351,7 @@ where
 {
     async fn call(self: &Arc<Self>, req: Req) -> Result<Resp> {
         let link = self.link().await?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let r = link.call(id, req).await;
+        let r = link.call(req).await;
         // Whatever broke a link failed the call that noticed it, so only a failed call looks.
         if r.is_err() {
             if let Some(f) = link.failure() {
@@ -488,7 +497,7 @@ async fn watch<Req, Resp>(
             ));
             break;
         }
-        if let Err(e) = link.tx.lock().await.send(Request::Ping).await {
+        if let Err(e) = link.tx.lock().await.sink.send(Request::Ping).await {
             link.fail_all(e);
             break;
         }
@@ -508,7 +517,10 @@ where
         let (tx, rx) = ch.split();
         Link {
             endpoint,
-            tx: AsyncMutex::new(tx),
+            tx: AsyncMutex::new(Tx {
+                sink: tx,
+                next_id: 0,
+            }),
             rx: AsyncMutex::new(rx),
             calls: Mutex::new(Calls {
                 waiting: HashMap::new(),
@@ -518,14 +530,14 @@ where
         }
     }
 
-    async fn call(&self, id: u64, req: Req) -> Result<Resp> {
-        let msg = Request::Call { id, body: req };
+    async fn call(&self, req: Req) -> Result<Resp> {
         // The lone caller's path: holding the reading lock from before its request leaves,
         // nobody else can read the reply, so the call needs no entry in the waiting map and
         // no hand-over; it reads its reply itself.
         if let Some(mut rx) = self.rx.try_lock() {
             if let Some(mut tx) = self.tx.try_lock() {
-                let mut send = std::pin::pin!(tx.send(msg));
+                let id = tx.id();
+                let mut send = std::pin::pin!(tx.sink.send(Request::Call { id, body: req }));
                 let Poll::Ready(sent) = futures::poll!(send.as_mut()) else {
                     // The request cannot leave yet, and whoever reads next may read its
                     // reply: register it while nobody else can read, then let go of reading
@@ -542,12 +554,15 @@ where
                 return self.read_until(Some(id), &mut rx).await;
             }
         }
+        let mut tx = self.tx.lock().await;
+        let id = tx.id();
         let (waiter, reply) = oneshot::channel();
         self.register(id, waiter)?;
         // Whatever ends this call (reply, error, deadline, a dropped future) forgets its id, so
         // a reply that comes later finds nobody and is discarded.
         let _forget = Forget { link: self, id };
-        let sent = self.tx.lock().await.send(msg).await;
+        let sent = tx.sink.send(Request::Call { id, body: req }).await;
+        drop(tx);
         self.sent(sent)?;
         self.wait(id, reply).await
     }
