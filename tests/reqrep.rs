@@ -13,6 +13,8 @@ enum Op {
     /// Sleeps, then answers with the value given.
     Slow(u64, i64),
     Panic,
+    /// Answers with the value given after a millisecond; the bytes only take room on the way.
+    Bulk(#[serde(with = "serde_bytes")] Vec<u8>, i64),
 }
 
 async fn handler(op: Op) -> i64 {
@@ -23,6 +25,10 @@ async fn handler(op: Op) -> i64 {
             v
         }
         Op::Panic => panic!("handler asked to panic"),
+        Op::Bulk(_, v) => {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            v
+        }
     }
 }
 
@@ -97,6 +103,46 @@ async fn concurrent_callers_each_get_their_own_reply() {
         while let Some(r) = tasks.join_next().await {
             r.unwrap();
         }
+        server.shutdown(Duration::from_secs(5)).await.unwrap();
+    }
+}
+
+/// Requests larger than what the connection holds, from many callers at once, to a server that
+/// reads one at a time: sends wait for room (a caller that found nobody reading must then let
+/// another read), and every reply still reaches its own caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_whose_requests_fill_the_connection_each_get_their_own_reply() {
+    for ep in endpoints("full") {
+        // A small ring for shm; the sockets' buffers fill with the same load.
+        let ep = if ep.starts_with("shm") {
+            format!("{ep}?capacity=64KiB")
+        } else {
+            ep
+        };
+        let server = Server::bind(ep.as_str(), handler)
+            .await
+            .unwrap()
+            .with_options(ServerOptions {
+                max_in_flight: 1,
+                ..ServerOptions::default()
+            })
+            .spawn();
+        let client = Client::<Op, i64>::connect(server.endpoint()).await.unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..32i64 {
+            let c = client.clone();
+            tasks.spawn(async move {
+                for round in 0..2 {
+                    let v = i * 10 + round;
+                    let got = c.call(Op::Bulk(vec![i as u8; 24 * 1024], v)).await;
+                    assert_eq!(got.unwrap(), v);
+                }
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+        client.close().await.unwrap();
         server.shutdown(Duration::from_secs(5)).await.unwrap();
     }
 }

@@ -49,8 +49,8 @@
 //!   default) the client pings when idle and counts the server lost after
 //!   `interval * misses` of silence; the server drops a client silent that long.
 //! - **No background task.** The caller whose reply is due reads the connection and hands
-//!   other callers' replies to them, so a lone caller pays one lock and one map entry over a
-//!   plain [`Channel`] round trip.
+//!   other callers' replies to them. A lone caller takes the reading side before it sends and
+//!   reads its own reply: no waiting-map entry, no hand-over, no wake-up of another task.
 //! - The server polls a connection's handlers on that connection's task (up to
 //!   [`ServerOptions::max_in_flight`] at once, then it stops reading, which pushes back on the
 //!   client); a handler that burns CPU should hand work to `tokio::task::spawn_blocking`. A
@@ -59,8 +59,9 @@
 use super::serve::{accept_until, Background};
 use super::{Backoff, Heartbeat, Heartbeats, LinkState};
 use crate::{BoxListener, Channel, Endpoint, Error, ErrorKind, Result};
+use futures::lock::Mutex as AsyncMutex;
 use futures::{
-    future::FutureExt,
+    future::{poll_fn, FutureExt},
     stream::{FuturesUnordered, SplitSink, SplitStream},
     SinkExt, StreamExt,
 };
@@ -70,14 +71,11 @@ use std::{
     future::Future,
     panic::AssertUnwindSafe,
     pin::Pin,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex, Weak,
-    },
+    sync::{Arc, Mutex, Weak},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
-use tokio::sync::{oneshot, watch, Mutex as AsyncMutex};
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 /// What a client sends.
@@ -201,7 +199,6 @@ impl Failure {
 struct Shared<Req, Resp> {
     endpoint: Endpoint,
     opts: ClientOptions,
-    next_id: AtomicU64,
     current: Mutex<Current<Req, Resp>>,
     state: watch::Sender<LinkState>,
 }
@@ -215,11 +212,27 @@ enum Current<Req, Resp> {
 /// One connection and the calls waiting on it.
 struct Link<Req, Resp> {
     endpoint: String,
-    tx: AsyncMutex<SplitSink<ClientChannel<Req, Resp>, Request<Req>>>,
+    tx: AsyncMutex<Tx<Req, Resp>>,
     rx: AsyncMutex<SplitStream<ClientChannel<Req, Resp>>>,
     calls: Mutex<Calls<Resp>>,
-    /// When a frame last arrived (for heartbeats).
-    heard: Mutex<Instant>,
+    /// When a frame last arrived; kept with heartbeats only (elsewhere a clock read per
+    /// frame would buy nothing).
+    heard: Option<Mutex<Instant>>,
+}
+
+/// The sending half, and the next request id: taken with the half, so an id costs no atomic
+/// operation of its own.
+struct Tx<Req, Resp> {
+    sink: SplitSink<ClientChannel<Req, Resp>, Request<Req>>,
+    next_id: u64,
+}
+
+impl<Req, Resp> Tx<Req, Resp> {
+    /// A fresh id, unique on this connection.
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
 }
 
 struct Calls<Resp> {
@@ -270,7 +283,6 @@ where
         let shared = Arc::new(Shared {
             endpoint,
             opts,
-            next_id: AtomicU64::new(1),
             current: Mutex::new(Current::Reconnecting),
             state: watch::Sender::new(LinkState::Connected),
         });
@@ -322,7 +334,7 @@ where
             _ => return Ok(()),
         };
         self.shared.state.send_replace(LinkState::Lost);
-        let r = super::close_result(link.tx.lock().await.close().await);
+        let r = super::close_result(link.tx.lock().await.sink.close().await);
         link.fail_all(Error::new(
             ErrorKind::Closed,
             &link.endpoint,
@@ -339,17 +351,23 @@ where
 {
     async fn call(self: &Arc<Self>, req: Req) -> Result<Resp> {
         let link = self.link().await?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let r = link.call(id, req).await;
-        if let Some(f) = link.failure() {
-            self.lost(&link, f);
+        let r = link.call(req).await;
+        // Whatever broke a link failed the call that noticed it, so only a failed call looks.
+        if r.is_err() {
+            if let Some(f) = link.failure() {
+                self.lost(&link, f);
+            }
         }
         r
     }
 
     /// The current link; while reconnecting, waits for it.
     async fn link(&self) -> Result<Arc<Link<Req, Resp>>> {
-        // Subscribed before looking, so no change between the look and the wait is missed.
+        if let Current::Up(link) = &*lock(&self.current) {
+            return Ok(link.clone());
+        }
+        // Subscribed before looking again, so no change between the look and the wait is
+        // missed.
         let mut changes = self.state.subscribe();
         loop {
             match &*lock(&self.current) {
@@ -370,7 +388,7 @@ where
     /// Puts a fresh connection in place (unless the client was closed meanwhile).
     fn install(self: &Arc<Self>, ch: ClientChannel<Req, Resp>) {
         let heartbeat = self.opts.heartbeats.resolve(&ch.info().capabilities);
-        let link = Arc::new(Link::new(ch));
+        let link = Arc::new(Link::new(ch, heartbeat.is_some()));
         {
             let mut cur = lock(&self.current);
             if matches!(*cur, Current::Down(_)) {
@@ -454,16 +472,19 @@ async fn watch<Req, Resp>(
     let every = hb.map_or(Duration::from_secs(1), |h| h.interval);
     loop {
         match link.rx.try_lock() {
-            Ok(mut rx) => {
+            Some(mut rx) => {
                 let _ = tokio::time::timeout(every, link.read_until(None, &mut rx)).await;
             }
-            Err(_) => tokio::time::sleep(every).await,
+            None => tokio::time::sleep(every).await,
         }
         if link.failure().is_some() || shared.strong_count() == 0 {
             break;
         }
         let Some(hb) = hb else { continue };
-        let silent = lock(&link.heard).elapsed();
+        let silent = link
+            .heard
+            .as_ref()
+            .map_or(Duration::ZERO, |h| lock(h).elapsed());
         if silent > hb.bound() {
             let detail = format!(
                 "no answer to heartbeats for {silent:?} (bound {:?})",
@@ -476,7 +497,7 @@ async fn watch<Req, Resp>(
             ));
             break;
         }
-        if let Err(e) = link.tx.lock().await.send(Request::Ping).await {
+        if let Err(e) = link.tx.lock().await.sink.send(Request::Ping).await {
             link.fail_all(e);
             break;
         }
@@ -491,41 +512,72 @@ where
     Req: Serialize + Send + 'static,
     Resp: DeserializeOwned + Send + 'static,
 {
-    fn new(ch: ClientChannel<Req, Resp>) -> Self {
+    fn new(ch: ClientChannel<Req, Resp>, heartbeats: bool) -> Self {
         let endpoint = ch.info().endpoint.to_string();
         let (tx, rx) = ch.split();
         Link {
             endpoint,
-            tx: AsyncMutex::new(tx),
+            tx: AsyncMutex::new(Tx {
+                sink: tx,
+                next_id: 0,
+            }),
             rx: AsyncMutex::new(rx),
             calls: Mutex::new(Calls {
                 waiting: HashMap::new(),
                 broken: None,
             }),
-            heard: Mutex::new(Instant::now()),
+            heard: heartbeats.then(|| Mutex::new(Instant::now())),
         }
     }
 
-    async fn call(&self, id: u64, req: Req) -> Result<Resp> {
-        let (waiter, mut reply) = oneshot::channel();
+    async fn call(&self, req: Req) -> Result<Resp> {
+        // The lone caller's path: holding the reading lock from before its request leaves,
+        // nobody else can read the reply, so the call needs no entry in the waiting map and
+        // no hand-over; it reads its reply itself.
+        if let Some(mut rx) = self.rx.try_lock() {
+            if let Some(mut tx) = self.tx.try_lock() {
+                let id = tx.id();
+                let mut send = std::pin::pin!(tx.sink.send(Request::Call { id, body: req }));
+                let Poll::Ready(sent) = futures::poll!(send.as_mut()) else {
+                    // The request cannot leave yet, and whoever reads next may read its
+                    // reply: register it while nobody else can read, then let go of reading
+                    // (a reader that waits to send could deadlock with a server that waits
+                    // to send replies).
+                    let (waiter, reply) = oneshot::channel();
+                    self.register(id, waiter)?;
+                    let _forget = Forget { link: self, id };
+                    drop(rx);
+                    self.sent(send.await)?;
+                    return self.wait(id, reply).await;
+                };
+                self.sent(sent)?;
+                return self.read_until(Some(id), &mut rx).await;
+            }
+        }
+        let mut tx = self.tx.lock().await;
+        let id = tx.id();
+        let (waiter, reply) = oneshot::channel();
         self.register(id, waiter)?;
         // Whatever ends this call (reply, error, deadline, a dropped future) forgets its id, so
         // a reply that comes later finds nobody and is discarded.
         let _forget = Forget { link: self, id };
-        let sent = self
-            .tx
-            .lock()
-            .await
-            .send(Request::Call { id, body: req })
-            .await;
-        if let Err(e) = sent {
-            // Too large or not encodable: this request only. Anything else broke the link.
-            return Err(match e.kind() {
-                ErrorKind::FrameTooLarge | ErrorKind::Encode => e,
-                _ => self.fail_all(e),
-            });
-        }
-        // Wait for another reader to hand the reply over, or become the reader.
+        let sent = tx.sink.send(Request::Call { id, body: req }).await;
+        drop(tx);
+        self.sent(sent)?;
+        self.wait(id, reply).await
+    }
+
+    /// A send's outcome: a request too large or not encodable fails that request only;
+    /// anything else broke the link.
+    fn sent(&self, sent: Result<()>) -> Result<()> {
+        sent.map_err(|e| match e.kind() {
+            ErrorKind::FrameTooLarge | ErrorKind::Encode => e,
+            _ => self.fail_all(e),
+        })
+    }
+
+    /// Waits for another reader to hand the reply to `id` over, or becomes the reader.
+    async fn wait(&self, id: u64, mut reply: oneshot::Receiver<Result<Resp>>) -> Result<Resp> {
         let mut rx = tokio::select! {
             biased;
             r = &mut reply => return r.unwrap_or_else(|_| Err(self.broken_error())),
@@ -546,7 +598,9 @@ where
     ) -> Result<Resp> {
         loop {
             let frame = rx.next().await;
-            *lock(&self.heard) = Instant::now();
+            if let Some(heard) = &self.heard {
+                *lock(heard) = Instant::now();
+            }
             match frame {
                 Some(Ok(Reply::Pong)) => {}
                 Some(Ok(reply)) if reply.id() == id => return self.outcome(reply),
@@ -798,46 +852,153 @@ where
         .resolve(&ch.info().capabilities)
         .map(|h| h.bound());
     async move {
+        // The first handler in flight waits in `first`, later ones in `in_flight`: most
+        // handlers finish when first polled, and the slot answers them with no allocation.
+        let mut first = std::pin::pin!(None);
         let mut in_flight = FuturesUnordered::new();
         let mut reading = true;
         // Built once, not per request: a timer only with heartbeats, one cancellation waiter.
         let mut silent = silence.map(|d| Box::pin(tokio::time::sleep(d)));
-        let stopped = stop.cancelled();
-        tokio::pin!(stopped);
-        while reading || !in_flight.is_empty() {
-            tokio::select! {
-                // Finished replies first: a request that cannot have arrived yet must not keep
-                // a finished reply waiting (on shm, polling recv first spins for nothing).
-                biased;
+        let mut stopped = std::pin::pin!(stop.cancelled());
+        let mut turn = 0u32;
+        while reading || first.is_some() || !in_flight.is_empty() {
+            turn = turn.wrapping_add(1);
+            let busy = usize::from(first.is_some()) + in_flight.len();
+            let mut wake = Wake {
+                read: reading && busy < max,
+                // Looked at before reading every 32nd turn, so that a flood of requests
+                // cannot hold off a shutdown, and whenever there is nothing to read; not on
+                // every turn, as each look takes two locks.
+                stop: reading.then_some((turn % 32 == 0, stopped.as_mut())),
+                silent: silent.as_mut().map(|t| t.as_mut()),
+            };
+            let event = poll_fn(|cx| wake.poll(cx, first.as_mut(), &mut in_flight, &mut ch)).await;
+            match event {
                 // By value: a borrowed reply held across the await would need `Resp: Sync`.
-                Some(reply) = in_flight.next(), if !in_flight.is_empty() => SinkExt::send(&mut ch, reply).await?,
-                // Before recv, so a flood of requests cannot hold off a shutdown.
-                _ = &mut stopped, if reading => reading = false,
-                r = ch.recv(), if reading && in_flight.len() < max => {
+                Event::Answered(reply) => SinkExt::send(&mut ch, reply).await?,
+                Event::Stop => reading = false,
+                Event::Silent => {
+                    return Err(Error::new(
+                        ErrorKind::ConnectionLost,
+                        &ch.info().endpoint,
+                        format!(
+                            "the client was silent past the heartbeat bound ({:?})",
+                            silence.unwrap_or_default()
+                        ),
+                    ));
+                }
+                Event::Received(r) => {
                     if let (Some(t), Some(d)) = (silent.as_mut(), silence) {
                         t.as_mut().reset(tokio::time::Instant::now() + d);
                     }
                     match r {
-                        Ok(Some(Request::Call { id, body })) => in_flight.push(answer(id, handler(body))),
-                        Ok(Some(Request::Ping)) => SinkExt::send(&mut ch, Reply::Pong).await?,
-                        Ok(None) => reading = false,
+                        Some(Ok(Request::Call { id, body })) => {
+                            let work = answer(id, handler(body));
+                            if first.is_some() {
+                                in_flight.push(work);
+                                continue;
+                            }
+                            first.set(Some(work));
+                            // Polled at once: a handler that is done on its first poll is
+                            // answered now, not a turn of the loop later.
+                            if let Some(reply) =
+                                poll_fn(|cx| Poll::Ready(poll_slot(cx, first.as_mut()))).await
+                            {
+                                SinkExt::send(&mut ch, reply).await?;
+                            }
+                        }
+                        Some(Ok(Request::Ping)) => SinkExt::send(&mut ch, Reply::Pong).await?,
+                        None => reading = false,
                         // No id to answer: the caller times out. The connection stays usable.
-                        Err(e) if e.kind() == ErrorKind::Decode => {
+                        Some(Err(e)) if e.kind() == ErrorKind::Decode => {
                             tracing::warn!(endpoint = %ch.info().endpoint, error = %e, "undecodable request dropped");
                         }
-                        Err(e) => return Err(e),
+                        Some(Err(e)) => return Err(e),
                     }
-                }
-                _ = async { silent.as_mut().expect("guarded").await }, if silent.is_some() => {
-                    return Err(Error::new(
-                        ErrorKind::ConnectionLost,
-                        &ch.info().endpoint,
-                        format!("the client was silent past the heartbeat bound ({:?})", silence.unwrap_or_default()),
-                    ));
                 }
             }
         }
         ch.close().await
+    }
+}
+
+/// Polls the future in `slot`, if any; once it is done, empties the slot and returns its output.
+fn poll_slot<F: Future>(cx: &mut Context<'_>, mut slot: Pin<&mut Option<F>>) -> Option<F::Output> {
+    let out = match slot.as_mut().as_pin_mut()?.poll(cx) {
+        Poll::Ready(out) => out,
+        Poll::Pending => return None,
+    };
+    slot.set(None);
+    Some(out)
+}
+
+/// What a connection's loop waits for in one turn (the rest it leaves alone this turn).
+struct Wake<'a, S> {
+    /// Whether to read a request.
+    read: bool,
+    /// The stop signal, if still listened to, and whether to look at it before reading.
+    stop: Option<(bool, Pin<&'a mut S>)>,
+    /// The heartbeat deadline, if any.
+    silent: Option<Pin<&'a mut tokio::time::Sleep>>,
+}
+
+/// What ends a connection loop's wait.
+enum Event<Req, Resp> {
+    /// A handler finished.
+    Answered(Reply<Resp>),
+    /// The client sent a request, closed (`None`) or failed.
+    Received(Option<Result<Request<Req>>>),
+    /// The server is stopping: read no more.
+    Stop,
+    /// The client was silent past the heartbeat bound.
+    Silent,
+}
+
+impl<S: Future> Wake<'_, S> {
+    /// Polls, in order: finished handlers (a request that cannot have arrived yet must not
+    /// keep a finished reply waiting: on shm, polling the receive first spins for nothing),
+    /// the stop signal when due first, the connection, the stop signal, the heartbeat.
+    fn poll<Req, Resp, F>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut first: Pin<&mut Option<F>>,
+        in_flight: &mut FuturesUnordered<F>,
+        ch: &mut Channel<Reply<Resp>, Request<Req>>,
+    ) -> Poll<Event<Req, Resp>>
+    where
+        F: Future<Output = Reply<Resp>>,
+        Req: DeserializeOwned,
+        Resp: Serialize,
+    {
+        if let Some(reply) = poll_slot(cx, first.as_mut()) {
+            return Poll::Ready(Event::Answered(reply));
+        }
+        if !in_flight.is_empty() {
+            if let Poll::Ready(Some(reply)) = in_flight.poll_next_unpin(cx) {
+                return Poll::Ready(Event::Answered(reply));
+            }
+        }
+        if let Some((true, stop)) = &mut self.stop {
+            if stop.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Stop);
+            }
+        }
+        if self.read {
+            if let Poll::Ready(r) = ch.poll_next_unpin(cx) {
+                return Poll::Ready(Event::Received(r));
+            }
+        }
+        if let Some((false, stop)) = &mut self.stop {
+            if stop.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Stop);
+            }
+        }
+        if let Some(t) = &mut self.silent {
+            if t.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Silent);
+            }
+        }
+        Poll::Pending
     }
 }
 

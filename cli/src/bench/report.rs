@@ -235,7 +235,7 @@ const HEADER: [&str; 9] = [
     "max",
     "msgs/s",
     "MB/s",
-    "vs raw (p50 / MB/s)",
+    "vs nearest baseline (p50 / MB/s)",
 ];
 
 /// One row of the table, one string per column.
@@ -254,21 +254,12 @@ fn line(r: &Row) -> [String; 9] {
         }
         None => ("n/a".into(), "n/a".into()),
     };
-    let mut vs = match (&r.baseline, &r.ratio) {
+    // One comparison per row, with the nearest baseline; the others are in the JSON.
+    let vs = match (&r.baseline, &r.ratio) {
         (Some(b), Some(ratio)) => format!("{b} {}", ratio_text(ratio)),
-        _ if r.transport.starts_with("raw-") || r.transport.starts_with("peer-") => {
-            "(baseline)".into()
-        }
+        _ if is_baseline(&r.transport) => "(baseline)".into(),
         _ => "-".into(),
     };
-    for o in &r.other_ratios {
-        let _ = write!(
-            vs,
-            "; {} {}",
-            o.baseline.as_deref().unwrap_or("?"),
-            ratio_text(o)
-        );
-    }
     let name = r.transport.clone();
     [name, size(r.size), p50, p99, p999, max, msgs, mbs, vs]
 }
@@ -335,7 +326,8 @@ impl Report {
         let _ = writeln!(
             out,
             "p50..max: round trip of one typed message; MB/s: one-way payload bytes (10^6/s); \
-             vs raw: latency ratio (lower is better) / throughput ratio (higher is better)."
+             vs nearest baseline: latency ratio (lower is better) / throughput ratio (higher is \
+             better) to the baseline named; the ratios to every other baseline are in the JSON."
         );
         if !self.patterns.is_empty() {
             let _ = writeln!(
@@ -430,40 +422,98 @@ impl Report {
             width: W - left - right,
             height: CH,
         };
-        chart(
+        let styles = styles(&series);
+        let plot = Plot {
+            series: &series,
+            styles: &styles,
+            sizes: &sizes,
+        };
+        plot.chart(
             &mut s,
             &geo,
             top1,
             "Round-trip latency, µs (bar: p50, tick: p99; log scale, lower is better)",
-            &series,
-            &sizes,
             &lat,
         );
-        chart(
+        plot.chart(
             &mut s,
             &geo,
             top2,
             "One-way throughput, MB/s (log scale, higher is better)",
-            &series,
-            &sizes,
             &tput,
         );
-        // Legend.
-        for (i, name) in series.iter().enumerate() {
-            let y = top1 + 10.0 + i as f64 * 20.0;
-            let x = W - right + 20.0;
-            let _ = writeln!(
-                s,
-                r#"<rect x="{x}" y="{y}" width="14" height="14" fill="{}"/><text x="{}" y="{}">{}</text>"#,
-                color(i),
-                x + 20.0,
-                y + 11.0,
-                esc(name)
-            );
-        }
+        plot.legend(&mut s, W - right + 20.0, top1);
         s.push_str("</svg>\n");
         s
     }
+}
+
+/// Whether a row is a baseline (a raw OS mechanism, or another library: `peer-`), not one of
+/// ductwork's own rows.
+fn is_baseline(name: &str) -> bool {
+    name.starts_with("raw-") || name.starts_with("peer-")
+}
+
+/// How one series is drawn.
+#[derive(Debug, Clone, PartialEq)]
+struct Style {
+    /// Its fill colour.
+    fill: String,
+    /// A baseline: drawn with a dashed outline.
+    baseline: bool,
+}
+
+impl Style {
+    /// The attributes of a bar or legend swatch in this style.
+    fn attrs(&self) -> String {
+        let mut a = format!(r#"fill="{}""#, self.fill);
+        if self.baseline {
+            a.push_str(r##" stroke="#000" stroke-width="1" stroke-dasharray="3,2""##);
+        }
+        a
+    }
+}
+
+/// Colours for ductwork's rows (transports, variants, patterns): saturated, no greys, which
+/// are the baselines'.
+const PALETTE: [&str; 16] = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
+    "#17becf", "#393b79", "#e7ba52", "#637939", "#7b4173", "#00a087", "#ff9896", "#aec7e8",
+];
+
+/// A style per series: each of ductwork's rows its own colour (from [`PALETTE`], then hues
+/// spread around the wheel), each baseline its own shade of grey with a dashed outline, so
+/// that no two series look alike and baselines stand apart from what is compared with them.
+fn styles(series: &[&str]) -> Vec<Style> {
+    let baselines = series.iter().filter(|s| is_baseline(s)).count();
+    let (mut b, mut t) = (0usize, 0usize);
+    series
+        .iter()
+        .map(|name| {
+            if is_baseline(name) {
+                // Dark to light, evenly spaced.
+                let light = match baselines {
+                    1 => 55,
+                    n => 25 + 55 * b / (n - 1),
+                };
+                b += 1;
+                Style {
+                    fill: format!("hsl(0, 0%, {light}%)"),
+                    baseline: true,
+                }
+            } else {
+                let fill = PALETTE.get(t).map_or_else(
+                    || format!("hsl({}, 70%, 45%)", (t * 137) % 360),
+                    |c| c.to_string(),
+                );
+                t += 1;
+                Style {
+                    fill,
+                    baseline: false,
+                }
+            }
+        })
+        .collect()
 }
 
 struct Geo {
@@ -472,120 +522,152 @@ struct Geo {
     height: f64,
 }
 
-fn color(i: usize) -> &'static str {
-    const C: &[&str] = &[
-        "#7f7f7f", "#bcbd22", "#17becf", "#8c564b", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728",
-        "#9467bd", "#e377c2", "#393b79", "#637939",
-    ];
-    C[i % C.len()]
-}
-
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
 }
 
-/// One grouped bar chart on a log scale: groups are sizes, bars are series.
-fn chart(
-    s: &mut String,
-    g: &Geo,
-    top: f64,
-    title: &str,
-    series: &[&str],
-    sizes: &[usize],
-    data: &[(usize, &str, f64, Option<f64>)],
-) {
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="{}" font-size="14">{}</text>"#,
-        g.left,
-        top - 12.0,
-        esc(title)
-    );
-    let values = data
-        .iter()
-        .flat_map(|d| std::iter::once(d.2).chain(d.3))
-        .filter(|v| *v > 0.0 && v.is_finite());
-    let (mut lo, mut hi) = (f64::MAX, f64::MIN);
-    for v in values {
-        lo = lo.min(v);
-        hi = hi.max(v);
-    }
-    if lo > hi {
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="{}">no data</text>"#,
-            g.left + 10.0,
-            top + 20.0
-        );
-        return;
-    }
-    let (dlo, dhi) = (
-        lo.log10().floor(),
-        hi.log10().ceil().max(lo.log10().floor() + 1.0),
-    );
-    let y = |v: f64| top + g.height - (v.log10() - dlo) / (dhi - dlo) * g.height;
-    let _ = writeln!(
-        s,
-        r##"<rect x="{}" y="{top}" width="{}" height="{}" fill="none" stroke="#999"/>"##,
-        g.left, g.width, g.height
-    );
-    let mut d = dlo;
-    while d <= dhi + 1e-9 {
-        let v = 10f64.powf(d);
-        let yy = y(v);
-        let label = if v >= 1.0 {
-            format!("{v:.0}")
-        } else {
-            format!("{v}")
-        };
-        let _ = writeln!(
-            s,
-            r##"<line x1="{}" y1="{yy:.1}" x2="{}" y2="{yy:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{label}</text>"##,
-            g.left,
-            g.left + g.width,
-            g.left - 6.0,
-            yy + 4.0
-        );
-        d += 1.0;
-    }
-    let gw = g.width / sizes.len().max(1) as f64;
-    let bw = gw * 0.8 / series.len().max(1) as f64;
-    for (gi, &sz) in sizes.iter().enumerate() {
-        let gx = g.left + gi as f64 * gw;
-        let _ = writeln!(
-            s,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-            gx + gw / 2.0,
-            top + g.height + 18.0,
-            size(sz)
-        );
-        for (si, name) in series.iter().enumerate() {
-            let Some(&(_, _, v, tick)) = data.iter().find(|d| d.0 == sz && d.1 == *name) else {
-                continue;
-            };
-            if !(v > 0.0 && v.is_finite()) {
+/// What both charts and the legend share: the series, how each is drawn, the sizes.
+struct Plot<'a> {
+    series: &'a [&'a str],
+    styles: &'a [Style],
+    sizes: &'a [usize],
+}
+
+impl Plot<'_> {
+    /// The legend at (`x`, `top`): ductwork's rows, then the baselines under their own heading.
+    fn legend(&self, s: &mut String, x: f64, top: f64) {
+        let mut y = top;
+        for (heading, baselines) in [("ductwork", false), ("baselines", true)] {
+            let members: Vec<usize> = (0..self.series.len())
+                .filter(|&i| self.styles[i].baseline == baselines)
+                .collect();
+            if members.is_empty() {
                 continue;
             }
-            let x = gx + gw * 0.1 + si as f64 * bw;
-            let yv = y(v).min(top + g.height);
             let _ = writeln!(
                 s,
-                r#"<rect x="{x:.1}" y="{yv:.1}" width="{:.1}" height="{:.1}" fill="{}"><title>{} {}: {v:.3}</title></rect>"#,
-                (bw - 1.0).max(1.0),
-                (top + g.height - yv).max(0.5),
-                color(si),
-                esc(name),
-                size(sz)
+                r#"<text x="{x}" y="{}" font-weight="bold">{heading}</text>"#,
+                y + 11.0
             );
-            if let Some(t) = tick.filter(|t| *t > 0.0 && t.is_finite()) {
-                let yt = y(t);
+            y += 18.0;
+            for i in members {
                 let _ = writeln!(
                     s,
-                    r##"<line x1="{x:.1}" y1="{yt:.1}" x2="{:.1}" y2="{yt:.1}" stroke="#000" stroke-width="2"/>"##,
-                    x + (bw - 1.0).max(1.0)
+                    r#"<rect x="{x}" y="{y}" width="14" height="14" {}/><text x="{}" y="{}">{}</text>"#,
+                    self.styles[i].attrs(),
+                    x + 20.0,
+                    y + 11.0,
+                    esc(self.series[i])
                 );
+                y += 18.0;
+            }
+            y += 8.0;
+        }
+    }
+
+    /// One grouped bar chart on a log scale: groups are sizes, bars are series.
+    fn chart(
+        &self,
+        s: &mut String,
+        g: &Geo,
+        top: f64,
+        title: &str,
+        data: &[(usize, &str, f64, Option<f64>)],
+    ) {
+        let (series, sizes) = (self.series, self.sizes);
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" font-size="14">{}</text>"#,
+            g.left,
+            top - 12.0,
+            esc(title)
+        );
+        let values = data
+            .iter()
+            .flat_map(|d| std::iter::once(d.2).chain(d.3))
+            .filter(|v| *v > 0.0 && v.is_finite());
+        let (mut lo, mut hi) = (f64::MAX, f64::MIN);
+        for v in values {
+            lo = lo.min(v);
+            hi = hi.max(v);
+        }
+        if lo > hi {
+            let _ = writeln!(
+                s,
+                r#"<text x="{}" y="{}">no data</text>"#,
+                g.left + 10.0,
+                top + 20.0
+            );
+            return;
+        }
+        let (dlo, dhi) = (
+            lo.log10().floor(),
+            hi.log10().ceil().max(lo.log10().floor() + 1.0),
+        );
+        let y = |v: f64| top + g.height - (v.log10() - dlo) / (dhi - dlo) * g.height;
+        let _ = writeln!(
+            s,
+            r##"<rect x="{}" y="{top}" width="{}" height="{}" fill="none" stroke="#999"/>"##,
+            g.left, g.width, g.height
+        );
+        let mut d = dlo;
+        while d <= dhi + 1e-9 {
+            let v = 10f64.powf(d);
+            let yy = y(v);
+            let label = if v >= 1.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v}")
+            };
+            let _ = writeln!(
+                s,
+                r##"<line x1="{}" y1="{yy:.1}" x2="{}" y2="{yy:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{label}</text>"##,
+                g.left,
+                g.left + g.width,
+                g.left - 6.0,
+                yy + 4.0
+            );
+            d += 1.0;
+        }
+        let gw = g.width / sizes.len().max(1) as f64;
+        let bw = gw * 0.8 / series.len().max(1) as f64;
+        for (gi, &sz) in sizes.iter().enumerate() {
+            let gx = g.left + gi as f64 * gw;
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+                gx + gw / 2.0,
+                top + g.height + 18.0,
+                size(sz)
+            );
+            for (si, name) in series.iter().enumerate() {
+                let Some(&(_, _, v, tick)) = data.iter().find(|d| d.0 == sz && d.1 == *name) else {
+                    continue;
+                };
+                if !(v > 0.0 && v.is_finite()) {
+                    continue;
+                }
+                let x = gx + gw * 0.1 + si as f64 * bw;
+                let yv = y(v).min(top + g.height);
+                let _ = writeln!(
+                    s,
+                    r#"<rect x="{x:.1}" y="{yv:.1}" width="{:.1}" height="{:.1}" {}><title>{} {}: {v:.3}</title></rect>"#,
+                    (bw - 1.0).max(1.0),
+                    (top + g.height - yv).max(0.5),
+                    self.styles[si].attrs(),
+                    esc(name),
+                    size(sz)
+                );
+                if let Some(t) = tick.filter(|t| *t > 0.0 && t.is_finite()) {
+                    let yt = y(t);
+                    let _ = writeln!(
+                        s,
+                        r##"<line x1="{x:.1}" y1="{yt:.1}" x2="{:.1}" y2="{yt:.1}" stroke="#000" stroke-width="2"/>"##,
+                        x + (bw - 1.0).max(1.0)
+                    );
+                }
             }
         }
     }
@@ -597,4 +679,95 @@ fn write_file(path: &Path, text: &str) -> Result<(), String> {
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rtt(p50: u64) -> Rtt {
+        Rtt {
+            p50,
+            p99: p50 * 2,
+            p999: p50 * 3,
+            max: p50 * 4,
+            samples: 100,
+            hist: None,
+        }
+    }
+
+    fn report(baselines: &[&str], transports: &[&str]) -> Report {
+        let row = |name: &&str| Row::new(name.to_string(), 64, Some(rtt(1_000)), None);
+        Report {
+            machine: Machine {
+                os: "linux".into(),
+                arch: "x86_64".into(),
+                cpus: 2,
+                pin: Pin::Cross,
+                parent_cpu: Some(0),
+                peer_cpu: Some(1),
+                duration_s: 1.0,
+                rounds: 3,
+                warmup_s: 0.2,
+                elapsed_s: 9.0,
+            },
+            results: transports.iter().map(row).collect(),
+            baselines: baselines.iter().map(row).collect(),
+            patterns: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    /// A row compared with three baselines shows only the nearest one, named, in the table;
+    /// the JSON keeps all three.
+    #[test]
+    fn the_table_shows_one_comparison_per_row_and_the_json_all() {
+        let mut r = report(&["raw-cacheline", "raw-eventfd", "raw-unix"], &["shm"]);
+        let baselines = r.baselines.clone();
+        r.results[0].compare(&baselines, &["raw-cacheline", "raw-eventfd", "raw-unix"]);
+        let table = r.table();
+        let shm = table.lines().find(|l| l.starts_with("shm ")).unwrap();
+        assert!(shm.trim_end().ends_with("raw-cacheline 1.00x / -"), "{shm}");
+        assert!(!shm.contains("raw-eventfd") && !shm.contains(';'), "{shm}");
+        let v = serde_json::to_value(&r).unwrap();
+        let others = v["results"][0]["other_ratios"].as_array().unwrap();
+        assert_eq!(others.len(), 2, "{v:#}");
+    }
+
+    /// Every series of a full run gets its own look, and baselines (grey, dashed outline)
+    /// look unlike ductwork's rows, in the legend and in the bars.
+    #[test]
+    fn every_series_has_its_own_colour_and_baselines_stand_apart() {
+        let baselines = [
+            "raw-cacheline",
+            "raw-eventfd",
+            "raw-shmcopy",
+            "raw-memcpy",
+            "raw-unix",
+            "raw-tcp",
+            "peer-iceoryx2",
+        ];
+        let transports: Vec<String> = (0..22).map(|i| format!("t{i}")).collect();
+        let t: Vec<&str> = transports.iter().map(String::as_str).collect();
+        let svg = report(&baselines, &t).svg();
+        let mut fills = Vec::new();
+        for name in baselines.iter().chain(&t) {
+            let legend = svg
+                .lines()
+                .find(|l| l.contains(&format!(">{name}</text>")))
+                .unwrap();
+            // The swatch's attributes, `fill="..."` up to the end of the rect.
+            let attrs = &legend[legend.find("fill=").unwrap()..legend.find("/><text").unwrap()];
+            let baseline = is_baseline(name);
+            assert_eq!(attrs.contains("stroke-dasharray"), baseline, "{legend}");
+            assert_eq!(attrs.contains("hsl(0, 0%"), baseline, "{legend}");
+            let bar = format!("{attrs}><title>{name} 64 B");
+            assert!(svg.contains(&bar), "no bar drawn as {bar}");
+            fills.push(attrs.split('"').nth(1).unwrap().to_string());
+        }
+        let n = fills.len();
+        fills.sort_unstable();
+        fills.dedup();
+        assert_eq!(fills.len(), n, "colours repeat: {fills:?}");
+    }
 }
