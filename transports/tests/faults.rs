@@ -185,9 +185,20 @@ fn raw_connect(ep: &Endpoint) -> std::io::Result<OwnedFd> {
 /// One frame there and back on a new connection to `ep`.
 async fn echo_once(ep: &Endpoint) -> Result<(), String> {
     let ep = ep.with_option("connect_timeout", "20s");
-    let mut c = ductwork_transports::connect(&ep)
-        .await
-        .map_err(|e| format!("connect after the flood: {e}"))?;
+    // A listener still closing the flood's connections may refuse for want of descriptors
+    // ("try again later", shm says so at once): a client retries that, a bounded number of
+    // times; any other error fails.
+    let mut tries = 0;
+    let mut c = loop {
+        match ductwork_transports::connect(&ep).await {
+            Ok(c) => break c,
+            Err(e) if e.kind() == ductwork_core::ErrorKind::Refused && tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(format!("connect after the flood ({tries} refusals): {e}")),
+        }
+    };
     c.send(Bytes::from_static(b"still there?"))
         .await
         .map_err(|e| e.to_string())?;
