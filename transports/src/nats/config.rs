@@ -7,6 +7,7 @@ use std::{path::PathBuf, time::Duration};
 /// Every option `nats://` knows (see the module docs).
 const OPTIONS: &[&str] = &[
     "servers",
+    "randomize",
     "prefix",
     "heartbeat",
     "peer_timeout",
@@ -62,6 +63,8 @@ pub(crate) struct Config {
     pub shown: String,
     /// Server URLs, the address's first.
     pub servers: Vec<String>,
+    /// Whether the client tries them in a random order (NATS's default) or as listed.
+    pub randomize: bool,
     /// The service name (subject tokens).
     pub name: String,
     /// The subject prefix.
@@ -121,6 +124,7 @@ impl Config {
         Ok(Config {
             shown: ep.to_string(),
             servers,
+            randomize: ep.parse_option::<bool>("randomize")?.unwrap_or(true),
             name: name.to_string(),
             prefix,
             max_frame,
@@ -154,6 +158,9 @@ impl Config {
                 let shown = shown.clone();
                 async move { report(&shown, event) }
             });
+        if !self.randomize {
+            o = o.retain_servers_order();
+        }
         if self.tls {
             o = o.require_tls(true);
         }
@@ -240,7 +247,7 @@ fn refuse_inline_secrets(ep: &Endpoint) -> Result<()> {
         }
     }
     let server = ep.address().split('/').next().unwrap_or("");
-    if server.contains('@') {
+    if server.contains('@') || ep.option("servers").is_some_and(|s| s.contains('@')) {
         return Err(Error::new(
             ErrorKind::InvalidEndpoint,
             hidden(),
@@ -466,6 +473,7 @@ mod tests {
             "nats://h:1/a?token=hunter2",
             "nats://h:1/a?user=bob&password=hunter2",
             "nats://bob:hunter2@h:1/a",
+            "nats://h:1/a?servers=bob:hunter2@h:2",
         ] {
             let e = cfg(ep).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidEndpoint, "{ep}");

@@ -36,7 +36,8 @@
 //! # Options
 //! | option | meaning |
 //! |---|---|
-//! | `servers` | more servers to fail over to, `host:port` joined by `,` (the address's server comes first) |
+//! | `servers` | more servers to fail over to, `host:port` joined by `,` |
+//! | `randomize` | `false`: try the servers in the order given, the address's first (default `true`: a random order, as NATS clients do, to spread the load) |
 //! | `prefix` | the subject prefix (default `ductwork`) |
 //! | `heartbeat` | heartbeat period (default `1s`) |
 //! | `peer_timeout` | silence after which the peer is lost (default `5s`, at least twice `heartbeat`) |
