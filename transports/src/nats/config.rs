@@ -130,7 +130,7 @@ impl Config {
             max_frame,
             heartbeat,
             peer_timeout,
-            buffer: count(ep, "buffer", 1024, 1 << 20)?,
+            buffer: count(ep, "buffer", 65536, 1 << 20)?,
             backlog: count(ep, "backlog", 128, 1 << 16)?,
             connect_timeout: ep.connect_timeout()?,
             tls,

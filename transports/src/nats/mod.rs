@@ -41,7 +41,7 @@
 //! | `prefix` | the subject prefix (default `ductwork`) |
 //! | `heartbeat` | heartbeat period (default `1s`) |
 //! | `peer_timeout` | silence after which the peer is lost (default `5s`, at least twice `heartbeat`) |
-//! | `buffer` | messages held per subscription before NATS's slow-consumer drops (default 1024) |
+//! | `buffer` | messages held per connection before slow-consumer drops (default 65536, async-nats's own; an application that stops reading while its peer sends may hold `buffer` × the frame limit) |
 //! | `backlog` | connections a listener set up that `accept` has not taken yet (default 128) |
 //! | `tls` | `true`: TLS to the server, whatever the server advertises (default `false`) |
 //! | `ca` | PEM file of the CAs to trust for the server (implies `tls`; default: the system's) |
