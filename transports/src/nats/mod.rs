@@ -57,9 +57,9 @@
 //! What is read from files and variables is never logged.
 //!
 //! Reconnects are `async-nats`'s own (every server of the list, and those the cluster
-//! advertises, forever, with a backoff up to 4 s); each connect, disconnect, slow-consumer
-//! drop and server error is a `tracing` event (`warn` but for reconnects, `info`), naming the
-//! endpoint without secrets.
+//! advertises, forever, with a backoff up to 4 s); each (re)connect is a `tracing` event at
+//! `info`, each disconnect, slow-consumer drop and server or client error one at `warn`, naming
+//! the endpoint (which holds no secret).
 //!
 //! [`Transport::local_endpoint`] uses the server named by the environment variable
 //! [`SERVER_VAR`] (`host:port`), else `127.0.0.1:4222`, NATS's default port.
