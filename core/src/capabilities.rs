@@ -53,6 +53,25 @@ pub enum Accept {
     /// One receiving connection for all senders (mailslot, copydata): the first `accept`
     /// returns it; later calls fail with [`crate::ErrorKind::Unsupported`].
     Shared,
+    /// One connection per connecting peer, as [`PerPeer`](Self::PerPeer), but a name belongs
+    /// to a *pool* of listeners rather than to one: any number of listeners may bind the same
+    /// endpoint (a broker's queue group, `nats://`) and each connecting peer reaches one of
+    /// them. So binding a name another live listener holds is not
+    /// [`crate::ErrorKind::AddrInUse`]: it joins the pool.
+    Pooled,
+}
+
+impl Accept {
+    /// Whether each connecting peer gets a connection of its own (`PerPeer` or `Pooled`).
+    pub fn per_peer(self) -> bool {
+        self != Accept::Shared
+    }
+
+    /// Whether a bound name is the listener's alone, so that a second bind of it fails with
+    /// [`crate::ErrorKind::AddrInUse`] (all but `Pooled`).
+    pub fn exclusive_names(self) -> bool {
+        self != Accept::Pooled
+    }
 }
 
 /// What a transport offers on one endpoint.

@@ -61,7 +61,8 @@
 //!   Any other error (the mechanism itself failed) breaks it as above. A shared receiver that
 //!   one message from any same-user process could end would be a denial of service for all.
 //! - **Names.** Binding an endpoint that another live listener holds fails with
-//!   [`ErrorKind::AddrInUse`](crate::ErrorKind); connecting where nothing listens fails with
+//!   [`ErrorKind::AddrInUse`](crate::ErrorKind) (except on a transport whose listeners form a
+//!   pool, [`Accept::Pooled`](crate::Accept): there the second listener joins); connecting where nothing listens fails with
 //!   [`ErrorKind::NotFound`](crate::ErrorKind); binding an endpoint this machine cannot serve
 //!   (an address not its own, a directory that does not exist) fails with
 //!   [`ErrorKind::Bind`](crate::ErrorKind), never `NotFound`. Every error names the endpoint.

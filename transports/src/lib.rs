@@ -8,6 +8,7 @@
 //! | `pipe` | [`pipe`] | `pipe` (needs `socket`: on Unix a pipe is a Unix socket) |
 //! | `mailslot` | [`mailslot`] | `mailslot` |
 //! | `tls` | [`tls`] | `tls` (needs `socket`: tcp inside rustls) |
+//! | `nats` | [`nats`] | `nats` (a NATS server's subjects, through async-nats) |
 //!
 //! [`bind`] and [`connect`] pick the backend from the endpoint's scheme. A scheme no backend
 //! serves is [`ErrorKind::InvalidEndpoint`] listing the [`KNOWN_SCHEMES`]; a scheme whose
@@ -61,6 +62,8 @@ mod observed;
 pub mod copydata;
 #[cfg(feature = "mailslot")]
 pub mod mailslot;
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "pipe")]
 pub mod pipe;
 #[cfg(feature = "shm")]
@@ -101,6 +104,7 @@ backends! {
     "pipe" => ["pipe"] => [pipe::Pipe];
     "mailslot" => ["mailslot"] => [mailslot::Mailslot];
     "tls" => ["tls"] => [tls::Tls];
+    "nats" => ["nats"] => [nats::Nats];
 }
 
 /// Entry points for the fuzz targets in `fuzz/`; not part of the API.

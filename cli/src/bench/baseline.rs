@@ -152,6 +152,8 @@ impl Baseline {
             "tcp" => &[Tcp],
             // tls:// is tcp plus encryption: the raw TCP stream shows what TLS costs.
             "tls" => &[Tcp],
+            // nats:// is two TCP hops through a local server: raw TCP shows what it costs.
+            "nats" => &[Tcp],
             "unix" => &[Unix],
             // On Unix, pipe:// and mailslot:// are Unix domain sockets.
             "pipe" | "mailslot" if cfg!(unix) => &[Unix],

@@ -36,6 +36,9 @@
 //!   each for an equal share of `--duration` after its own warm-up, and the rounds are merged
 //!   (histograms added, counts and times summed), so load drift hits a baseline and its
 //!   transports alike.
+//! - **nats** (`nats.rs`): measuring `nats://` needs a NATS server; the run starts a local
+//!   `nats-server` when one is on the PATH and compares the `nats` rows with `raw-tcp` like
+//!   `tcp`'s; without one they are skipped with a note.
 //! - **Pinning** (`--pin`): `cross` puts parent and peer on two different CPUs, `same` on one,
 //!   `none` lets the OS choose (Linux only; elsewhere the run is unpinned, with a note).
 //!
@@ -55,6 +58,7 @@ pub mod baseline;
 #[cfg(all(feature = "peer-iceoryx2", target_os = "linux"))]
 pub mod iox;
 pub mod measure;
+pub mod nats;
 pub mod patterns;
 pub mod peer;
 pub mod plan;
@@ -85,7 +89,13 @@ pub fn run(args: BenchArgs) -> i32 {
 /// Plan, run, report.
 fn run_inner(args: &BenchArgs) -> Result<(), (i32, String)> {
     let fail = |m: String| (EXIT_FAILURE, m);
+    // Before the plan pins this process: the server must not share the parent's CPU.
+    let (_nats_server, nats_skipped) = nats::start(args);
     let mut plan = Plan::new(args).map_err(|m| (EXIT_USAGE, m))?;
+    if let Some(note) = nats_skipped {
+        plan.subjects.retain(|s| s.transport.scheme() != "nats");
+        plan.notes.push(note);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -94,7 +94,7 @@ pub const ALL: &[Case] = &[
     },
     Case {
         name: "bind_in_use",
-        needs: any,
+        needs: exclusive_names,
         run: bind_in_use,
     },
     Case {
@@ -158,9 +158,16 @@ fn one_way(c: &Capabilities) -> Result<(), &'static str> {
         .ok_or("duplex transport")
 }
 fn per_peer(c: &Capabilities) -> Result<(), &'static str> {
-    (c.accept == Accept::PerPeer)
+    c.accept
+        .per_peer()
         .then_some(())
         .ok_or("one shared receiving connection")
+}
+fn exclusive_names(c: &Capabilities) -> Result<(), &'static str> {
+    c.accept
+        .exclusive_names()
+        .then_some(())
+        .ok_or("listeners of a name form a pool (a NATS queue group): a second bind joins it")
 }
 fn duplex_per_peer(c: &Capabilities) -> Result<(), &'static str> {
     duplex(c).and(per_peer(c))
@@ -957,7 +964,7 @@ fn cancel_safe_recv(s: &Subject) -> Result<(), String> {
             }
         }
         sender.finish().await?;
-        if caps.accept == Accept::PerPeer {
+        if caps.accept.per_peer() {
             match recv_msg(&mut ch).await? {
                 None => {}
                 Some(m) => return Err(format!("extra message after {next}: #{}", m.seq)),
@@ -1162,7 +1169,7 @@ fn sized_send_wrong_count(s: &Subject) -> Result<(), String> {
             sender.say("stop").await?;
         }
         sender.finish().await?;
-        if caps.accept == Accept::PerPeer && caps.is_reliable() {
+        if caps.accept.per_peer() && caps.is_reliable() {
             match within("recv after the last frame", PEER_DEADLINE, c.next()).await? {
                 None => {}
                 other => return Err(format!("after the last valid frame: {other:?}")),

@@ -8,8 +8,15 @@
 //!
 //! Test names are `SCHEME::CASE`, so `cargo test -p ductwork-transports --test conformance -- tcp::`
 //! runs one transport. Cases that do not apply are listed as ignored with the reason.
+//!
+//! `nats://` needs a server: the suite starts its own `nats-server` for the whole run (see
+//! `support/nats.rs`) and points [`Transport::local_endpoint`](ductwork_core::Transport) at
+//! it. Without the binary its cases are ignored with that reason, except in CI on Linux,
+//! where that fails the run.
 
 mod cases;
+#[path = "../support/nats.rs"]
+mod nats_server;
 mod roles;
 mod subjects;
 #[path = "../support/mod.rs"]
@@ -20,11 +27,16 @@ use libtest_mimic::{Arguments, Trial};
 fn main() {
     support::child::enter_if_child(roles::run);
     let args = Arguments::from_args();
+    let nats = start_nats();
     let mut trials = Vec::new();
     for subject in subjects::all() {
         for case in cases::ALL {
             let name = format!("{}::{}", subject.name, case.name);
-            match cases::applies(&subject, case) {
+            let applies = match (subject.name, &nats) {
+                ("nats", Some(Err(why))) => Err(why.clone()),
+                _ => cases::applies(&subject, case),
+            };
+            match applies {
                 Ok(()) => {
                     let s = subject.clone();
                     let run = case.run;
@@ -36,5 +48,26 @@ fn main() {
             }
         }
     }
-    libtest_mimic::run(&args, trials).exit();
+    let conclusion = libtest_mimic::run(&args, trials);
+    drop(nats); // stops the server: `exit` would skip the drop
+    conclusion.exit();
+}
+
+/// The suite's own nats-server when this build has `nats://` (its address in the variable
+/// that `local_endpoint` reads, which the peer processes inherit), or why there is none.
+fn start_nats() -> Option<Result<nats_server::NatsServer, String>> {
+    #[cfg(not(feature = "nats"))]
+    return None;
+    #[cfg(feature = "nats")]
+    start_nats_server()
+}
+
+#[cfg(feature = "nats")]
+fn start_nats_server() -> Option<Result<nats_server::NatsServer, String>> {
+    let server = nats_server::NatsServer::start(&[]).map_err(|why| nats_server::skip(&why));
+    if let Ok(s) = &server {
+        // Single-threaded still: no other thread reads the environment yet.
+        std::env::set_var(ductwork_transports::nats::SERVER_VAR, s.addr());
+    }
+    Some(server)
 }

@@ -51,6 +51,7 @@ fn garbage_writer(scheme: &str) -> Option<GarbageWriter> {
         "copydata" => Some(copydata_garbage),
         "pipe" => Some(pipe_garbage),
         "mailslot" => Some(mailslot_garbage),
+        "nats" => Some(nats_garbage),
         _ => None,
     }
 }
@@ -195,4 +196,55 @@ fn shm_garbage(ep: &Endpoint) -> io::Result<()> {
         &format!(r"\\.\pipe\ductwork-shm-{}", ep.address()),
         &[GARBAGE],
     )
+}
+
+/// A raw NATS client (the text protocol over a plain TCP socket, no ductwork or NATS library)
+/// that sends the listener's connect subject what no ductwork client would: garbage with no
+/// reply subject, garbage with one, a hello whose reply subject is a wildcard, and a valid
+/// hello from an inbox nobody reads (a client that never finishes: its connection must time
+/// out on its own). A PING's PONG proves the server took all of it.
+fn nats_garbage(ep: &Endpoint) -> io::Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let (server, name) = ep
+        .address()
+        .split_once('/')
+        .ok_or_else(|| io::Error::other("no name in the endpoint"))?;
+    let subject = format!(
+        "{}.{name}.connect",
+        ep.option("prefix").unwrap_or("ductwork")
+    );
+    let s = std::net::TcpStream::connect(server)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let mut lines = BufReader::new(s.try_clone()?);
+    let mut line = String::new();
+    lines.read_line(&mut line)?; // INFO {...}
+    if !line.starts_with("INFO") {
+        return Err(io::Error::other(format!("not a NATS server: {line:?}")));
+    }
+    let mut out = Vec::new();
+    out.extend_from_slice(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true}\r\n");
+    let g = GARBAGE.len();
+    out.extend_from_slice(format!("PUB {subject} {g}\r\n").as_bytes());
+    out.extend_from_slice(GARBAGE);
+    out.extend_from_slice(format!("\r\nPUB {subject} _INBOX.dw-garbage {g}\r\n").as_bytes());
+    out.extend_from_slice(GARBAGE);
+    out.extend_from_slice(b"\r\n");
+    let hello = "NATS/1.0\r\nDuctwork-Nats: hello/1\r\n\r\n";
+    let h = hello.len();
+    for reply in ["_INBOX.*", "_INBOX.dw-garbage-silent"] {
+        out.extend_from_slice(format!("HPUB {subject} {reply} {h} {h}\r\n{hello}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"PING\r\n");
+    (&s).write_all(&out)?;
+    loop {
+        line.clear();
+        if lines.read_line(&mut line)? == 0 {
+            return Err(io::Error::other("the server closed before PONG"));
+        }
+        match line.trim_end() {
+            "PONG" => return Ok(()),
+            l if l.starts_with("-ERR") => return Err(io::Error::other(l.to_string())),
+            _ => {} // +OK, PING, INFO
+        }
+    }
 }
