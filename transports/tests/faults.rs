@@ -329,6 +329,28 @@ fn stop(child: &Child) -> Resume {
     let raw = child.id().expect("a running child") as i32;
     let pid = rustix::process::Pid::from_raw(raw).expect("a pid");
     rustix::process::kill_process(pid, rustix::process::Signal::STOP).expect("SIGSTOP");
+    // kill(2) returns before a thread running on another core has stopped: wait (bounded)
+    // until the kernel reports every thread stopped, where /proc says.
+    let all_stopped = || {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{raw}/task")) else {
+            return true; // no /proc: nothing to wait on
+        };
+        tasks.flatten().all(|t| {
+            std::fs::read_to_string(t.path().join("stat"))
+                .map(|st| {
+                    st.rsplit(')')
+                        .next()
+                        .is_some_and(|r| r.trim_start().starts_with('T'))
+                })
+                .unwrap_or(true)
+        })
+    };
+    for _ in 0..200 {
+        if all_stopped() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     Resume(raw)
 }
 
