@@ -153,8 +153,9 @@ impl Handshake {
         let who = peer.as_deref().unwrap_or("?");
         let endpoint = &self.endpoint;
         let shake = async {
-            // Readable also on end of stream or error: the handshake then fails at once.
-            let _ = stream.readable().await;
+            // Waits for a byte to read (`readable` alone may wake without one), or for the
+            // end of stream or an error, with which the handshake then fails at once.
+            let _ = stream.peek(&mut [0u8; 1]).await;
             let slot = self.slots.clone().acquire_owned().await;
             let tls = self.acceptor.accept(stream::buffered(stream)).await;
             (tls, slot)

@@ -587,16 +587,22 @@ fn hostile_mailslot() {
 
 /// Silent connections must not lock others out of a tls listener: with [`STALLED`] raw TCP
 /// connections open that never start a handshake, a new client is still served within its
-/// connect deadline (5 s; the listener's handshake deadline is 10 s).
+/// connect deadline (20 s, for a loaded machine), well before the silent ones' handshake
+/// deadline (60 s here) would free slots they held.
 #[test]
 fn tls_silent_connections_do_not_lock_out_clients() {
     crate::support::runtime().block_on(async {
-        let mut child = Child::spawn("echo", &[crate::local_endpoint("tls", "silent")]).unwrap();
+        let listen = crate::parse(&crate::local_endpoint("tls", "silent"))
+            .with_option("handshake_timeout_ms", "60000")
+            .to_string();
+        let mut child = Child::spawn("echo", &[listen]).unwrap();
         let ep = crate::parse(&must("listener ready", child.ready()).await.unwrap());
         let silent: Vec<_> = (0..STALLED)
             .map(|_| std::net::TcpStream::connect(ep.address()).unwrap())
             .collect();
-        let ep5 = ep.with_option("connect_timeout", "5s");
+        let ep5 = ep
+            .with_option("connect_timeout", "20s")
+            .with_option("handshake_timeout_ms", "20000");
         let r = good_client(ep5, Arc::new(AtomicBool::new(true))).await;
         drop(silent);
         r.unwrap_or_else(|e| panic!("tls with {STALLED} silent connections open: {e}"));
