@@ -10,6 +10,10 @@
 //!   and holds two connections whose peers went silent, with `max_peers=2`; a new client is
 //!   refused until `idle_timeout` passed, then gets the slot of the one silent the longest,
 //!   whose held connection fails with `ConnectionLost` saying why.
+//! - `a_listener_that_does_not_accept_times_out_clients`: the application never calls
+//!   `accept`; 64 raw peers fill the accept queue; a real client then fails with `Timeout`
+//!   saying the listener did not accept (it used to fail with `NotFound`, "no ductwork
+//!   listener answered", although one did).
 //! - `stalled_receivers_keep_the_listener_bounded`: a listener process holds connections it
 //!   never reads while 24 peers send 60 KB datagrams (58 MB in all, paced so that the
 //!   kernel does not drop them first). What the listener queued (read back at the end) stays
@@ -131,6 +135,32 @@ fn a_full_listener_refuses_and_silent_peers_expire() {
             other => panic!("the accepted connection received {other:?}"),
         }
     });
+}
+
+#[test]
+fn a_listener_that_does_not_accept_times_out_clients() {
+    let rt = support::runtime();
+    let ep = Endpoint::parse("udp://127.0.0.1:0").unwrap();
+    let l = rt
+        .block_on(must("bind", ductwork_transports::bind(&ep)))
+        .unwrap();
+    let addr: SocketAddr = l.endpoint().address().parse().unwrap();
+    // The accept queue holds 64 connections; the application accepts none of them.
+    let queued: Vec<UdpSocket> = (0..64).map(|_| raw_peer(addr)).collect();
+    let client = Endpoint::parse(&format!("udp://{addr}?connect_timeout_ms=600")).unwrap();
+    let e = match rt.block_on(must("connect", ductwork_transports::connect(&client))) {
+        Err(e) => e,
+        Ok(_) => panic!("a client connected past a full accept queue"),
+    };
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    let text = e.to_string();
+    assert!(text.contains("did not accept"), "says why: {text}");
+    assert!(
+        text.contains(&addr.to_string()),
+        "names the endpoint: {text}"
+    );
+    drop(queued);
+    drop(l);
 }
 
 /// Connects to `ep` until it is not refused (bounded in tries); any other error fails.

@@ -4,7 +4,9 @@
 //! `2` welcome, `3` bye, `4` refused. `connect` sends hello until the listener answers welcome,
 //! so connecting where nothing listens fails with `NotFound` instead of sending into the void,
 //! and connecting to a listener with no room for another peer fails at once with `Refused`
-//! naming the limit. The listener reads the one socket on a task and hands each peer address
+//! naming the limit. A listener whose accept queue is full (the application is not calling
+//! `accept`) answers a hello with an empty datagram, so such a client fails with `Timeout`
+//! saying the listener did not accept, not with `NotFound`. The listener reads the one socket on a task and hands each peer address
 //! its own connection; the peer table (`peers`) bounds peers and queued bytes.
 //!
 //! Listener options (all endpoint options; see `peers` for the rules):
@@ -344,6 +346,8 @@ async fn handshake(sock: &UdpSocket, ep: &Endpoint, timeout: Duration) -> Result
     let deadline = Instant::now() + timeout;
     let mut wait = Duration::from_millis(20);
     let mut buf = vec![0u8; RECV_BUF];
+    // Something answered that was neither a welcome nor a refusal: a listener is there.
+    let mut heard = false;
     let nothing =
         |e: io::Error| Error::new(ErrorKind::NotFound, ep, "nothing listens there").with_source(e);
     loop {
@@ -356,7 +360,7 @@ async fn handshake(sock: &UdpSocket, ep: &Endpoint, timeout: Duration) -> Result
         loop {
             match sock.try_recv(&mut buf) {
                 Ok(n) => match answer(&buf[..n]) {
-                    Answer::Wait => {}
+                    Answer::Wait => heard = true,
                     Answer::Welcome(early) => return Ok(early),
                     Answer::Refused(limit) => {
                         return Err(Error::new(
@@ -377,16 +381,28 @@ async fn handshake(sock: &UdpSocket, ep: &Endpoint, timeout: Duration) -> Result
             }
         }
         if Instant::now() >= deadline {
-            return Err(Error::new(
-                ErrorKind::NotFound,
-                ep,
-                format!(
-                    "no ductwork listener answered within {} ms",
-                    timeout.as_millis()
-                ),
-            ));
+            return Err(unanswered(ep, timeout, heard));
         }
         wait = (wait * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// The error of a handshake that ran out of time: `Timeout` when a listener was heard (its
+/// accept queue stayed full), `NotFound` when nothing answered at all.
+fn unanswered(ep: &Endpoint, timeout: Duration, heard: bool) -> Error {
+    let ms = timeout.as_millis();
+    if heard {
+        Error::new(
+            ErrorKind::Timeout,
+            ep,
+            format!("the listener answered but did not accept within {ms} ms (its accept queue is full: is the application calling accept?)"),
+        )
+    } else {
+        Error::new(
+            ErrorKind::NotFound,
+            ep,
+            format!("no ductwork listener answered within {ms} ms"),
+        )
     }
 }
 
@@ -480,7 +496,9 @@ impl Server {
         // to a peer that was never welcomed), then welcome, then hand the connection over:
         // once accepted the application may send data, which must not overtake the welcome.
         let Ok(permit) = self.accept_tx.try_reserve() else {
-            // The accept queue is full or the listener is gone: the peer retries.
+            // The accept queue is full or the listener is gone: the peer retries. The empty
+            // datagram tells it a listener is there, so it can time out with the right error.
+            let _ = self.sock.send_to(&[], from).await;
             return;
         };
         let conn = UdpConn {
