@@ -33,6 +33,11 @@
 //!   (`NAME.prices.>`, or `NAME.>` for `bo`) and the subscriber drops what does not match,
 //!   so it costs the traffic of that subtree. Overlapping prefixes are merged into
 //!   subscriptions that do not overlap, so no message arrives twice.
+//! - A `Server` and a `Publisher` may share a name: requests go to `NAME`, publications to
+//!   `NAME.TOPIC`, except for the empty topic, whose publications reach the servers' queue
+//!   group as requests without a reply subject (ignored there). A subscriber skips messages
+//!   that carry a reply subject (requests), so publish on a non-empty topic when a name has
+//!   both.
 //!
 //! # Delivery
 //! Core NATS delivers **at most once**. A request, reply or publication sent while a client

@@ -169,7 +169,9 @@ async fn subscribe(n: &Native, ep: &Endpoint, prefixes: Vec<String>) -> Result<S
 /// A NATS message as a publication frame, if its topic starts with one of the prefixes (a
 /// prefix that ends inside a token subscribed to more than it wants).
 fn publication(n: &Native, c: &Subscribed, m: Message) -> Option<Bytes> {
-    if m.status.is_some() {
+    // A request to a server of the same name (on `NAME`, which the empty prefix covers) is
+    // no publication: it has a reply subject.
+    if m.status.is_some() || m.reply.is_some() {
         return None;
     }
     let topic = topics::topic(&n.subject, m.subject.as_str())?;
