@@ -10,9 +10,13 @@
 //!
 //! The patterns know nothing of backends: they see frames through the typed channel and the
 //! endpoint's [`Capabilities`](crate::Capabilities), as the layer diagram in the design notes
-//! draws it.
+//! draws it. One exception: over `nats://` (with the `nats` feature) they map natively onto
+//! NATS (requests with inboxes, subjects, queue groups), so that NATS clients in any language
+//! are peers; the public constructors dispatch on the scheme, and the mapping, with its
+//! delivery semantics (at most once), is in `src/patterns/nats/mod.rs`.
 
 mod liveness;
+pub mod nats;
 pub mod pubsub;
 pub mod reqrep;
 mod serve;

@@ -270,7 +270,7 @@ impl<T: Serialize> Publisher<T> {
         if caps.direction != Direction::Duplex {
             return Err(one_way(&endpoint));
         }
-        let listener = crate::bind(&endpoint).await?;
+        let listener = super::nats::publisher_listener(&endpoint).await?;
         let endpoint = listener.endpoint().clone();
         let hub = Arc::new(Hub {
             opts,
@@ -288,12 +288,14 @@ impl<T: Serialize> Publisher<T> {
                 }
             })
         });
-        Ok(Publisher {
+        let publisher = Publisher {
             hub,
             endpoint,
             background,
             _msg: PhantomData,
-        })
+        };
+        super::nats::linked(&publisher.endpoint, || publisher.subscribers() > 0).await?;
+        Ok(publisher)
     }
 
     /// The endpoint the publisher is bound to.
@@ -316,6 +318,7 @@ impl<T: Serialize> Publisher<T> {
     /// Publishes `msg` on `topic` to every subscriber whose prefixes match; returns how many
     /// it was queued for. Encoded once, whatever the number of subscribers.
     pub async fn publish(&self, topic: &str, msg: &T) -> Result<usize> {
+        super::nats::check_topic(&self.endpoint, topic)?;
         let frame = ductwork_codec::encode(
             &PublicationRef::Message { topic, body: msg },
             self.hub.max_message,
@@ -721,7 +724,7 @@ async fn establish<T: DeserializeOwned>(
     endpoint: &Endpoint,
     topics: &[String],
 ) -> Result<Established<T>> {
-    let mut ch = crate::connect_channel(endpoint).await?;
+    let mut ch = Channel::new(super::nats::subscriber_connection(endpoint).await?);
     let msg = SubscriberMsg::Subscribe {
         topics: topics.to_vec(),
     };

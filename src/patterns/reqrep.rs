@@ -264,7 +264,7 @@ where
         opts: ClientOptions,
     ) -> Result<Self> {
         let endpoint: Endpoint = endpoint.try_into().map_err(Into::into)?;
-        let ch = crate::connect_channel(&endpoint).await?;
+        let ch = super::nats::client_channel(&endpoint).await?;
         Ok(Self::start(endpoint, ch, opts))
     }
 
@@ -442,7 +442,7 @@ where
         if !matches!(*lock(&s.current), Current::Reconnecting) {
             return; // closed meanwhile
         }
-        match crate::connect_channel(&s.endpoint).await {
+        match super::nats::client_channel(&s.endpoint).await {
             Ok(ch) => {
                 tracing::info!(endpoint = %s.endpoint, attempt, "reconnected");
                 s.install(ch);
@@ -763,7 +763,11 @@ impl<H> Server<H> {
         endpoint: impl TryInto<Endpoint, Error: Into<Error>>,
         handler: H,
     ) -> Result<Self> {
-        Ok(Self::new(crate::bind(endpoint).await?, handler))
+        let endpoint: Endpoint = endpoint.try_into().map_err(Into::into)?;
+        Ok(Self::new(
+            super::nats::server_listener(&endpoint).await?,
+            handler,
+        ))
     }
 
     /// Serves on a listener that is already bound.

@@ -5,7 +5,16 @@
 //! Capabilities decide: the patterns need a duplex transport; reconnect after a kill needs
 //! one that sees a dead peer; heartbeats are for one that does not. A case that does not
 //! apply is listed as ignored with the reason. Test names are `SCHEME::CASE`.
+//!
+//! `nats://` needs a server: when this build has the transport, the suite starts its own
+//! `nats-server` on a free loopback port for the whole run (the transports' launcher, through
+//! `support/nats.rs`), points `local_endpoint` at it (the variable the child processes
+//! inherit) and stops it by its pid at the end. Without the binary the `nats::` cases are
+//! ignored with that reason, except under `CI=true` on Unix, where the run fails.
 
+mod nats;
+#[path = "../../transports/tests/support/nats.rs"]
+mod nats_server;
 #[path = "../../transports/tests/support/mod.rs"]
 mod support;
 
@@ -21,10 +30,24 @@ use support::{child::Child, must, unique};
 fn main() {
     support::child::enter_if_child(roles);
     let args = Arguments::from_args();
+    let nats = start_nats();
     let mut trials = Vec::new();
     for t in ductwork::transports() {
-        let probed = probe(&*t);
-        for case in CASES {
+        let probed = match (&nats, t.scheme()) {
+            (Some(Err(why)), "nats") => Err(why.clone()),
+            // Another crate turned the transport on: the patterns refuse nats:// without it.
+            (_, "nats") if !cfg!(feature = "nats") => {
+                Err("the ductwork crate's `nats` feature is off (--features nats)".into())
+            }
+            _ => probe(&*t),
+        };
+        // Over nats:// the patterns map natively onto NATS: their own cases.
+        let cases = if t.scheme() == "nats" {
+            NATS_CASES
+        } else {
+            CASES
+        };
+        for case in cases {
             let name = format!("{}::{}", t.scheme(), case.name);
             let t = t.clone();
             let why = match &probed {
@@ -39,7 +62,26 @@ fn main() {
             });
         }
     }
-    libtest_mimic::run(&args, trials).exit();
+    let conclusion = libtest_mimic::run(&args, trials);
+    drop(nats); // stops the server: `exit` would skip the drop
+    conclusion.exit();
+}
+
+/// The variable `nats://`'s `local_endpoint` reads (`ductwork_transports::nats::SERVER_VAR`,
+/// which a build without the `nats` feature does not have).
+const NATS_SERVER_VAR: &str = "DUCTWORK_NATS_SERVER";
+
+/// The suite's own nats-server when this build has `nats://`, or why there is none.
+fn start_nats() -> Option<Result<nats_server::NatsServer, String>> {
+    if !ductwork::transports().iter().any(|t| t.scheme() == "nats") {
+        return None;
+    }
+    let server = nats_server::NatsServer::start(&[]).map_err(|why| nats_server::skip(&why));
+    if let Ok(s) = &server {
+        // Single-threaded still: no other thread reads the environment yet.
+        std::env::set_var(NATS_SERVER_VAR, s.addr());
+    }
+    Some(server)
 }
 
 /// The transport's capabilities, if it works here: probed by binding a fresh endpoint once
@@ -97,6 +139,41 @@ const CASES: &[Case] = &[
     },
 ];
 
+/// Over nats://: request/reply as NATS requests, publish/subscribe on subjects, a pool of
+/// servers in a queue group (see `src/patterns/nats/mod.rs`).
+const NATS_CASES: &[Case] = &[
+    Case {
+        name: "reqrep",
+        applies: duplex,
+        run: reqrep,
+    },
+    Case {
+        name: "pubsub_on_subjects",
+        applies: duplex,
+        run: nats::pubsub_on_subjects,
+    },
+    Case {
+        name: "servers_in_a_queue_group",
+        applies: duplex,
+        run: nats::servers_in_a_queue_group,
+    },
+    Case {
+        name: "a_killed_server_costs_its_calls_only",
+        applies: duplex,
+        run: nats::a_killed_server_costs_its_calls_only,
+    },
+    Case {
+        name: "topics_must_be_subjects",
+        applies: duplex,
+        run: nats::topics_must_be_subjects,
+    },
+    Case {
+        name: "plain_nats_clients_are_peers",
+        applies: duplex,
+        run: nats::plain_nats_clients_are_peers,
+    },
+];
+
 fn duplex(c: &Capabilities) -> Result<(), String> {
     match c.direction {
         Direction::Duplex => Ok(()),
@@ -104,14 +181,16 @@ fn duplex(c: &Capabilities) -> Result<(), String> {
     }
 }
 
-fn ep(s: &str) -> Endpoint {
+pub(crate) fn ep(s: &str) -> Endpoint {
     Endpoint::parse(s).expect("a valid endpoint")
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
-enum Op {
+pub(crate) enum Op {
     Echo(u64),
     Sleep(u64, u64),
+    /// The serving process's id: which server of a pool answered.
+    Pid,
 }
 
 async fn handle(op: Op) -> u64 {
@@ -121,10 +200,12 @@ async fn handle(op: Op) -> u64 {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             v
         }
+        Op::Pid => u64::from(std::process::id()),
     }
 }
 
-/// The child roles: `server ENDPOINT [HEARTBEAT_MS]` and `publisher ENDPOINT N`.
+/// The child roles: `server ENDPOINT [HEARTBEAT_MS]` and `publisher ENDPOINT N [go]` (with
+/// `go`: publishing when the parent says so, not when three subscribers are in).
 fn roles(role: &str, args: &[String]) -> Result<(), String> {
     support::runtime().block_on(async {
         match (role, args) {
@@ -151,7 +232,10 @@ fn roles(role: &str, args: &[String]) -> Result<(), String> {
                     .await
                     .map_err(|e| e.to_string())
             }
-            ("publisher", [at, n]) => publisher(at, n.parse().map_err(|_| "N")?).await,
+            ("publisher", [at, n]) => publisher(at, n.parse().map_err(|_| "N")?, false).await,
+            ("publisher", [at, n, go]) if go == "go" => {
+                publisher(at, n.parse().map_err(|_| "N")?, true).await
+            }
             _ => Err(format!("unknown role {role} {args:?}")),
         }
     })
@@ -164,14 +248,19 @@ fn heartbeat(ms: u64) -> Heartbeat {
     }
 }
 
-/// Waits for three subscribers, publishes `n` messages on three topics in turn, then closes.
-async fn publisher(at: &str, n: u64) -> Result<(), String> {
+/// Waits for three subscribers (or, with `go`, for the parent's word: a NATS publisher does
+/// not see its subscribers), publishes `n` messages on three topics in turn, then closes.
+async fn publisher(at: &str, n: u64, go: bool) -> Result<(), String> {
     let p = Publisher::<u64>::bind(at)
         .await
         .map_err(|e| e.to_string())?;
     support::child::announce_ready(p.endpoint());
+    if go {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+    }
     for _ in 0..2_000 {
-        if p.subscribers() >= 3 {
+        if go || p.subscribers() >= 3 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -278,7 +367,7 @@ fn pubsub(t: Arc<dyn Transport>) -> Result<(), String> {
 }
 
 /// Reliable: exactly `want`. Best-effort: in order, nothing unexpected, something arrived.
-fn check_delivery(got: &[u64], want: &[u64], reliable: bool) -> Result<(), String> {
+pub(crate) fn check_delivery(got: &[u64], want: &[u64], reliable: bool) -> Result<(), String> {
     if reliable && got != want {
         return Err(format!(
             "received {} of {} messages, or out of order",

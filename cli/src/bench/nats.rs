@@ -5,32 +5,18 @@
 //! named in that variable beforehand is used as it is. Without either the `nats` rows are
 //! skipped with a note saying how to get them.
 //!
-//! Started before the run pins itself to a CPU, so the server is not pinned with the parent:
-//! it plays the network, between parent and peer.
+//! The launcher is the transports crate's (`ductwork_transports::nats::server`), the one the
+//! tests use. Started before the run pins itself to a CPU, so the server is not pinned with
+//! the parent: it plays the network, between parent and peer.
 
 use super::plan::BenchArgs;
-use std::{
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use ductwork_transports::nats::server::{binary, NatsServer};
 
 /// The variable `nats://`'s `local_endpoint` reads.
 const SERVER_VAR: &str = ductwork_transports::nats::SERVER_VAR;
 
-/// A nats-server this run started; killed and reaped when dropped.
-pub struct LocalServer {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Drop for LocalServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+/// A nats-server this run started; killed by its pid and reaped when dropped.
+pub type LocalServer = NatsServer;
 
 /// Whether the run measures `nats`: named in `--transports`, or by default when built in.
 fn wanted(args: &BenchArgs) -> bool {
@@ -52,73 +38,18 @@ pub fn start(args: &BenchArgs) -> (Option<LocalServer>, Option<String>) {
         return (None, None);
     }
     let skip = |why: String| (None, Some(format!("skipped nats: {why}")));
-    let Some(bin) = binary() else {
+    if binary().is_err() {
         return skip(format!(
             "no nats-server on the PATH (install it, e.g. apt-get install nats-server, or name \
              a running one with {SERVER_VAR}=host:port)"
         ));
-    };
-    match spawn(&bin) {
-        Ok((server, port)) => {
+    }
+    match NatsServer::start(&[]) {
+        Ok(server) => {
             // Single-threaded still: no other thread reads the environment yet.
-            std::env::set_var(SERVER_VAR, format!("127.0.0.1:{port}"));
+            std::env::set_var(SERVER_VAR, server.addr());
             (Some(server), None)
         }
         Err(why) => skip(format!("the local nats-server did not start: {why}")),
     }
-}
-
-/// `nats-server` on the PATH, or where Debian installs it (`/usr/sbin`).
-fn binary() -> Option<PathBuf> {
-    let name = if cfg!(windows) {
-        "nats-server.exe"
-    } else {
-        "nats-server"
-    };
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
-    if cfg!(unix) {
-        dirs.push("/usr/sbin".into());
-    }
-    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
-}
-
-/// Starts `bin` on a loopback port it picks itself and reads the port from its ports file.
-fn spawn(bin: &PathBuf) -> Result<(LocalServer, u16), String> {
-    let dir = std::env::temp_dir().join(format!("ductwork-bench-nats-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let child = Command::new(bin)
-        .args(["-a", "127.0.0.1", "-p", "-1", "--ports_file_dir"])
-        .arg(&dir)
-        .arg("-l")
-        .arg(dir.join("log"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("{}: {e}", bin.display()))?;
-    let mut server = LocalServer { child, dir };
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        if let Ok(Some(status)) = server.child.try_wait() {
-            return Err(format!("it exited ({status}); see its log"));
-        }
-        if let Some(port) = read_port(&server.dir) {
-            return Ok((server, port));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Err("no ports file within 10 s".into())
-}
-
-/// The client port in the ports file (`{"nats":["nats://127.0.0.1:PORT"],...}`) in `dir`.
-fn read_port(dir: &PathBuf) -> Option<u16> {
-    let file = std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().ends_with(".ports"))?;
-    let text = std::fs::read_to_string(file.path()).ok()?;
-    let url = text.split("\"nats\":[\"").nth(1)?.split('"').next()?;
-    url.rsplit(':').next()?.parse().ok().filter(|p| *p != 0)
 }

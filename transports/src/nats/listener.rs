@@ -22,7 +22,8 @@ use tokio::{
 const QUEUE: &str = "ductwork";
 
 /// Binds: connects to the server and subscribes to the name's connect subject. When this
-/// returns the server has the subscription (a flush went through), so a client may connect.
+/// returns the server has the subscription (a round trip went through, see
+/// [`native::sync`](super::native::sync)), so a client may connect.
 pub(crate) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
     let client = cfg.client(ErrorKind::Bind).await?;
     let fail = |what: &str, e: &dyn std::fmt::Display| {
@@ -32,7 +33,9 @@ pub(crate) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
         .queue_subscribe(cfg.connect_subject(), QUEUE.to_string())
         .await
         .map_err(|e| fail("subscribe", &e))?;
-    client.flush().await.map_err(|e| fail("subscribe", &e))?;
+    super::native::sync(&client, cfg.connect_timeout)
+        .await
+        .map_err(|e| fail("subscribe", &e))?;
     let (tx, rx) = mpsc::channel(cfg.backlog);
     let task = tokio::spawn(serve(client, sub, tx, cfg, ep.clone()));
     Ok(Box::new(NatsListener {

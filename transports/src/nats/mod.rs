@@ -67,6 +67,10 @@
 mod config;
 mod conn;
 mod listener;
+#[doc(hidden)]
+pub mod native;
+#[doc(hidden)]
+pub mod server;
 
 use config::Config;
 use ductwork_core::{
