@@ -138,15 +138,16 @@ fn framed_input(rng: &mut XorShift, kind: u64) -> (Vec<u8>, bool) {
 
 /// One malformed input for the shm set-up socket: the bytes and whether to reset.
 fn shm_input(rng: &mut XorShift, kind: u64) -> (Vec<u8>, bool) {
-    const HELLO: &[u8] = b"DWSHMhi1";
+    // The hello: the word, then a max_frame of 1 MiB (u64 LE).
+    const HELLO: &[u8] = b"DWSHMhi2\0\0\x10\0\0\0\0\0";
     match kind {
         0 => (noise(rng, 1, 64), false),
         // A hello cut short.
-        1 | 2 => (HELLO[..1 + rng.below(7) as usize].to_vec(), false),
-        // A wrong hello of the right length.
+        1 | 2 => (HELLO[..1 + rng.below(15) as usize].to_vec(), false),
+        // A wrong hello of the right length (a word of another version, a limit of 0, ...).
         3 | 4 => {
             let mut h = HELLO.to_vec();
-            let i = rng.below(8) as usize;
+            let i = rng.below(16) as usize;
             h[i] ^= 1 + rng.below(255) as u8;
             (h, false)
         }
