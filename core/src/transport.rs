@@ -24,9 +24,10 @@
 //!   *the peer's* limit is refused the same way, on send, naming the endpoint and the limit,
 //!   nothing written: so a sender learns of every frame its peer would refuse, and a
 //!   conforming receiver never drops a connection for one. A peer that sends no hello (a raw
-//!   writer) within the endpoint's `connect_timeout` has an unknown limit. (shm, whose set-up
-//!   handshake could carry the limits, does not exchange them yet; message transports refuse
-//!   on the receiving side, see *After an error*.) A peer that
+//!   writer) within the endpoint's `connect_timeout` has an unknown limit. shm exchanges the
+//!   limits in its set-up handshake (the client's hello, the listener's reply) with the same
+//!   effect; the other message transports refuse on the receiving side, see *After an error*.
+//!   A peer that
 //!   announces a larger frame makes *that connection* fail with `FrameTooLarge` (on a shared
 //!   receiver: that message only, see *After an error*) before any memory is reserved for it;
 //!   nor is memory reserved by a frame's announced length alone, only as its bytes arrive.

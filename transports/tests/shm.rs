@@ -9,7 +9,8 @@
 //! - 1 MiB messages pass with the default capacity; a message over the ring is refused
 //!   with `FrameTooLarge` naming the capacity; the park-only path (`spin=0`) works;
 //! - a message over the *listener's* `max_frame` fails locally on the client, which stays
-//!   usable (the handshake tells the client the listener's limit);
+//!   usable (the handshake tells the client the listener's limit), and one over the
+//!   *client's* fails locally on the listener (the client's hello tells it);
 //! - 1,000 idle connections at default settings cost the listener (a child process) under
 //!   64 MiB of RSS (the connect time is printed); 5,000 clients against `max_conns=200`
 //!   are refused with `Refused` naming the limit while a good client keeps being served;
@@ -55,7 +56,9 @@ impl RawClient {
         let mut sock =
             std::os::unix::net::UnixStream::connect(support::unix::private_socket("shm", name))
                 .unwrap();
-        sock.write_all(b"DWSHMhi1").unwrap();
+        // The hello: the word, then our max_frame (u64 LE), 16 MiB.
+        sock.write_all(b"DWSHMhi2").unwrap();
+        sock.write_all(&(16u64 << 20).to_le_bytes()).unwrap();
         let mut reply = [0u8; 32];
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(5))];
         let mut ctl = RecvAncillaryBuffer::new(&mut space);
@@ -714,5 +717,42 @@ fn over_the_listeners_max_frame_fails_locally_and_the_client_goes_on() {
         ping(&mut c, &[2u8; 1000]).await;
         c.close().await.unwrap();
         child.kill().await.unwrap();
+    });
+}
+
+#[test]
+fn over_the_clients_max_frame_fails_on_the_listeners_send_and_it_goes_on() {
+    rt().block_on(async {
+        let name = name("client-limit");
+        let mut l = ductwork_transports::bind(format!("shm://{name}").as_str())
+            .await
+            .unwrap();
+        // The listener's own limit is the default (16 MiB): the client's hello sets its sends'.
+        let ep = format!("shm://{name}?max_frame=1000");
+        let connect = tokio::spawn(async move { ductwork_transports::connect(ep.as_str()).await });
+        let mut server = within(l.accept()).await.unwrap();
+        let mut client = within(connect).await.unwrap().unwrap();
+        assert_eq!(server.info().capabilities.max_message, 1000);
+        let e = server
+            .send(Bytes::from(vec![1u8; 20_000]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::FrameTooLarge, "{e}");
+        assert!(
+            e.to_string().contains(&name) && e.to_string().contains("1000"),
+            "{e}"
+        );
+        // Nothing entered the ring: the client gets the next message, not an error.
+        within(server.send(Bytes::from(vec![2u8; 1000])))
+            .await
+            .unwrap();
+        assert_eq!(
+            within(client.next()).await.unwrap().unwrap()[..],
+            [2u8; 1000]
+        );
+        within(client.send(Bytes::from_static(b"back")))
+            .await
+            .unwrap();
+        assert_eq!(&within(server.next()).await.unwrap().unwrap()[..], b"back");
     });
 }

@@ -27,8 +27,8 @@ use std::{
 pub(crate) struct Peer {
     /// How the peer is named in [`ConnectionInfo::peer`].
     pub(crate) name: Option<String>,
-    /// The peer's `max_frame` as the handshake told it (the listener's, on the client side;
-    /// `usize::MAX` on the listener's side): we send nothing larger.
+    /// The peer's `max_frame` as the set-up handshake told it (the listener's reply, on the
+    /// client side; the client's hello, on the listener's side): we send nothing larger.
     pub(crate) max_frame: usize,
     /// The listener's connection slot (on the listening side), given back on drop.
     pub(crate) slot: Option<Slot>,
@@ -432,8 +432,9 @@ impl ShmConnection {
             ErrorKind::FrameTooLarge,
             format!(
                 "message of {len} bytes exceeds the limit of {max} bytes (the smallest of the \
-                 ring capacity {} bytes less 16, raised with ?capacity=, and the max_frame of \
-                 both sides)",
+                 ring capacity {} bytes less 16, raised with ?capacity=, our max_frame and the \
+                 peer's, announced at set-up); nothing was sent and the connection stays \
+                 usable",
                 self.tx.capacity()
             ),
         )

@@ -9,13 +9,13 @@
 //!
 //! # Behaviour
 //! - **Duplex, reliable, ordered, message boundaries kept**, one host.
-//! - **Size limit.** A message must fit in the ring: `max_message` = the smaller of
-//!   `max_frame` and `capacity - 16`, and on the connecting side also the listener's
-//!   `max_frame`, which the set-up reply carries. A larger send fails locally with
-//!   `FrameTooLarge` (naming the capacity) and the connection stays usable, so a client never
-//!   sends what the listener would refuse. A listener's message over the client's own limit
-//!   fails the client's `recv` with `FrameTooLarge`, as on every transport. Messages are not
-//!   chunked.
+//! - **Size limit.** A message must fit in the ring: a connection's `max_message` = the
+//!   smallest of its `max_frame`, `capacity - 16` and the peer's `max_frame`, which the set-up
+//!   carries both ways (the client's hello, the listener's reply). A larger send fails locally
+//!   with `FrameTooLarge` (naming the limit) and the connection stays usable, so neither side
+//!   sends what the other would refuse. A message over the limit that a peer writes into the
+//!   ring anyway (not a ductwork peer) fails the receiver's `recv` with `FrameTooLarge`, as on
+//!   every transport. Messages are not chunked.
 //! - **Copies.** A typed send whose record fits in the ring right away is encoded straight
 //!   into the ring (one pass over the payload); one that must wait for space is encoded into
 //!   a reusable buffer and copied in once there is room.

@@ -3,15 +3,16 @@
 //! per-listener limits, and the listener whose set-ups run on their own tasks.
 //!
 //! Both layers speak the same handshake over their naming channel (a Unix socket, a named
-//! pipe): the client sends [`HELLO`]; the listener answers
-//! [`REPLY_OK`] followed by the capacity, the segment length and its own `max_frame` (u64 LE
-//! each) and then the OS objects (descriptors or handle values; the reply's length is the OS
-//! layer's), or refuses with [`REPLY_NO`], a reason code and a detail word (u64 LE each, then
-//! zeros up to the reply's length), so that the client can say what went wrong instead of
-//! "closed". The client then caps the messages it sends at the smaller of both `max_frame`s:
-//! a message the listener would refuse fails locally with `FrameTooLarge` and the connection
-//! stays usable. (The listener does not learn the client's limit: a client enforces its own
-//! on receipt, as every transport does.)
+//! pipe): the client sends [`HELLO`] followed by its own `max_frame` (u64 LE); the listener
+//! answers [`REPLY_OK`] followed by the capacity, the segment length and its own `max_frame`
+//! (u64 LE each) and then the OS objects (descriptors or handle values; the reply's length is
+//! the OS layer's), or refuses with [`REPLY_NO`], a reason code and a detail word (u64 LE
+//! each, then zeros up to the reply's length), so that the client can say what went wrong
+//! instead of "closed". Each side then caps the messages it sends at the smaller of both
+//! `max_frame`s: a message the peer would refuse fails locally with `FrameTooLarge` and the
+//! connection stays usable, as on the stream transports. A client of another handshake
+//! version (its hello is `DWSHMhi` and another digit) is refused with [`NO_VERSION`], so both
+//! sides say that the versions differ; any other hello is dropped as garbage.
 
 use ductwork_core::{async_trait, BoxConnection, Endpoint, Error, ErrorKind, Listener, Result};
 use std::{
@@ -24,13 +25,19 @@ use std::{
     time::Duration,
 };
 use tokio::{
-    io::{AsyncRead, AsyncReadExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     sync::mpsc,
     task::JoinHandle,
 };
 
-/// What a client sends first.
-pub(super) const HELLO: &[u8; 8] = b"DWSHMhi1";
+/// What a client sends first, followed by its `max_frame` (u64 LE): [`HELLO_LEN`] bytes.
+pub(super) const HELLO: &[u8; 8] = b"DWSHMhi2";
+/// The length of a client's hello: the word and its `max_frame`.
+pub(super) const HELLO_LEN: usize = 16;
+/// The start of the hellos of every handshake version (v1 was the word alone, no limit).
+const HELLO_ANY: &[u8; 7] = b"DWSHMhi";
+/// This handshake's version, the detail of a [`NO_VERSION`] refusal.
+const VERSION: u64 = 2;
 /// How the listener's set-up reply starts when it accepts the client.
 pub(super) const REPLY_OK: &[u8; 8] = b"DWSHMok2";
 /// How the listener's set-up reply starts when it refuses the client.
@@ -49,36 +56,91 @@ pub(super) const NO_MAX_CONNS: u64 = 3;
 /// Refusal reason: another connection would take the listener over its `max_memory`; the
 /// limit in bytes follows.
 pub(super) const NO_MAX_MEMORY: u64 = 4;
+/// Refusal reason: the client speaks another handshake version; the listener's follows.
+pub(super) const NO_VERSION: u64 = 5;
 /// How long a connecting client may take to say hello.
 pub(super) const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many finished set-ups may wait for `accept`.
 const ACCEPT_QUEUE: usize = 16;
 
-/// Checks a client's hello.
-pub(super) fn parse_hello(ep: &Endpoint, hello: &[u8; 8]) -> Result<()> {
-    if hello == HELLO {
-        Ok(())
+/// A client's hello: [`HELLO`] and `max_frame`, the [`HELLO_LEN`] bytes it sends first.
+pub(super) fn hello(max_frame: usize) -> [u8; HELLO_LEN] {
+    let mut h = [0u8; HELLO_LEN];
+    h[..8].copy_from_slice(HELLO);
+    h[8..].copy_from_slice(&(max_frame as u64).to_le_bytes());
+    h
+}
+
+/// How many bytes of hello to read, given its first 8: the whole of ours, else just those
+/// (another version's, or garbage, is judged on them).
+fn hello_len(head: &[u8]) -> usize {
+    if head.starts_with(HELLO) {
+        HELLO_LEN
     } else {
-        Err(Error::new(
-            ErrorKind::Protocol,
-            ep,
-            "bad hello from a client",
-        ))
+        8
     }
 }
 
-/// Reads the client's hello (within [`HELLO_TIMEOUT`]) and checks it.
-pub(super) async fn read_hello(stream: &mut (impl AsyncRead + Unpin), ep: &Endpoint) -> Result<()> {
-    let mut hello = [0u8; 8];
-    match tokio::time::timeout(HELLO_TIMEOUT, stream.read_exact(&mut hello)).await {
-        Ok(Ok(_)) => parse_hello(ep, &hello),
-        Ok(Err(e)) => Err(Error::io(ep, "read the client's hello", e)),
-        Err(_) => Err(Error::new(
-            ErrorKind::Timeout,
-            ep,
-            "the client said no hello",
-        )),
+/// Whether a hello's first 8 bytes are those of another handshake version.
+fn other_version(head: &[u8]) -> bool {
+    head.len() >= 8 && head.starts_with(HELLO_ANY) && !head.starts_with(HELLO)
+}
+
+/// Checks a client's hello (the [`HELLO_LEN`] bytes it sent, or the 8 of another version's
+/// word) and returns the client's `max_frame`: a hello of another version is a `Protocol`
+/// error saying so, anything else that is not a hello with a non-zero limit a `Protocol`
+/// error too.
+pub(super) fn parse_hello(ep: &Endpoint, hello: &[u8]) -> Result<usize> {
+    let bad = |why: String| Error::new(ErrorKind::Protocol, ep, why);
+    if other_version(hello) {
+        let v = hello[7].escape_ascii();
+        return Err(bad(format!(
+            "a client speaks set-up version {v} (hello `DWSHMhi{v}`), this listener version \
+             {VERSION}: both sides need the same ductwork version"
+        )));
     }
+    if hello.len() != HELLO_LEN || !hello.starts_with(HELLO) {
+        return Err(bad("bad hello from a client".into()));
+    }
+    match word(hello, 8) {
+        0 => Err(bad("a client announces a max_frame of 0 bytes".into())),
+        max => Ok(usize::try_from(max).unwrap_or(usize::MAX)),
+    }
+}
+
+/// Reads the client's hello (within [`HELLO_TIMEOUT`]), checks it and returns the client's
+/// `max_frame`. A client of another version is told so with a [`NO_VERSION`] refusal of
+/// `reply_len` bytes (the OS layer's reply length), so that it can say why too.
+pub(super) async fn read_hello(
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    ep: &Endpoint,
+    reply_len: usize,
+) -> Result<usize> {
+    let mut hello = [0u8; HELLO_LEN];
+    // The word first: a client of another version may send nothing after it.
+    let read = async {
+        stream.read_exact(&mut hello[..8]).await?;
+        let n = hello_len(&hello[..8]);
+        stream.read_exact(&mut hello[8..n]).await?;
+        Ok::<_, io::Error>(n)
+    };
+    let n = match tokio::time::timeout(HELLO_TIMEOUT, read).await {
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => return Err(Error::io(ep, "read the client's hello", e)),
+        Err(_) => {
+            return Err(Error::new(
+                ErrorKind::Timeout,
+                ep,
+                "the client said no hello",
+            ))
+        }
+    };
+    if other_version(&hello[..n]) {
+        let _ = stream
+            .write_all(&refusal(reply_len, NO_VERSION, VERSION))
+            .await;
+    }
+    parse_hello(ep, &hello[..n])
 }
 
 /// The head of an accepting reply of `len` bytes (at least [`REPLY_HEAD`]); the OS layer
@@ -202,6 +264,14 @@ pub(super) fn refused(ep: &Endpoint, reply: &[u8]) -> Error {
                  its other connections; try again when one has closed"
             ),
         ),
+        NO_VERSION => Error::new(
+            ErrorKind::Protocol,
+            ep,
+            format!(
+                "the listener speaks set-up version {detail}, this client version {VERSION} \
+                 (its set-up handshake is not ours); both sides need the same ductwork version"
+            ),
+        ),
         code => Error::new(
             ErrorKind::Refused,
             ep,
@@ -287,16 +357,20 @@ impl Drop for Slot {
 }
 
 /// The fuzz target `shm_setup`'s body: `input` as the bytes a peer can send during set-up
-/// (a hello, the listener's reply in both OS layers' lengths, a segment header). Any outcome
-/// but a panic is fine.
+/// (a client's hello as the listener reads it, the listener's reply in both OS layers'
+/// lengths, a segment header). Any outcome but a panic is fine; a hello taken must carry a
+/// usable limit.
 pub(crate) fn fuzz_one(input: &[u8]) {
     use super::ring::SharedRegion;
     let ep = Endpoint::parse("shm://fuzz").expect("a valid endpoint");
-    let mut hello = [0u8; 8];
-    for (d, s) in hello.iter_mut().zip(input) {
-        *d = *s;
+    let head = &input[..input.len().min(8)];
+    let hello = &input[..input.len().min(hello_len(head))];
+    match parse_hello(&ep, hello) {
+        Ok(max) => assert!(max > 0 && hello.starts_with(HELLO) && hello.len() == HELLO_LEN),
+        Err(e) => {
+            let _ = e.to_string();
+        }
     }
-    let _ = parse_hello(&ep, &hello);
     for expected in [REPLY_HEAD, 72] {
         let reply = &input[..input.len().min(expected)];
         if let Err(e) = parse_reply(&ep, reply, expected) {
@@ -467,8 +541,66 @@ mod tests {
         let mut zero = ok;
         zero[24..32].fill(0);
         assert_eq!(bad(&zero, 32), ErrorKind::Protocol);
-        assert!(parse_hello(&ep(), HELLO).is_ok());
-        assert!(parse_hello(&ep(), b"DWSHMhi2").is_err());
+    }
+
+    #[test]
+    fn hellos_carry_a_nonzero_limit_of_this_version() {
+        assert_eq!(parse_hello(&ep(), &hello(1000)).ok(), Some(1000));
+        assert_eq!(
+            parse_hello(&ep(), &hello(usize::MAX)).ok(),
+            Some(usize::MAX)
+        );
+        let bad = |h: &[u8]| parse_hello(&ep(), h).unwrap_err();
+        assert_eq!(bad(&hello(0)).kind(), ErrorKind::Protocol);
+        assert!(bad(&hello(0)).to_string().contains("max_frame of 0"));
+        assert_eq!(bad(HELLO).kind(), ErrorKind::Protocol, "the word alone");
+        assert_eq!(bad(&hello(1000)[..15]).kind(), ErrorKind::Protocol);
+        for old in [&b"DWSHMhi1"[..], b"DWSHMhi3", b"DWSHMhi\xff"] {
+            let e = bad(old);
+            assert!(
+                e.kind() == ErrorKind::Protocol && e.to_string().contains("version"),
+                "{e}"
+            );
+        }
+        assert!(!bad(b"DWSHMok2").to_string().contains("version"));
+    }
+
+    /// Runs `read_hello` against a client that writes `sent` and then waits: what the
+    /// listener made of it, and what the client received back.
+    fn serve_hello(sent: &[u8]) -> (Result<usize>, Vec<u8>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (mut client, mut server) = tokio::io::duplex(256);
+            client.write_all(sent).await.unwrap();
+            let got = read_hello(&mut server, &ep(), 72).await;
+            drop(server);
+            let mut back = Vec::new();
+            client.read_to_end(&mut back).await.unwrap();
+            (got, back)
+        })
+    }
+
+    #[test]
+    fn an_old_client_is_told_that_the_versions_differ() {
+        let (got, back) = serve_hello(&hello(4096));
+        assert_eq!(got.ok(), Some(4096));
+        assert!(back.is_empty());
+        // A v1 client sends its 8-byte word and waits for the reply: it is not left waiting
+        // for the limit it never sends, and gets a refusal in the reply's length.
+        let (got, back) = serve_hello(b"DWSHMhi1");
+        let e = got.unwrap_err();
+        assert!(e.to_string().contains("set-up version 1"), "{e}");
+        assert_eq!(back.len(), 72);
+        let e = parse_reply(&ep(), &back, 72).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol);
+        assert!(e.to_string().contains("set-up version 2"), "{e}");
+        // Garbage gets nothing back.
+        let (got, back) = serve_hello(b"GET / HTTP/1.1\r\n");
+        assert_eq!(got.unwrap_err().kind(), ErrorKind::Protocol);
+        assert!(back.is_empty());
     }
 
     /// The fuzz target's body over a deterministic sweep (what `scripts/fuzz.sh` runs when
@@ -491,5 +623,12 @@ mod tests {
             fuzz_one(&input);
         }
         fuzz_one(&[]);
+        for max in [0, 1, 4096, usize::MAX] {
+            for cut in 0..=HELLO_LEN + 1 {
+                let mut input = hello(max).to_vec();
+                input.push(0);
+                fuzz_one(&input[..cut]);
+            }
+        }
     }
 }

@@ -2,7 +2,8 @@
 //! set-up; each connection gets a sealed memfd with both rings and four eventfds.
 //!
 //! Set-up, per connection:
-//! 1. The client connects to `<dir>/shm-<name>.sock` and sends the 8-byte hello `DWSHMhi1`.
+//! 1. The client connects to `<dir>/shm-<name>.sock` and sends the 16-byte hello: `DWSHMhi2`
+//!    and its `max_frame` (u64 LE), which the listener keeps as the limit of what it sends.
 //! 2. The server checks the client's credentials (same user) and its limits (`max_conns`,
 //!    `max_memory`), creates a memfd (`MFD_ALLOW_SEALING`, sized but sparse, sealed against
 //!    shrinking and growing so that neither side can make the other's mapping fault for a
@@ -44,8 +45,8 @@ use super::{
     mapped::{Mapped, Unmap},
     ring::{self, SharedRegion},
     setup::{
-        accept_reply, os_detail, parse_reply, read_hello, refusal, spawn_setup, Accepted, Limits,
-        QueuedListener, Reply, HELLO, NO_OTHER_USER, NO_RESOURCES, REPLY_HEAD,
+        accept_reply, hello, os_detail, parse_reply, read_hello, refusal, spawn_setup, Accepted,
+        Limits, QueuedListener, Reply, NO_OTHER_USER, NO_RESOURCES, REPLY_HEAD,
     },
     Config,
 };
@@ -402,7 +403,7 @@ async fn serve_handshake(
     let peer = peer_credentials(&stream);
     // The hello is read first, so that a refused client is reading when the refusal comes
     // (it would otherwise fail writing its hello to a closed socket and never hear why).
-    read_hello(&mut stream, ep).await?;
+    let client_max_frame = read_hello(&mut stream, ep, REPLY_LEN).await?;
     let creds = credentials(&stream);
     if !cfg.policy.admits(creds) {
         let uid = creds.map_or("unknown".into(), |c| c.uid.to_string());
@@ -468,8 +469,7 @@ async fn serve_handshake(
         .map_err(|e| Error::io(ep, "register the doorbells", e))?;
     let peer = Peer {
         name: peer,
-        // The client enforces its own limit on receipt.
-        max_frame: usize::MAX,
+        max_frame: client_max_frame,
         slot: Some(slot),
     };
     let capacity = cfg.capacity;
@@ -528,7 +528,7 @@ pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection>
     cfg.policy.check_listener(ep, credentials(&stream))?;
     let peer = peer_credentials(&stream);
     stream
-        .write_all(HELLO)
+        .write_all(&hello(cfg.max_frame))
         .await
         .map_err(|e| Error::io(ep, "send hello", e))?;
     let (reply, [memfd, c_data, c_space, s_data, s_space]) = receive_reply(&stream, ep).await?;
@@ -575,7 +575,8 @@ async fn receive_reply(stream: &UnixStream, ep: &Endpoint) -> Result<(Reply, [Ow
         return Err(Error::new(
             ErrorKind::ConnectionLost,
             ep,
-            "the listener closed the connection during set-up without saying why",
+            "the listener closed the connection during set-up without saying why (a \
+             listener of an older ductwork version that does not know this hello does that)",
         ));
     }
     let reply = parse_reply(ep, &reply[..n], REPLY_LEN)?;

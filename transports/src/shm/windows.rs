@@ -4,7 +4,8 @@
 //!
 //! Set-up, per connection:
 //! 1. The client opens `\\.\pipe\ductwork-shm-<name>` (local clients only) and sends the
-//!    8-byte hello `DWSHMhi1`.
+//!    16-byte hello: `DWSHMhi2` and its `max_frame` (u64 LE), which the listener keeps as the
+//!    limit of what it sends.
 //! 2. The server learns the client's process id from the pipe
 //!    (`GetNamedPipeClientProcessId`), opens it (`PROCESS_DUP_HANDLE | SYNCHRONIZE`: this
 //!    fails for a process of another user), checks its limits (`max_conns`, `max_memory`;
@@ -37,8 +38,8 @@ use super::{
     mapped::{Mapped, Unmap},
     ring,
     setup::{
-        accept_reply, os_detail, parse_reply, read_hello, refusal, spawn_setup, word, Accepted,
-        Limits, QueuedListener, HELLO, NO_RESOURCES, REPLY_HEAD,
+        accept_reply, hello, os_detail, parse_reply, read_hello, refusal, spawn_setup, word,
+        Accepted, Limits, QueuedListener, NO_RESOURCES, REPLY_HEAD,
     },
     Config,
 };
@@ -421,7 +422,7 @@ async fn serve_handshake(
     cfg: Config,
     limits: &Arc<Limits>,
 ) -> Result<BoxConnection> {
-    read_hello(&mut pipe, ep).await?;
+    let client_max_frame = read_hello(&mut pipe, ep, REPLY_LEN).await?;
     // Over a limit: refused before anything is made for the client.
     let slot = match limits.take() {
         Ok(slot) => slot,
@@ -475,8 +476,7 @@ async fn serve_handshake(
         .map_err(|e| Error::io(ep, "start the doorbell waiter", e))?;
     let peer = Peer {
         name: Some(format!("pid {pid}")),
-        // The client enforces its own limit on receipt.
-        max_frame: usize::MAX,
+        max_frame: client_max_frame,
         slot: Some(slot),
     };
     Ok(connection(
@@ -520,7 +520,7 @@ pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection>
     }
     let server = open_process(pid, PROCESS_SYNCHRONIZE)
         .map_err(|e| Error::io(ep, "open the listener process", e))?;
-    pipe.write_all(HELLO)
+    pipe.write_all(&hello(cfg.max_frame))
         .await
         .map_err(|e| Error::io(ep, "send hello", e))?;
     let mut reply = [0u8; REPLY_LEN];
@@ -528,7 +528,8 @@ pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection>
         Error::new(
             ErrorKind::ConnectionLost,
             ep,
-            "the listener closed the connection during set-up without saying why",
+            "the listener closed the connection during set-up without saying why (a \
+             listener of an older ductwork version that does not know this hello does that)",
         )
         .with_source(e)
     })?;

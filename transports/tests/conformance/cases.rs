@@ -182,14 +182,12 @@ fn peer_loss(c: &Capabilities) -> Result<(), &'static str> {
 }
 
 /// Transports whose two sides tell each other their frame limit at connect, so that a frame
-/// over the peer's limit is refused on send (the contract's *Size limit*): the reliable byte
-/// streams, which all share `common/framed.rs`. shm joins once its set-up carries the limits.
+/// over the peer's limit is refused on send (the contract's *Size limit*): every reliable
+/// duplex transport with a connection per peer (the byte streams through the hello of
+/// `common/framed.rs`, shm through its set-up handshake).
 fn exchanges_limits(c: &Capabilities) -> Result<(), &'static str> {
     duplex_per_peer(c)?;
-    reliable(c)?;
-    (c.boundaries == ductwork_core::Boundaries::FramedBytes)
-        .then_some(())
-        .ok_or("no limit exchange at connect (yet)")
+    reliable(c).map_err(|_| "best-effort: no limit exchange at connect")
 }
 
 /// Connections that one failed receive ends: per peer and reliable. A datagram connection
@@ -450,8 +448,9 @@ fn oversized_from_peer(s: &Subject) -> Result<(), String> {
 /// A connection (with a limit of 1 KiB) to a peer process that sends it a frame over that
 /// limit, then `after` small frames. A ductwork peer that knows our limit refuses such a
 /// frame itself (see `peer_limit_refused_by_listener`), so where the transport exchanges
-/// limits the offender is the subject's raw client, which writes a header claiming far more
-/// than the limit, then noise; elsewhere a `blast` listener.
+/// limits the offender is the subject's raw oversized writer (`Subject::oversized`: a raw
+/// client that writes a header claiming far more than the limit, then noise, or on shm
+/// publishes such a record in the ring); elsewhere a `blast` listener.
 async fn oversized_sender(
     s: &Subject,
     case: &str,
@@ -459,11 +458,11 @@ async fn oversized_sender(
 ) -> Result<(BoxConnection, Child), String> {
     let ep = endpoint(s, case).with_option("max_frame", "65536");
     let caps = ductwork_transports::capabilities(&ep).map_err(e2s)?;
-    if exchanges_limits(&caps).is_ok() && s.garbage.is_some() {
+    if exchanges_limits(&caps).is_ok() && s.oversized.is_some() {
         let mut l = ductwork_transports::bind(&ep.with_option("max_frame", "1024"))
             .await
             .map_err(e2s)?;
-        let peer = spawn_peer("garbage", l.endpoint(), &[s.name.into()])?;
+        let peer = spawn_peer("raw-oversized", l.endpoint(), &[s.name.into()])?;
         return Ok((accept(&mut l).await?, peer));
     }
     let args = ["4096".to_string(), after.to_string()];

@@ -234,6 +234,19 @@ async fn child(role: &str, args: &[String]) -> Result<(), String> {
             let garbage = subject.garbage.ok_or("subject has no raw client")?;
             garbage(&ep).map_err(|e| format!("raw client: {e}"))
         }
+        // Put one frame over any limit on the wire, past a sender's own check, with the
+        // subject's raw OS-level writer (see `Subject::oversized`).
+        "raw-oversized" => {
+            let name: String = arg(args, 1)?;
+            let subject = crate::subjects::all()
+                .into_iter()
+                .find(|s| s.name == name)
+                .ok_or_else(|| format!("no subject {name}"))?;
+            let write = subject
+                .oversized
+                .ok_or("subject has no raw oversized writer")?;
+            write(&ep).map_err(|e| format!("raw oversized writer: {e}"))
+        }
         // Connect as sender ID; on every line from stdin (a count N) send the next N messages
         // of `cue_msg`; at the end of stdin close cleanly.
         "send-on-cue" => {

@@ -1,7 +1,8 @@
 //! The transports under test: every transport built into `ductwork_transports` (its
 //! [`Transport::local_endpoint`] makes a fresh endpoint), with, where the mechanism lets a raw
-//! client in, how to write garbage to a listener. A new transport needs nothing here but its
-//! garbage writer, if any, and one line in [`garbage_writer`].
+//! client in, how to write garbage to a listener and how to put a frame over any limit on the
+//! wire past a sender's own check. A new transport needs nothing here but its raw writers,
+//! if any, and one line each in [`garbage_writer`] and [`oversized_writer`].
 
 use crate::support;
 use ductwork_core::{Endpoint, Transport};
@@ -17,6 +18,10 @@ pub struct Subject {
     pub name: &'static str,
     pub transport: Arc<dyn Transport>,
     pub garbage: Option<GarbageWriter>,
+    /// Writes, with raw OS calls, one frame claiming far more than any limit into a
+    /// connection it opens to the listener: what a ductwork sender, which knows the peer's
+    /// limit, never sends (see `cases::oversized_sender`).
+    pub oversized: Option<GarbageWriter>,
 }
 
 impl Subject {
@@ -32,6 +37,7 @@ pub fn all() -> Vec<Subject> {
         .map(|transport| Subject {
             name: transport.scheme(),
             garbage: garbage_writer(transport.scheme()),
+            oversized: oversized_writer(transport.scheme()),
             transport,
         })
         .collect()
@@ -52,6 +58,19 @@ fn garbage_writer(scheme: &str) -> Option<GarbageWriter> {
         "pipe" => Some(pipe_garbage),
         "mailslot" => Some(mailslot_garbage),
         "nats" => Some(nats_garbage),
+        _ => None,
+    }
+}
+
+/// The raw oversized-frame writer of each scheme that has one. On a byte stream the garbage
+/// is such a frame (its first bytes claim a length far over any limit); shm's garbage goes
+/// to the set-up socket and never becomes a connection, so its writer does the set-up and
+/// writes the record straight into the ring.
+fn oversized_writer(scheme: &str) -> Option<GarbageWriter> {
+    match scheme {
+        #[cfg(any(target_os = "linux", windows))]
+        "shm" => Some(shm_oversized),
+        "tcp" | "tls" | "unix" | "pipe" => garbage_writer(scheme),
         _ => None,
     }
 }
@@ -196,6 +215,174 @@ fn shm_garbage(ep: &Endpoint) -> io::Result<()> {
         &format!(r"\\.\pipe\ductwork-shm-{}", ep.address()),
         &[GARBAGE],
     )
+}
+
+/// shm's client hello as `docs/wire-format.md` documents it: the word, then our `max_frame`
+/// (u64 LE), here 16 MiB.
+#[cfg(any(target_os = "linux", windows))]
+fn shm_hello() -> Vec<u8> {
+    let mut h = b"DWSHMhi2".to_vec();
+    h.extend_from_slice(&(16u64 << 20).to_le_bytes());
+    h
+}
+
+/// The set-up reply's head, checked: the ring capacity and the segment length it announces.
+#[cfg(any(target_os = "linux", windows))]
+fn shm_reply(reply: &[u8]) -> io::Result<(usize, usize)> {
+    if reply.len() < 32 || &reply[..8] != b"DWSHMok2" {
+        return Err(io::Error::other(format!("set-up reply {reply:?}")));
+    }
+    let word = |i: usize| u64::from_le_bytes(reply[i..i + 8].try_into().unwrap()) as usize;
+    let (cap, len) = (word(8), word(16));
+    if len < 128 + 2 * (512 + cap) {
+        return Err(io::Error::other(format!(
+            "segment of {len} bytes for rings of {cap}"
+        )));
+    }
+    Ok((cap, len))
+}
+
+/// Publishes, in the segment mapped at `base` with rings of `cap` bytes, a record in ring B
+/// (client to listener) at position 0 that claims 2 GiB - 16 bytes: its header word (as
+/// `transports/src/shm/ring.rs` documents it: `len | stamp << 32`, the stamp for position 0)
+/// at the start of ring B's data area, after its 512-byte header.
+///
+/// # Safety
+/// `base` must be a live, writable mapping of at least `128 + 2 * (512 + cap)` bytes.
+#[cfg(any(target_os = "linux", windows))]
+unsafe fn shm_publish_oversized(base: *mut u8, cap: usize) {
+    let at = 128 + (512 + cap) + 512;
+    let word = 0x7fff_fff0u64 | u64::from(0x5354_4d50u32) << 32;
+    // SAFETY: `at + 8` is within the mapping (the caller's contract); the offset is 8-aligned
+    // in a page-aligned mapping. Volatile: the listener reads this memory.
+    unsafe { std::ptr::write_volatile(base.add(at).cast::<u64>(), word) }
+}
+
+/// The raw ring writer for shm on Linux: the set-up by hand (the hello on the Unix socket,
+/// the reply with five descriptors), then the oversized record in the mapped segment and a
+/// ring of the listener's data doorbell (the fourth descriptor, an eventfd).
+#[cfg(target_os = "linux")]
+fn shm_oversized(ep: &Endpoint) -> io::Result<()> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    use std::{io::Write, mem::MaybeUninit, os::fd::OwnedFd};
+    let path = support::unix::private_socket("shm", ep.address());
+    let mut sock = std::os::unix::net::UnixStream::connect(path)?;
+    sock.write_all(&shm_hello())?;
+    let mut reply = [0u8; 32];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(5))];
+    let mut ctl = RecvAncillaryBuffer::new(&mut space);
+    let got = rustix::net::recvmsg(
+        &sock,
+        &mut [io::IoSliceMut::new(&mut reply)],
+        &mut ctl,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    let (cap, len) = shm_reply(&reply[..got.bytes])?;
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for m in ctl.drain() {
+        if let RecvAncillaryMessage::ScmRights(r) = m {
+            fds.extend(r);
+        }
+    }
+    if fds.len() != 5 {
+        return Err(io::Error::other(format!("{} descriptors", fds.len())));
+    }
+    // SAFETY: a fresh shared mapping chosen by the kernel of the memfd, `len` bytes as the
+    // listener announced (it sealed the memfd at least that long).
+    let base = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
+            len,
+            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+            rustix::mm::MapFlags::SHARED,
+            &fds[0],
+            0,
+        )
+    }?;
+    // SAFETY: `base` maps `len` bytes, checked by `shm_reply` to hold both rings of `cap`.
+    unsafe { shm_publish_oversized(base.cast(), cap) };
+    rustix::io::write(&fds[3], &1u64.to_ne_bytes())?;
+    // SAFETY: the mapping made above, not used after this.
+    unsafe { rustix::mm::munmap(base, len) }?;
+    Ok(())
+}
+
+/// The raw ring writer for shm on Windows: the set-up by hand (the hello on the named pipe,
+/// the 72-byte reply whose five handle values the listener duplicated into this process),
+/// then the oversized record in a view of the section and the listener's data event set.
+#[cfg(windows)]
+fn shm_oversized(ep: &Endpoint) -> io::Result<()> {
+    use support::win32::{open, Handle};
+    use windows_sys::Win32::{
+        Foundation::{GENERIC_READ, GENERIC_WRITE, HANDLE},
+        Storage::FileSystem::{ReadFile, WriteFile},
+        System::{
+            Memory::{
+                MapViewOfFile, UnmapViewOfFile, FILE_MAP_ALL_ACCESS, MEMORY_MAPPED_VIEW_ADDRESS,
+            },
+            Threading::SetEvent,
+        },
+    };
+    let pipe = open(
+        &format!(r"\\.\pipe\ductwork-shm-{}", ep.address()),
+        GENERIC_READ | GENERIC_WRITE,
+    )?;
+    let hello = shm_hello();
+    let mut n = 0u32;
+    // SAFETY: `pipe` is open; `hello` is valid for its length and `n` for a write; the
+    // handle is synchronous (no OVERLAPPED).
+    let ok = unsafe {
+        WriteFile(
+            pipe.0,
+            hello.as_ptr(),
+            hello.len() as u32,
+            &mut n,
+            std::ptr::null_mut(),
+        )
+    };
+    if ok == 0 || n as usize != hello.len() {
+        return Err(io::Error::last_os_error());
+    }
+    let mut reply = [0u8; 72];
+    let mut got = 0;
+    while got < reply.len() {
+        // SAFETY: as for WriteFile; the buffer is valid for the bytes not read yet.
+        let ok = unsafe {
+            ReadFile(
+                pipe.0,
+                reply[got..].as_mut_ptr(),
+                (reply.len() - got) as u32,
+                &mut n,
+                std::ptr::null_mut(),
+            )
+        };
+        if ok == 0 || n == 0 {
+            return Err(io::Error::other(format!("set-up reply cut at {got} bytes")));
+        }
+        got += n as usize;
+    }
+    let (cap, len) = shm_reply(&reply)?;
+    // Ours now: the listener duplicated them into this process (closed on drop).
+    let handles: Vec<Handle> = (0..5)
+        .map(|i| {
+            let at = 32 + 8 * i;
+            let v = u64::from_le_bytes(reply[at..at + 8].try_into().unwrap());
+            Handle(v as usize as HANDLE)
+        })
+        .collect();
+    // SAFETY: a section handle; the system chooses the address; fails if it is smaller.
+    let view = unsafe { MapViewOfFile(handles[0].0, FILE_MAP_ALL_ACCESS, 0, 0, len) };
+    if view.Value.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `view` maps `len` bytes, checked by `shm_reply` to hold both rings of `cap`.
+    unsafe { shm_publish_oversized(view.Value.cast(), cap) };
+    // SAFETY: an event handle of ours; then the view mapped above, not used after this.
+    unsafe {
+        SetEvent(handles[3].0);
+        UnmapViewOfFile(MEMORY_MAPPED_VIEW_ADDRESS { Value: view.Value });
+    }
+    Ok(())
 }
 
 /// A raw NATS client (the text protocol over a plain TCP socket, no ductwork or NATS library)

@@ -157,10 +157,15 @@ macro_rules! killed_tests {
     )+};
 }
 
+// On Windows tcp and tls are left out: under Wine a peer killed while streaming is never
+// reported gone (the conformance suite's `tcp::peer_killed`, see scripts/windows-tests.sh).
 killed_tests! {
+    #[cfg(target_os = "linux")]
     killed_tcp => "tcp", ALL;
+    #[cfg(target_os = "linux")]
     killed_unix => "unix", ALL;
     killed_pipe => "pipe", ALL;
+    #[cfg(target_os = "linux")]
     killed_tls => "tls", ALL;
     killed_shm => "shm", &[
         Way::ClientMidSend,

@@ -52,6 +52,7 @@ pub fn run(role: &str, args: &[String]) -> Result<(), String> {
         "serve-stream" => rt.block_on(serve(&arg(0)?, true)),
         "serve-drain" => rt.block_on(serve(&arg(0)?, false)),
         "die-mid-frame" => crate::hostile::die_mid_frame(&arg(0)?, &arg(1)?),
+        #[cfg(target_os = "linux")]
         "exhaust-echo" => rt.block_on(crate::exhaust::listener(&arg(0)?, num(1)?)),
         _ => Err(format!("unknown role {role}")),
     };
