@@ -170,6 +170,7 @@ impl From<std::io::Error> for CodecError {
 }
 
 /// Checks a payload length against a maximum, for datagram transports and before sending.
+#[inline]
 pub fn check_len(len: usize, max: usize) -> Result<(), CodecError> {
     if len > max {
         Err(CodecError::FrameTooLarge { len, max })
@@ -307,7 +308,47 @@ impl Decoder for FrameCodec {
     type Item = Frame;
     type Error = CodecError;
 
+    /// A whole data frame at the front of `src` is split off here, inline (this runs once per
+    /// received frame); everything else (markers, a partial frame, errors) in `decode_rest`.
+    #[inline]
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        if let Some(h) = src.get(..HEADER_LEN) {
+            let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+            // `max_frame <= MAX_CONFIGURABLE_FRAME`, below both markers: a length within it
+            // is a data frame's.
+            if !self.closed_by_peer && len <= self.max_frame && src.len() - HEADER_LEN >= len {
+                let mut frame = src.split_to(HEADER_LEN + len);
+                frame.advance(HEADER_LEN);
+                return Ok(Some(Frame::Data(frame)));
+            }
+        }
+        self.decode_rest(src)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => {
+                let expected = if src.len() >= HEADER_LEN {
+                    HEADER_LEN + u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize
+                } else {
+                    HEADER_LEN
+                };
+                Err(CodecError::Truncated {
+                    expected,
+                    got: src.len(),
+                })
+            }
+        }
+    }
+}
+
+impl FrameCodec {
+    /// [`Decoder::decode`] for all but a whole data frame: the close marker, a hello out of
+    /// place, a length over the limit, a frame not complete yet.
+    #[inline(never)]
+    fn decode_rest(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
         if self.closed_by_peer {
             if src.is_empty() {
                 return Ok(None);
@@ -358,24 +399,6 @@ impl Decoder for FrameCodec {
         let mut frame = src.split_to(HEADER_LEN + len);
         frame.advance(HEADER_LEN);
         Ok(Some(Frame::Data(frame)))
-    }
-
-    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
-        match self.decode(src)? {
-            Some(frame) => Ok(Some(frame)),
-            None if src.is_empty() => Ok(None),
-            None => {
-                let expected = if src.len() >= HEADER_LEN {
-                    HEADER_LEN + u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize
-                } else {
-                    HEADER_LEN
-                };
-                Err(CodecError::Truncated {
-                    expected,
-                    got: src.len(),
-                })
-            }
-        }
     }
 }
 
