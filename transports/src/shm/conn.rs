@@ -661,6 +661,11 @@ mod tests {
 
     /// Two connected in-process connections over one segment with rings of `cap` bytes.
     fn conn_pair(cap: usize) -> (ShmConnection, ShmConnection) {
+        conn_pair_with(cap, SpinMode::Fixed(std::time::Duration::ZERO))
+    }
+
+    /// [`conn_pair`] whose sides spin as `spin` says.
+    fn conn_pair_with(cap: usize, spin: SpinMode) -> (ShmConnection, ShmConnection) {
         let region: Arc<dyn SharedRegion> = Arc::new(HeapRegion::new(ring::segment_len(cap)));
         ring::init_segment(&*region, cap);
         let max = ring::max_message(cap);
@@ -674,14 +679,14 @@ mod tests {
             Consumer::new(region.clone(), cap, Which::B, max),
             Box::new(Quiet),
             info.clone(),
-            SpinMode::Fixed(std::time::Duration::ZERO),
+            spin,
         );
         let b = ShmConnection::new(
             Producer::new(region.clone(), cap, Which::B),
             Consumer::new(region, cap, Which::A, max),
             Box::new(Quiet),
             info,
-            SpinMode::Fixed(std::time::Duration::ZERO),
+            spin,
         );
         (a, b)
     }
@@ -877,5 +882,38 @@ mod tests {
             assert_eq!(frame.len(), len);
             assert!(frame.iter().all(|&b| b == round), "frame {round} intact");
         }
+    }
+
+    #[test]
+    fn waits_for_data_and_for_space_begin_and_end_with_the_event() {
+        let (mut a, mut b) = conn_pair_with(4096, SpinMode::Learned);
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        // An empty ring: a wait begins (nothing learned yet, so it parks at once).
+        assert!(Pin::new(&mut b).poll_next(&mut cx).is_pending());
+        assert!(b.spin_rx.waiting());
+        assert!(Pin::new(&mut b).poll_next(&mut cx).is_pending());
+        assert!(b.spin_rx.waiting(), "a second look continues the same wait");
+        // The message ends it; a message already there starts none.
+        send_sized(&mut a, 3000, 3000).unwrap();
+        assert!(matches!(
+            Pin::new(&mut b).poll_next(&mut cx),
+            Poll::Ready(Some(Ok(_)))
+        ));
+        assert!(!b.spin_rx.waiting());
+        // A full ring: the sender's wait for space begins, and ends once the frame went in.
+        send_sized(&mut a, 3000, 3000).unwrap();
+        send_sized(&mut a, 3000, 3000).unwrap();
+        assert!(matches!(a.pending, Pending::Scratch));
+        assert!(!a.spin_tx.waiting());
+        assert!(Pin::new(&mut a).poll_flush(&mut cx).is_pending());
+        assert!(a.spin_tx.waiting());
+        assert_eq!(recv_now(&mut b).unwrap().unwrap().len(), 3000);
+        assert!(matches!(
+            Pin::new(&mut a).poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        assert!(!a.spin_tx.waiting());
+        assert!(!b.spin_rx.waiting());
     }
 }

@@ -198,6 +198,12 @@ impl Spinner {
     pub(crate) fn abandon(&mut self) {
         self.wait = None;
     }
+
+    /// Whether a wait is in progress.
+    #[cfg(test)]
+    pub(crate) fn waiting(&self) -> bool {
+        self.wait.is_some()
+    }
 }
 
 #[cfg(test)]
