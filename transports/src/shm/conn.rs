@@ -6,6 +6,7 @@ use super::setup::Slot;
 use super::{
     caps,
     ring::{Consumer, Pop, Producer, Record, RingError, SharedRegion, Which},
+    spin::{SpinMode, Spinner},
     Config,
 };
 use bytes::{Bytes, BytesMut};
@@ -19,7 +20,6 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
-    time::{Duration, Instant},
 };
 
 /// What the set-up learnt about the peer, and what the connection holds for its listener.
@@ -89,67 +89,6 @@ pub(crate) trait OsLink: Send + Sync + 'static {
     /// Whether the peer process is known to be gone: a flag the OS layer's watcher (a task
     /// or thread) sets, so that every send can look at it without a system call.
     fn peer_gone(&self) -> bool;
-}
-
-/// Bounded, adaptive busy-waiting before parking.
-///
-/// Spinning pays off only when the peer runs on another core and answers within the budget.
-/// A score tracks recent spins: a spin that saw the awaited event adds 4 (up to 16), one that
-/// ran out of budget takes 1 away. At zero (spinning failed at least four times as often as
-/// it worked, recently) we park at once, and probe with one full spin every 16th time. So a
-/// ping-pong on two free cores spins, while two processes sharing one core (where the peer
-/// cannot run while we spin) or a mostly idle connection soon stop burning CPU. The spin
-/// itself is bounded by the budget (the `spin` option): it never holds a tokio worker longer.
-pub(crate) struct Spinner {
-    max: Duration,
-    score: u32,
-    skipped: u32,
-}
-
-impl Spinner {
-    const SCORE_MAX: u32 = 16;
-
-    pub(crate) fn new(max: Duration) -> Spinner {
-        Spinner {
-            max,
-            score: Self::SCORE_MAX,
-            skipped: 0,
-        }
-    }
-
-    /// Spins until `ready()` or the budget runs out; returns whether `ready()` became true.
-    pub(crate) fn spin(&mut self, mut ready: impl FnMut() -> bool) -> bool {
-        if self.max.is_zero() {
-            return false;
-        }
-        if self.score == 0 {
-            self.skipped = self.skipped.wrapping_add(1);
-            if self.skipped % 16 != 0 {
-                // One cheap chance for a peer that shares our core: let it run, look again.
-                std::thread::yield_now();
-                return ready();
-            }
-        }
-        // The clock is read only after a first round, so that the common short wait pays
-        // for no clock read at all.
-        let mut start: Option<Instant> = None;
-        loop {
-            for _ in 0..64 {
-                if ready() {
-                    self.score = (self.score + 4).min(Self::SCORE_MAX);
-                    return true;
-                }
-                std::hint::spin_loop();
-            }
-            match start {
-                None => start = Some(Instant::now()),
-                Some(t) if t.elapsed() >= self.max => break,
-                Some(_) => {}
-            }
-        }
-        self.score = self.score.saturating_sub(1);
-        false
-    }
 }
 
 /// One shared-memory connection. See the module docs of [`super`].
@@ -229,7 +168,7 @@ impl ShmConnection {
         rx: Consumer,
         os: Box<dyn OsLink>,
         info: ConnectionInfo,
-        spin: Duration,
+        spin: SpinMode,
     ) -> ShmConnection {
         ShmConnection {
             tx,
@@ -299,10 +238,12 @@ impl ShmConnection {
         match self.rx.try_pop_with(|rec| copy_out(rec, pool)) {
             Ok(Pop::Message(m)) => {
                 self.wake_producer();
+                self.spin_rx.done();
                 Some(Some(Ok(m)))
             }
             Ok(Pop::Empty) => None,
             Ok(Pop::Closed) => {
+                self.spin_rx.abandon();
                 self.rx_done = true;
                 Some(None)
             }
@@ -340,6 +281,7 @@ impl ShmConnection {
             }
             match self.tx.try_push(frame) {
                 Ok(true) => {
+                    self.spin_tx.done();
                     self.clear_pending();
                     return Poll::Ready(self.wake_consumer());
                 }
@@ -384,6 +326,7 @@ impl ShmConnection {
     }
 
     fn fail_tx(&mut self, e: RingError) -> Error {
+        self.spin_tx.abandon();
         let err = self.ring_err(e);
         self.tx_broken = Some(err.kind());
         self.clear_pending();
@@ -719,6 +662,11 @@ mod tests {
 
     /// Two connected in-process connections over one segment with rings of `cap` bytes.
     fn conn_pair(cap: usize) -> (ShmConnection, ShmConnection) {
+        conn_pair_with(cap, SpinMode::Fixed(std::time::Duration::ZERO))
+    }
+
+    /// [`conn_pair`] whose sides spin as `spin` says.
+    fn conn_pair_with(cap: usize, spin: SpinMode) -> (ShmConnection, ShmConnection) {
         let region: Arc<dyn SharedRegion> = Arc::new(HeapRegion::new(ring::segment_len(cap)));
         ring::init_segment(&*region, cap);
         let max = ring::max_message(cap);
@@ -732,14 +680,14 @@ mod tests {
             Consumer::new(region.clone(), cap, Which::B, max),
             Box::new(Quiet),
             info.clone(),
-            Duration::ZERO,
+            spin,
         );
         let b = ShmConnection::new(
             Producer::new(region.clone(), cap, Which::B),
             Consumer::new(region, cap, Which::A, max),
             Box::new(Quiet),
             info,
-            Duration::ZERO,
+            spin,
         );
         (a, b)
     }
@@ -938,24 +886,35 @@ mod tests {
     }
 
     #[test]
-    fn spinner_parks_at_once_after_spinning_keeps_failing() {
-        let mut s = Spinner::new(Duration::from_micros(20));
-        let mut calls;
-        for _ in 0..Spinner::SCORE_MAX {
-            assert!(!s.spin(|| false));
-        }
-        // Now most attempts look once (after a yield) instead of spinning the budget.
-        let mut quick = 0;
-        for _ in 0..32 {
-            calls = 0;
-            assert!(!s.spin(|| {
-                calls += 1;
-                false
-            }));
-            if calls == 1 {
-                quick += 1;
-            }
-        }
-        assert!(quick >= 30, "{quick} of 32 attempts were a single look");
+    fn waits_for_data_and_for_space_begin_and_end_with_the_event() {
+        let (mut a, mut b) = conn_pair_with(4096, SpinMode::Learned);
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        // An empty ring: a wait begins (nothing learned yet, so it parks at once).
+        assert!(Pin::new(&mut b).poll_next(&mut cx).is_pending());
+        assert!(b.spin_rx.waiting());
+        assert!(Pin::new(&mut b).poll_next(&mut cx).is_pending());
+        assert!(b.spin_rx.waiting(), "a second look continues the same wait");
+        // The message ends it; a message already there starts none.
+        send_sized(&mut a, 3000, 3000).unwrap();
+        assert!(matches!(
+            Pin::new(&mut b).poll_next(&mut cx),
+            Poll::Ready(Some(Ok(_)))
+        ));
+        assert!(!b.spin_rx.waiting());
+        // A full ring: the sender's wait for space begins, and ends once the frame went in.
+        send_sized(&mut a, 3000, 3000).unwrap();
+        send_sized(&mut a, 3000, 3000).unwrap();
+        assert!(matches!(a.pending, Pending::Scratch));
+        assert!(!a.spin_tx.waiting());
+        assert!(Pin::new(&mut a).poll_flush(&mut cx).is_pending());
+        assert!(a.spin_tx.waiting());
+        assert_eq!(recv_now(&mut b).unwrap().unwrap().len(), 3000);
+        assert!(matches!(
+            Pin::new(&mut a).poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        assert!(!a.spin_tx.waiting());
+        assert!(!b.spin_rx.waiting());
     }
 }

@@ -3,9 +3,9 @@
 //! Each connection is a shared mapping holding two single-producer/single-consumer rings of
 //! variable-length messages, one per direction ([`ring`] documents the byte layout). A message
 //! is copied into the ring by the sender and copied out by the receiver: no system call per
-//! message while both sides are busy. A receiver that finds its ring empty spins briefly, then
-//! *parks* on a doorbell the OS can wake (an eventfd on Linux); the sender rings the doorbell
-//! only when the receiver announced parking.
+//! message while both sides are busy. A receiver that finds its ring empty spins for a
+//! budget it learned, then *parks* on a doorbell the OS can wake (an eventfd on Linux); the
+//! sender rings the doorbell only when the receiver announced parking.
 //!
 //! # Behaviour
 //! - **Duplex, reliable, ordered, message boundaries kept**, one host.
@@ -32,6 +32,18 @@
 //!   largest such message), and messages of 4 KiB or more are copied out into the other (a
 //!   received frame shares it; its memory is reused once the application dropped the frame).
 //!   Each is at most the ring capacity.
+//! - **Waiting** (`spin`). A wake-up from parking costs a system call on each side and the
+//!   scheduler's latency (about 100 µs on a VM, a few µs on bare metal), so a wait that ends
+//!   soon is better spent busy-polling. By default (`spin=auto`) each side of a connection
+//!   times its waits (for data, or for space in a full ring) and spins a little longer than
+//!   recent waits took (their upper envelope plus a quarter plus 5 µs), at most [`SPIN_CAP`]
+//!   (500 µs); waits that ended after parking count too, which is how a side that parks learns
+//!   to spin. A new or idle connection has learnt nothing and parks at once (an idle
+//!   connected pair costs no CPU), and waits longer than the cap teach nothing. A side whose
+//!   spins ran out three times in a row (a peer sharing its core, traffic that slowed down)
+//!   parks at once for 1, then 2, 4 ... up to 64 waits between single probing spins, until a
+//!   spin catches its event again. The spin holds the tokio worker thread, at most for the
+//!   budget. `spin=10us` fixes the budget instead (`0`: always park), with the same back-off.
 //! - **Backpressure.** A full ring makes `send` wait (asynchronously) until the receiver
 //!   consumed enough; nothing is dropped, nothing grows.
 //! - **Close.** `close` marks the direction closed in shared memory; the peer receives every
@@ -75,7 +87,7 @@
 //! | option | default | meaning |
 //! |---|---|---|
 //! | `capacity` | `4MiB` | bytes per ring (per direction), 4 KiB to 1 GiB, rounded up to 128; set by the listener, the connecting side learns it |
-//! | `spin` | `10us` | how long a waiting side busy-polls before parking: a duration (`0`, `500ns`, `10us`, `1ms`; a bare number is nanoseconds). `0` parks at once. Adaptive: the budget shrinks when spinning stops paying off |
+//! | `spin` | `auto` | how long a waiting side busy-polls before parking. `auto`: learned per connection and direction from how long recent waits took, at most 500 µs ([`SPIN_CAP`]); see "Waiting" above. A duration (`0`, `500ns`, `10us`, `1ms`, at most `10ms`; a bare number is nanoseconds) fixes the budget; `0` parks at once. Either way a side whose spins keep running out parks at once for a while |
 //! | `max_frame` | 16 MiB | the largest message (also capped by the ring) |
 //! | `connect_timeout` | `10s` | the deadline of `connect`, set-up included (`500ms`, `10s`, or bare milliseconds) |
 //! | `max_conns` | `1024` | listener: the most connections held at once (1 to 1048576); one more client is refused with `Refused` naming the limit |
@@ -90,6 +102,8 @@ mod mapped;
 pub mod ring;
 #[cfg(any(target_os = "linux", windows))]
 mod setup;
+#[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
+mod spin;
 #[cfg(any(target_os = "linux", windows))]
 pub(crate) use setup::fuzz_one as fuzz_setup;
 
@@ -132,8 +146,8 @@ const MAX_MAX_CONNS: usize = 1 << 20;
 /// stream.
 pub const DEFAULT_CAPACITY: usize = 4 << 20;
 
-/// The default spin budget before parking.
-pub const DEFAULT_SPIN: Duration = Duration::from_micros(10);
+/// The most a learned spin budget (the default, `spin=auto`) spins before parking.
+pub const SPIN_CAP: Duration = spin::LEARNED_CAP;
 
 /// The shared-memory transport (`shm://name`).
 #[derive(Debug, Default, Clone, Copy)]
@@ -146,8 +160,8 @@ pub struct Shm;
 pub(crate) struct Config {
     /// Ring capacity in bytes (valid, rounded).
     pub(crate) capacity: usize,
-    /// Spin budget.
-    pub(crate) spin: Duration,
+    /// Spin budget: learned (`auto`, the default) or fixed.
+    pub(crate) spin: spin::SpinMode,
     /// The endpoint's `max_frame`.
     pub(crate) max_frame: usize,
     /// A listener's limit of connections held at once.
@@ -166,16 +180,16 @@ impl Config {
             ring::valid_capacity(ep.size_option("capacity")?.unwrap_or(DEFAULT_CAPACITY))
                 .map_err(|why| Error::new(ErrorKind::InvalidEndpoint, ep, why))?;
         let spin = match ep.option("spin") {
-            None => DEFAULT_SPIN,
-            Some(v) => parse_duration(v).map_err(|why| {
+            None | Some("auto") => spin::SpinMode::Learned,
+            Some(v) => spin::SpinMode::Fixed(parse_duration(v).map_err(|why| {
                 Error::new(
                     ErrorKind::InvalidEndpoint,
                     ep,
                     format!("option `spin={v}`: {why}"),
                 )
-            })?,
+            })?),
         };
-        if spin > Duration::from_millis(10) {
+        if matches!(spin, spin::SpinMode::Fixed(d) if d > Duration::from_millis(10)) {
             return Err(Error::new(
                 ErrorKind::InvalidEndpoint,
                 ep,
@@ -246,7 +260,7 @@ fn parse_duration(v: &str) -> std::result::Result<Duration, String> {
     let (num, unit) = v.split_at(split);
     let n: u64 = num
         .parse()
-        .map_err(|_| "not a duration (e.g. 0, 500ns, 10us, 1ms)".to_string())?;
+        .map_err(|_| "not a duration (e.g. 0, 500ns, 10us, 1ms) or `auto`".to_string())?;
     let ns = match unit.trim() {
         "" | "ns" => 1,
         "us" | "µs" => 1_000,
@@ -320,7 +334,19 @@ mod tests {
         let ep = Endpoint::parse("shm://a?capacity=64KiB&spin=2us").unwrap();
         let c = Config::from_endpoint(&ep).unwrap();
         assert_eq!(c.capacity, 65536);
-        assert_eq!(c.spin, Duration::from_micros(2));
+        assert_eq!(c.spin, spin::SpinMode::Fixed(Duration::from_micros(2)));
+        for (ep, want) in [
+            ("shm://a", spin::SpinMode::Learned),
+            ("shm://a?spin=auto", spin::SpinMode::Learned),
+            ("shm://a?spin=0", spin::SpinMode::Fixed(Duration::ZERO)),
+            (
+                "shm://a?spin=10ms",
+                spin::SpinMode::Fixed(Duration::from_millis(10)),
+            ),
+        ] {
+            let c = Config::from_endpoint(&Endpoint::parse(ep).unwrap()).unwrap();
+            assert_eq!(c.spin, want, "{ep}");
+        }
         assert_eq!(Shm.capabilities(&ep).unwrap().max_message, 65536 - 16);
         let ep = Endpoint::parse("shm://a?max_frame=1000").unwrap();
         assert_eq!(Shm.capabilities(&ep).unwrap().max_message, 1000);
