@@ -703,6 +703,15 @@ fn peer_options_are_checked_and_reported() {
         assert_eq!(e.kind(), ErrorKind::InvalidEndpoint, "{e}");
         assert!(e.to_string().contains("is not a uid"), "{e}");
     }
+    // The Windows options are refused, not ignored.
+    for windows_only in ["pipe://x?peer_sid=S-1-5-18", "pipe://x?allow_sids=S-1-5-18"] {
+        let e = rt
+            .block_on(ductwork_transports::connect(windows_only))
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+        assert!(e.to_string().contains("peer_uid"), "{e}");
+    }
     for scheme in ["pipe", "shm"] {
         let name = support::unique("creds");
         let ep = format!("{scheme}://{name}");
