@@ -107,6 +107,88 @@ pub fn parse_hello(src: &[u8]) -> Hello {
     }
 }
 
+/// The header value that opens a refusal: a listener's answer, in place of its hello, to a
+/// client it will not serve (a code and a short reason follow; see [`encode_refusal`]).
+pub const REFUSAL_MARKER: u32 = 0xFFFF_FFFD;
+
+/// Refusal code: the peer's identity is not admitted (its uid, its SID).
+pub const REFUSED_IDENTITY: u16 = 1;
+
+/// The longest refusal reason, in bytes: longer ones are cut when written, and a refusal
+/// claiming more is read as this much.
+pub const REFUSAL_MAX_REASON: usize = 256;
+
+/// Size of a refusal's fixed part: the marker, the code (u16) and the reason's length (u16).
+pub const REFUSAL_HEADER_LEN: usize = 8;
+
+/// Writes a refusal into `dst`: [`REFUSAL_MARKER`], `code` (u16 BE), the reason's length
+/// (u16 BE) and the reason, cut to [`REFUSAL_MAX_REASON`] bytes of printable ASCII (anything
+/// else becomes `?`), so that it is one small write.
+pub fn encode_refusal(dst: &mut BytesMut, code: u16, reason: &str) {
+    let text: Vec<u8> = reason
+        .bytes()
+        .take(REFUSAL_MAX_REASON)
+        .map(|b| if (0x20..0x7f).contains(&b) { b } else { b'?' })
+        .collect();
+    dst.put_u32(REFUSAL_MARKER);
+    dst.put_u16(code);
+    dst.put_u16(text.len() as u16);
+    dst.put_slice(&text);
+}
+
+/// What the first bytes of a stream say about a refusal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A refusal has begun but not all of it has arrived.
+    Incomplete,
+    /// The peer refused: its code and reason (printable ASCII only, at most
+    /// [`REFUSAL_MAX_REASON`] bytes, whatever the peer sent).
+    Refused {
+        /// Why, as a number ([`REFUSED_IDENTITY`], ...).
+        code: u16,
+        /// Why, in words.
+        reason: String,
+    },
+    /// The stream does not start with a refusal.
+    Absent,
+}
+
+/// Reads a refusal at the start of `src`, if one is there (see [`Refusal`]).
+pub fn parse_refusal(src: &[u8]) -> Refusal {
+    let marker = REFUSAL_MARKER.to_be_bytes();
+    if src.len() < 4 {
+        return if marker.starts_with(src) {
+            Refusal::Incomplete
+        } else {
+            Refusal::Absent
+        };
+    }
+    if src[..4] != marker {
+        return Refusal::Absent;
+    }
+    let Some(h) = src.get(4..REFUSAL_HEADER_LEN) else {
+        return Refusal::Incomplete;
+    };
+    let code = u16::from_be_bytes([h[0], h[1]]);
+    let len = usize::from(u16::from_be_bytes([h[2], h[3]])).min(REFUSAL_MAX_REASON);
+    match src.get(REFUSAL_HEADER_LEN..REFUSAL_HEADER_LEN + len) {
+        None => Refusal::Incomplete,
+        Some(text) => Refusal::Refused {
+            code,
+            reason: text
+                .iter()
+                .map(|&b| {
+                    if (0x20..0x7f).contains(&b) {
+                        b as char
+                    } else {
+                        '?'
+                    }
+                })
+                .collect(),
+        },
+    }
+}
+
 /// What went wrong while framing, encoding or decoding.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -415,6 +497,37 @@ impl Encoder<Bytes> for FrameCodec {
 mod tests {
     use super::*;
     use serde::Deserialize;
+
+    #[test]
+    fn refusal_round_trips_cut_and_cleaned() {
+        let mut b = BytesMut::new();
+        encode_refusal(&mut b, REFUSED_IDENTITY, "uid 7\n is not allowed");
+        assert_eq!(&b[..8], &[0xff, 0xff, 0xff, 0xfd, 0, 1, 0, 21]);
+        let want = Refusal::Refused {
+            code: REFUSED_IDENTITY,
+            reason: "uid 7? is not allowed".into(),
+        };
+        assert_eq!(parse_refusal(&b), want);
+        for cut in 0..b.len() {
+            assert_eq!(parse_refusal(&b[..cut]), Refusal::Incomplete, "{cut}");
+        }
+        // Not a hello, and neither a hello nor a frame is a refusal.
+        assert_eq!(parse_hello(&b), Hello::Absent);
+        assert_eq!(
+            parse_refusal(&[0xff, 0xff, 0xff, 0xfe, 0, 0, 4, 0]),
+            Refusal::Absent
+        );
+        assert_eq!(parse_refusal(&[0, 0, 0, 1, 3]), Refusal::Absent);
+        // A long reason is cut when written; a peer that claims more is read up to the limit.
+        let mut long = BytesMut::new();
+        encode_refusal(&mut long, 9, &"x".repeat(1000));
+        assert_eq!(long.len(), REFUSAL_HEADER_LEN + REFUSAL_MAX_REASON);
+        long[6..8].copy_from_slice(&u16::MAX.to_be_bytes());
+        let Refusal::Refused { code: 9, reason } = parse_refusal(&long) else {
+            panic!("not a refusal")
+        };
+        assert_eq!(reason.len(), REFUSAL_MAX_REASON);
+    }
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     struct Order {

@@ -122,8 +122,8 @@ pub struct ConnectionInfo {
     pub endpoint: Endpoint,
     /// A description of the peer, when the mechanism knows one (address, pid, ...). On the
     /// Unix socket transports (`unix://`, and `pipe://`, `shm://` on Unix) it is the peer's
-    /// kernel-reported credentials, which [`peer_credentials`](Self::peer_credentials) returns
-    /// typed.
+    /// kernel-reported credentials, on Windows `pipe://` the peer process's pid and user SID;
+    /// [`peer_credentials`](Self::peer_credentials) returns them typed.
     pub peer: Option<String>,
     /// What this connection offers.
     pub capabilities: Capabilities,
@@ -132,35 +132,60 @@ pub struct ConnectionInfo {
 impl ConnectionInfo {
     /// The peer process's credentials as the kernel reported them when the connection was made
     /// (`SO_PEERCRED`: the listener's as of its `listen`, the client's as of its `connect`),
-    /// on `unix://`, and on `pipe://` and `shm://` on Unix; `None` on other transports.
+    /// on `unix://`, and on `pipe://` and `shm://` on Unix. On Windows `pipe://` (local
+    /// pipes) they are the pid the pipe reports (`GetNamedPipeServerProcessId`,
+    /// `GetNamedPipeClientProcessId`) and the user SID of that process's token, when this
+    /// process may read it. `None` on other transports.
     ///
     /// Transports record them in [`peer`](Self::peer) in the one form
-    /// [`PeerCredentials`]'s `Display` writes (`uid 1000, gid 1000, pid 42`); an address, a
+    /// [`PeerCredentials`]'s `Display` writes (`uid 1000, gid 1000, pid 42`, `sid S-1-5-21-..., pid 42`); an address, a
     /// path or a Windows description never reads as one.
     pub fn peer_credentials(&self) -> Option<PeerCredentials> {
         self.peer.as_deref()?.parse().ok()
     }
 }
 
-/// Who is at the other end of a local connection, as the kernel vouches for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Who is at the other end of a local connection, as the operating system vouches for it.
+///
+/// Its fields follow the platform: a uid and gid on Unix (`SO_PEERCRED`), the user's SID on
+/// Windows (from the peer process's token). A Windows peer has no uid, and a made-up one
+/// (0 would read as root) would be worse than none, so code that reads `uid` is Unix code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(not(windows), derive(Copy))]
 pub struct PeerCredentials {
     /// The peer's effective user id.
+    #[cfg(not(windows))]
     pub uid: u32,
     /// The peer's effective group id.
+    #[cfg(not(windows))]
     pub gid: u32,
+    /// The peer process's user SID in its string form (`S-1-5-21-...-1001`), as
+    /// `ConvertSidToStringSidW` writes it.
+    #[cfg(windows)]
+    pub sid: String,
     /// The peer's process id, when the kernel gives one.
     pub pid: Option<u32>,
 }
 
 impl fmt::Display for PeerCredentials {
+    /// `uid 1000, gid 100, pid 42` on Unix, `sid S-1-5-21-1-2-3-1001, pid 42` on Windows.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        #[cfg(not(windows))]
         write!(f, "uid {}, gid {}", self.uid, self.gid)?;
+        #[cfg(windows)]
+        write!(f, "sid {}", self.sid)?;
         match self.pid {
             Some(pid) => write!(f, ", pid {pid}"),
             None => Ok(()),
         }
     }
+}
+
+/// A run of ASCII digits as a `u32` (`u32::from_str` would also take a leading `+`).
+fn digits(v: &str) -> Option<u32> {
+    (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| v.parse().ok())
+        .flatten()
 }
 
 impl std::str::FromStr for PeerCredentials {
@@ -169,27 +194,33 @@ impl std::str::FromStr for PeerCredentials {
     /// Reads exactly what `Display` writes; anything else is `Err(())`.
     fn from_str(s: &str) -> std::result::Result<Self, ()> {
         let mut parts = s.split(", ");
-        let mut field = |name: &str| -> Option<u32> {
-            let v = parts.next()?.strip_prefix(name)?.strip_prefix(' ')?;
-            // Digits only: `u32::from_str` would also take a leading `+`.
-            v.bytes()
-                .all(|b| b.is_ascii_digit())
-                .then(|| v.parse().ok())?
-        };
-        let uid = field("uid").ok_or(())?;
-        let gid = field("gid").ok_or(())?;
+        let mut field =
+            |name: &str| -> Option<&str> { parts.next()?.strip_prefix(name)?.strip_prefix(' ') };
+        #[cfg(not(windows))]
+        let (uid, gid) = (
+            field("uid").and_then(digits).ok_or(())?,
+            field("gid").and_then(digits).ok_or(())?,
+        );
+        #[cfg(windows)]
+        let sid = field("sid")
+            .filter(|v| {
+                v.strip_prefix("S-1-").is_some_and(|r| {
+                    r.split('-')
+                        .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                })
+            })
+            .ok_or(())?
+            .to_string();
         let rest: Vec<&str> = parts.collect();
         let pid = match rest.as_slice() {
             [] => None,
-            [p] => Some(
-                p.strip_prefix("pid ")
-                    .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|v| v.parse().ok())
-                    .ok_or(())?,
-            ),
+            [p] => Some(p.strip_prefix("pid ").and_then(digits).ok_or(())?),
             _ => return Err(()),
         };
-        Ok(PeerCredentials { uid, gid, pid })
+        #[cfg(not(windows))]
+        return Ok(PeerCredentials { uid, gid, pid });
+        #[cfg(windows)]
+        return Ok(PeerCredentials { sid, pid });
     }
 }
 
@@ -198,6 +229,7 @@ mod peer_credentials_tests {
     use super::PeerCredentials;
 
     #[test]
+    #[cfg(not(windows))]
     fn display_and_parse_round_trip() {
         for c in [
             PeerCredentials {
@@ -225,6 +257,31 @@ mod peer_credentials_tests {
     }
 
     #[test]
+    #[cfg(windows)]
+    fn display_and_parse_round_trip() {
+        for c in [
+            PeerCredentials {
+                sid: "S-1-5-21-1-2-3-1001".into(),
+                pid: Some(42),
+            },
+            PeerCredentials {
+                sid: "S-1-5-18".into(),
+                pid: None,
+            },
+        ] {
+            assert_eq!(c.to_string().parse::<PeerCredentials>(), Ok(c.clone()));
+        }
+        assert_eq!(
+            PeerCredentials {
+                sid: "S-1-5-18".into(),
+                pid: Some(3)
+            }
+            .to_string(),
+            "sid S-1-5-18, pid 3"
+        );
+    }
+
+    #[test]
     fn addresses_paths_and_other_descriptions_are_not_credentials() {
         for s in [
             "127.0.0.1:5000",
@@ -236,6 +293,12 @@ mod peer_credentials_tests {
             "uid 1, gid 2, pid ",
             "uid 1, gid 2, pid 3, x",
             "uid 99999999999, gid 2",
+            "sid S-1-5-21-x",
+            "sid S-1-5--1",
+            "sid S-1-",
+            "sid S-1-5-18, pid +1",
+            "sid 1-5-18",
+            r"\\.\pipe\ductwork-x",
         ] {
             assert!(s.parse::<PeerCredentials>().is_err(), "{s}");
         }

@@ -620,9 +620,11 @@ fn a_second_user_cannot_open_our_endpoints() {
         ))
         .unwrap();
     println!("uid {} -> {ep}: {out}", u.uid);
-    // Refused at once: the connection is gone by the first send or receive.
+    // Refused at once, and told why by the first send or receive.
+    let why = format!("your uid {} is not in its allow_uids", u.uid);
     assert!(
-        out.starts_with("recv ") || out.starts_with("send ConnectionLost"),
+        (out.starts_with("recv PermissionDenied") || out.starts_with("send PermissionDenied"))
+            && out.contains(&why),
         "{out}"
     );
     assert_eq!(
@@ -701,6 +703,15 @@ fn peer_options_are_checked_and_reported() {
         assert_eq!(e.kind(), ErrorKind::InvalidEndpoint, "{e}");
         assert!(e.to_string().contains("is not a uid"), "{e}");
     }
+    // The Windows options are refused, not ignored.
+    for windows_only in ["pipe://x?peer_sid=S-1-5-18", "pipe://x?allow_sids=S-1-5-18"] {
+        let e = rt
+            .block_on(ductwork_transports::connect(windows_only))
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+        assert!(e.to_string().contains("peer_uid"), "{e}");
+    }
     for scheme in ["pipe", "shm"] {
         let name = support::unique("creds");
         let ep = format!("{scheme}://{name}");
@@ -735,5 +746,64 @@ fn peer_options_are_checked_and_reported() {
                 .unwrap();
             assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{plain}: {e}");
         }
+    }
+}
+
+/// A listener whose `allow_uids` leaves a client out tells it why (`PermissionDenied`
+/// naming the endpoint and the client's uid) on its first receive and on its first send,
+/// instead of a bare `ConnectionLost`; and clients that never read do not hold the listener
+/// up (the refusal is written without waiting): after 200 of them, the next is refused too.
+#[test]
+fn a_refused_client_is_told_why() {
+    let rt = support::runtime();
+    let scratch = Scratch::new("refused", 0o700);
+    let other = euid() + 1;
+    let why = format!("your uid {} is not in its allow_uids", euid());
+    for ep in [
+        format!("pipe://{}?allow_uids={other}", support::unique("refuse")),
+        format!(
+            "unix://{}?allow_uids={other}",
+            scratch.0.join("r.sock").display()
+        ),
+    ] {
+        let mut l = rt.block_on(ductwork_transports::bind(ep.as_str())).unwrap();
+        let accepting = rt.spawn(async move {
+            let c = l.accept().await;
+            panic!(
+                "accepted a client it should refuse: {:?}",
+                c.map(|c| c.info().clone())
+            );
+        });
+        let plain = ep.split('?').next().unwrap().to_string();
+        let path = match plain.strip_prefix("unix://") {
+            Some(p) => PathBuf::from(p),
+            None => support::unix::private_socket("pipe", plain.strip_prefix("pipe://").unwrap()),
+        };
+        // Clients that never read: each one's refusal sits unread in its socket.
+        let mut silent = Vec::new();
+        for _ in 0..200 {
+            silent.push(std::os::unix::net::UnixStream::connect(&path).unwrap());
+        }
+        rt.block_on(async {
+            let mut c = ductwork_transports::connect(plain.as_str()).await.unwrap();
+            let e = support::must("refusal on recv", c.next())
+                .await
+                .unwrap()
+                .unwrap_err();
+            println!("recv: {e}");
+            assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+            assert!(e.to_string().contains(&why), "{e}");
+            assert!(e.to_string().contains(&plain), "{e}");
+            let mut c = ductwork_transports::connect(plain.as_str()).await.unwrap();
+            let e = support::must("refusal on send", c.send(Bytes::from_static(b"x")))
+                .await
+                .unwrap_err();
+            println!("send: {e}");
+            assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+            assert!(e.to_string().contains(&why), "{e}");
+        });
+        assert!(!accepting.is_finished(), "{ep}: the listener stopped");
+        accepting.abort();
+        drop(silent);
     }
 }

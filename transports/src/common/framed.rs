@@ -19,8 +19,8 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ductwork_codec::{
-    check_len, encode_hello, parse_hello, CodecError, Frame, FrameCodec, Hello, CLOSE_MARKER,
-    HEADER_LEN, HELLO_LEN,
+    check_len, encode_hello, parse_hello, parse_refusal, CodecError, Frame, FrameCodec, Hello,
+    Refusal, CLOSE_MARKER, HEADER_LEN, HELLO_LEN, REFUSED_IDENTITY,
 };
 use ductwork_core::{
     BoxConnection, Capabilities, Connection, ConnectionInfo, Endpoint, Error, ErrorKind,
@@ -131,6 +131,9 @@ pub(crate) struct FramedConnection<S: ByteStream> {
     hello_waker: Option<Waker>,
     /// When a sender stops waiting for a hello that does not come.
     hello_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The listener sent a refusal (code, reason) in place of its hello: every receive and
+    /// send fails with it (see [`refuse`]).
+    refused: Option<(u16, String)>,
 }
 
 /// The peer's receive limit, as its hello told it.
@@ -163,6 +166,21 @@ pub(crate) fn framed(
     Box::new(conn)
 }
 
+/// Tells a client the listener will not serve why, in place of the hello: one refusal
+/// (`docs/wire-format.md`), written without waiting (a fresh stream's buffer takes its few
+/// hundred bytes at once; if not, the client sees only the connection lost). The caller then
+/// drops the stream. The client's connection fails its first receive and send with the
+/// reason (`PermissionDenied` for [`REFUSED_IDENTITY`], else `Refused`).
+#[cfg_attr(
+    not(any(all(unix, feature = "socket"), all(windows, feature = "pipe"))),
+    allow(dead_code)
+)]
+pub(crate) fn refuse(stream: &impl ByteStream, code: u16, reason: &str) {
+    let mut buf = BytesMut::new();
+    ductwork_codec::encode_refusal(&mut buf, code, reason);
+    let _ = stream.try_write_now(&buf);
+}
+
 impl<S: ByteStream> FramedConnection<S> {
     /// Wraps `stream`; the frame limit is `info.capabilities.max_message`.
     pub(crate) fn new(stream: S, info: ConnectionInfo) -> Self {
@@ -186,6 +204,7 @@ impl<S: ByteStream> FramedConnection<S> {
             reader_waker: None,
             hello_waker: None,
             hello_deadline: None,
+            refused: None,
         }
     }
 
@@ -204,7 +223,15 @@ impl<S: ByteStream> FramedConnection<S> {
     fn take_hello(&mut self) {
         match parse_hello(&self.read_buf) {
             Hello::Incomplete => return,
-            Hello::Absent => self.peer = PeerLimit::Absent,
+            Hello::Absent => match parse_refusal(&self.read_buf) {
+                Refusal::Incomplete => return,
+                Refusal::Refused { code, reason } => {
+                    self.read_buf.clear();
+                    self.refused = Some((code, reason));
+                    self.peer = PeerLimit::Absent;
+                }
+                Refusal::Absent => self.peer = PeerLimit::Absent,
+            },
             Hello::Limit(limit) => {
                 self.read_buf.advance(HELLO_LEN);
                 self.peer = PeerLimit::Known(limit);
@@ -229,7 +256,8 @@ impl<S: ByteStream> FramedConnection<S> {
     fn poll_peer_hello(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         if !self.hello_out {
             if let Poll::Ready(Err(e)) = self.poll_write_all(cx) {
-                return Poll::Ready(Err(self.err(CodecError::from(e))));
+                let e = self.err(CodecError::from(e));
+                return Poll::Ready(Err(self.refusal_now(cx).unwrap_or(e)));
             }
         }
         // Bounded: each pass reads bytes (the hello is decided by its first 8) or returns.
@@ -277,11 +305,39 @@ impl<S: ByteStream> FramedConnection<S> {
         Poll::Pending
     }
 
+    /// After a failed write: the refusal of a listener that refused us and closed the stream,
+    /// if it is readable now (never waits), which says more than the broken stream.
+    fn refusal_now(&mut self, cx: &mut Context<'_>) -> Option<Error> {
+        if self.peer == PeerLimit::Unknown {
+            // Bounded: a refusal is a few hundred bytes, already there or not at all.
+            for _ in 0..4 {
+                self.read_buf.reserve(512);
+                match poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.read_buf) {
+                    Poll::Ready(Ok(n)) if n > 0 => {}
+                    _ => break,
+                }
+            }
+            self.take_hello();
+        }
+        self.refused_err()
+    }
+
+    /// The listener's refusal as this side's error, if it sent one.
+    fn refused_err(&self) -> Option<Error> {
+        let (code, reason) = self.refused.as_ref()?;
+        let kind = match *code {
+            REFUSED_IDENTITY => ErrorKind::PermissionDenied,
+            _ => ErrorKind::Refused,
+        };
+        let msg = format!("the listener refused this connection: {reason}");
+        Some(Error::new(kind, &self.info.endpoint, msg))
+    }
+
     /// Checks a frame of `len` bytes against our limit and the peer's; `Err` refuses it.
     /// Runs once per frame: the accepting case is a comparison, the refusal out of line.
     #[inline]
     fn check_send(&self, len: usize) -> Result<()> {
-        if !self.close_sent && len <= self.send_max {
+        if !self.close_sent && len <= self.send_max && self.refused.is_none() {
             return Ok(());
         }
         self.refuse(len)
@@ -292,6 +348,12 @@ impl<S: ByteStream> FramedConnection<S> {
     fn refuse(&self, len: usize) -> Result<()> {
         if self.close_sent {
             return Err(self.closed_err());
+        }
+        if let Some(e) = self.refused_err() {
+            return Err(e);
+        }
+        if len <= self.send_max {
+            return Ok(());
         }
         let own = self.info.capabilities.max_message;
         match check_len(len, own) {
@@ -421,6 +483,10 @@ impl<S: ByteStream> Stream for FramedConnection<S> {
         loop {
             if this.peer == PeerLimit::Unknown {
                 this.take_hello();
+                if let Some(e) = this.refused_err() {
+                    this.read_done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
             }
             // Frames only after the hello is settled: a partial hello is no frame header.
             let decoded = match this.peer {
@@ -504,6 +570,9 @@ impl<S: ByteStream> Sink<Bytes> for FramedConnection<S> {
         }
         if self.peer == PeerLimit::Unknown && !self.hello_wait_over {
             ready!(self.poll_peer_hello(cx))?;
+            if let Some(e) = self.refused_err() {
+                return Poll::Ready(Err(e));
+            }
         }
         if self.write_buf.len() >= WRITE_BOUNDARY {
             return self.poll_flush(cx);

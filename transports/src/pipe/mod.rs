@@ -44,11 +44,26 @@
 //! - **Remote pipes** (`pipe://server/name`, `remote=true`) use the same code with a server
 //!   name; they are not exercised by the tests (no second host).
 //!
-//! Options (Unix): `peer_uid` (the listener must run as this uid; default: our own) and
-//! `allow_uids` (comma-separated uids a listener admits; default: our own), checked with
-//! `SO_PEERCRED`: a listener of another uid (a user squatting the name) fails `connect` with
-//! `PermissionDenied`; a client of another uid is logged and disconnected at once. The peer's
-//! uid, gid and pid are on `ConnectionInfo::peer_credentials`.
+//! Peer checks (the same shape on both systems, in each one's own terms):
+//!
+//! | | Unix | Windows |
+//! |---|---|---|
+//! | who a peer is | uid, gid, pid (`SO_PEERCRED`) | pid (`GetNamedPipeServerProcessId`, `GetNamedPipeClientProcessId`) and the user SID of that process's token |
+//! | client requires the listener's user | `peer_uid=<uid>`, default: our own | `peer_sid=<SID>`, default: our own |
+//! | listener admits clients of | `allow_uids=<uid>,...`, default: our own | `allow_sids=<SID>,...` (also added to the DACL), default: whom the DACL admits (us and SYSTEM) |
+//!
+//! A listener of another user (one squatting the name) fails `connect` with
+//! `PermissionDenied` naming the uid or SID it runs as. A client the listener does not admit
+//! is logged, sent a refusal without waiting for it to read, and disconnected; its first
+//! receive or send fails with `PermissionDenied`: "the listener refused this connection:
+//! your uid 1001 is not in its allow_uids" (Windows: "your user S-1-5-... is not in its
+//! allow_sids"). The other system's options are `Unsupported`. On Windows a pipe on another
+//! host (`pipe://server/name`) skips the default check (`peer_sid` is `Unsupported`: its pid
+//! is not one of ours), `allow_sids` is `Unsupported` with `remote=true`, and reading the
+//! token of another user's process needs the right to query it (administrators have it):
+//! where it is missing, a `peer_sid` check fails with `PermissionDenied` saying so. The
+//! peer's credentials are on `ConnectionInfo::peer_credentials` (uid, gid and pid on Unix;
+//! SID and pid on Windows local pipes).
 //!
 //! Options: `max_frame`, `remote` (`true`/`false`, Windows: accept clients from other hosts;
 //! default `false`), `connect_timeout` (the deadline of `connect`, e.g. `500ms`, `10s`; default
@@ -71,7 +86,14 @@ mod windows;
 #[cfg(windows)]
 use windows as imp;
 
-const OPTIONS: &[&str] = &["remote", OPT_CONNECT_TIMEOUT_MS, "peer_uid", "allow_uids"];
+const OPTIONS: &[&str] = &[
+    "remote",
+    OPT_CONNECT_TIMEOUT_MS,
+    "peer_uid",
+    "allow_uids",
+    "peer_sid",
+    "allow_sids",
+];
 
 /// The named pipe transport (`pipe://name`, `pipe://server/name`).
 #[derive(Debug, Default, Clone, Copy)]
@@ -107,13 +129,20 @@ impl Config {
             }
         }
         check_name(ep, name)?;
-        if cfg!(windows) && (ep.option("peer_uid").is_some() || ep.option("allow_uids").is_some()) {
-            // Silently ignoring a security option would be worse than refusing it.
+        // Silently ignoring a security option would be worse than refusing it.
+        let has = |a: &str, b: &str| ep.option(a).is_some() || ep.option(b).is_some();
+        if cfg!(windows) && has("peer_uid", "allow_uids") {
             return Err(Error::new(
                 ErrorKind::Unsupported,
                 ep,
-                "peer_uid and allow_uids are Unix uids; Windows pipes admit the creating user \
-                 and SYSTEM only (their DACL)",
+                "peer_uid and allow_uids are Unix uids; on Windows use peer_sid and allow_sids",
+            ));
+        }
+        if !cfg!(windows) && has("peer_sid", "allow_sids") {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                ep,
+                "peer_sid and allow_sids are Windows SIDs; on Unix use peer_uid and allow_uids",
             ));
         }
         let remote = ep.parse_option::<bool>("remote")?.unwrap_or(false);

@@ -4,17 +4,25 @@
 //! it, the listener first creates the next instance, then hands the connected one out, so a
 //! second client never finds the name missing. The first instance is created with
 //! `FILE_FLAG_FIRST_PIPE_INSTANCE`: if the name exists, creation fails with access denied,
-//! reported as `AddrInUse`. Every instance carries the owner-only security descriptor and
-//! rejects remote clients unless `remote=true` (tokio sets the pipe mode and the remote flag in
-//! one call, so RUSTSEC-2023-0001 does not apply to tokio 1.23.1 and later).
+//! reported as `AddrInUse`. Every instance carries the owner-only security descriptor (plus
+//! the users of `allow_sids`) and rejects remote clients unless `remote=true` (tokio sets the
+//! pipe mode and the remote flag in one call, so RUSTSEC-2023-0001 does not apply to tokio
+//! 1.23.1 and later).
+//!
+//! Peers are checked through the pipe's process ids and those processes' tokens
+//! ([`SidPolicy`]): a client refuses a listener of another user (default: ours; `peer_sid`),
+//! a listener with `allow_sids` tells a client of another user why and disconnects it.
 
 use super::Config;
 use crate::common::faults::{is_fatal_accept, Backoff};
-use crate::common::framed::{byte_stream, framed};
-use crate::common::windows::{is_not_found, open_blocking, os_error, pipe_exists, Security};
+use crate::common::framed::{byte_stream, framed, refuse};
+use crate::common::windows::{
+    is_not_found, open_blocking, os_error, pipe_exists, pipe_peer, Security, SidPolicy,
+};
+use ductwork_codec::REFUSED_IDENTITY;
 use ductwork_core::{
     async_trait, BoxConnection, BoxListener, Capabilities, Endpoint, Error, ErrorKind, Listener,
-    Result,
+    PeerCredentials, Result,
 };
 use std::{
     io,
@@ -28,6 +36,18 @@ use windows_sys::Win32::{
     Foundation::{ERROR_ACCESS_DENIED, ERROR_NO_DATA, ERROR_PIPE_BUSY},
     System::Pipes::GetNamedPipeClientProcessId,
 };
+
+/// Who the other end of `pipe` is (`of_server`: `pipe` is a client's handle), or why that
+/// cannot be told; a remote peer's pid is not one of ours, so it is not looked up.
+fn peer_of(pipe: &impl AsRawHandle, of_server: bool, remote: bool) -> io::Result<PeerCredentials> {
+    if remote {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the peer may be on another host",
+        ));
+    }
+    pipe_peer(pipe.as_raw_handle(), of_server)
+}
 
 byte_stream!(without_half_close: NamedPipeServer, NamedPipeClient);
 
@@ -54,9 +74,12 @@ impl Instances {
 }
 
 pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
+    let policy = SidPolicy::from_endpoint(ep, false, cfg.remote)?;
+    let security = Security::owner_only_and(policy.extra_sids())
+        .map_err(|e| Error::io(ep, "build the pipe's security descriptor", e))?;
     let instances = Instances {
         path: pipe_path(None, &cfg.name),
-        security: Security::owner_only_for(ep)?,
+        security,
         remote: cfg.remote,
     };
     if pipe_exists(&instances.path) {
@@ -87,6 +110,7 @@ pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
         instances,
         next: Some(first),
         backoff: Backoff::default(),
+        policy,
     }))
 }
 
@@ -98,6 +122,8 @@ struct PipeListener {
     next: Option<NamedPipeServer>,
     /// The pause after transient errors (no instance could be made, a failed wait).
     backoff: Backoff,
+    /// Which clients may stay (`allow_sids`).
+    policy: SidPolicy,
 }
 
 impl PipeListener {
@@ -164,13 +190,33 @@ impl Listener for PipeListener {
                     "cannot create the next pipe instance yet"
                 ),
             }
-            let mut pid = 0u32;
-            // SAFETY: the handle belongs to `conn`, which is alive; `pid` is valid for a write.
-            let ok = unsafe { GetNamedPipeClientProcessId(conn.as_raw_handle(), &mut pid) };
-            let peer = (ok != 0).then(|| format!("pid {pid}"));
+            let creds = peer_of(&conn, false, self.instances.remote);
+            if let Some(reason) = self.policy.refusal(&creds) {
+                // One refused client is no reason to stop serving the others; it is told why
+                // without waiting for it (it may not read), then disconnected.
+                tracing::warn!(
+                    endpoint = %self.endpoint,
+                    "refused a client: {} ({reason})",
+                    creds.as_ref().map_or_else(|e| e.to_string(), |c| c.to_string()),
+                );
+                refuse(&conn, REFUSED_IDENTITY, &reason);
+                continue;
+            }
+            let peer = match creds {
+                Ok(c) => Some(c.to_string()),
+                Err(_) => client_pid(&conn).map(|pid| format!("pid {pid}")),
+            };
             return Ok(framed(conn, self.endpoint.clone(), peer, self.caps.clone()));
         }
     }
+}
+
+/// The client's pid alone, for a client whose user cannot be told.
+fn client_pid(conn: &NamedPipeServer) -> Option<u32> {
+    let mut pid = 0u32;
+    // SAFETY: the handle belongs to `conn`, which is alive; `pid` is valid for a write.
+    let ok = unsafe { GetNamedPipeClientProcessId(conn.as_raw_handle(), &mut pid) };
+    (ok != 0).then_some(pid)
 }
 
 fn open(path: &str) -> io::Result<NamedPipeClient> {
@@ -178,6 +224,7 @@ fn open(path: &str) -> io::Result<NamedPipeClient> {
 }
 
 pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection> {
+    let policy = SidPolicy::from_endpoint(ep, cfg.server.is_some(), false)?;
     let path = pipe_path(cfg.server.as_deref(), &cfg.name);
     let deadline = Instant::now() + cfg.connect_timeout;
     let mut wait = Duration::from_millis(5);
@@ -189,7 +236,12 @@ pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection>
             open(&path)
         };
         match r {
-            Ok(client) => return Ok(framed(client, ep.clone(), Some(path), cfg.caps)),
+            Ok(client) => {
+                let creds = peer_of(&client, true, cfg.server.is_some());
+                policy.check_listener(ep, &creds)?;
+                let peer = creds.map_or(path, |c| c.to_string());
+                return Ok(framed(client, ep.clone(), Some(peer), cfg.caps));
+            }
             Err(e) if os_error(&e) == Some(ERROR_PIPE_BUSY) => {
                 if Instant::now() >= deadline {
                     return Err(Error::new(

@@ -127,3 +127,68 @@ pub fn send_copydata(hwnd: HWND, tag: usize, data: Option<&[u8]>) -> io::Result<
     }
     Ok(result)
 }
+
+/// The DACL a Windows object carries, as SDDL, read through a handle opened with `path`.
+pub fn dacl_sddl(path: &str) -> std::io::Result<String> {
+    use windows_sys::Win32::{
+        Foundation::{LocalFree, GENERIC_READ},
+        Security::{
+            Authorization::{
+                ConvertSecurityDescriptorToStringSecurityDescriptorW, GetSecurityInfo,
+                SDDL_REVISION_1, SE_KERNEL_OBJECT,
+            },
+            DACL_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR,
+        },
+        Storage::FileSystem::READ_CONTROL,
+    };
+    let h = open(path, GENERIC_READ | READ_CONTROL)?;
+    let mut sd: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
+    // SAFETY: `h` is open with READ_CONTROL; the out-pointers we do not want may be null and
+    // `sd` is valid for a write.
+    let rc = unsafe {
+        GetSecurityInfo(
+            h.0,
+            SE_KERNEL_OBJECT,
+            DACL_SECURITY_INFORMATION,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            &mut sd,
+        )
+    };
+    drop(h);
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc as i32));
+    }
+    let mut s: *mut u16 = std::ptr::null_mut();
+    // SAFETY: `sd` is the descriptor GetSecurityInfo allocated; `s` is valid for a write and
+    // the length out-parameter may be null.
+    let ok = unsafe {
+        ConvertSecurityDescriptorToStringSecurityDescriptorW(
+            sd,
+            SDDL_REVISION_1,
+            DACL_SECURITY_INFORMATION,
+            &mut s,
+            std::ptr::null_mut(),
+        )
+    };
+    let result = if ok == 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        // SAFETY: on success `s` is a NUL-terminated UTF-16 string; we read up to the NUL.
+        let text = unsafe {
+            let mut n = 0;
+            while *s.add(n) != 0 {
+                n += 1;
+            }
+            String::from_utf16_lossy(std::slice::from_raw_parts(s, n))
+        };
+        // SAFETY: `s` was allocated with LocalAlloc by the conversion; freed once.
+        unsafe { LocalFree(s.cast()) };
+        Ok(text)
+    };
+    // SAFETY: `sd` was allocated with LocalAlloc by GetSecurityInfo; freed once.
+    unsafe { LocalFree(sd) };
+    result
+}

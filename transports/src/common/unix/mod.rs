@@ -59,8 +59,10 @@ pub(crate) fn peer_credentials(stream: &tokio::net::UnixStream) -> Option<String
 ///   `PermissionDenied` ("the listener runs as uid 1001, not uid 0"). Catches a user who
 ///   squats a path before the real service binds it.
 /// - `allow_uids=<uid>,<uid>,...` (listener): clients of other uids are refused: the listener
-///   logs `refused a client of uid ...` at `warn` and closes that connection at once (the
-///   client sees the connection lost), and keeps accepting others.
+///   logs `refused a client of uid ...` at `warn`, writes a refusal in place of its hello
+///   without waiting (`framed::refuse`) and closes that connection at once, and keeps
+///   accepting others. The client's first receive or send fails with `PermissionDenied`:
+///   "the listener refused this connection: your uid 1001 is not in its allow_uids".
 ///
 /// Both read the credentials the kernel recorded (`SO_PEERCRED`), which the peer cannot forge.
 /// `shm://` applies the same policy during its set-up (a refused client is told why).

@@ -1,10 +1,15 @@
 //! Win32 plumbing every Windows backend uses, written once: NUL-terminated wide strings,
 //! taking ownership of a returned handle, last-error codes, the owner-only security
-//! descriptor ([`Security`]), probing a named pipe's name, and running a blocking open off the
+//! descriptor ([`Security`]), who is at the other end of a pipe and whom a pipe endpoint
+//! accepts (`SidPolicy`), probing a named pipe's name, and running a blocking open off the
 //! tokio workers.
 
+#[cfg(feature = "pipe")]
+mod peer;
 mod security;
 
+#[cfg(feature = "pipe")]
+pub(crate) use peer::{pipe_peer, SidPolicy};
 pub(crate) use security::Security;
 
 use ductwork_core::{Endpoint, Error, ErrorKind, Result};

@@ -1,9 +1,11 @@
-//! Windows security for the named transports: an owner-only security descriptor.
+//! Windows security for the named transports: an owner-only security descriptor, and who a
+//! process is (the user SID of its token).
 //!
 //! Named pipes created without a security descriptor get a default that lets *everyone* read
 //! (and the anonymous account too, on older systems). ductwork's pipes and mailslots instead
 //! grant full access to the creating user and to SYSTEM only, written as the SDDL string
-//! `D:P(A;;GA;;;<user SID>)(A;;GA;;;SY)` (a protected DACL with two allow entries).
+//! `D:P(A;;GA;;;<user SID>)(A;;GA;;;SY)` (a protected DACL with two allow entries); a pipe
+//! listener's `allow_sids` adds one entry per SID it admits.
 
 use std::{ffi::c_void, io, ptr};
 use windows_sys::Win32::{
@@ -11,12 +13,14 @@ use windows_sys::Win32::{
     Security::{
         Authorization::{
             ConvertSidToStringSidW, ConvertStringSecurityDescriptorToSecurityDescriptorW,
-            SDDL_REVISION_1,
+            ConvertStringSidToSidW, SDDL_REVISION_1,
         },
-        GetTokenInformation, TokenUser, PSECURITY_DESCRIPTOR, SECURITY_ATTRIBUTES, TOKEN_QUERY,
-        TOKEN_USER,
+        GetTokenInformation, TokenUser, PSECURITY_DESCRIPTOR, PSID, SECURITY_ATTRIBUTES,
+        TOKEN_QUERY, TOKEN_USER,
     },
-    System::Threading::{GetCurrentProcess, OpenProcessToken},
+    System::Threading::{
+        GetCurrentProcess, OpenProcess, OpenProcessToken, PROCESS_QUERY_LIMITED_INFORMATION,
+    },
 };
 
 /// A `SECURITY_ATTRIBUTES` with an owner-only descriptor, freed on drop.
@@ -34,8 +38,21 @@ unsafe impl Sync for Security {}
 impl Security {
     /// Builds the owner-only descriptor for the current process's user.
     pub(crate) fn owner_only() -> io::Result<Security> {
+        Security::owner_only_and(&[])
+    }
+
+    /// The owner-only descriptor with one more allow entry (full access) for each SID in
+    /// `also`, which must be canonical SID strings ([`canonical_sid`]): nothing else reaches
+    /// the SDDL text.
+    pub(crate) fn owner_only_and(also: &[String]) -> io::Result<Security> {
         let sid = current_user_sid()?;
-        let sddl = format!("D:P(A;;GA;;;{sid})(A;;GA;;;SY)");
+        let mut sddl = format!("D:P(A;;GA;;;{sid})(A;;GA;;;SY)");
+        for other in also {
+            if !is_sid_text(other) {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a SID"));
+            }
+            sddl.push_str(&format!("(A;;GA;;;{other})"));
+        }
         let wide = super::wide(&sddl);
         let mut sd: PSECURITY_DESCRIPTOR = ptr::null_mut();
         // SAFETY: `wide` is NUL-terminated and outlives the call; `sd` is valid for a write;
@@ -83,18 +100,70 @@ impl Drop for Security {
     }
 }
 
+/// Whether `s` is a SID in the `S-1-<n>-<n>...` form and nothing else (no SDDL can hide in
+/// it).
+fn is_sid_text(s: &str) -> bool {
+    s.strip_prefix("S-1-").is_some_and(|r| {
+        r.split('-')
+            .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
 /// The current process user's SID as a string (`S-1-5-21-...`).
-fn current_user_sid() -> io::Result<String> {
+pub(crate) fn current_user_sid() -> io::Result<String> {
+    // SAFETY: GetCurrentProcess returns a pseudo-handle that needs no closing.
+    user_sid_of(unsafe { GetCurrentProcess() })
+}
+
+/// The user SID of process `pid`'s token (`S-1-5-21-...`). Needs the right to query that
+/// process and read its token: a process of the same user, or any as an administrator.
+#[cfg_attr(not(feature = "pipe"), allow(dead_code))]
+pub(crate) fn process_user_sid(pid: u32) -> io::Result<String> {
+    // SAFETY: plain call; a null result is checked below.
+    let process = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid) };
+    if process.is_null() {
+        return Err(super::last_error());
+    }
+    let result = user_sid_of(process);
+    // SAFETY: `process` was opened above, is closed once and not used afterwards.
+    unsafe { CloseHandle(process) };
+    result
+}
+
+/// The user SID of `process`'s token.
+fn user_sid_of(process: HANDLE) -> io::Result<String> {
     let mut token: HANDLE = ptr::null_mut();
-    // SAFETY: GetCurrentProcess returns a pseudo-handle that needs no closing; `token` is
-    // valid for a write.
-    if unsafe { OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &mut token) } == 0 {
+    // SAFETY: `process` is a valid process handle (or the current-process pseudo-handle) for
+    // the duration of the call; `token` is valid for a write.
+    if unsafe { OpenProcessToken(process, TOKEN_QUERY, &mut token) } == 0 {
         return Err(super::last_error());
     }
     let result = token_user_sid(token);
     // SAFETY: `token` was opened above, is closed once and not used afterwards.
     unsafe { CloseHandle(token) };
     result
+}
+
+/// `s` (`S-1-5-32-544`, or an SDDL alias such as `SY`) in the canonical form Windows writes
+/// (`S-1-5-18`), or `InvalidInput` if Windows does not read it as a SID.
+#[cfg_attr(not(feature = "pipe"), allow(dead_code))]
+pub(crate) fn canonical_sid(s: &str) -> io::Result<String> {
+    let not_a_sid = || io::Error::new(io::ErrorKind::InvalidInput, format!("`{s}` is not a SID"));
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(not_a_sid());
+    }
+    let wide = super::wide(s);
+    let mut sid: PSID = ptr::null_mut();
+    // SAFETY: `wide` is NUL-terminated and outlives the call; `sid` is valid for a write.
+    if unsafe { ConvertStringSidToSidW(wide.as_ptr(), &mut sid) } == 0 {
+        return Err(not_a_sid());
+    }
+    // SAFETY: ConvertStringSidToSidW succeeded, so `sid` is a valid SID until freed below.
+    let text = unsafe { sid_string(sid) };
+    // SAFETY: on success ConvertStringSidToSidW allocated `sid` with LocalAlloc; it is freed
+    // once, here, after its last use above.
+    unsafe { LocalFree(sid) };
+    text
 }
 
 fn token_user_sid(token: HANDLE) -> io::Result<String> {
@@ -114,8 +183,17 @@ fn token_user_sid(token: HANDLE) -> io::Result<String> {
     // SAFETY: GetTokenInformation(TokenUser) filled `buf` with a TOKEN_USER, whose SID pointer
     // points into `buf`, which lives until the end of this function.
     let sid = unsafe { (*(buf.as_ptr() as *const TOKEN_USER)).User.Sid };
+    // SAFETY: `sid` points into `buf` (see above), alive for this call.
+    unsafe { sid_string(sid) }
+}
+
+/// `sid` as a string (`S-1-5-...`).
+///
+/// # Safety
+/// `sid` points at a valid SID for the duration of the call.
+unsafe fn sid_string(sid: PSID) -> io::Result<String> {
     let mut s: *mut u16 = ptr::null_mut();
-    // SAFETY: `sid` is a valid SID (see above); `s` is valid for a write.
+    // SAFETY: `sid` is a valid SID (this function's precondition); `s` is valid for a write.
     if unsafe { ConvertSidToStringSidW(sid, &mut s) } == 0 {
         return Err(super::last_error());
     }

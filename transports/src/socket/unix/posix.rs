@@ -3,11 +3,12 @@
 
 use super::Config;
 use crate::common::faults::connect_within;
-use crate::common::framed::{byte_stream, framed};
+use crate::common::framed::{byte_stream, framed, refuse};
 use crate::common::unix::{
     bind_socket_file, connect_error, credentials, peer_credentials, PeerPolicy, Probe,
 };
 use crate::socket::{StreamListener, StreamSource};
+use ductwork_codec::REFUSED_IDENTITY;
 use ductwork_core::{BoxConnection, BoxListener, Capabilities, Endpoint, Error, ErrorKind, Result};
 use std::{io, path::Path, time::Duration};
 use tokio::net::{UnixListener, UnixStream};
@@ -90,13 +91,19 @@ impl StreamSource for Checked {
             if self.policy.admits(creds) {
                 return Ok(stream);
             }
-            // One refused client is no reason to stop serving the others.
+            // One refused client is no reason to stop serving the others; it is told why
+            // without waiting for it (it may not read), then closed.
             tracing::warn!(
                 endpoint = %self.endpoint,
                 "refused a client of {} (allow_uids: {:?})",
                 creds.map_or("unknown credentials".into(), |c| c.to_string()),
                 self.policy.client_uids.as_deref().unwrap_or_default()
             );
+            let reason = match creds {
+                Some(c) => format!("your uid {} is not in its allow_uids", c.uid),
+                None => "the kernel did not say who you are, and it has allow_uids".into(),
+            };
+            refuse(&stream, REFUSED_IDENTITY, &reason);
         }
     }
 }
