@@ -12,6 +12,7 @@
 //! endpoint's [`Capabilities`](crate::Capabilities), as the layer diagram in the design notes
 //! draws it.
 
+mod calls;
 mod liveness;
 pub mod pubsub;
 pub mod reqrep;
