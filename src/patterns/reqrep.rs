@@ -74,7 +74,7 @@ use std::{
     panic::AssertUnwindSafe,
     pin::Pin,
     sync::{Arc, Mutex, Weak},
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
     time::Duration,
 };
 use tokio::sync::watch;
@@ -615,16 +615,21 @@ where
         // Built once, not per request: a timer only with heartbeats, one cancellation waiter.
         let mut silent = silence.map(|d| Box::pin(tokio::time::sleep(d)));
         let mut stopped = std::pin::pin!(stop.cancelled());
-        let mut turn = 0u32;
+        // The waker the stop future was last polled with: while it is this task's, the
+        // future keeps it registered and a look at the token (one atomic load) suffices,
+        // not a poll (which takes the token's lock).
+        let mut armed: Option<Waker> = None;
         while reading || first.is_some() || !in_flight.is_empty() {
-            turn = turn.wrapping_add(1);
             let busy = usize::from(first.is_some()) + in_flight.len();
             let mut wake = Wake {
                 read: reading && busy < max,
-                // Looked at before reading every 32nd turn, so that a flood of requests
-                // cannot hold off a shutdown, and whenever there is nothing to read; not on
-                // every turn, as each look takes two locks.
-                stop: reading.then_some((turn % 32 == 0, stopped.as_mut())),
+                // Looked at before reading, so that a flood of requests cannot hold off a
+                // shutdown, and whenever there is nothing to read.
+                stop: reading.then_some(Stop {
+                    token: &stop,
+                    fut: stopped.as_mut(),
+                    armed: &mut armed,
+                }),
                 silent: silent.as_mut().map(|t| t.as_mut()),
             };
             let event = poll_fn(|cx| wake.poll(cx, first.as_mut(), &mut in_flight, &mut ch)).await;
@@ -691,10 +696,33 @@ fn poll_slot<F: Future>(cx: &mut Context<'_>, mut slot: Pin<&mut Option<F>>) -> 
 struct Wake<'a, S> {
     /// Whether to read a request.
     read: bool,
-    /// The stop signal, if still listened to, and whether to look at it before reading.
-    stop: Option<(bool, Pin<&'a mut S>)>,
+    /// The stop signal, if still listened to.
+    stop: Option<Stop<'a, S>>,
     /// The heartbeat deadline, if any.
     silent: Option<Pin<&'a mut tokio::time::Sleep>>,
+}
+
+/// A connection loop's view of the server's stop signal.
+struct Stop<'a, S> {
+    token: &'a CancellationToken,
+    /// `token.cancelled()`.
+    fut: Pin<&'a mut S>,
+    /// The waker `fut` was last polled with.
+    armed: &'a mut Option<Waker>,
+}
+
+impl<S: Future> Stop<'_, S> {
+    /// Whether the server is stopping; makes sure this task is woken when it does.
+    fn poll(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.token.is_cancelled() {
+            return true;
+        }
+        if self.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            return false;
+        }
+        *self.armed = Some(cx.waker().clone());
+        self.fut.as_mut().poll(cx).is_ready()
+    }
 }
 
 /// What ends a connection loop's wait.
@@ -712,7 +740,7 @@ enum Event<Req, Resp> {
 impl<S: Future> Wake<'_, S> {
     /// Polls, in order: finished handlers (a request that cannot have arrived yet must not
     /// keep a finished reply waiting: on shm, polling the receive first spins for nothing),
-    /// the stop signal when due first, the connection, the stop signal, the heartbeat.
+    /// the stop flag, the connection, the stop signal, the heartbeat.
     fn poll<Req, Resp, F>(
         &mut self,
         cx: &mut Context<'_>,
@@ -733,18 +761,16 @@ impl<S: Future> Wake<'_, S> {
                 return Poll::Ready(Event::Answered(reply));
             }
         }
-        if let Some((true, stop)) = &mut self.stop {
-            if stop.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Event::Stop);
-            }
+        if self.stop.as_ref().is_some_and(|s| s.token.is_cancelled()) {
+            return Poll::Ready(Event::Stop);
         }
         if self.read {
             if let Poll::Ready(r) = ch.poll_next_unpin(cx) {
                 return Poll::Ready(Event::Received(r));
             }
         }
-        if let Some((false, stop)) = &mut self.stop {
-            if stop.as_mut().poll(cx).is_ready() {
+        if let Some(stop) = &mut self.stop {
+            if stop.poll(cx) {
                 return Poll::Ready(Event::Stop);
             }
         }
