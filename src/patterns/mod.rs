@@ -15,6 +15,7 @@
 //! are peers; the public constructors dispatch on the scheme, and the mapping, with its
 //! delivery semantics (at most once), is in `src/patterns/nats/mod.rs`.
 
+mod calls;
 mod liveness;
 pub mod nats;
 pub mod pubsub;

@@ -48,34 +48,36 @@
 //! - **Dead peers** on transports that cannot see one (udp): with [`Heartbeats`] (on there by
 //!   default) the client pings when idle and counts the server lost after
 //!   `interval * misses` of silence; the server drops a client silent that long.
-//! - **No background task.** The caller whose reply is due reads the connection and hands
-//!   other callers' replies to them. A lone caller takes the reading side before it sends and
-//!   reads its own reply: no waiting-map entry, no hand-over, no wake-up of another task.
+//! - **No background task.** The connection and every call on it sit behind one lock; the
+//!   caller whose reply is due reads the connection and hands other callers' replies to them.
+//!   A lone caller sends and reads its own reply in the same poll of its own future: no
+//!   split connection, no hand-over, no wake-up of another task, no allocation. (Only a
+//!   client with reconnect or heartbeats runs a watcher task, which reads while nobody
+//!   calls.)
 //! - The server polls a connection's handlers on that connection's task (up to
 //!   [`ServerOptions::max_in_flight`] at once, then it stops reading, which pushes back on the
 //!   client); a handler that burns CPU should hand work to `tokio::task::spawn_blocking`. A
 //!   handler that panics is answered with `Failed`, and the server goes on.
 
+use super::calls::{lock, ClientChannel, Failure, Link, Outgoing};
 use super::serve::{accept_until, Background};
 use super::{Backoff, Heartbeat, Heartbeats, LinkState};
 use crate::{BoxListener, Channel, Endpoint, Error, ErrorKind, Result};
-use futures::lock::Mutex as AsyncMutex;
 use futures::{
     future::{poll_fn, FutureExt},
-    stream::{FuturesUnordered, SplitSink, SplitStream},
+    stream::FuturesUnordered,
     SinkExt, StreamExt,
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::{
-    collections::HashMap,
     future::Future,
     panic::AssertUnwindSafe,
     pin::Pin,
     sync::{Arc, Mutex, Weak},
-    task::{Context, Poll},
-    time::{Duration, Instant},
+    task::{Context, Poll, Waker},
+    time::Duration,
 };
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// What a client sends.
@@ -147,9 +149,6 @@ impl Default for ClientOptions {
     }
 }
 
-type ClientChannel<Req, Resp> = Channel<Request<Req>, Reply<Resp>>;
-type Waiter<Resp> = oneshot::Sender<Result<Resp>>;
-
 /// The calling side of request/reply; cheap to clone, and every clone shares the connection.
 ///
 /// Implements [`tower_service::Service`], so tower's timeout, retry and concurrency-limit
@@ -175,26 +174,6 @@ impl<Req, Resp> std::fmt::Debug for Client<Req, Resp> {
     }
 }
 
-/// Why a link ended, kept to fail later calls with the same error.
-#[derive(Debug, Clone)]
-struct Failure {
-    kind: ErrorKind,
-    detail: String,
-}
-
-impl Failure {
-    fn of(e: &Error) -> Self {
-        Failure {
-            kind: e.kind(),
-            detail: e.detail().to_string(),
-        }
-    }
-
-    fn error(&self, endpoint: impl std::fmt::Display) -> Error {
-        Error::new(self.kind, endpoint, self.detail.clone())
-    }
-}
-
 /// What every clone of a client shares: the current link, and how to replace it.
 struct Shared<Req, Resp> {
     endpoint: Endpoint,
@@ -207,45 +186,6 @@ enum Current<Req, Resp> {
     Up(Arc<Link<Req, Resp>>),
     Reconnecting,
     Down(Failure),
-}
-
-/// One connection and the calls waiting on it.
-struct Link<Req, Resp> {
-    endpoint: String,
-    tx: AsyncMutex<Tx<Req, Resp>>,
-    rx: AsyncMutex<SplitStream<ClientChannel<Req, Resp>>>,
-    calls: Mutex<Calls<Resp>>,
-    /// When a frame last arrived; kept with heartbeats only (elsewhere a clock read per
-    /// frame would buy nothing).
-    heard: Option<Mutex<Instant>>,
-}
-
-/// The sending half, and the next request id: taken with the half, so an id costs no atomic
-/// operation of its own.
-struct Tx<Req, Resp> {
-    sink: SplitSink<ClientChannel<Req, Resp>, Request<Req>>,
-    next_id: u64,
-}
-
-impl<Req, Resp> Tx<Req, Resp> {
-    /// A fresh id, unique on this connection.
-    fn id(&mut self) -> u64 {
-        self.next_id += 1;
-        self.next_id
-    }
-}
-
-struct Calls<Resp> {
-    /// Callers waiting for a reply, by request id.
-    waiting: HashMap<u64, Waiter<Resp>>,
-    /// Set once the link failed: every later call on it fails with it.
-    broken: Option<Failure>,
-}
-
-/// Locks a std mutex whose data stays consistent even if a holder panicked (single inserts,
-/// removes and assignments), so poisoning is ignored.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl<Req, Resp> Client<Req, Resp>
@@ -334,7 +274,11 @@ where
             _ => return Ok(()),
         };
         self.shared.state.send_replace(LinkState::Lost);
-        let r = super::close_result(link.tx.lock().await.sink.close().await);
+        // A link that already failed has nothing left to flush: every call has its error.
+        let r = match link.failure() {
+            Some(_) => Ok(()),
+            None => super::close_result(link.op(Outgoing::Close).await.map(drop)),
+        };
         link.fail_all(Error::new(
             ErrorKind::Closed,
             &link.endpoint,
@@ -351,7 +295,15 @@ where
 {
     async fn call(self: &Arc<Self>, req: Req) -> Result<Resp> {
         let link = self.link().await?;
-        let r = link.call(req).await;
+        let r = match link.op(Outgoing::Call(req)).await {
+            Ok(Some(resp)) => Ok(resp),
+            Ok(None) => Err(Error::new(
+                ErrorKind::Protocol,
+                &self.endpoint,
+                "a call ended without a reply",
+            )),
+            Err(e) => Err(e),
+        };
         // Whatever broke a link failed the call that noticed it, so only a failed call looks.
         if r.is_err() {
             if let Some(f) = link.failure() {
@@ -471,20 +423,12 @@ async fn watch<Req, Resp>(
 {
     let every = hb.map_or(Duration::from_secs(1), |h| h.interval);
     loop {
-        match link.rx.try_lock() {
-            Some(mut rx) => {
-                let _ = tokio::time::timeout(every, link.read_until(None, &mut rx)).await;
-            }
-            None => tokio::time::sleep(every).await,
-        }
-        if link.failure().is_some() || shared.strong_count() == 0 {
+        let lost = tokio::time::timeout(every, poll_fn(|cx| link.poll_watch(cx))).await;
+        if lost.is_ok() || shared.strong_count() == 0 {
             break;
         }
         let Some(hb) = hb else { continue };
-        let silent = link
-            .heard
-            .as_ref()
-            .map_or(Duration::ZERO, |h| lock(h).elapsed());
+        let silent = link.silence();
         if silent > hb.bound() {
             let detail = format!(
                 "no answer to heartbeats for {silent:?} (bound {:?})",
@@ -497,203 +441,14 @@ async fn watch<Req, Resp>(
             ));
             break;
         }
-        if let Err(e) = link.tx.lock().await.sink.send(Request::Ping).await {
+        if let Err(e) = link.op(Outgoing::Ping).await {
             link.fail_all(e);
             break;
         }
     }
+    link.unwatch();
     if let (Some(s), Some(f)) = (shared.upgrade(), link.failure()) {
         s.lost(&link, f);
-    }
-}
-
-impl<Req, Resp> Link<Req, Resp>
-where
-    Req: Serialize + Send + 'static,
-    Resp: DeserializeOwned + Send + 'static,
-{
-    fn new(ch: ClientChannel<Req, Resp>, heartbeats: bool) -> Self {
-        let endpoint = ch.info().endpoint.to_string();
-        let (tx, rx) = ch.split();
-        Link {
-            endpoint,
-            tx: AsyncMutex::new(Tx {
-                sink: tx,
-                next_id: 0,
-            }),
-            rx: AsyncMutex::new(rx),
-            calls: Mutex::new(Calls {
-                waiting: HashMap::new(),
-                broken: None,
-            }),
-            heard: heartbeats.then(|| Mutex::new(Instant::now())),
-        }
-    }
-
-    async fn call(&self, req: Req) -> Result<Resp> {
-        // The lone caller's path: holding the reading lock from before its request leaves,
-        // nobody else can read the reply, so the call needs no entry in the waiting map and
-        // no hand-over; it reads its reply itself.
-        if let Some(mut rx) = self.rx.try_lock() {
-            if let Some(mut tx) = self.tx.try_lock() {
-                let id = tx.id();
-                let mut send = std::pin::pin!(tx.sink.send(Request::Call { id, body: req }));
-                let Poll::Ready(sent) = futures::poll!(send.as_mut()) else {
-                    // The request cannot leave yet, and whoever reads next may read its
-                    // reply: register it while nobody else can read, then let go of reading
-                    // (a reader that waits to send could deadlock with a server that waits
-                    // to send replies).
-                    let (waiter, reply) = oneshot::channel();
-                    self.register(id, waiter)?;
-                    let _forget = Forget { link: self, id };
-                    drop(rx);
-                    self.sent(send.await)?;
-                    return self.wait(id, reply).await;
-                };
-                self.sent(sent)?;
-                return self.read_until(Some(id), &mut rx).await;
-            }
-        }
-        let mut tx = self.tx.lock().await;
-        let id = tx.id();
-        let (waiter, reply) = oneshot::channel();
-        self.register(id, waiter)?;
-        // Whatever ends this call (reply, error, deadline, a dropped future) forgets its id, so
-        // a reply that comes later finds nobody and is discarded.
-        let _forget = Forget { link: self, id };
-        let sent = tx.sink.send(Request::Call { id, body: req }).await;
-        drop(tx);
-        self.sent(sent)?;
-        self.wait(id, reply).await
-    }
-
-    /// A send's outcome: a request too large or not encodable fails that request only;
-    /// anything else broke the link.
-    fn sent(&self, sent: Result<()>) -> Result<()> {
-        sent.map_err(|e| match e.kind() {
-            ErrorKind::FrameTooLarge | ErrorKind::Encode => e,
-            _ => self.fail_all(e),
-        })
-    }
-
-    /// Waits for another reader to hand the reply to `id` over, or becomes the reader.
-    async fn wait(&self, id: u64, mut reply: oneshot::Receiver<Result<Resp>>) -> Result<Resp> {
-        let mut rx = tokio::select! {
-            biased;
-            r = &mut reply => return r.unwrap_or_else(|_| Err(self.broken_error())),
-            rx = self.rx.lock() => rx,
-        };
-        if let Ok(r) = reply.try_recv() {
-            return r;
-        }
-        self.read_until(Some(id), &mut rx).await
-    }
-
-    /// Reads replies, handing each to its caller, until the one for `id` arrives (with
-    /// `None`, until the link fails).
-    async fn read_until(
-        &self,
-        id: Option<u64>,
-        rx: &mut SplitStream<ClientChannel<Req, Resp>>,
-    ) -> Result<Resp> {
-        loop {
-            let frame = rx.next().await;
-            if let Some(heard) = &self.heard {
-                *lock(heard) = Instant::now();
-            }
-            match frame {
-                Some(Ok(Reply::Pong)) => {}
-                Some(Ok(reply)) if reply.id() == id => return self.outcome(reply),
-                Some(Ok(reply)) => self.hand_over(reply),
-                // A reply that does not decode names no caller; whoever sent it times out.
-                // The connection stays usable (the contract's rule for Decode).
-                Some(Err(e)) if e.kind() == ErrorKind::Decode => {
-                    tracing::warn!(endpoint = %self.endpoint, error = %e, "undecodable reply dropped");
-                }
-                Some(Err(e)) => return Err(self.fail_all(e)),
-                None => {
-                    let e = Error::new(
-                        ErrorKind::Closed,
-                        &self.endpoint,
-                        "the server closed the connection before replying",
-                    );
-                    return Err(self.fail_all(e));
-                }
-            }
-        }
-    }
-
-    fn outcome(&self, reply: Reply<Resp>) -> Result<Resp> {
-        match reply {
-            Reply::Ok { body, .. } => Ok(body),
-            Reply::Failed { reason, .. } => {
-                Err(Error::new(ErrorKind::Remote, &self.endpoint, reason))
-            }
-            Reply::Pong => Err(Error::new(
-                ErrorKind::Protocol,
-                &self.endpoint,
-                "a pong is no reply",
-            )),
-        }
-    }
-
-    fn hand_over(&self, reply: Reply<Resp>) {
-        let Some(id) = reply.id() else { return };
-        let waiter = lock(&self.calls).waiting.remove(&id);
-        match waiter {
-            Some(w) => {
-                let _ = w.send(self.outcome(reply));
-            }
-            None => tracing::debug!(endpoint = %self.endpoint, id, "late reply discarded"),
-        }
-    }
-
-    fn register(&self, id: u64, waiter: Waiter<Resp>) -> Result<()> {
-        let mut calls = lock(&self.calls);
-        if let Some(f) = &calls.broken {
-            return Err(f.error(&self.endpoint));
-        }
-        calls.waiting.insert(id, waiter);
-        Ok(())
-    }
-
-    /// Marks the link broken and fails every waiting caller with `e`; returns `e`.
-    fn fail_all(&self, e: Error) -> Error {
-        let waiting = {
-            let mut calls = lock(&self.calls);
-            calls.broken.get_or_insert_with(|| Failure::of(&e));
-            std::mem::take(&mut calls.waiting)
-        };
-        if !waiting.is_empty() {
-            tracing::debug!(endpoint = %self.endpoint, error = %e, callers = waiting.len(), "failing waiting calls");
-        }
-        for (_, w) in waiting {
-            let _ = w.send(Err(Error::new(e.kind(), &self.endpoint, e.detail())));
-        }
-        e
-    }
-
-    fn failure(&self) -> Option<Failure> {
-        lock(&self.calls).broken.clone()
-    }
-
-    fn broken_error(&self) -> Error {
-        match self.failure() {
-            Some(f) => f.error(&self.endpoint),
-            None => Error::new(ErrorKind::Closed, &self.endpoint, "the client is gone"),
-        }
-    }
-}
-
-/// Removes a call's id from the waiting map when the call ends, however it ends.
-struct Forget<'a, Req, Resp> {
-    link: &'a Link<Req, Resp>,
-    id: u64,
-}
-
-impl<Req, Resp> Drop for Forget<'_, Req, Resp> {
-    fn drop(&mut self) {
-        lock(&self.link.calls).waiting.remove(&self.id);
     }
 }
 
@@ -864,16 +619,21 @@ where
         // Built once, not per request: a timer only with heartbeats, one cancellation waiter.
         let mut silent = silence.map(|d| Box::pin(tokio::time::sleep(d)));
         let mut stopped = std::pin::pin!(stop.cancelled());
-        let mut turn = 0u32;
+        // The waker the stop future was last polled with: while it is this task's, the
+        // future keeps it registered and a look at the token (one atomic load) suffices,
+        // not a poll (which takes the token's lock).
+        let mut armed: Option<Waker> = None;
         while reading || first.is_some() || !in_flight.is_empty() {
-            turn = turn.wrapping_add(1);
             let busy = usize::from(first.is_some()) + in_flight.len();
             let mut wake = Wake {
                 read: reading && busy < max,
-                // Looked at before reading every 32nd turn, so that a flood of requests
-                // cannot hold off a shutdown, and whenever there is nothing to read; not on
-                // every turn, as each look takes two locks.
-                stop: reading.then_some((turn % 32 == 0, stopped.as_mut())),
+                // Looked at before reading, so that a flood of requests cannot hold off a
+                // shutdown, and whenever there is nothing to read.
+                stop: reading.then_some(Stop {
+                    token: &stop,
+                    fut: stopped.as_mut(),
+                    armed: &mut armed,
+                }),
                 silent: silent.as_mut().map(|t| t.as_mut()),
             };
             let event = poll_fn(|cx| wake.poll(cx, first.as_mut(), &mut in_flight, &mut ch)).await;
@@ -940,10 +700,33 @@ fn poll_slot<F: Future>(cx: &mut Context<'_>, mut slot: Pin<&mut Option<F>>) -> 
 struct Wake<'a, S> {
     /// Whether to read a request.
     read: bool,
-    /// The stop signal, if still listened to, and whether to look at it before reading.
-    stop: Option<(bool, Pin<&'a mut S>)>,
+    /// The stop signal, if still listened to.
+    stop: Option<Stop<'a, S>>,
     /// The heartbeat deadline, if any.
     silent: Option<Pin<&'a mut tokio::time::Sleep>>,
+}
+
+/// A connection loop's view of the server's stop signal.
+struct Stop<'a, S> {
+    token: &'a CancellationToken,
+    /// `token.cancelled()`.
+    fut: Pin<&'a mut S>,
+    /// The waker `fut` was last polled with.
+    armed: &'a mut Option<Waker>,
+}
+
+impl<S: Future> Stop<'_, S> {
+    /// Whether the server is stopping; makes sure this task is woken when it does.
+    fn poll(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.token.is_cancelled() {
+            return true;
+        }
+        if self.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            return false;
+        }
+        *self.armed = Some(cx.waker().clone());
+        self.fut.as_mut().poll(cx).is_ready()
+    }
 }
 
 /// What ends a connection loop's wait.
@@ -961,7 +744,7 @@ enum Event<Req, Resp> {
 impl<S: Future> Wake<'_, S> {
     /// Polls, in order: finished handlers (a request that cannot have arrived yet must not
     /// keep a finished reply waiting: on shm, polling the receive first spins for nothing),
-    /// the stop signal when due first, the connection, the stop signal, the heartbeat.
+    /// the stop flag, the connection, the stop signal, the heartbeat.
     fn poll<Req, Resp, F>(
         &mut self,
         cx: &mut Context<'_>,
@@ -982,18 +765,16 @@ impl<S: Future> Wake<'_, S> {
                 return Poll::Ready(Event::Answered(reply));
             }
         }
-        if let Some((true, stop)) = &mut self.stop {
-            if stop.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Event::Stop);
-            }
+        if self.stop.as_ref().is_some_and(|s| s.token.is_cancelled()) {
+            return Poll::Ready(Event::Stop);
         }
         if self.read {
             if let Poll::Ready(r) = ch.poll_next_unpin(cx) {
                 return Poll::Ready(Event::Received(r));
             }
         }
-        if let Some((false, stop)) = &mut self.stop {
-            if stop.as_mut().poll(cx).is_ready() {
+        if let Some(stop) = &mut self.stop {
+            if stop.poll(cx) {
                 return Poll::Ready(Event::Stop);
             }
         }
