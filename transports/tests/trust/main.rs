@@ -16,11 +16,13 @@
 //!
 //! Loopback only; every child is stopped by its pid (`support::child`).
 //!
-//! On Windows (the CI leg under Wine) the parts that mean something there run, smaller:
-//! `hostile` on tcp, pipe and shm (no memory bound: the figures come from `/proc`), `killed`
-//! on pipe and shm, `crowd` on tcp, pipe and shm with `crowd::WIN_CLIENTS`, and `parse`.
+//! Linux only for now. The parts that mean something on Windows are written for it (the
+//! `cfg(windows)` items): `hostile` on tcp, pipe and shm (no memory bound: the figures come
+//! from `/proc`), `killed` on pipe and shm, `crowd` on tcp, pipe and shm with
+//! `crowd::WIN_CLIENTS`, and `parse`; they are switched on (widen the `cfg` below to
+//! `any(target_os = "linux", windows)`) once they have been built and run under Wine.
 //! `docs/reliability.md` says why each other part stays on Linux.
-#![cfg(any(target_os = "linux", windows))]
+#![cfg(target_os = "linux")]
 
 #[path = "../support/mod.rs"]
 mod support;
