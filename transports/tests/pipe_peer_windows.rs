@@ -96,7 +96,15 @@ async fn the_default_same_user_check_passes_and_reports_credentials() {
 async fn a_required_sid_that_does_not_match_is_refused() {
     let me = own_sid().await;
     let base = format!("pipe://{}", name("want"));
-    let _l = ductwork_transports::bind(base.as_str()).await.unwrap();
+    let mut l = ductwork_transports::bind(base.as_str()).await.unwrap();
+    // Accepting, so that each client finds a free instance (it drops the ones it refuses).
+    let accepting = tokio::spawn(async move {
+        for _ in 0..10 {
+            if l.accept().await.is_err() {
+                return;
+            }
+        }
+    });
     for (want, canonical) in [
         ("S-1-5-18", "S-1-5-18"),
         ("SY", "S-1-5-18"),
@@ -114,6 +122,7 @@ async fn a_required_sid_that_does_not_match_is_refused() {
         assert!(text.contains(&format!("runs as {me}")), "{e}");
         assert!(text.contains(&format!("not {canonical}")), "{e}");
     }
+    accepting.abort();
 }
 
 /// A listener with `allow_sids` that leaves us out: the pipe's DACL grants that SID too, and
