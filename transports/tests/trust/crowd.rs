@@ -12,8 +12,10 @@ use futures::{SinkExt, StreamExt};
 use std::time::{Duration, Instant};
 
 /// Concurrent clients on tcp, unix and pipe.
+#[cfg(target_os = "linux")]
 const CLIENTS: u64 = 1_000;
 /// Concurrent clients on shm (see the module docs).
+#[cfg(target_os = "linux")]
 pub const SHM_CLIENTS: u64 = 1_000;
 /// Concurrent clients per transport on Windows (the CI leg under Wine, where every process
 /// and connection costs far more): the same checks on a smaller crowd.

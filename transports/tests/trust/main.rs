@@ -16,13 +16,12 @@
 //!
 //! Loopback only; every child is stopped by its pid (`support::child`).
 //!
-//! Linux only for now. The parts that mean something on Windows are written for it (the
-//! `cfg(windows)` items): `hostile` on tcp, pipe and shm (no memory bound: the figures come
-//! from `/proc`), `killed` on pipe and shm, `crowd` on tcp, pipe and shm with
-//! `crowd::WIN_CLIENTS`, and `parse`; they are switched on (widen the `cfg` below to
-//! `any(target_os = "linux", windows)`) once they have been built and run under Wine.
+//! On Windows (under Wine in CI) the parts that mean something there run (the `cfg(windows)`
+//! items): `hostile` on tcp, pipe and shm (no memory bound: the figures come from `/proc`),
+//! `killed` on pipe and shm, `crowd` on tcp, pipe and shm with `crowd::WIN_CLIENTS`, and
+//! `parse`.
 //! `docs/reliability.md` says why each other part stays on Linux.
-#![cfg(target_os = "linux")]
+#![cfg(any(target_os = "linux", windows))]
 
 #[path = "../support/mod.rs"]
 mod support;
