@@ -522,6 +522,12 @@ where
             // Once queued in the connection, its reply may come even before the flush ends.
             let own = (self.is_call && self.what.is_none()).then_some(id);
             if let Poll::Ready(r) = inner.read(endpoint, cx, own) {
+                // A close that reads the end of the stream while its own close is under way is
+                // done: the peer closed too (it may answer our close before we see it finish).
+                let closing = matches!(self.what, Some(Outgoing::Close));
+                if closing && matches!(&r, Err(e) if e.kind() == ErrorKind::Closed) {
+                    return Poll::Ready(Ok(None));
+                }
                 return Poll::Ready(r.map(Some));
             }
         }
