@@ -130,8 +130,8 @@ async fn a_required_sid_that_does_not_match_is_refused() {
 /// naming the endpoint and our SID), also after clients that never read; the listener keeps
 /// going, and one whose `allow_sids` has our SID serves us.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known defect (issue 12): on main under Wine the refused client sees ConnectionLost, \
-            not the refusal (it passed on its branch before the merges); --ignored reproduces it"]
+#[ignore = "known defect (issue 12): under Wine the refused client sees ConnectionLost, not the \
+            refusal (also at the commit that added it, 7e31a91); --ignored reproduces it"]
 async fn allow_sids_refuses_a_client_and_says_why() {
     let me = own_sid().await;
     let n = name("allow");
