@@ -20,7 +20,7 @@ secs="${1:-60}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(shm_ring frame_stream typed_decode shm_setup endpoint_parse udp_tags)
+    targets=(shm_ring frame_stream typed_decode shm_setup endpoint_parse udp_tags stream_start)
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

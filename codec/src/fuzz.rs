@@ -8,8 +8,15 @@
 //! - `typed_decode`: arbitrary bytes decoded with [`crate::decode`] into a type with every
 //!   common serde shape. Checks that nothing panics, and that a value that decodes encodes
 //!   back to bytes that decode to the same encoding.
+//! - `stream_start`: arbitrary bytes read as the start of a stream, where a client looks for
+//!   the listener's hello or refusal. Checks that nothing panics, that the two readings never
+//!   both claim the bytes, that a reason is short printable ASCII, that more bytes never change
+//!   a decided answer, and that a written refusal reads back.
 
-use crate::{decode, encode, CodecError, Frame, FrameCodec, GROW_CHUNK, HEADER_LEN};
+use crate::{
+    decode, encode, encode_refusal, parse_hello, parse_refusal, CodecError, Frame, FrameCodec,
+    Hello, Refusal, GROW_CHUNK, HEADER_LEN, REFUSAL_HEADER_LEN, REFUSAL_MAX_REASON,
+};
 use bytes::{BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -149,4 +156,95 @@ pub fn typed_decode(data: &[u8]) {
     let again = decode::<Message>(&once).expect("an encoded value decodes");
     let twice = encode(&again, usize::MAX).expect("encodes again");
     assert_eq!(once, twice, "re-encoding is stable");
+}
+
+/// Fuzzes the reading of a stream's first bytes (hello or refusal) with `data`, and the
+/// writing of a refusal whose code and reason come from `data`.
+pub fn stream_start(data: &[u8]) {
+    let (hello, refusal) = (parse_hello(data), parse_refusal(data));
+    assert!(
+        matches!(hello, Hello::Absent | Hello::Incomplete) || matches!(refusal, Refusal::Absent),
+        "both a hello and a refusal: {hello:?}, {refusal:?}"
+    );
+    if let Refusal::Refused { reason, .. } = &refusal {
+        assert!(
+            reason.len() <= REFUSAL_MAX_REASON,
+            "a reason of {}",
+            reason.len()
+        );
+        assert!(
+            reason.bytes().all(|b| (0x20..0x7f).contains(&b)),
+            "{reason:?}"
+        );
+    }
+    // Bytes arrive in pieces: a prefix is undecided or already says what the whole says.
+    for cut in 0..data.len().min(REFUSAL_HEADER_LEN + REFUSAL_MAX_REASON + 1) {
+        let part = parse_refusal(&data[..cut]);
+        assert!(
+            part == Refusal::Incomplete || part == refusal,
+            "{cut}: {part:?}"
+        );
+        let part = parse_hello(&data[..cut]);
+        assert!(
+            part == Hello::Incomplete || part == hello,
+            "{cut}: {part:?}"
+        );
+    }
+    // What a listener writes reads back, cleaned and cut, whatever the reason held.
+    let code = data.first().map_or(0, |&b| u16::from(b));
+    let reason = String::from_utf8_lossy(data.get(1..).unwrap_or_default());
+    let mut wire = BytesMut::new();
+    encode_refusal(&mut wire, code, &reason);
+    assert!(wire.len() <= REFUSAL_HEADER_LEN + REFUSAL_MAX_REASON);
+    match parse_refusal(&wire) {
+        Refusal::Refused { code: c, reason: r } => {
+            assert_eq!(c, code);
+            let want: String = reason
+                .bytes()
+                .take(REFUSAL_MAX_REASON)
+                .map(|b| {
+                    if (0x20..0x7f).contains(&b) {
+                        b as char
+                    } else {
+                        '?'
+                    }
+                })
+                .collect();
+            assert_eq!(r, want);
+        }
+        other => panic!("a written refusal read as {other:?}"),
+    }
+    assert_eq!(parse_hello(&wire), Hello::Absent);
+}
+
+#[cfg(test)]
+mod tests {
+    /// `stream_start` on a deterministic sweep: refusals and hellos, cut, dirtied and
+    /// followed by other bytes.
+    #[test]
+    fn stream_start_holds_on_a_sweep() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let starts: [&[u8]; 4] = [
+            &[0xff, 0xff, 0xff, 0xfd],
+            &[0xff, 0xff, 0xff, 0xfe],
+            &[0xff, 0xff, 0xff],
+            &[0, 0, 0, 4],
+        ];
+        for _ in 0..3000 {
+            let mut data = starts[(next() % 4) as usize].to_vec();
+            let len = (next() % 300) as usize;
+            data.extend((0..len).map(|_| next() as u8));
+            if next() % 2 == 0 && data.len() > 7 {
+                // A claimed length that fits what follows.
+                data[6..8].copy_from_slice(&((len as u16) / 2).to_be_bytes());
+            }
+            super::stream_start(&data);
+        }
+    }
 }
