@@ -130,8 +130,6 @@ async fn a_required_sid_that_does_not_match_is_refused() {
 /// naming the endpoint and our SID), also after clients that never read; the listener keeps
 /// going, and one whose `allow_sids` has our SID serves us.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known defect (issue 12): under Wine the refused client sees ConnectionLost, not the \
-            refusal (also at the commit that added it, 7e31a91); --ignored reproduces it"]
 async fn allow_sids_refuses_a_client_and_says_why() {
     let me = own_sid().await;
     let n = name("allow");
@@ -192,6 +190,47 @@ async fn allow_sids_refuses_a_client_and_says_why() {
     c.send(Bytes::from_static(b"in")).await.unwrap();
     let got = tokio::time::timeout(DEADLINE, s.next()).await.unwrap();
     assert_eq!(&got.unwrap().unwrap()[..], b"in");
+}
+
+/// A client that connected before the listener looked at its pipe instance (the listener was
+/// busy, here: not accepting yet) is told why too, on its first receive and on its first send.
+/// Its instance is already connected when the listener first waits on it, a path the
+/// listener's other clients (arriving while it waits) rarely take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_connected_before_the_listener_accepted_is_told_why() {
+    let me = own_sid().await;
+    let why = format!("your user {me} is not in its allow_sids");
+    for first in ["recv", "send"] {
+        let n = name(&format!("early-{first}"));
+        let ep = format!("pipe://{n}?allow_sids=S-1-5-32-545");
+        let mut l = ductwork_transports::bind(ep.as_str()).await.unwrap();
+        let plain = format!("pipe://{n}");
+        // Connected to the listener's waiting instance before any accept.
+        let mut c = ductwork_transports::connect(plain.as_str()).await.unwrap();
+        let accepting = tokio::spawn(async move {
+            let c = l.accept().await;
+            panic!(
+                "accepted a client it should refuse: {:?}",
+                c.map(|c| c.info().clone())
+            );
+        });
+        let e = if first == "recv" {
+            let got = tokio::time::timeout(DEADLINE, c.next()).await.unwrap();
+            got.unwrap().unwrap_err()
+        } else {
+            let sent = c.send(Bytes::from_static(b"x"));
+            tokio::time::timeout(DEADLINE, sent)
+                .await
+                .unwrap()
+                .unwrap_err()
+        };
+        println!("{first}: {e}");
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{first}: {e}");
+        assert!(e.to_string().contains(&why), "{first}: {e}");
+        assert!(e.to_string().contains(&plain), "{first}: {e}");
+        assert!(!accepting.is_finished(), "the listener stopped");
+        accepting.abort();
+    }
 }
 
 /// Option values are checked, the Unix options are refused, and the checks that cannot work

@@ -199,7 +199,7 @@ impl Listener for PipeListener {
                     "refused a client: {} ({reason})",
                     creds.as_ref().map_or_else(|e| e.to_string(), |c| c.to_string()),
                 );
-                refuse(&conn, REFUSED_IDENTITY, &reason);
+                tell_refused(conn, reason);
                 continue;
             }
             let peer = match creds {
@@ -209,6 +209,29 @@ impl Listener for PipeListener {
             return Ok(framed(conn, self.endpoint.clone(), peer, self.caps.clone()));
         }
     }
+}
+
+/// How long a refused client's instance may take to become writable (one turn of tokio's
+/// event loop, normally) before it is closed without the refusal.
+const REFUSAL_WAIT: Duration = Duration::from_secs(5);
+
+/// Tells a refused client why and closes its instance, in a task of its own so that the
+/// listener goes on at once.
+///
+/// The write must wait for the instance's write readiness: an instance whose client connected
+/// before the listener waited on it (the listener was busy) is handed out by `connect()` at
+/// once, while its readiness event is still queued on the completion port, and a `try_write`
+/// before that event is `WouldBlock` without touching the pipe, so the refusal was lost. The
+/// wait is bounded and never waits for the client to read: a fresh instance's buffer (64 KiB)
+/// takes the refusal whole. Dropping the instance closes its handle (after the write is done;
+/// mio does not cancel writes) without `DisconnectNamedPipe`, which would discard unread data:
+/// the client reads the refusal, then the end of the pipe.
+fn tell_refused(conn: NamedPipeServer, reason: String) {
+    tokio::spawn(async move {
+        if let Ok(Ok(())) = tokio::time::timeout(REFUSAL_WAIT, conn.writable()).await {
+            refuse(&conn, REFUSED_IDENTITY, &reason);
+        }
+    });
 }
 
 /// The client's pid alone, for a client whose user cannot be told.
