@@ -233,6 +233,75 @@ async fn a_client_that_connected_before_the_listener_accepted_is_told_why() {
     }
 }
 
+/// A listener that refuses at once (here a raw Win32 one: it writes a refusal and closes its
+/// end, without `DisconnectNamedPipe`) before our client first sends: the client's hello then
+/// fails on the closed pipe while the refusal is already read but not yet handed over by the
+/// event loop, and the client must report the refusal, not the broken pipe. One thread, so the
+/// event loop runs only where the test yields: deterministically that order.
+#[tokio::test(flavor = "current_thread")]
+async fn a_refusal_ahead_of_the_closed_pipe_is_reported_by_a_failed_send() {
+    use windows_sys::Win32::{
+        Foundation::INVALID_HANDLE_VALUE,
+        Storage::FileSystem::{WriteFile, PIPE_ACCESS_DUPLEX},
+        System::Pipes::{CreateNamedPipeW, PIPE_TYPE_BYTE, PIPE_WAIT},
+    };
+    let n = name("closed");
+    let wide = support::win32::wide(&format!(r"\\.\pipe\ductwork-{n}"));
+    // SAFETY: `wide` is a NUL-terminated UTF-16 name that outlives the call; null security
+    // attributes are the default ones.
+    let h = unsafe {
+        CreateNamedPipeW(
+            wide.as_ptr(),
+            PIPE_ACCESS_DUPLEX,
+            PIPE_TYPE_BYTE | PIPE_WAIT,
+            1,
+            65536,
+            65536,
+            0,
+            std::ptr::null(),
+        )
+    };
+    assert_ne!(
+        h,
+        INVALID_HANDLE_VALUE,
+        "{}",
+        std::io::Error::last_os_error()
+    );
+    let server = support::win32::Handle(h);
+    let ep = format!("pipe://{n}");
+    let mut c = ductwork_transports::connect(ep.as_str()).await.unwrap();
+    // The event loop takes in the client's first events: its next write goes to the pipe.
+    tokio::task::yield_now().await;
+    let reason = b"not you";
+    let mut refusal = vec![0xFF, 0xFF, 0xFF, 0xFD, 0, 1, 0, reason.len() as u8];
+    refusal.extend_from_slice(reason);
+    let mut written = 0u32;
+    // SAFETY: the handle is open; `refusal` and `written` are valid for the call; no overlap.
+    let ok = unsafe {
+        WriteFile(
+            server.0,
+            refusal.as_ptr(),
+            refusal.len() as u32,
+            &mut written,
+            std::ptr::null_mut(),
+        )
+    };
+    assert!(ok != 0, "{}", std::io::Error::last_os_error());
+    assert_eq!(written as usize, refusal.len());
+    drop(server);
+    let sent = c.send(Bytes::from_static(b"x"));
+    let e = tokio::time::timeout(DEADLINE, sent)
+        .await
+        .unwrap()
+        .unwrap_err();
+    println!("send: {e}");
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+    assert!(
+        e.to_string().contains("refused this connection: not you"),
+        "{e}"
+    );
+}
+
 /// Option values are checked, the Unix options are refused, and the checks that cannot work
 /// across hosts are `Unsupported`, each naming the endpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -257,7 +257,7 @@ impl<S: ByteStream> FramedConnection<S> {
         if !self.hello_out {
             if let Poll::Ready(Err(e)) = self.poll_write_all(cx) {
                 let e = self.err(CodecError::from(e));
-                return Poll::Ready(Err(self.refusal_now(cx).unwrap_or(e)));
+                return self.poll_refusal(cx).map(|r| Err(r.unwrap_or(e)));
             }
         }
         // Bounded: each pass reads bytes (the hello is decided by its first 8) or returns.
@@ -306,20 +306,30 @@ impl<S: ByteStream> FramedConnection<S> {
     }
 
     /// After a failed write: the refusal of a listener that refused us and closed the stream,
-    /// if it is readable now (never waits), which says more than the broken stream.
-    fn refusal_now(&mut self, cx: &mut Context<'_>) -> Option<Error> {
-        if self.peer == PeerLimit::Unknown {
-            // Bounded: a refusal is a few hundred bytes, already there or not at all.
-            for _ in 0..4 {
-                self.read_buf.reserve(512);
-                match poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.read_buf) {
-                    Poll::Ready(Ok(n)) if n > 0 => {}
-                    _ => break,
-                }
+    /// which says more than the broken stream. A write fails once the peer is gone, so what it
+    /// sent before is readable now or on its way (a Windows pipe's read can be done but not yet
+    /// handed over by the event loop): wait for it or the end of the stream, within the hello
+    /// deadline.
+    fn poll_refusal(&mut self, cx: &mut Context<'_>) -> Poll<Option<Error>> {
+        // Bounded: a refusal is a few hundred bytes; each pass reads bytes or stops.
+        for _ in 0..4 {
+            if self.peer == PeerLimit::Unknown {
+                self.take_hello();
             }
+            if self.peer != PeerLimit::Unknown {
+                break;
+            }
+            self.read_buf.reserve(512);
+            match poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.read_buf) {
+                Poll::Ready(Ok(n)) if n > 0 => {}
+                Poll::Pending if self.poll_hello_deadline(cx).is_pending() => return Poll::Pending,
+                _ => break,
+            }
+        }
+        if self.peer == PeerLimit::Unknown {
             self.take_hello();
         }
-        self.refused_err()
+        Poll::Ready(self.refused_err())
     }
 
     /// The listener's refusal as this side's error, if it sent one.
