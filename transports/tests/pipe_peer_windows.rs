@@ -196,7 +196,10 @@ async fn allow_sids_refuses_a_client_and_says_why() {
 /// busy, here: not accepting yet) is told why too, on its first receive and on its first send.
 /// Its instance is already connected when the listener first waits on it, a path the
 /// listener's other clients (arriving while it waits) rarely take.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+///
+/// One thread, so tokio's event loop runs only where the test waits: deterministically the
+/// order in which the listener meets the connected instance before its first event.
+#[tokio::test(flavor = "current_thread")]
 async fn a_client_that_connected_before_the_listener_accepted_is_told_why() {
     let me = own_sid().await;
     let why = format!("your user {me} is not in its allow_sids");
@@ -231,6 +234,34 @@ async fn a_client_that_connected_before_the_listener_accepted_is_told_why() {
         assert!(!accepting.is_finished(), "the listener stopped");
         accepting.abort();
     }
+}
+
+/// The listener's hello goes out when it accepts, also to a client that connected before the
+/// listener waited on its instance: a client that sends first knows the listener's limit
+/// without the listener ever reading, so an over-limit frame is refused on the client's side
+/// (without the hello it would wait out its hello deadline, then send the frame).
+///
+/// One thread, so tokio's event loop runs only where the test waits: deterministically the
+/// order in which the listener meets the connected instance before its first event.
+#[tokio::test(flavor = "current_thread")]
+async fn the_listener_hello_reaches_a_client_that_connected_before_the_accept() {
+    let n = name("hello");
+    let ep = format!("pipe://{n}?max_frame=1024");
+    let mut l = ductwork_transports::bind(ep.as_str()).await.unwrap();
+    let mut c = ductwork_transports::connect(format!("pipe://{n}").as_str())
+        .await
+        .unwrap();
+    let _s = tokio::time::timeout(DEADLINE, l.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let big = Bytes::from(vec![7u8; 2048]);
+    let e = tokio::time::timeout(DEADLINE, c.send(big))
+        .await
+        .unwrap()
+        .expect_err("a 2 KiB frame to a listener with max_frame=1024");
+    println!("{e}");
+    assert_eq!(e.kind(), ErrorKind::FrameTooLarge, "{e}");
 }
 
 /// A listener that refuses at once (here a raw Win32 one: it writes a refusal and closes its

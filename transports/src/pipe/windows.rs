@@ -111,6 +111,7 @@ pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
         next: Some(first),
         backoff: Backoff::default(),
         policy,
+        arrived: None,
     }))
 }
 
@@ -124,6 +125,9 @@ struct PipeListener {
     backoff: Backoff,
     /// Which clients may stay (`allow_sids`).
     policy: SidPolicy,
+    /// A connected instance waiting for its write readiness (see [`PipeListener::writable`]);
+    /// kept here so that a cancelled `accept` loses no client.
+    arrived: Option<NamedPipeServer>,
 }
 
 impl PipeListener {
@@ -176,8 +180,51 @@ impl Listener for PipeListener {
 
     async fn accept(&mut self) -> Result<BoxConnection> {
         loop {
-            let Some(conn) = self.connected().await? else {
+            let Some(conn) = self.writable().await? else {
                 continue;
+            };
+            let creds = peer_of(&conn, false, self.instances.remote);
+            if let Some(reason) = self.policy.refusal(&creds) {
+                // One refused client is no reason to stop serving the others; it is told why
+                // without waiting for it (it may not read), then disconnected: dropping the
+                // instance closes its handle once the write is done (mio does not cancel
+                // writes), never with `DisconnectNamedPipe`, which discards unread data. The
+                // client reads the refusal, then the end of the pipe.
+                tracing::warn!(
+                    endpoint = %self.endpoint,
+                    "refused a client: {} ({reason})",
+                    creds.as_ref().map_or_else(|e| e.to_string(), |c| c.to_string()),
+                );
+                refuse(&conn, REFUSED_IDENTITY, &reason);
+                continue;
+            }
+            let peer = match creds {
+                Ok(c) => Some(c.to_string()),
+                Err(_) => client_pid(&conn).map(|pid| format!("pid {pid}")),
+            };
+            return Ok(framed(conn, self.endpoint.clone(), peer, self.caps.clone()));
+        }
+    }
+}
+
+/// How long a connected instance may take to become writable (one turn of tokio's event
+/// loop, normally) before it is handed out anyway.
+const WRITABLE_WAIT: Duration = Duration::from_secs(5);
+
+impl PipeListener {
+    /// The next connected instance, writable: `Ok(None)` as [`connected`](Self::connected).
+    ///
+    /// tokio's `connect()` returns at once for an instance whose client connected before the
+    /// listener waited on it (the listener was busy), while mio's write-readiness event for it
+    /// is still queued on the completion port; a `try_write` before that event is
+    /// `WouldBlock` without touching the pipe. So the refusal was lost (the client saw the
+    /// pipe close) and the listener's hello waited for its first receive (a client sending
+    /// first waited out its hello deadline). This waits, bounded, for that event; it never
+    /// waits for the client to read (a fresh instance's buffer takes the hello or refusal).
+    async fn writable(&mut self) -> Result<Option<NamedPipeServer>> {
+        if self.arrived.is_none() {
+            let Some(conn) = self.connected().await? else {
+                return Ok(None);
             };
             self.backoff.reset();
             // Create the next instance before handing this one out; if that fails, the
@@ -190,48 +237,13 @@ impl Listener for PipeListener {
                     "cannot create the next pipe instance yet"
                 ),
             }
-            let creds = peer_of(&conn, false, self.instances.remote);
-            if let Some(reason) = self.policy.refusal(&creds) {
-                // One refused client is no reason to stop serving the others; it is told why
-                // without waiting for it (it may not read), then disconnected.
-                tracing::warn!(
-                    endpoint = %self.endpoint,
-                    "refused a client: {} ({reason})",
-                    creds.as_ref().map_or_else(|e| e.to_string(), |c| c.to_string()),
-                );
-                tell_refused(conn, reason);
-                continue;
-            }
-            let peer = match creds {
-                Ok(c) => Some(c.to_string()),
-                Err(_) => client_pid(&conn).map(|pid| format!("pid {pid}")),
-            };
-            return Ok(framed(conn, self.endpoint.clone(), peer, self.caps.clone()));
+            self.arrived = Some(conn);
         }
+        let conn = self.arrived.as_ref().expect("set above");
+        // Cancel-safe: a dropped wait leaves the instance in `arrived`.
+        let _ = tokio::time::timeout(WRITABLE_WAIT, conn.writable()).await;
+        Ok(self.arrived.take())
     }
-}
-
-/// How long a refused client's instance may take to become writable (one turn of tokio's
-/// event loop, normally) before it is closed without the refusal.
-const REFUSAL_WAIT: Duration = Duration::from_secs(5);
-
-/// Tells a refused client why and closes its instance, in a task of its own so that the
-/// listener goes on at once.
-///
-/// The write must wait for the instance's write readiness: an instance whose client connected
-/// before the listener waited on it (the listener was busy) is handed out by `connect()` at
-/// once, while its readiness event is still queued on the completion port, and a `try_write`
-/// before that event is `WouldBlock` without touching the pipe, so the refusal was lost. The
-/// wait is bounded and never waits for the client to read: a fresh instance's buffer (64 KiB)
-/// takes the refusal whole. Dropping the instance closes its handle (after the write is done;
-/// mio does not cancel writes) without `DisconnectNamedPipe`, which would discard unread data:
-/// the client reads the refusal, then the end of the pipe.
-fn tell_refused(conn: NamedPipeServer, reason: String) {
-    tokio::spawn(async move {
-        if let Ok(Ok(())) = tokio::time::timeout(REFUSAL_WAIT, conn.writable()).await {
-            refuse(&conn, REFUSED_IDENTITY, &reason);
-        }
-    });
 }
 
 /// The client's pid alone, for a client whose user cannot be told.
