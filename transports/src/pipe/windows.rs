@@ -115,6 +115,10 @@ pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
     }))
 }
 
+/// How long a connected instance may take to become writable (one turn of tokio's event
+/// loop, normally) before it is handed out anyway.
+const WRITABLE_WAIT: Duration = Duration::from_secs(5);
+
 struct PipeListener {
     endpoint: Endpoint,
     caps: Capabilities,
@@ -170,6 +174,39 @@ impl PipeListener {
         self.backoff.wait(&ep, "wait for a client", &e).await;
         Ok(None)
     }
+
+    /// The next connected instance, writable: `Ok(None)` as [`connected`](Self::connected).
+    ///
+    /// tokio's `connect()` returns at once for an instance whose client connected before the
+    /// listener waited on it (the listener was busy), while mio's write-readiness event for it
+    /// is still queued on the completion port; a `try_write` before that event is
+    /// `WouldBlock` without touching the pipe. So the refusal was lost (the client saw the
+    /// pipe close) and the listener's hello waited for its first receive (a client sending
+    /// first waited out its hello deadline). This waits, bounded, for that event; it never
+    /// waits for the client to read (a fresh instance's buffer takes the hello or refusal).
+    async fn writable(&mut self) -> Result<Option<NamedPipeServer>> {
+        if self.arrived.is_none() {
+            let Some(conn) = self.connected().await? else {
+                return Ok(None);
+            };
+            self.backoff.reset();
+            // Create the next instance before handing this one out; if that fails, the
+            // connection is still good and the next accept tries again.
+            match self.fresh() {
+                Ok(f) => self.next = Some(f),
+                Err(e) => tracing::warn!(
+                    endpoint = %self.endpoint,
+                    error = %e,
+                    "cannot create the next pipe instance yet"
+                ),
+            }
+            self.arrived = Some(conn);
+        }
+        let conn = self.arrived.as_ref().expect("set above");
+        // Cancel-safe: a dropped wait leaves the instance in `arrived`.
+        let _ = tokio::time::timeout(WRITABLE_WAIT, conn.writable()).await;
+        Ok(self.arrived.take())
+    }
 }
 
 #[async_trait]
@@ -204,45 +241,6 @@ impl Listener for PipeListener {
             };
             return Ok(framed(conn, self.endpoint.clone(), peer, self.caps.clone()));
         }
-    }
-}
-
-/// How long a connected instance may take to become writable (one turn of tokio's event
-/// loop, normally) before it is handed out anyway.
-const WRITABLE_WAIT: Duration = Duration::from_secs(5);
-
-impl PipeListener {
-    /// The next connected instance, writable: `Ok(None)` as [`connected`](Self::connected).
-    ///
-    /// tokio's `connect()` returns at once for an instance whose client connected before the
-    /// listener waited on it (the listener was busy), while mio's write-readiness event for it
-    /// is still queued on the completion port; a `try_write` before that event is
-    /// `WouldBlock` without touching the pipe. So the refusal was lost (the client saw the
-    /// pipe close) and the listener's hello waited for its first receive (a client sending
-    /// first waited out its hello deadline). This waits, bounded, for that event; it never
-    /// waits for the client to read (a fresh instance's buffer takes the hello or refusal).
-    async fn writable(&mut self) -> Result<Option<NamedPipeServer>> {
-        if self.arrived.is_none() {
-            let Some(conn) = self.connected().await? else {
-                return Ok(None);
-            };
-            self.backoff.reset();
-            // Create the next instance before handing this one out; if that fails, the
-            // connection is still good and the next accept tries again.
-            match self.fresh() {
-                Ok(f) => self.next = Some(f),
-                Err(e) => tracing::warn!(
-                    endpoint = %self.endpoint,
-                    error = %e,
-                    "cannot create the next pipe instance yet"
-                ),
-            }
-            self.arrived = Some(conn);
-        }
-        let conn = self.arrived.as_ref().expect("set above");
-        // Cancel-safe: a dropped wait leaves the instance in `arrived`.
-        let _ = tokio::time::timeout(WRITABLE_WAIT, conn.writable()).await;
-        Ok(self.arrived.take())
     }
 }
 
