@@ -542,11 +542,10 @@ impl<S: ByteStream> FramedConnection<S> {
         cx: &mut Context<'_>,
         mut take: impl FnMut(&mut BytesMut, usize) -> T,
     ) -> Poll<Option<Result<T>>> {
-        if self.read_done {
-            return Poll::Ready(None);
-        }
         let this = self;
-        if !this.hello_out {
+        if this.read_done {
+            return Poll::Ready(None);
+        } else if !this.hello_out {
             // A side that only receives must still send its hello (TLS queues it until a
             // flush); a failure to write it shows on the reads and sends that follow.
             let _ = this.poll_write_all(cx);
@@ -574,11 +573,8 @@ impl<S: ByteStream> FramedConnection<S> {
                 Ok(None) => {}
                 // `whole_frame` takes every data frame; the codec agrees with it.
                 Ok(Some(Frame::Data(b))) => {
-                    let len = b.len();
-                    let mut with_header = BytesMut::with_capacity(HEADER_LEN + len);
-                    with_header.put_u32(len as u32);
-                    with_header.extend_from_slice(&b);
-                    return Poll::Ready(Some(Ok(take(&mut with_header, len))));
+                    let (mut framed, len) = with_header(&b);
+                    return Poll::Ready(Some(Ok(take(&mut framed, len))));
                 }
                 Ok(Some(Frame::Close)) => {
                     this.peer_closed = true;
@@ -641,6 +637,14 @@ impl<S: ByteStream> FramedConnection<S> {
             }
         }
     }
+}
+
+/// `payload` behind its header again, and its length: what `poll_frame`'s `take` expects.
+fn with_header(payload: &[u8]) -> (BytesMut, usize) {
+    let mut framed = BytesMut::with_capacity(HEADER_LEN + payload.len());
+    framed.put_u32(payload.len() as u32);
+    framed.extend_from_slice(payload);
+    (framed, payload.len())
 }
 
 impl<S: ByteStream> Sink<Bytes> for FramedConnection<S> {
