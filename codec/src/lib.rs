@@ -378,6 +378,23 @@ impl FrameCodec {
     pub fn encode_close(dst: &mut BytesMut) {
         dst.put_u32(CLOSE_MARKER);
     }
+
+    /// The payload length of the whole data frame at the front of `src`, if one is there
+    /// (header and every payload byte, within `max_frame`, no close marker read before).
+    /// Then `src[HEADER_LEN..HEADER_LEN + len]` is its payload, and a reader that is done
+    /// with it advances `src` by `HEADER_LEN + len`; in every other case (a partial frame, a
+    /// marker, a bad length) `None`, and [`Decoder::decode`] says what to do.
+    ///
+    /// Lets a reader use a frame in place, without splitting it off the buffer.
+    #[inline]
+    pub fn whole_frame(&self, src: &[u8]) -> Option<usize> {
+        let h = src.get(..HEADER_LEN)?;
+        let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        // `max_frame <= MAX_CONFIGURABLE_FRAME`, below both markers: a length within it is a
+        // data frame's.
+        (!self.closed_by_peer && len <= self.max_frame && src.len() - HEADER_LEN >= len)
+            .then_some(len)
+    }
 }
 
 impl Default for FrameCodec {
@@ -394,15 +411,10 @@ impl Decoder for FrameCodec {
     /// received frame); everything else (markers, a partial frame, errors) in `decode_rest`.
     #[inline]
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
-        if let Some(h) = src.get(..HEADER_LEN) {
-            let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
-            // `max_frame <= MAX_CONFIGURABLE_FRAME`, below both markers: a length within it
-            // is a data frame's.
-            if !self.closed_by_peer && len <= self.max_frame && src.len() - HEADER_LEN >= len {
-                let mut frame = src.split_to(HEADER_LEN + len);
-                frame.advance(HEADER_LEN);
-                return Ok(Some(Frame::Data(frame)));
-            }
+        if let Some(len) = self.whole_frame(src) {
+            let mut frame = src.split_to(HEADER_LEN + len);
+            frame.advance(HEADER_LEN);
+            return Ok(Some(Frame::Data(frame)));
         }
         self.decode_rest(src)
     }
@@ -565,6 +577,30 @@ mod tests {
             }
             other => panic!("expected FrameTooLarge, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn whole_frame_finds_only_a_complete_data_frame() {
+        let mut c = FrameCodec::new(8);
+        assert_eq!(c.whole_frame(b""), None);
+        assert_eq!(c.whole_frame(b"\0\0\0"), None, "part of a header");
+        assert_eq!(c.whole_frame(b"\0\0\0\x03ab"), None, "part of a payload");
+        assert_eq!(c.whole_frame(b"\0\0\0\x03abcX"), Some(3));
+        assert_eq!(c.whole_frame(b"\0\0\0\0"), Some(0));
+        assert_eq!(
+            c.whole_frame(b"\0\0\0\x09123456789"),
+            None,
+            "over the limit"
+        );
+        assert_eq!(c.whole_frame(&CLOSE_MARKER.to_be_bytes()), None, "a marker");
+        assert_eq!(c.whole_frame(&HELLO_MARKER.to_be_bytes()), None, "a hello");
+        let mut closed = BytesMut::from(&b"\xff\xff\xff\xff"[..]);
+        assert_eq!(c.decode(&mut closed).unwrap(), Some(Frame::Close));
+        assert_eq!(
+            c.whole_frame(b"\0\0\0\x01a"),
+            None,
+            "after the close marker"
+        );
     }
 
     #[test]

@@ -20,10 +20,10 @@
 //! # Ok(()) }
 //! ```
 
-use crate::{BoxConnection, ConnectionInfo, Endpoint, Error, Result};
+use crate::{BoxConnection, ConnectionInfo, Endpoint, Error, FrameEncoder, FrameWriter, Result};
 use bytes::Bytes;
 use ductwork_codec::CodecError;
-use futures::{Sink, SinkExt, Stream, StreamExt};
+use futures::{ready, Sink, SinkExt, Stream, StreamExt};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::{
     marker::PhantomData,
@@ -88,23 +88,15 @@ where
     }
 
     /// Encodes `msg` straight into the connection (see
-    /// [`crate::Connection::start_send_sized`]): the size is computed once, checked against
-    /// the endpoint's limit, and the connection lets the encoder write where the frame goes.
+    /// [`crate::Connection::start_send_encoded`]): a stream transport encodes it once into
+    /// its write buffer; others size it first and let the encoder write where the frame goes.
+    /// The connection refuses a frame over the endpoint's limit.
     fn start_send_msg(&mut self, msg: &Out) -> Result<()> {
-        let info = self.conn.info();
-        let len = match postcard::experimental::serialized_size(msg) {
-            Ok(len) => len,
-            Err(e) => return Err(Error::codec(&info.endpoint, CodecError::Encode(e))),
+        let mut frame = Postcard {
+            msg,
+            endpoint: &self.endpoint,
         };
-        if let Err(e) = ductwork_codec::check_len(len, info.capabilities.max_message) {
-            return Err(Error::codec(&info.endpoint, e));
-        }
-        let endpoint = &self.endpoint;
-        self.conn
-            .start_send_sized(len, &mut |w| match postcard::to_io(msg, w) {
-                Ok(_) => Ok(()),
-                Err(e) => Err(Error::codec(endpoint, CodecError::Encode(e))),
-            })
+        self.conn.start_send_encoded(&mut frame).map(drop)
     }
 
     /// Flushes messages queued with [`feed`](Self::feed).
@@ -117,10 +109,69 @@ where
     /// A frame that does not decode as `In` is a [`crate::ErrorKind::Decode`] error for that
     /// frame; the channel stays usable.
     pub async fn recv(&mut self) -> Result<Option<In>> {
-        match self.recv_frame().await? {
+        futures::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Receives the next frame and hands it to `f` where it lies, without copying it out of
+    /// the connection's buffer: `Ok(None)` once the peer closed cleanly. Cancel-safe (the
+    /// frame is consumed only once `f` ran).
+    ///
+    /// For bulk consumers that decode into types borrowing from the frame (see
+    /// [`recv_frame`](Self::recv_frame) for such a type) and need no owned copy:
+    ///
+    /// ```
+    /// # async fn demo(mut ch: ductwork_core::Channel<()>) -> ductwork_core::Result<()> {
+    /// #[derive(serde::Deserialize)]
+    /// struct Chunk<'a> {
+    ///     offset: u64,
+    ///     data: &'a [u8],
+    /// }
+    /// while let Some(sum) = ch
+    ///     .recv_with(|frame| {
+    ///         let chunk: Chunk<'_> = frame.decode()?;
+    ///         Ok::<_, ductwork_core::Error>(chunk.data.iter().map(|&b| b as u64).sum::<u64>())
+    ///     })
+    ///     .await?
+    /// {
+    ///     println!("{}", sum?);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn recv_with<R>(&mut self, f: impl FnOnce(FrameRef<'_>) -> R) -> Result<Option<R>> {
+        let mut f = Some(f);
+        let mut out = None;
+        let endpoint = &self.endpoint;
+        let conn = &mut self.conn;
+        let got = futures::future::poll_fn(|cx| {
+            conn.poll_recv_with(cx, &mut |bytes| {
+                if let Some(f) = f.take() {
+                    out = Some(f(FrameRef { bytes, endpoint }));
+                }
+            })
+        })
+        .await;
+        match got {
             None => Ok(None),
-            Some(frame) => self.decode_frame(&frame).map(Some),
+            Some(Err(e)) => Err(e),
+            Some(Ok(_)) => out.map(Some).ok_or_else(|| lent_nothing(endpoint)),
         }
+    }
+
+    /// One `recv`: the frame decoded where it lies.
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<In>>> {
+        let mut out = None;
+        let endpoint = &self.endpoint;
+        let got = self.conn.poll_recv_with(cx, &mut |bytes| {
+            out = Some(ductwork_codec::decode(bytes).map_err(|e| Error::codec(endpoint, e)));
+        });
+        Poll::Ready(match ready!(got) {
+            None => Ok(None),
+            Some(Err(e)) => Err(e),
+            Some(Ok(_)) => match out {
+                Some(r) => r.map(Some),
+                None => Err(lent_nothing(endpoint)),
+            },
+        })
     }
 
     /// Receives the next frame without decoding it: `Ok(None)` once the peer closed cleanly.
@@ -171,6 +222,84 @@ where
     }
 }
 
+/// A connection that said it received a frame without lending it (a broken
+/// [`crate::Connection::poll_recv_with`]): an error, not a panic.
+#[cold]
+fn lent_nothing(endpoint: &Endpoint) -> Error {
+    Error::new(
+        crate::ErrorKind::Protocol,
+        endpoint,
+        "the connection reported a frame but did not lend it",
+    )
+}
+
+/// A received frame lent by [`Channel::recv_with`]: its bytes, and a decoder whose errors name
+/// the channel's endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameRef<'a> {
+    bytes: &'a [u8],
+    endpoint: &'a Endpoint,
+}
+
+impl<'a> FrameRef<'a> {
+    /// The frame's bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// Decodes the frame as `T`, which may borrow from it (as
+    /// [`Channel::decode_frame`] does).
+    pub fn decode<T: Deserialize<'a>>(&self) -> Result<T> {
+        ductwork_codec::decode(self.bytes).map_err(|e| Error::codec(self.endpoint, e))
+    }
+}
+
+/// A typed value as a [`FrameEncoder`]: postcard, errors naming the endpoint.
+struct Postcard<'a, T> {
+    msg: &'a T,
+    endpoint: &'a Endpoint,
+}
+
+impl<T: Serialize> FrameEncoder for Postcard<'_, T> {
+    fn encoded_len(&mut self) -> Result<usize> {
+        postcard::experimental::serialized_size(self.msg)
+            .map_err(|e| Error::codec(self.endpoint, CodecError::Encode(e)))
+    }
+
+    #[inline]
+    fn encode(&mut self, w: &mut FrameWriter<'_>) -> Result<()> {
+        match postcard::serialize_with_flavor(self.msg, IntoFrame(w)) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(Error::codec(self.endpoint, CodecError::Encode(e))),
+        }
+    }
+}
+
+/// postcard's output straight into a [`FrameWriter`]: no `io::Write` layer (and its
+/// `io::Error`s) between the serializer and the frame's memory.
+struct IntoFrame<'w, 'a>(&'w mut FrameWriter<'a>);
+
+impl postcard::ser_flavors::Flavor for IntoFrame<'_, '_> {
+    type Output = ();
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        match self.0.put(data) {
+            true => Ok(()),
+            false => Err(postcard::Error::SerializeBufferFull),
+        }
+    }
+
+    #[inline]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.try_extend(&[data])
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
 impl<Out, In> std::fmt::Debug for Channel<Out, In> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Channel")
@@ -203,12 +332,7 @@ impl<Out: Serialize, In: DeserializeOwned> Stream for Channel<Out, In> {
     type Item = Result<In>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<In>>> {
-        match self.conn.poll_next_unpin(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
-            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(self.decode_frame(&frame))),
-        }
+        self.poll_recv(cx).map(Result::transpose)
     }
 }
 

@@ -15,15 +15,15 @@ pub mod error;
 pub mod transport;
 
 pub use capabilities::{Accept, Boundaries, Capabilities, Delivery, Direction, Reach};
-pub use channel::Channel;
+pub use channel::{Channel, FrameRef};
 pub use endpoint::{
     parse_duration, parse_size, Endpoint, DEFAULT_CONNECT_TIMEOUT, MAX_CONNECT_TIMEOUT,
     OPT_CONNECT_TIMEOUT, OPT_CONNECT_TIMEOUT_MS, OPT_MAX_FRAME,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use transport::{
-    BoxConnection, BoxListener, Connection, ConnectionInfo, FrameWriter, Listener, PeerCredentials,
-    Stats, Transport,
+    BoxConnection, BoxListener, Connection, ConnectionInfo, FrameEncoder, FrameWriter, Listener,
+    PeerCredentials, Stats, Transport,
 };
 
 /// Re-export for transports implementing the traits.

@@ -107,13 +107,48 @@
 //!   [`ErrorKind::Encode`](crate::ErrorKind)) and the connection stays usable.
 //! - **Then as `start_send`.** Once the encoder wrote `len` bytes the frame is queued exactly as
 //!   if it had been given to `start_send`: flushing, ordering and close rules are the same.
+//!
+//! # Encoded sends
+//! [`Connection::start_send_encoded`] queues a frame whose encoder can also say its length
+//! ([`FrameEncoder`]), so a transport that keeps a write buffer encodes once, straight into
+//! it, and writes the length in front afterwards, with no sizing pass. The typed
+//! [`Channel`](crate::Channel) sends through this. Rules, as for sized sends:
+//!
+//! - **When.** Only after `poll_ready` returned `Ready(Ok(()))`.
+//! - **Size limit.** A frame over `max_message` (or, on the byte streams, the peer's limit) is
+//!   refused with `FrameTooLarge` and nothing is queued; the connection stays usable. A
+//!   transport may find that out by running the encoder into bounded room first, but it never
+//!   reserves memory for more than the limit.
+//! - **All or nothing.** If the encoder (or its sizing) fails, nothing is queued and the send
+//!   fails with the encoder's error; the connection stays usable.
+//! - **One pass or two.** The default implementation asks [`FrameEncoder::encoded_len`] and then
+//!   makes a [sized send](#sized-sends) with it, so every transport is correct without
+//!   overriding it; an override may run the encoder once, or more than once (after a first
+//!   try into bounded room failed for lack of it), and must queue the bytes of one complete
+//!   run, as one frame.
+//! - **Then as `start_send`.** The frame is queued exactly as if it had been given to
+//!   `start_send`.
+//!
+//! # Receiving in place
+//! [`Connection::poll_recv_with`] is `Stream::poll_next` for a caller that only needs to look
+//! at a frame (decode it) before it is gone: the frame is lent to a closure, so a transport
+//! that reads into a buffer need not cut a [`Bytes`] off it per frame. It follows every rule
+//! of `poll_next` (ordering, end, errors, cancel safety: the frame is consumed only when the
+//! closure ran); the default implementation calls `poll_next` and lends the frame it returns.
 
 use crate::{Capabilities, Endpoint, Error, ErrorKind, Result};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use ductwork_codec::check_len;
 use futures::{Sink, Stream};
-use std::{fmt, io, marker::PhantomData, mem::MaybeUninit, pin::Pin, ptr};
+use std::{
+    fmt, io,
+    marker::PhantomData,
+    mem::MaybeUninit,
+    pin::Pin,
+    ptr,
+    task::{Context, Poll},
+};
 
 /// Facts about one connection.
 #[derive(Debug, Clone)]
@@ -361,6 +396,55 @@ pub trait Connection:
         unsafe { buf.set_len(len) };
         Pin::new(self).start_send(buf.freeze())
     }
+
+    /// Queues one frame that `frame` encodes, and returns its length; like
+    /// [`Sink::start_send`], call it only after `poll_ready` returned `Ready(Ok(()))`. See
+    /// [Encoded sends](self#encoded-sends) for the rules.
+    ///
+    /// The default asks `frame` for its length and makes a
+    /// [sized send](Self::start_send_sized) (two passes of the encoder); a transport with a
+    /// write buffer overrides it to encode once and write the length afterwards.
+    fn start_send_encoded(&mut self, frame: &mut dyn FrameEncoder) -> Result<usize> {
+        let len = frame.encoded_len()?;
+        self.start_send_sized(len, &mut |w| frame.encode(w))?;
+        Ok(len)
+    }
+
+    /// Receives the next frame and lends it to `take`: `Ready(Some(Ok(len)))` once `take` ran
+    /// on a frame of `len` bytes, `Ready(None)` after the peer's clean close,
+    /// `Ready(Some(Err(_)))` as `poll_next` would. See
+    /// [Receiving in place](self#receiving-in-place).
+    ///
+    /// The default calls `poll_next`; a transport that reads into a buffer overrides it to
+    /// lend the frame where it lies.
+    fn poll_recv_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        take: &mut dyn FnMut(&[u8]),
+    ) -> Poll<Option<Result<usize>>> {
+        match Pin::new(&mut *self).poll_next(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                take(&frame);
+                Poll::Ready(Some(Ok(frame.len())))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// A frame's payload, produced on demand: what an [encoded send](Connection::start_send_encoded)
+/// writes. The typed [`Channel`](crate::Channel) implements it with postcard.
+pub trait FrameEncoder {
+    /// The payload's exact length, as [`encode`](Self::encode) would write it (a sizing
+    /// pass, for transports that need the length before the bytes).
+    fn encoded_len(&mut self) -> Result<usize>;
+
+    /// Writes the payload into `w`. A write that `w` refuses (past its length) makes this
+    /// fail; the transport then knows from [`FrameWriter::is_overrun`] that it ran out of
+    /// room rather than that the value cannot be encoded.
+    fn encode(&mut self, w: &mut FrameWriter<'_>) -> Result<()>;
 }
 
 /// Where a [sized send](Connection::start_send_sized) writes its payload: exactly `len`
@@ -443,6 +527,11 @@ impl<'a> FrameWriter<'a> {
     /// Bytes written so far.
     pub fn written(&self) -> usize {
         self.written
+    }
+
+    /// Whether a write was refused because it would have passed `len()`.
+    pub fn is_overrun(&self) -> bool {
+        self.overrun
     }
 
     /// Whether exactly `len()` bytes were written and no write was refused.

@@ -13,7 +13,7 @@
 use bytes::Bytes;
 use ductwork_core::{
     async_trait, BoxConnection, BoxListener, Connection, ConnectionInfo, Endpoint, Error,
-    ErrorKind, FrameWriter, Listener, Result, Stats,
+    ErrorKind, FrameEncoder, FrameWriter, Listener, Result, Stats,
 };
 use futures::{Sink, Stream};
 use std::{
@@ -100,6 +100,7 @@ struct Observed {
 }
 
 impl Observed {
+    #[cold]
     fn failed(&mut self, e: &Error) {
         self.stats.errors += 1;
         let stats = self.stats;
@@ -116,6 +117,20 @@ impl Observed {
             ErrorKind::Protocol => tracing::warn!(error = %e, "protocol violation"),
             _ => tracing::debug!(error = %e, "error"),
         });
+    }
+
+    /// Logs a receive that brought no frame: an error, or the peer's clean close (once).
+    fn seen<T>(&mut self, r: Poll<Option<Result<T>>>) -> Poll<Option<Result<T>>> {
+        match &r {
+            Poll::Ready(Some(Err(e))) => self.failed(e),
+            Poll::Ready(None) if !std::mem::replace(&mut self.ended, true) => {
+                let stats = self.stats;
+                self.span
+                    .in_scope(|| tracing::debug!(?stats, "peer closed"));
+            }
+            _ => {}
+        }
+        r
     }
 
     fn track<T>(&mut self, r: Result<T>) -> Result<T> {
@@ -155,6 +170,32 @@ impl Connection for Observed {
         }
         self.track(r)
     }
+
+    fn start_send_encoded(&mut self, frame: &mut dyn FrameEncoder) -> Result<usize> {
+        let r = self.inner.start_send_encoded(frame);
+        match &r {
+            Ok(len) => {
+                self.stats.frames_out += 1;
+                self.stats.bytes_out += *len as u64;
+            }
+            Err(e) => self.failed(e),
+        }
+        r
+    }
+
+    fn poll_recv_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        take: &mut dyn FnMut(&[u8]),
+    ) -> Poll<Option<Result<usize>>> {
+        let r = self.inner.poll_recv_with(cx, take);
+        if let Poll::Ready(Some(Ok(len))) = r {
+            self.stats.frames_in += 1;
+            self.stats.bytes_in += len as u64;
+            return r;
+        }
+        self.seen(r)
+    }
 }
 
 impl Stream for Observed {
@@ -162,38 +203,27 @@ impl Stream for Observed {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_next(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                this.stats.frames_in += 1;
-                this.stats.bytes_in += frame.len() as u64;
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                this.failed(&e);
-                Poll::Ready(Some(Err(e)))
-            }
-            Poll::Ready(None) => {
-                if !std::mem::replace(&mut this.ended, true) {
-                    let stats = this.stats;
-                    this.span
-                        .in_scope(|| tracing::debug!(?stats, "peer closed"));
-                }
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
+        let r = Pin::new(&mut this.inner).poll_next(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &r {
+            this.stats.frames_in += 1;
+            this.stats.bytes_in += frame.len() as u64;
+            return r;
         }
+        this.seen(r)
     }
 }
 
 impl Sink<Bytes> for Observed {
     type Error = Error;
 
+    /// Runs once per message: the result is looked at in place, not moved through `track`.
     fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_ready(cx) {
-            Poll::Ready(r) => Poll::Ready(this.track(r)),
-            Poll::Pending => Poll::Pending,
+        let r = Pin::new(&mut this.inner).poll_ready(cx);
+        if let Poll::Ready(Err(e)) = &r {
+            this.failed(e);
         }
+        r
     }
 
     fn start_send(mut self: Pin<&mut Self>, frame: Bytes) -> Result<()> {

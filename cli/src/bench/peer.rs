@@ -124,44 +124,53 @@ async fn serve_dw(endpoint: &str, back: Option<&str>, size: usize) -> Result<(),
     let mut handled = 0u64;
     let (mut received, mut bad, mut next) = (0u64, 0u64, 0u64);
     loop {
-        // Decoded in place: the payload is checked where it lies in the received frame, as a
-        // bulk consumer using `decode_frame` would read it, with no owned copy.
-        let frame = match link.rx().recv_frame().await {
-            Ok(Some(f)) => f,
+        // Decoded in place: the payload is checked where it lies in the connection's read
+        // buffer, as a bulk consumer using `recv_with` would read it, with no owned copy.
+        let got = link.rx().recv_with(|frame| {
+            let msg: BenchMsgRef<'_> = frame.decode()?;
+            let reply = match msg.op {
+                // The echo is a typed message like any other: an owned value, encoded again.
+                Op::Ping => Some(BenchMsg {
+                    seq: msg.seq,
+                    op: msg.op,
+                    payload: msg.payload.to_vec(),
+                }),
+                Op::Data => {
+                    received += 1;
+                    if !payload_ok(msg.payload, &expected) || (reliable && msg.seq != next) {
+                        bad += 1;
+                    }
+                    next = msg.seq + 1;
+                    None
+                }
+                Op::End => Some(BenchMsg {
+                    seq: msg.seq,
+                    op: Op::Report { received, bad },
+                    payload: Vec::new(),
+                }),
+                Op::Quit => Some(BenchMsg {
+                    seq: msg.seq,
+                    op: Op::Quit,
+                    payload: Vec::new(),
+                }),
+                Op::Report { .. } | Op::Ready => None,
+            };
+            Ok::<_, ductwork::Error>(reply)
+        });
+        let reply = match got.await {
+            Ok(Some(r)) => r.map_err(|e| e.to_string())?,
             Ok(None) => return Ok(()),
             Err(e) => return Err(e.to_string()),
         };
-        let msg: BenchMsgRef<'_> = link.rx().decode_frame(&frame).map_err(|e| e.to_string())?;
         handled += 1;
         if die_after.is_some_and(|n| handled > n) {
             std::process::exit(101);
         }
-        let reply = match msg.op {
-            // The echo is a typed message like any other: an owned value, encoded again.
-            Op::Ping => BenchMsg {
-                seq: msg.seq,
-                op: msg.op,
-                payload: msg.payload.to_vec(),
-            },
-            Op::Data => {
-                received += 1;
-                if !payload_ok(msg.payload, &expected) || (reliable && msg.seq != next) {
-                    bad += 1;
-                }
-                next = msg.seq + 1;
-                continue;
-            }
-            Op::End => BenchMsg {
-                seq: msg.seq,
-                op: Op::Report { received, bad },
-                payload: Vec::new(),
-            },
-            Op::Quit => {
-                let _ = link.tx().close().await;
-                return Ok(());
-            }
-            Op::Report { .. } | Op::Ready => continue,
-        };
+        let Some(reply) = reply else { continue };
+        if reply.op == Op::Quit {
+            let _ = link.tx().close().await;
+            return Ok(());
+        }
         link.tx().send(&reply).await.map_err(|e| e.to_string())?;
     }
 }

@@ -24,7 +24,7 @@ use ductwork_codec::{
 };
 use ductwork_core::{
     BoxConnection, Capabilities, Connection, ConnectionInfo, Endpoint, Error, ErrorKind,
-    FrameWriter, Result,
+    FrameEncoder, FrameWriter, Result,
 };
 use futures::{ready, Sink, Stream};
 use std::{
@@ -47,6 +47,11 @@ const READ_CAPACITY: usize = 64 * 1024;
 /// (the bench's raw baselines): with tokio-util's 8 KiB a batch of 1 KiB frames cost eight
 /// system calls (and up to eight wake-ups of the reader) where one does.
 const WRITE_BOUNDARY: usize = 64 * 1024;
+
+/// The most an encoded send (`start_send_encoded`) first tries to encode into the write
+/// buffer in one pass. Larger frames are sized first (a second pass, cheap next to their
+/// bytes), so a frame over the limit never makes the buffer grow.
+const SINGLE_PASS_ROOM: usize = 8 * 1024;
 
 /// The write buffer's first allocation: it grows to [`WRITE_BOUNDARY`] plus a frame only on a
 /// connection that batches, so an idle connection holds 8 KiB, not 64.
@@ -436,6 +441,11 @@ impl<S: ByteStream> FramedConnection<S> {
             }
             self.write_buf.advance(n);
         }
+        // Written out: the next frames go to the front of the allocation again. Else they
+        // are queued after the written bytes, and once the end is reached `reserve` moves
+        // the whole batch queued since to the front (a memmove of ~60 KiB per batch).
+        let room = self.write_buf.capacity();
+        let _ = self.write_buf.try_reclaim(room + 1);
         self.hello_out = true;
         Pin::new(stream).poll_flush(cx)
     }
@@ -444,6 +454,50 @@ impl<S: ByteStream> FramedConnection<S> {
 impl<S: ByteStream> Connection for FramedConnection<S> {
     fn info(&self) -> &ConnectionInfo {
         &self.info
+    }
+
+    /// Encodes once, straight into the write buffer after room for the header, and writes
+    /// the header when the length is known. The first try gets at most [`SINGLE_PASS_ROOM`]
+    /// bytes (and never more than the limit), so a refused or huge frame reserves no more
+    /// than that; a frame that does not fit is sized and sent as a sized send, which refuses
+    /// one over the limit before anything is reserved for it.
+    fn start_send_encoded(&mut self, frame: &mut dyn FrameEncoder) -> Result<usize> {
+        self.check_send(0)?;
+        let room = self.send_max.min(SINGLE_PASS_ROOM);
+        let buf = &mut self.write_buf;
+        let start = buf.len();
+        buf.reserve(HEADER_LEN + room);
+        let mut w = FrameWriter::new(&mut buf.spare_capacity_mut()[HEADER_LEN..][..room]);
+        let encoded = frame.encode(&mut w);
+        let (len, overrun) = (w.written(), w.is_overrun());
+        if overrun {
+            // Larger than the first try allows: nothing was queued (the buffer's length is
+            // unchanged), so size it and send it as a sized send.
+            let len = frame.encoded_len()?;
+            self.start_send_sized(len, &mut |w| frame.encode(w))?;
+            return Ok(len);
+        }
+        encoded?;
+        buf.put_u32(len as u32);
+        // SAFETY: the writer wrote `len` bytes in order from the start of the spare region
+        // right after the header (it refuses writes past its end, and none was refused), and
+        // `put_u32` just wrote the header in front of them without touching them (`reserve`
+        // made room for both, so it did not reallocate): bytes up to `start + HEADER_LEN + len`
+        // are initialized.
+        unsafe { buf.set_len(start + HEADER_LEN + len) };
+        Ok(len)
+    }
+
+    fn poll_recv_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        take: &mut dyn FnMut(&[u8]),
+    ) -> Poll<Option<Result<usize>>> {
+        self.poll_frame(cx, |buf, len| {
+            take(&buf[HEADER_LEN..HEADER_LEN + len]);
+            buf.advance(HEADER_LEN + len);
+            len
+        })
     }
 
     /// Encodes straight into the write buffer, after the header: the length is known, so
@@ -481,11 +535,27 @@ impl<S: ByteStream> Stream for FramedConnection<S> {
     type Item = Result<Bytes>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
-        if self.read_done {
+        self.poll_frame(cx, |buf, len| {
+            let mut frame = buf.split_to(HEADER_LEN + len);
+            frame.advance(HEADER_LEN);
+            frame.freeze()
+        })
+    }
+}
+
+impl<S: ByteStream> FramedConnection<S> {
+    /// The receiving loop of `poll_next` and `poll_recv_with`: once a whole data frame of
+    /// `len` payload bytes is at the front of the read buffer, `take(read_buf, len)` consumes
+    /// it (cuts it off, or looks at it in place and advances past it).
+    fn poll_frame<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut take: impl FnMut(&mut BytesMut, usize) -> T,
+    ) -> Poll<Option<Result<T>>> {
+        let this = self;
+        if this.read_done {
             return Poll::Ready(None);
-        }
-        let this = &mut *self;
-        if !this.hello_out {
+        } else if !this.hello_out {
             // A side that only receives must still send its hello (TLS queues it until a
             // flush); a failure to write it shows on the reads and sends that follow.
             let _ = this.poll_write_all(cx);
@@ -501,13 +571,21 @@ impl<S: ByteStream> Stream for FramedConnection<S> {
             // Frames only after the hello is settled: a partial hello is no frame header.
             let decoded = match this.peer {
                 PeerLimit::Unknown => Ok(None),
-                _ => this.codec.decode(&mut this.read_buf),
+                // The common case: a whole data frame, taken where it lies.
+                _ => match this.codec.whole_frame(&this.read_buf) {
+                    Some(len) => return Poll::Ready(Some(Ok(take(&mut this.read_buf, len)))),
+                    None => this.codec.decode(&mut this.read_buf),
+                },
             };
             match decoded {
                 // Not a whole frame yet (the codec made room for more of it), or the close
                 // marker was read and the end of stream must follow.
                 Ok(None) => {}
-                Ok(Some(Frame::Data(b))) => return Poll::Ready(Some(Ok(b.freeze()))),
+                // `whole_frame` takes every data frame; the codec agrees with it.
+                Ok(Some(Frame::Data(b))) => {
+                    let (mut framed, len) = with_header(&b);
+                    return Poll::Ready(Some(Ok(take(&mut framed, len))));
+                }
                 Ok(Some(Frame::Close)) => {
                     this.peer_closed = true;
                     if !S::HALF_CLOSE {
@@ -569,6 +647,14 @@ impl<S: ByteStream> Stream for FramedConnection<S> {
             }
         }
     }
+}
+
+/// `payload` behind its header again, and its length: what `poll_frame`'s `take` expects.
+fn with_header(payload: &[u8]) -> (BytesMut, usize) {
+    let mut framed = BytesMut::with_capacity(HEADER_LEN + payload.len());
+    framed.put_u32(payload.len() as u32);
+    framed.extend_from_slice(payload);
+    (framed, payload.len())
 }
 
 impl<S: ByteStream> Sink<Bytes> for FramedConnection<S> {
@@ -1074,5 +1160,270 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::FrameTooLarge, "{e}");
         assert!(e.to_string().contains("peer's limit of 16 bytes"), "{e}");
         c.send(Bytes::from(vec![0u8; 16])).await.unwrap();
+    }
+}
+
+/// Encoded sends (`start_send_encoded`) and frames lent in place (`poll_recv_with`).
+#[cfg(all(test, feature = "socket"))]
+mod in_place_tests {
+    use super::*;
+    use futures::{SinkExt, StreamExt};
+    use std::io::Write;
+
+    /// Writes `frame` in 100-byte pieces, counting how often it is sized and encoded; with
+    /// `fail_after`, fails once that many bytes were written.
+    struct Pieces {
+        frame: Bytes,
+        sized: usize,
+        encoded: usize,
+        fail_after: Option<usize>,
+    }
+
+    impl Pieces {
+        fn new(frame: Bytes) -> Self {
+            Pieces {
+                frame,
+                sized: 0,
+                encoded: 0,
+                fail_after: None,
+            }
+        }
+    }
+
+    impl FrameEncoder for Pieces {
+        fn encoded_len(&mut self) -> Result<usize> {
+            self.sized += 1;
+            Ok(self.frame.len())
+        }
+
+        fn encode(&mut self, w: &mut FrameWriter<'_>) -> Result<()> {
+            self.encoded += 1;
+            for (i, piece) in self.frame.chunks(100).enumerate() {
+                if self.fail_after.is_some_and(|n| i * 100 >= n) {
+                    return Err(Error::new(ErrorKind::Encode, "test://x", "gave up"));
+                }
+                w.write_all(piece)
+                    .map_err(|e| Error::new(ErrorKind::Encode, "test://x", e.to_string()))?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Frame `i`: its number, then `len - 4` bytes that depend on it.
+    fn numbered(i: u32, len: usize) -> Bytes {
+        let mut v = i.to_be_bytes().to_vec();
+        v.extend((0..len.max(4) - 4).map(|k| (k as u32 ^ i).wrapping_mul(31) as u8));
+        Bytes::from(v)
+    }
+
+    /// A connected TCP pair with small socket buffers (see the batching tests).
+    async fn pair(
+        max_frame: usize,
+    ) -> (
+        FramedConnection<tokio::net::TcpStream>,
+        FramedConnection<tokio::net::TcpStream>,
+    ) {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(16 * 1024).unwrap();
+        sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let l = sock.listen(4).unwrap();
+        let addr = l.local_addr().unwrap();
+        let client = tokio::net::TcpSocket::new_v4().unwrap();
+        client.set_send_buffer_size(16 * 1024).unwrap();
+        let (a, b) = tokio::join!(client.connect(addr), l.accept());
+        let ep = Endpoint::parse(&format!("tcp://{addr}?max_frame={max_frame}")).unwrap();
+        let info = ConnectionInfo {
+            capabilities: crate::socket::stream_caps(&ep, ductwork_core::Reach::Network).unwrap(),
+            endpoint: ep,
+            peer: None,
+        };
+        let (mut a, mut b) = (
+            FramedConnection::new(a.unwrap(), info.clone()),
+            FramedConnection::new(b.unwrap().0, info),
+        );
+        a.send_hello_now();
+        b.send_hello_now();
+        (a, b)
+    }
+
+    /// Every frame up to the clean end, each lent by `poll_recv_with` and copied out.
+    async fn lend_all<S: ByteStream>(b: &mut FramedConnection<S>) -> Vec<Bytes> {
+        let mut got = Vec::new();
+        loop {
+            let mut frame = None;
+            let r = futures::future::poll_fn(|cx| {
+                b.poll_recv_with(cx, &mut |f| frame = Some(Bytes::copy_from_slice(f)))
+            })
+            .await;
+            match r {
+                None => return got,
+                Some(r) => {
+                    let frame = frame.expect("a frame was lent");
+                    assert_eq!(r.unwrap(), frame.len());
+                    got.push(frame);
+                }
+            }
+        }
+    }
+
+    /// A frame that fits the first try is encoded once and never sized; a larger one is sized
+    /// and encoded again (the first try's bytes discarded); one over the limit is refused
+    /// with `FrameTooLarge` without the write buffer growing past the first try's room; a
+    /// failing encoder queues nothing. Every good frame arrives whole and in order.
+    #[tokio::test]
+    async fn encoded_sends_take_one_pass_when_they_fit_and_refuse_what_is_too_large() {
+        let max = 3 * SINGLE_PASS_ROOM;
+        let (mut a, mut b) = pair(max).await;
+        a.flush().await.unwrap(); // poll_ready: the peer's hello settles the limit
+        let send = async {
+            // Too large, before any large frame made the buffer grow: refused, and the buffer
+            // grew only for the first try's room.
+            let mut big = Pieces::new(numbered(99, max + 1));
+            let e = a.start_send_encoded(&mut big).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::FrameTooLarge, "{e}");
+            assert!(e.to_string().contains(&format!("{}", max + 1)), "{e}");
+            assert_eq!(
+                big.encoded, 1,
+                "the sized path refuses before encoding again"
+            );
+            assert!(a.write_buf.is_empty(), "nothing queued");
+            let cap = a.write_buf.capacity();
+            assert!(cap < max, "{cap} bytes reserved for a refused frame");
+            let mut sent = Vec::new();
+            let cases = [0usize, 5, 100, SINGLE_PASS_ROOM, SINGLE_PASS_ROOM + 1, max];
+            for (i, &len) in cases.iter().enumerate() {
+                let frame = if len == 0 {
+                    Bytes::new()
+                } else {
+                    numbered(i as u32, len.max(4))
+                };
+                let mut p = Pieces::new(frame.clone());
+                assert_eq!(a.start_send_encoded(&mut p).unwrap(), frame.len());
+                let (sized, encoded) = if len <= SINGLE_PASS_ROOM {
+                    (0, 1)
+                } else {
+                    (1, 2)
+                };
+                assert_eq!((p.sized, p.encoded), (sized, encoded), "{len} bytes");
+                sent.push(frame);
+                a.flush().await.unwrap();
+            }
+            for fail_after in [0, 300, SINGLE_PASS_ROOM + 200] {
+                let mut bad = Pieces::new(numbered(98, SINGLE_PASS_ROOM + 500));
+                bad.fail_after = Some(fail_after);
+                let e = a.start_send_encoded(&mut bad).unwrap_err();
+                assert!(e.to_string().contains("gave up"), "{e}");
+                assert!(a.write_buf.is_empty(), "nothing queued");
+            }
+            let mut last = Pieces::new(numbered(7, 64));
+            a.start_send_encoded(&mut last).unwrap();
+            sent.push(last.frame);
+            a.close().await.unwrap();
+            sent
+        };
+        let (sent, got) = tokio::join!(send, lend_all(&mut b));
+        assert_eq!(got, sent);
+    }
+
+    /// The peer's smaller limit (from its hello) bounds the single pass too: a frame over it
+    /// is refused naming the peer's limit, and one at it goes.
+    #[tokio::test]
+    async fn encoded_sends_keep_to_the_peers_limit() {
+        let (mut a, mut b) = pair(1 << 20).await;
+        b.codec = FrameCodec::new(16);
+        a.flush().await.unwrap();
+        a.send_max = 16; // what the peer's hello of 16 would have set
+        let e = a
+            .start_send_encoded(&mut Pieces::new(numbered(1, 17)))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::FrameTooLarge, "{e}");
+        assert!(e.to_string().contains("peer's limit of 16 bytes"), "{e}");
+        a.start_send_encoded(&mut Pieces::new(numbered(2, 16)))
+            .unwrap();
+        a.close().await.unwrap();
+        assert_eq!(lend_all(&mut b).await, [numbered(2, 16)]);
+    }
+
+    /// Batches of encoded sends of far more than the socket takes, with refused and failing
+    /// frames in the middle, while the receiver lends frames in place: every good frame
+    /// arrives whole and in order, and the sender met a full socket (its writes were
+    /// partial).
+    #[tokio::test]
+    async fn encoded_batches_over_a_full_socket_lose_nothing() {
+        let (mut a, mut b) = pair(4096).await;
+        let send = async {
+            let mut sent = Vec::new();
+            let mut waited = false;
+            for i in 0..2000u32 {
+                let frame = numbered(i, [64usize, 1024, 3000][i as usize % 3]);
+                let mut ready = futures::future::poll_fn(|cx| Pin::new(&mut a).poll_ready(cx));
+                match futures::poll!(&mut ready) {
+                    Poll::Ready(r) => r.unwrap(),
+                    Poll::Pending => {
+                        waited = true;
+                        ready.await.unwrap();
+                    }
+                }
+                a.start_send_encoded(&mut Pieces::new(frame.clone()))
+                    .unwrap();
+                sent.push(frame);
+                if i % 97 == 0 {
+                    let e = a
+                        .start_send_encoded(&mut Pieces::new(numbered(i, 4097)))
+                        .unwrap_err();
+                    assert_eq!(e.kind(), ErrorKind::FrameTooLarge, "{e}");
+                    let mut bad = Pieces::new(numbered(i, 2000));
+                    bad.fail_after = Some(1000);
+                    assert!(a.start_send_encoded(&mut bad).is_err());
+                }
+            }
+            a.close().await.unwrap();
+            (sent, waited)
+        };
+        let ((sent, waited), got) = tokio::join!(send, lend_all(&mut b));
+        assert!(waited, "6 MB of batched frames never met a full socket");
+        assert_eq!(got.len(), sent.len());
+        assert!(got == sent, "frames differ");
+    }
+
+    /// Frames lent in place from a raw writer's pieces (a header split, frames sharing a
+    /// read), mixed with `poll_next`; a poll that finds no whole frame lends nothing and
+    /// consumes nothing (cancel-safe); errors are `poll_next`'s.
+    #[tokio::test]
+    async fn frames_are_lent_whole_from_any_split() {
+        use tokio::io::AsyncWriteExt;
+        let mut listener = crate::bind("tcp://127.0.0.1:0?max_frame=64").await.unwrap();
+        let addr = listener.endpoint().address().to_string();
+        let (w, b) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let (mut w, mut b) = (w.unwrap(), b.unwrap());
+        w.set_nodelay(true).unwrap();
+        let mut lent = Vec::new();
+        let mut lend = |b: &mut BoxConnection, cx: &mut Context<'_>| {
+            b.poll_recv_with(cx, &mut |f| lent.push(f.to_vec()))
+        };
+        // Nothing there yet: pending, nothing lent.
+        let none = futures::future::poll_fn(|cx| Poll::Ready(lend(&mut b, cx))).await;
+        assert!(none.is_pending());
+        w.write_all(b"\0\0").await.unwrap();
+        w.flush().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let half = futures::future::poll_fn(|cx| Poll::Ready(lend(&mut b, cx))).await;
+        assert!(half.is_pending(), "half a header is no frame");
+        w.write_all(b"\0\x05hello\0\0\0\x01x\0\0\0\0\0\0\0\x02ab\0\0\0\x41")
+            .await
+            .unwrap();
+        for want in [5, 1, 0] {
+            let r = futures::future::poll_fn(|cx| lend(&mut b, cx)).await;
+            assert_eq!(r.unwrap().unwrap(), want);
+        }
+        // `poll_next` goes on where the lending stopped.
+        assert_eq!(&b.next().await.unwrap().unwrap()[..], b"ab");
+        let r = futures::future::poll_fn(|cx| lend(&mut b, cx)).await;
+        let e = r.unwrap().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::FrameTooLarge, "{e}");
+        assert!(futures::future::poll_fn(|cx| lend(&mut b, cx))
+            .await
+            .is_none());
+        assert_eq!(lent, [b"hello".to_vec(), b"x".to_vec(), Vec::new()]);
     }
 }
