@@ -17,6 +17,12 @@
 //! - a sender of 1 KiB every 10 ms learns of a peer killed with SIGKILL within a few sends,
 //!   on either side, while the ring is far from full.
 //!
+//! - the zero-copy API (loan, commit, receive in place) round-trips with a child process at
+//!   sizes that wrap and skip back to the ring's start; a loan dropped uncommitted sends
+//!   nothing; a loan over the ring is `FrameTooLarge`; a child killed while holding a loan
+//!   publishes nothing (the receiver sees `ConnectionLost`), and a message held in place
+//!   stays readable after its sender died.
+//!
 //! Child processes are this test binary run again through `support::child` (see `roles`).
 #![cfg(target_os = "linux")]
 
@@ -24,6 +30,7 @@ mod support;
 
 use bytes::Bytes;
 use ductwork_core::{BoxConnection, ErrorKind};
+use ductwork_transports::shm::{Shm, ShmListener};
 use futures::{FutureExt, SinkExt, StreamExt};
 use std::{io::Write, mem::MaybeUninit, os::fd::OwnedFd, time::Duration};
 use support::{child::Child, runtime as rt};
@@ -178,6 +185,25 @@ fn roles(mode: &str, args: &[String]) -> Result<(), String> {
             wait_stdin();
         }
         "hold" => hold(name, args.get(1).map(String::as_str).unwrap_or("")),
+        "loan-echo" => rt().block_on(loan_echo(name)),
+        "loan-and-wait" => rt().block_on(async {
+            // Loans room, writes half of it, says so, and waits to be killed.
+            let ep = ductwork_core::Endpoint::parse(&format!("shm://{name}")).unwrap();
+            let mut c = Shm::connect_zero_copy(&ep).await.unwrap();
+            let mut loan = c.loan(1000).await.unwrap();
+            assert!(loan.writer().put(&[7; 500]));
+            support::child::announce_ready("loaned");
+            std::thread::sleep(Duration::from_secs(3600));
+        }),
+        "send-one-and-wait" => rt().block_on(async {
+            let ep = ductwork_core::Endpoint::parse(&format!("shm://{name}")).unwrap();
+            let mut c = Shm::connect_zero_copy(&ep).await.unwrap();
+            let mut loan = c.loan(3000).await.unwrap();
+            assert!(loan.writer().put(&pattern(3000, 9)));
+            loan.commit().unwrap();
+            support::child::announce_ready("sent");
+            std::thread::sleep(Duration::from_secs(3600));
+        }),
         "idle" => {
             let rt = rt();
             let _conn = rt.block_on(ductwork_transports::connect(format!("shm://{name}")));
@@ -187,6 +213,126 @@ fn roles(mode: &str, args: &[String]) -> Result<(), String> {
         other => return Err(format!("unknown child mode {other}")),
     }
     Ok(())
+}
+
+/// The `loan-echo` role: a client that echoes every message through the zero-copy API (in
+/// place, sent back ring to ring, or through a loan when the ring is full) until the
+/// listener closes.
+async fn loan_echo(name: &str) {
+    let ep = ductwork_core::Endpoint::parse(&format!("shm://{name}")).unwrap();
+    let mut c = Shm::connect_zero_copy(&ep).await.unwrap();
+    loop {
+        let Some(mut m) = c.recv_in_place().await.unwrap() else {
+            return;
+        };
+        if m.try_send_back().unwrap() {
+            continue;
+        }
+        let copy = m.to_vec();
+        drop(m);
+        let mut loan = c.loan(copy.len()).await.unwrap();
+        assert!(loan.writer().put(&copy));
+        loan.commit().unwrap();
+    }
+}
+
+/// `len` bytes that differ with `k`.
+fn pattern(len: usize, k: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31) ^ k).collect()
+}
+
+async fn bind_zero_copy(case: &str, opts: &str) -> (ShmListener, String) {
+    let name = name(case);
+    let ep = ductwork_core::Endpoint::parse(&format!("shm://{name}{opts}")).unwrap();
+    (Shm::bind_zero_copy(&ep).await.unwrap(), name)
+}
+
+#[test]
+fn zero_copy_round_trips_with_a_peer_process() {
+    rt().block_on(async {
+        let (mut l, name) = bind_zero_copy("loan-echo", "?capacity=256KiB").await;
+        let child = spawn_child("loan-echo", &name);
+        let mut c = within(l.accept()).await.unwrap();
+        // Sizes up to the ring's largest, wrapping, skipping back to its start.
+        for (k, len) in [
+            0usize,
+            1,
+            100,
+            5000,
+            70_000,
+            100,
+            200_000,
+            3,
+            256 * 1024 - 16,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let msg = pattern(len, k as u8);
+            let mut loan = within(c.loan(len)).await.unwrap();
+            assert_eq!(loan.len(), len);
+            assert!(loan.writer().put(&msg));
+            loan.commit().unwrap();
+            // A loan dropped without commit sends nothing.
+            let unsent = within(c.loan(10)).await.unwrap();
+            assert_eq!(unsent.len(), 10);
+            let echo = within(c.recv_in_place()).await.unwrap().unwrap();
+            assert_eq!(echo.len(), len);
+            let mut got = vec![0u8; len];
+            assert!(echo.copy_to(&mut got));
+            assert!(got == msg, "echo of {len} bytes");
+            assert!(
+                !echo.copy_to(&mut vec![0u8; len + 1]),
+                "a wrong length is refused"
+            );
+            // SAFETY: the peer is this test's own child, an honest ductwork producer.
+            let (a, b) = unsafe { echo.as_slices() };
+            assert!([a, b].concat() == msg);
+        }
+        // Over the ring: refused before anything happens, and the connection goes on.
+        let e = within(c.loan(256 * 1024)).await.err().unwrap();
+        assert_eq!(e.kind(), ErrorKind::FrameTooLarge, "{e}");
+        assert!(e.to_string().contains(&name), "{e}");
+        // The copying API on the same connection still works, in both directions.
+        c.send(Bytes::from_static(b"plain")).await.unwrap();
+        assert_eq!(&within(c.next()).await.unwrap().unwrap()[..], b"plain");
+        c.close().await.unwrap();
+        child.finish().await.unwrap();
+    });
+}
+
+#[test]
+fn a_peer_killed_while_holding_a_loan_publishes_nothing() {
+    rt().block_on(async {
+        let (mut l, name) = bind_zero_copy("loan-killed", "").await;
+        let mut child = spawn_child("loan-and-wait", &name);
+        let mut c = within(l.accept()).await.unwrap();
+        assert_eq!(child.ready().await.unwrap(), "loaned");
+        child.kill().await.unwrap();
+        let e = within(c.recv_in_place()).await.err().expect("no message");
+        assert_eq!(e.kind(), ErrorKind::ConnectionLost, "{e}");
+    });
+}
+
+#[test]
+fn a_message_held_in_place_stays_readable_after_its_sender_died() {
+    rt().block_on(async {
+        let (mut l, name) = bind_zero_copy("inplace-killed", "").await;
+        let mut child = spawn_child("send-one-and-wait", &name);
+        let mut c = within(l.accept()).await.unwrap();
+        assert_eq!(child.ready().await.unwrap(), "sent");
+        let m = within(c.recv_in_place()).await.unwrap().unwrap();
+        child.kill().await.unwrap();
+        assert!(m.to_vec() == pattern(3000, 9));
+        drop(m);
+        let e = within(c.recv_in_place())
+            .await
+            .err()
+            .expect("the peer is gone");
+        assert_eq!(e.kind(), ErrorKind::ConnectionLost, "{e}");
+        let e = within(c.loan(10)).await.err().expect("the peer is gone");
+        assert_eq!(e.kind(), ErrorKind::ConnectionLost, "{e}");
+    });
 }
 
 /// The `hold` role: a listener on `shm://<name><opts>` that echoes on every connection it

@@ -48,8 +48,9 @@
 //!   pinning, and the cells to measure.
 //! - [`baseline`]: the raw baselines, what each is and how to measure it.
 //! - [`peer`]: the peer process, `ductwork __peer`.
-//! - [`measure`], [`patterns`], [`raw`], [`sys`], `iox`: how to measure a ductwork cell, a
-//!   pattern cell, the raw streams and memcpy, shared memory (and CPU pinning), iceoryx2.
+//! - [`measure`], [`patterns`], [`raw`], [`sys`], `iox`, [`loan`]: how to measure a ductwork
+//!   cell, a pattern cell, the raw streams and memcpy, shared memory (and CPU pinning),
+//!   iceoryx2, and shm's zero-copy API (the `shm-loan` row).
 //! - [`report`]: the table, the JSON file and the SVG plot.
 //! - [`proto`]: what parent and peer share (peer spec, messages, the peer's handle).
 //! - [`types`]: timing, results, the payload pattern.
@@ -57,6 +58,7 @@
 pub mod baseline;
 #[cfg(all(feature = "peer-iceoryx2", target_os = "linux"))]
 pub mod iox;
+pub mod loan;
 pub mod measure;
 pub mod nats;
 pub mod patterns;

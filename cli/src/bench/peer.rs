@@ -80,6 +80,7 @@ async fn serve(spec: &PeerSpec) -> Result<(), String> {
             let _ = s.set_nodelay(true);
             raw::serve(s, spec.size).await
         }
+        Job::ShmLoan { endpoint } => super::loan::serve(endpoint).await,
         #[cfg(unix)]
         Job::RawUnix { path } => {
             let s = tokio::net::UnixStream::connect(path)

@@ -212,6 +212,17 @@ impl Subject {
     }
 }
 
+/// The name of the row of shm's zero-copy API.
+pub const LOAN_ROW: &str = "shm-loan";
+
+/// What the `shm-loan` row is compared with, nearest first: iceoryx2 (which also loans and
+/// reads in place) when built with it, then the cache-line ping-pong.
+pub const LOAN_BASELINES: &[Baseline] = if cfg!(feature = "peer-iceoryx2") {
+    &[Baseline::Iceoryx2, Baseline::Cacheline]
+} else {
+    &[Baseline::Cacheline]
+};
+
 /// One measurement to make (each round of it).
 pub enum Cell {
     /// A ductwork transport.
@@ -230,6 +241,13 @@ pub enum Cell {
         /// Payload size.
         size: usize,
     },
+    /// Round trips through shm's zero-copy API (the `shm-loan` row, see `loan.rs`).
+    Loan {
+        /// The plain shm subject, for its endpoint names.
+        subject: Subject,
+        /// Payload size.
+        size: usize,
+    },
     /// A baseline.
     Raw {
         /// Which baseline.
@@ -243,7 +261,10 @@ impl Cell {
     /// The payload size.
     pub fn size(&self) -> usize {
         match self {
-            Cell::Dw { size, .. } | Cell::Pattern { size, .. } | Cell::Raw { size, .. } => *size,
+            Cell::Dw { size, .. }
+            | Cell::Pattern { size, .. }
+            | Cell::Loan { size, .. }
+            | Cell::Raw { size, .. } => *size,
         }
     }
 
@@ -260,6 +281,7 @@ impl Cell {
                 pattern.row_name(&subject.name),
                 report::size(*size)
             ),
+            Cell::Loan { size, .. } => format!("{LOAN_ROW} {}", report::size(*size)),
             Cell::Raw { baseline, size } => {
                 format!("{} {}", baseline.name(), report::size(*size))
             }
@@ -274,6 +296,7 @@ impl Cell {
                 .baselines
                 .first()
                 .map_or(Baseline::ALL.len(), |b| b.rank()),
+            Cell::Loan { .. } => LOAN_BASELINES[0].rank(),
             Cell::Raw { baseline, .. } => baseline.rank(),
         }
     }
@@ -478,6 +501,14 @@ impl Plan {
                             size,
                         });
                     }
+                }
+                // The zero-copy row goes with plain shm (an 8-byte sequence number heads it).
+                if subject.transport.scheme() == "shm"
+                    && subject.options.is_empty()
+                    && size + 8 <= caps.max_message
+                {
+                    let subject = subject.clone();
+                    dw_cells.push(Cell::Loan { subject, size });
                 }
                 dw_cells.push(Cell::Dw { subject, size });
             }

@@ -76,6 +76,12 @@ pub enum Job {
         /// The services' common name prefix.
         service: String,
     },
+    /// shm ping-pong through the zero-copy API (`shm-loan`, see `loan.rs`): connect to the
+    /// parent's bound shm endpoint and echo every message in place.
+    ShmLoan {
+        /// The parent's bound endpoint.
+        endpoint: String,
+    },
 }
 
 /// The command that starts `ductwork __peer` with `spec` (this same executable), stdin and

@@ -6,8 +6,8 @@
 
 use super::{
     baseline::Env,
-    measure,
-    plan::{Cell, Names, Plan},
+    loan, measure,
+    plan::{Cell, Names, Plan, LOAN_BASELINES, LOAN_ROW},
     proto::one_way,
     report::{PatternRow, Row},
     types::{merge, Measured},
@@ -162,6 +162,15 @@ fn measure_cell(
             })?;
             Ok((Some(rtt), Some(tp)))
         }
+        Cell::Loan { subject, size } => {
+            let (ep, _) = names.endpoint(subject)?;
+            let rtt = rt.block_on(async {
+                tokio::time::timeout(limit, loan::measure(ep, *size, cpu, t))
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no result within {limit:?}")))
+            })?;
+            Ok((Some(rtt), None))
+        }
         Cell::Pattern {
             pattern,
             subject,
@@ -204,6 +213,10 @@ fn rows(plan: &Plan, slots: Vec<Slot>) -> (Vec<Row>, Vec<Row>, Vec<PatternRow>) 
                 let order = order_of(&subject.name);
                 let row = Row::new(subject.name.clone(), *size, rtt, tp);
                 results.push((order.unwrap_or(usize::MAX), row, &subject.baselines));
+            }
+            Cell::Loan { size, .. } => {
+                let row = Row::new(LOAN_ROW.to_string(), *size, rtt, tp);
+                results.push((usize::MAX, row, LOAN_BASELINES));
             }
             Cell::Raw { baseline, size } => {
                 let row = Row::new(baseline.name().to_string(), *size, rtt, tp);

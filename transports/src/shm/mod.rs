@@ -18,7 +18,19 @@
 //!   every transport. Messages are not chunked.
 //! - **Copies.** A typed send whose record fits in the ring right away is encoded straight
 //!   into the ring (one pass over the payload); one that must wait for space is encoded into
-//!   a reusable buffer and copied in once there is room.
+//!   a reusable buffer and copied in once there is room. A ping-pong of large messages keeps
+//!   reusing the start of the ring (a skip record, see [`ring`]), so its memory stays in the
+//!   cache instead of the messages walking the whole ring.
+//! - **Zero copy** (opt-in). [`Shm::connect_zero_copy`] and [`Shm::bind_zero_copy`] give the
+//!   [`ShmConnection`] itself: [`ShmConnection::loan`] lends room in the ring for one message
+//!   (write it there, then [`Loan::commit`]; dropping the loan sends nothing), and
+//!   [`ShmConnection::recv_in_place`] receives a message without copying it out (read it
+//!   through the [`InPlace`] guard; dropping the guard gives its room back). What a
+//!   misbehaving peer can do under each: see [`ShmConnection`]'s zero-copy section. In short,
+//!   the copying API and the safe accessors (a loan's writer, [`InPlace::copy_to`]) only
+//!   ever copy raw bytes: a peer can garble its own messages or fail the connection, never
+//!   cause undefined behaviour; the `unsafe` in-place slices require trusting the peer not
+//!   to write published messages.
 //! - **Memory.** The mapping is `2 * capacity` plus 1 KiB of address space, but its pages
 //!   are committed as used (Linux: a sparse memfd, no `MAP_POPULATE`; Windows: demand-zero
 //!   pages of a committed section; see each OS layer's docs for what running out of memory
@@ -120,9 +132,10 @@ mod unsupported;
 #[cfg(not(any(target_os = "linux", windows)))]
 use unsupported as imp;
 
+pub use conn::{InPlace, Loan, ShmConnection};
 use ductwork_core::{
     async_trait, Accept, Boundaries, BoxConnection, BoxListener, Capabilities, Delivery, Direction,
-    Endpoint, Error, ErrorKind, Reach, Result, Transport,
+    Endpoint, Error, ErrorKind, Listener, Reach, Result, Transport,
 };
 use std::time::Duration;
 
@@ -309,11 +322,19 @@ impl Transport for Shm {
     }
 
     async fn bind(&self, ep: &Endpoint) -> Result<BoxListener> {
-        let cfg = Config::from_endpoint(ep)?;
-        imp::bind(ep, cfg).await
+        Ok(Box::new(Shm::bind_zero_copy(ep).await?))
     }
 
     async fn connect(&self, ep: &Endpoint) -> Result<BoxConnection> {
+        Ok(Box::new(Shm::connect_zero_copy(ep).await?))
+    }
+}
+
+impl Shm {
+    /// Connects like [`Transport::connect`], returning the connection itself: a
+    /// [`Connection`](ductwork_core::Connection) with the zero-copy API
+    /// ([`ShmConnection::loan`], [`ShmConnection::recv_in_place`]) besides.
+    pub async fn connect_zero_copy(ep: &Endpoint) -> Result<ShmConnection> {
         let cfg = Config::from_endpoint(ep)?;
         // One deadline for both OS layers: the socket or pipe and the whole set-up.
         crate::common::faults::connect_within(
@@ -322,6 +343,60 @@ impl Transport for Shm {
             imp::connect(ep, cfg),
         )
         .await
+    }
+
+    /// Binds like [`Transport::bind`], returning a listener whose
+    /// [`accept`](ShmListener::accept) gives [`ShmConnection`]s.
+    pub async fn bind_zero_copy(ep: &Endpoint) -> Result<ShmListener> {
+        let cfg = Config::from_endpoint(ep)?;
+        Ok(ShmListener(imp::bind(ep, cfg).await?))
+    }
+}
+
+#[cfg(any(target_os = "linux", windows))]
+type ListenerImpl = setup::QueuedListener;
+#[cfg(not(any(target_os = "linux", windows)))]
+type ListenerImpl = std::convert::Infallible;
+
+/// An `shm://` listener from [`Shm::bind_zero_copy`]: a [`Listener`] like any other, whose
+/// [`accept`](Self::accept) also gives the [`ShmConnection`] itself.
+pub struct ShmListener(ListenerImpl);
+
+impl ShmListener {
+    /// The next connection (see [`Listener::accept`]).
+    pub async fn accept(&mut self) -> Result<ShmConnection> {
+        self.accept_impl().await
+    }
+}
+
+#[cfg(any(target_os = "linux", windows))]
+impl ShmListener {
+    async fn accept_impl(&mut self) -> Result<ShmConnection> {
+        self.0.accept_shm().await
+    }
+    fn endpoint_impl(&self) -> &Endpoint {
+        self.0.endpoint()
+    }
+}
+
+#[cfg(not(any(target_os = "linux", windows)))]
+impl ShmListener {
+    async fn accept_impl(&mut self) -> Result<ShmConnection> {
+        match self.0 {}
+    }
+    fn endpoint_impl(&self) -> &Endpoint {
+        match self.0 {}
+    }
+}
+
+#[async_trait]
+impl Listener for ShmListener {
+    fn endpoint(&self) -> &Endpoint {
+        self.endpoint_impl()
+    }
+
+    async fn accept(&mut self) -> Result<BoxConnection> {
+        Ok(Box::new(ShmListener::accept(self).await?))
     }
 }
 

@@ -7,7 +7,7 @@
 //! # Segment layout (all integers little-endian, all offsets from the start of the mapping)
 //!
 //! ```text
-//! 0      segment header, 128 B: magic "DWSHMv2\n" (u64), capacity C (u64), zero padding
+//! 0      segment header, 128 B: magic "DWSHMv3\n" (u64), capacity C (u64), zero padding
 //! 128    ring A (server -> client): ring header, 512 B, then C data bytes
 //! 640+C  ring B (client -> server): ring header, 512 B, then C data bytes
 //! total  128 + 2 * (512 + C)             C is a multiple of 128, 4 KiB <= C <= 1 GiB
@@ -34,6 +34,13 @@
 //! bytes, padded with zeros to a multiple of 8. A record that does not fit before the end of
 //! the data area is split: its payload continues at offset 0 (the header word never splits,
 //! since C and positions are multiples of 8).
+//!
+//! A *skip* record (header length [`SKIP_LEN`], an impossible message length) says "the rest
+//! of this lap is unused, the next record starts at data offset 0". The producer writes one
+//! when the ring has drained far enough that a large message fits at offset 0 (see
+//! [`Producer::reserve`]): a ping-pong of large messages then keeps reusing the first few
+//! records' memory, which stays in the cache, instead of walking the whole ring (new in
+//! layout v3). A skip at offset 0 would skip a whole lap and is corruption.
 //!
 //! The header word is `len | stamp << 32` (`len: u32` low, `stamp: u32` high), where the
 //! stamp is derived from the record's absolute position `pos` (bytes ever published before
@@ -123,10 +130,19 @@ pub(crate) const MIN_CAPACITY: usize = 4096;
 /// The largest ring capacity.
 pub(crate) const MAX_CAPACITY: usize = 1 << 30;
 /// The segment magic.
-pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"DWSHMv2\n");
-/// The magic of the previous layout (a separate `write` index, no stamps), to name it in
-/// the error.
+pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"DWSHMv3\n");
+/// The magic of the first layout (a separate `write` index, no stamps), to name it in the
+/// error.
 const MAGIC_V1: u64 = u64::from_le_bytes(*b"DWSHMv1\n");
+/// The magic of layout v2 (no skip records), to name it in the error.
+const MAGIC_V2: u64 = u64::from_le_bytes(*b"DWSHMv2\n");
+/// The length field of a skip record: the rest of the lap is unused (see "Records").
+/// Never a message length (those are at most `MAX_CAPACITY`), and never `EMPTY`'s low half.
+pub(crate) const SKIP_LEN: u32 = u32::MAX - 1;
+/// Messages at least this long may start a new lap early (a skip record before them) when
+/// the ring has drained enough: the producer then loads the consumer's `read`, a cache-line
+/// transfer that a small message would feel but a large one's copy hides.
+const SKIP_MIN: usize = 1024;
 
 const OFF_READ: usize = LINE;
 const OFF_RX_PARK: usize = 2 * LINE;
@@ -172,6 +188,11 @@ fn stamp(pos: u64) -> u32 {
 /// The header word of a record of `len` payload bytes at absolute position `pos`.
 fn header_word(pos: u64, len: usize) -> u64 {
     debug_assert!(len <= MAX_CAPACITY);
+    header_word_raw(pos, len as u32)
+}
+
+/// The header word with length field `len` (a message length or [`SKIP_LEN`]) at `pos`.
+fn header_word_raw(pos: u64, len: u32) -> u64 {
     len as u64 | (stamp(pos) as u64) << 32
 }
 
@@ -224,16 +245,17 @@ pub(crate) fn check_segment(region: &dyn SharedRegion) -> Result<usize, String> 
             AtomicU64::from_ptr(region.base().add(8).cast()).load(Ordering::Relaxed),
         )
     };
-    if magic == MAGIC_V1 {
-        return Err(
-            "the shared segment has the older layout v1: the peer runs an older \
-                    ductwork; both sides need the same version (layout v2)"
-                .into(),
-        );
+    for (old, v) in [(MAGIC_V1, 1), (MAGIC_V2, 2)] {
+        if magic == old {
+            return Err(format!(
+                "the shared segment has the older layout v{v}: the peer runs an older \
+                 ductwork; both sides need the same version (layout v3)"
+            ));
+        }
     }
     if magic != MAGIC {
         return Err(
-            "the shared segment has a wrong magic number (not a ductwork v2 segment)".into(),
+            "the shared segment has a wrong magic number (not a ductwork v3 segment)".into(),
         );
     }
     let cap = usize::try_from(cap).map_err(|_| "capacity out of range".to_string())?;
@@ -394,14 +416,23 @@ impl RingMem {
     /// Copies `dst.len()` bytes from ring position `pos` to `dst` (which may be uninitialized
     /// memory), splitting at the end. Callers pass at most `cap` bytes.
     fn copy_out_uninit(&self, pos: u64, dst: &mut [MaybeUninit<u8>]) {
-        let len = dst.len();
+        // SAFETY: `dst` is a slice of `dst.len()` writable bytes; the callers' length bound
+        // is passed on.
+        unsafe { self.copy_out_raw(pos, dst.as_mut_ptr().cast::<u8>(), dst.len()) }
+    }
+
+    /// Copies `len` bytes from ring position `pos` to `dst`, splitting at the end.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `len` bytes and must not overlap the source bytes;
+    /// `len <= cap`.
+    unsafe fn copy_out_raw(&self, pos: u64, dst: *mut u8, len: usize) {
         debug_assert!(len as u64 <= self.cap);
         let at = (pos % self.cap) as usize;
         let first = len.min(self.cap as usize - at);
-        let dst = dst.as_mut_ptr().cast::<u8>();
         // SAFETY: as in `copy_in`, with `len <= cap` guaranteed by the callers (a checked
-        // record length); `dst` is a slice of `len` writable bytes. Raw copies, no reference
-        // into shared memory.
+        // record length); `dst` is valid for `len` bytes (the caller's promise). Raw copies,
+        // no reference into shared memory.
         unsafe {
             let data = self.data;
             ptr::copy_nonoverlapping(data.add(at), dst, first);
@@ -436,6 +467,27 @@ impl Record<'_> {
         true
     }
 
+    /// Copies the payload into a slot reserved for exactly its length (else nothing is
+    /// copied and `false` is returned): ring to ring, by raw copies, so a peer writing
+    /// either meanwhile can only garble the copy. Then publish the slot.
+    pub(crate) fn copy_to_slot(&self, slot: &mut Slot<'_>) -> bool {
+        if slot.len() != self.len {
+            return false;
+        }
+        let (first, first_len, second, second_len) = slot.regions();
+        // SAFETY: `Slot::regions` gives two disjoint regions valid for writes of
+        // `first_len + second_len == len` bytes while the slot lives; they lie in the
+        // producer's ring, the record in the consumer's (another ring of the segment, or
+        // another segment), so source and destination do not overlap; `len <= cap - 16`
+        // (a checked record), and `first_len <= len`.
+        unsafe {
+            self.mem.copy_out_raw(self.pos, first, first_len);
+            self.mem
+                .copy_out_raw(self.pos + first_len as u64, second, second_len);
+        }
+        true
+    }
+
     /// Copies the payload into a new Vec of exactly its length.
     pub(crate) fn to_vec(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(self.len);
@@ -444,6 +496,47 @@ impl Record<'_> {
         // SAFETY: the first `len` bytes of the spare capacity were just written.
         unsafe { v.set_len(self.len) };
         v
+    }
+}
+
+/// A published message [`Consumer::peek`] found and checked: where its payload lies. Only
+/// `peek` makes one, so its length is always one the ring can hold.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Peeked {
+    pos: u64,
+    len: usize,
+}
+
+impl Peeked {
+    /// The payload length.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl<'a> Record<'a> {
+    /// The payload as one or two slices straight into the shared data area (two when the
+    /// record wraps at the end of the ring), without copying.
+    ///
+    /// # Safety
+    /// The peer process can write the shared memory at any time; a write to these bytes
+    /// while the slices live is a data race, undefined behaviour. The caller promises that
+    /// the peer does not write them while the slices are used: an honest ductwork producer
+    /// never writes a published record before the consumer released it, so this holds
+    /// unless the peer misbehaves (a bug, a hostile process, an attached debugger).
+    pub(crate) unsafe fn into_slices(self) -> (&'a [u8], &'a [u8]) {
+        let at = (self.pos % self.mem.cap) as usize;
+        let first = self.len.min(self.mem.cap as usize - at);
+        // SAFETY: as in `RingMem::copy_out_uninit`, both ranges lie in the data area
+        // (`len <= cap - 16`, a checked record); the region lives as long as `self.mem` (`'a`).
+        // Nothing else in this process writes them while the record is unreleased (the
+        // producer side writes only released room); the peer's side is the caller's promise.
+        unsafe {
+            (
+                std::slice::from_raw_parts(self.mem.data.add(at), first),
+                std::slice::from_raw_parts(self.mem.data, self.len - first),
+            )
+        }
     }
 }
 
@@ -560,6 +653,9 @@ impl Producer {
         if !self.has_space(len)? {
             return Ok(None);
         }
+        if len >= SKIP_MIN {
+            self.maybe_skip(len)?;
+        }
         let rec = record_len(len);
         if rec > (RECORD_HEADER + len) as u64 {
             // Zero the record's last word (its padding) before the payload fills its head.
@@ -575,6 +671,34 @@ impl Producer {
             len,
         }))
     }
+    /// Starts the next lap now (publishes a skip record) if the consumer has consumed
+    /// everything and a record of `len` bytes and the `EMPTY` word after it fit before our
+    /// position: a ping-pong of large messages then reuses the memory at the start of the
+    /// ring (hot in the cache) rather than walking the whole ring. Only when the ring is
+    /// empty, so a stream keeps the whole ring to buffer in; and only past the room the
+    /// record needs at offset 0, so that the skip header at our position stays clear of the
+    /// new record until the consumer read it. Costs a load of `read` only then.
+    fn maybe_skip(&mut self, len: usize) -> Result<(), RingError> {
+        let at = self.write % self.mem.cap;
+        let need = record_len(len) + RECORD_HEADER as u64;
+        if at < need {
+            return Ok(());
+        }
+        if self.read_cache != self.write && self.load_read()? != self.write {
+            return Ok(());
+        }
+        // Empty: the consumer is done with every byte, those at offset 0 included.
+        let next = (self.write - at).wrapping_add(self.mem.cap);
+        // As for any record: the slot the consumer looks at next says EMPTY before the skip
+        // header (SeqCst, at least Release) sends it there.
+        self.mem.slot(next).store(EMPTY, Ordering::Relaxed);
+        self.mem
+            .slot(self.write)
+            .store(header_word_raw(self.write, SKIP_LEN), Ordering::SeqCst);
+        self.write = next;
+        Ok(())
+    }
+
     /// After publishing: whether the consumer announced parking and must be woken. Call it
     /// after `try_push` or `close`; ring the doorbell when it returns true.
     pub(crate) fn consumer_needs_wake(&mut self) -> bool {
@@ -644,7 +768,12 @@ pub(crate) struct Slot<'a> {
     len: usize,
 }
 
-impl Slot<'_> {
+impl<'a> Slot<'a> {
+    /// The reserved payload length.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
     /// The ring position of the payload's first byte.
     fn payload_pos(&self) -> u64 {
         self.producer.write + RECORD_HEADER as u64
@@ -703,7 +832,7 @@ impl Slot<'_> {
     /// Publishes the record, exactly as `try_push` does: stores its header word with a
     /// SeqCst store, which makes the padding, payload and next `EMPTY` word written before
     /// visible to the consumer. Then call `consumer_needs_wake`.
-    pub(crate) fn publish(self) {
+    pub(crate) fn publish(self) -> &'a mut Producer {
         let p = self.producer;
         // SeqCst (at least Release): the record bytes written before become visible to a
         // consumer that loads this word; SeqCst for the Dekker pairing with the consumer's
@@ -712,6 +841,7 @@ impl Slot<'_> {
             .slot(p.write)
             .store(header_word(p.write, self.len), Ordering::SeqCst);
         p.write = p.write.wrapping_add(record_len(self.len));
+        p
     }
 }
 
@@ -765,6 +895,34 @@ impl Consumer {
         self.mem.slot(self.read).load(Ordering::SeqCst)
     }
 
+    /// The header word at our position, after following a skip record there (at most one:
+    /// a skip leads to offset 0, where another one is corruption).
+    fn header_past_skip(&mut self) -> Result<u64, RingError> {
+        let header = self.header();
+        if header as u32 != SKIP_LEN {
+            return Ok(header);
+        }
+        let at = self.read % self.mem.cap;
+        if (header >> 32) as u32 != stamp(self.read) || at == 0 {
+            return Err(RingError::Corrupt(format!(
+                "the skip record at position {} ({header:#018x}) is misplaced or misstamped",
+                self.read
+            )));
+        }
+        self.read = self.read.wrapping_add(self.mem.cap - at);
+        // SeqCst (at least Release), as after a message: the producer may reuse the lap's
+        // rest; SeqCst for the Dekker pairing in `producer_needs_wake`.
+        self.mem.word(OFF_READ).store(self.read, Ordering::SeqCst);
+        let next = self.header();
+        if next as u32 == SKIP_LEN {
+            return Err(RingError::Corrupt(format!(
+                "a skip record at position {} follows a skip record",
+                self.read
+            )));
+        }
+        Ok(next)
+    }
+
     /// Whether a message is published (cheap; for spinning: one load of the word the message
     /// arrives in). Errors count as "something to do": `try_pop` will report them.
     ///
@@ -772,8 +930,16 @@ impl Consumer {
     /// record (header and payload up to 56 bytes past a line boundary) spans both, and the
     /// producer writes that line before the header word, so the next look fetches both lines
     /// at once instead of the copy fetching the second after the header was seen.
+    ///
+    /// A skip record is followed here (it is no message to report): a spinning receiver
+    /// goes on spinning at offset 0 for the message that comes next.
     pub(crate) fn has_message(&mut self) -> bool {
-        if self.header() != EMPTY {
+        let mut header = self.header();
+        if header as u32 == SKIP_LEN {
+            // An error leaves the bad word where `try_pop` finds and reports it.
+            header = self.header_past_skip().unwrap_or(0);
+        }
+        if header != EMPTY {
             return true;
         }
         self.mem.prefetch_line_after(self.read);
@@ -797,14 +963,30 @@ impl Consumer {
         &mut self,
         take: impl FnOnce(Record<'_>) -> T,
     ) -> Result<Pop<T>, RingError> {
-        let mut header = self.header();
+        Ok(match self.peek()? {
+            Pop::Message(at) => {
+                let msg = take(self.record(&at));
+                self.release(at);
+                Pop::Message(msg)
+            }
+            Pop::Empty => Pop::Empty,
+            Pop::Closed => Pop::Closed,
+            Pop::Abandoned => Pop::Abandoned,
+        })
+    }
+
+    /// Finds the next message, if one is published, and checks its header, without
+    /// consuming it: read it with [`record`](Self::record), then hand the [`Peeked`] back to
+    /// [`release`](Self::release), which frees its room for the producer.
+    pub(crate) fn peek(&mut self) -> Result<Pop<Peeked>, RingError> {
+        let mut header = self.header_past_skip()?;
         if header == EMPTY {
             // SeqCst (at least Acquire): if the producer closed, every header word it stored
             // before is visible to the load below.
             if self.mem.word(OFF_TX_CLOSED).load(Ordering::SeqCst) == 0 {
                 return Ok(Pop::Empty);
             }
-            header = self.header();
+            header = self.header_past_skip()?;
             if header == EMPTY {
                 let how = self.mem.word(OFF_TX_CLOSED).load(Ordering::SeqCst);
                 return Ok(if how == CLOSED_CLEANLY {
@@ -825,25 +1007,37 @@ impl Consumer {
         if len > self.max {
             return Err(RingError::TooLarge { len, max: self.max });
         }
-        let rec = record_len(len);
-        if rec + RECORD_HEADER as u64 > self.mem.cap {
+        if record_len(len) + RECORD_HEADER as u64 > self.mem.cap {
             return Err(RingError::Corrupt(format!(
                 "a record announces {len} bytes, more than a ring of {} bytes holds",
                 self.mem.cap
             )));
         }
         // len <= rec - 8 <= cap - 16: within bounds of the copy's contract.
-        let msg = take(Record {
-            mem: &self.mem,
+        Ok(Pop::Message(Peeked {
             pos: self.read.wrapping_add(RECORD_HEADER as u64),
             len,
-        });
-        self.read = self.read.wrapping_add(rec);
-        // SeqCst (at least Release): our copy above happens-before the producer's reuse of
-        // these bytes (it loads `read`); SeqCst for the Dekker pairing in
+        }))
+    }
+
+    /// The payload of a message [`peek`](Self::peek) found.
+    pub(crate) fn record(&self, at: &Peeked) -> Record<'_> {
+        Record {
+            mem: &self.mem,
+            pos: at.pos,
+            len: at.len,
+        }
+    }
+
+    /// Consumes the message [`peek`](Self::peek) found: its room goes back to the producer.
+    /// Call `producer_needs_wake` after.
+    pub(crate) fn release(&mut self, at: Peeked) {
+        debug_assert_eq!(at.pos, self.read + RECORD_HEADER as u64);
+        self.read = self.read.wrapping_add(record_len(at.len));
+        // SeqCst (at least Release): our reads of the record happen-before the producer's
+        // reuse of these bytes (it loads `read`); SeqCst for the Dekker pairing in
         // `producer_needs_wake`.
         self.mem.word(OFF_READ).store(self.read, Ordering::SeqCst);
-        Ok(Pop::Message(msg))
     }
 
     /// After consuming: whether the producer announced waiting for space and must be woken.
@@ -983,10 +1177,14 @@ pub(crate) fn fuzz_one(input: &[u8]) {
             if w == EMPTY {
                 break;
             }
-            let len = w as u32 as usize;
+            let len = w as u32;
             mem.slot(pos)
-                .store(len as u64 | (stamp(pos) as u64) << 32, Ordering::Relaxed);
-            pos += record_len(len);
+                .store(header_word_raw(pos, len), Ordering::Relaxed);
+            pos += if len == SKIP_LEN {
+                cap as u64 - pos % cap as u64
+            } else {
+                record_len(len as usize)
+            };
         }
     }
     let mut c = Consumer::new(region.clone(), cap, Which::A, max_message(cap));
@@ -1005,7 +1203,7 @@ pub(crate) fn fuzz_one(input: &[u8]) {
         }
     }
     let mut p = Producer::new(region.clone(), cap, Which::A);
-    for len in [0usize, 1, 100, 2000, max_message(cap)] {
+    for len in [0usize, 1, 100, 2000, max_message(cap), SKIP_MIN, 1500] {
         let _ = p.try_push(&vec![0xab; len]);
     }
 }
@@ -1226,6 +1424,146 @@ mod tests {
     }
 
     #[test]
+    fn a_ping_pong_of_large_messages_reuses_the_start_of_the_ring() {
+        let cap = 1 << 16;
+        let (mut p, mut c, r) = pair(cap);
+        let len = 5000;
+        let rec = record_len(len);
+        for k in 0..101u32 {
+            let msg: Vec<u8> = (0..len).map(|i| (i as u32 ^ k) as u8).collect();
+            assert!(p.try_push(&msg).unwrap());
+            // Two records at most, then a skip back to offset 0.
+            assert!(
+                p.write % cap as u64 <= 2 * rec,
+                "message {k} ends at {}",
+                p.write
+            );
+            assert_eq!(c.try_pop(), Ok(Pop::Message(msg)), "message {k}");
+            assert_eq!(c.try_pop(), Ok(Pop::Empty));
+        }
+        // After an even number of messages the last one followed a skip record, whose
+        // header is where the third record would have gone.
+        let skip = slot_at_cap(&r, cap, 2 * rec as usize).load(Ordering::Relaxed);
+        assert_eq!(skip as u32, SKIP_LEN);
+        // Small messages never skip; neither does a large one while the ring holds data.
+        let (mut p, mut c, _r) = pair(cap);
+        for _ in 0..100 {
+            assert!(p.try_push(&[1; SKIP_MIN - 1]).unwrap());
+            assert!(matches!(c.try_pop(), Ok(Pop::Message(_))));
+        }
+        assert_eq!(p.write, 100 * record_len(SKIP_MIN - 1));
+        let (mut p, mut c, _r) = pair(cap);
+        assert!(p.try_push(&[1; 20_000]).unwrap());
+        assert!(p.try_push(&[2; 20_000]).unwrap());
+        assert!(matches!(c.try_pop(), Ok(Pop::Message(_))));
+        assert!(p.try_push(&[3; 5000]).unwrap());
+        assert_eq!(
+            p.write,
+            2 * record_len(20_000) + record_len(5000),
+            "no skip"
+        );
+        for want in [2u8, 3] {
+            assert!(matches!(c.try_pop(), Ok(Pop::Message(m)) if m[0] == want));
+        }
+    }
+
+    #[test]
+    fn a_skip_then_close_delivers_the_message_then_closed() {
+        let cap = 1 << 16;
+        let (mut p, mut c, _r) = pair(cap);
+        for _ in 0..2 {
+            assert!(p.try_push(&[5; 4000]).unwrap());
+            assert!(matches!(c.try_pop(), Ok(Pop::Message(_))));
+        }
+        assert!(p.try_push(&[6; 4000]).unwrap());
+        assert_eq!(
+            p.write % cap as u64,
+            record_len(4000),
+            "skipped to the start"
+        );
+        p.close();
+        assert!(matches!(c.try_pop(), Ok(Pop::Message(m)) if m == [6; 4000]));
+        assert_eq!(c.try_pop(), Ok(Pop::Closed));
+        // A slot reserved after a skip and dropped publishes nothing; the skip alone is
+        // consumed as nothing.
+        let (mut p, mut c, _r) = pair(cap);
+        for _ in 0..2 {
+            assert!(p.try_push(&[5; 4000]).unwrap());
+            assert!(matches!(c.try_pop(), Ok(Pop::Message(_))));
+        }
+        let unsent = p.reserve(4000).unwrap().expect("room");
+        assert_eq!(unsent.len(), 4000);
+        assert_eq!(c.try_pop(), Ok(Pop::Empty));
+        assert_eq!(c.read % cap as u64, 0, "the skip was followed");
+        assert!(p.try_push(b"after").unwrap());
+        assert_eq!(c.try_pop(), Ok(Pop::Message(b"after".to_vec())));
+    }
+
+    #[test]
+    fn misplaced_skip_records_are_errors_not_panics() {
+        let cap = 4096;
+        // At offset 0 (a whole lap), misstamped, and a skip leading to another skip.
+        for (at, word, second) in [
+            (0usize, header_word_raw(0, SKIP_LEN), None),
+            (1000, header_word_raw(8, SKIP_LEN), None),
+            (
+                1000,
+                header_word_raw(1000, SKIP_LEN),
+                Some(header_word_raw(4096, SKIP_LEN)),
+            ),
+        ] {
+            let (mut p, mut c, r) = pair(cap);
+            if at > 0 {
+                advance_to(&mut p, &mut c, at);
+            }
+            if let Some(w) = second {
+                slot_at(&r, 0).store(w, Ordering::Relaxed);
+            }
+            slot_at(&r, at).store(word, Ordering::Relaxed);
+            let got = c.try_pop();
+            assert!(matches!(got, Err(RingError::Corrupt(_))), "{at}: {got:?}");
+        }
+        // A well-formed skip: followed, nothing delivered, then the record at offset 0.
+        let (mut p, mut c, r) = pair(cap);
+        advance_to(&mut p, &mut c, 1000);
+        slot_at(&r, 0).store(header_word(4096, 3), Ordering::Relaxed);
+        slot_at(&r, 1000).store(header_word_raw(1000, SKIP_LEN), Ordering::Relaxed);
+        assert!(matches!(c.try_pop(), Ok(Pop::Message(m)) if m.len() == 3));
+    }
+
+    #[test]
+    fn random_sizes_with_skips_keep_order_and_content() {
+        let (mut p, mut c, _r) = pair(1 << 14);
+        let mut rng = Rng(0xfeed_beef);
+        let mut sent = std::collections::VecDeque::new();
+        let mut skips = 0;
+        for round in 0..20_000u32 {
+            if rng.next() % 2 != 0 {
+                let len = (rng.next() % 3000) as usize;
+                let msg: Vec<u8> = (0..len).map(|i| (i as u32 ^ round) as u8).collect();
+                let before = p.write;
+                if p.try_push(&msg).unwrap() {
+                    if p.write - before != record_len(len) {
+                        skips += 1;
+                    }
+                    sent.push_back(msg);
+                }
+            } else {
+                match c.try_pop().unwrap() {
+                    Pop::Message(m) => assert_eq!(Some(m), sent.pop_front()),
+                    Pop::Empty => assert!(sent.is_empty()),
+                    Pop::Closed | Pop::Abandoned => unreachable!(),
+                }
+            }
+        }
+        while let Pop::Message(m) = c.try_pop().unwrap() {
+            assert_eq!(Some(m), sent.pop_front());
+        }
+        assert!(sent.is_empty());
+        assert!(skips > 20, "skips happened: {skips}");
+    }
+
+    #[test]
     fn close_delivers_remaining_then_closed() {
         let (mut p, mut c, _r) = pair(4096);
         p.try_push(b"a").unwrap();
@@ -1294,8 +1632,13 @@ mod tests {
 
     /// The header slot at ring offset `at` of ring A's data area.
     fn slot_at(region: &Arc<dyn SharedRegion>, at: usize) -> &AtomicU64 {
-        assert!(at % 8 == 0 && at < 4096);
-        // SAFETY: test helper; an 8-aligned word inside ring A's data area (cap >= 4096).
+        slot_at_cap(region, 4096, at)
+    }
+
+    /// The header slot at ring offset `at` of ring A's data area of `cap` bytes.
+    fn slot_at_cap(region: &Arc<dyn SharedRegion>, cap: usize, at: usize) -> &AtomicU64 {
+        assert!(at % 8 == 0 && at < cap && region.len() >= segment_len(cap));
+        // SAFETY: test helper; an 8-aligned word inside ring A's data area (checked above).
         unsafe { AtomicU64::from_ptr(region.base().add(SEGMENT_HEADER + RING_HEADER + at).cast()) }
     }
 
@@ -1453,7 +1796,7 @@ mod tests {
             (usize::MAX, cap, false),
             (usize::MAX, u32::MAX as usize - 1, false),
             (100, 101, true),
-            (max_message(cap), u32::MAX as usize - 1, true),
+            (max_message(cap), u32::MAX as usize - 2, true),
         ] {
             let mut c = Consumer::new(region.clone(), cap, Which::A, max);
             let header = len as u64 | (stamp(0) as u64) << 32;
@@ -1495,6 +1838,9 @@ mod tests {
         magic.store(MAGIC_V1, Ordering::Relaxed);
         let e = check_segment(&region).unwrap_err();
         assert!(e.contains("layout v1") && e.contains("same version"), "{e}");
+        magic.store(MAGIC_V2, Ordering::Relaxed);
+        let e = check_segment(&region).unwrap_err();
+        assert!(e.contains("layout v2") && e.contains("layout v3"), "{e}");
         magic.store(0x1234, Ordering::Relaxed);
         assert!(check_segment(&region).unwrap_err().contains("wrong magic"));
         let small = HeapRegion::new(16);

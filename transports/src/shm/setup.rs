@@ -14,6 +14,7 @@
 //! version (its hello is `DWSHMhi` and another digit) is refused with [`NO_VERSION`], so both
 //! sides say that the versions differ; any other hello is dropped as garbage.
 
+use super::conn::ShmConnection;
 use ductwork_core::{async_trait, BoxConnection, Endpoint, Error, ErrorKind, Listener, Result};
 use std::{
     future::Future,
@@ -391,7 +392,7 @@ pub(crate) fn fuzz_one(input: &[u8]) {
 
 /// Where an OS accept loop hands its results: finished connections, or the one error that
 /// ended the loop (the listener cannot accept any more).
-pub(super) type Accepted = mpsc::Sender<Result<BoxConnection>>;
+pub(super) type Accepted = mpsc::Sender<Result<ShmConnection>>;
 
 /// Runs one client's set-up on its own task, so that a slow or hostile client cannot hold up
 /// others; a finished connection queues (boundedly) for `accept`, a failed one is logged at
@@ -402,7 +403,7 @@ pub(super) type Accepted = mpsc::Sender<Result<BoxConnection>>;
 pub(super) fn spawn_setup(
     tx: &Accepted,
     ep: &Endpoint,
-    setup: impl Future<Output = Result<BoxConnection>> + Send + 'static,
+    setup: impl Future<Output = Result<ShmConnection>> + Send + 'static,
 ) {
     let tx = tx.clone();
     let ep = ep.clone();
@@ -428,7 +429,7 @@ pub(super) fn spawn_setup(
 /// The `shm://` listener on every OS: `accept` takes what the OS accept loop queued.
 pub(super) struct QueuedListener {
     endpoint: Endpoint,
-    rx: mpsc::Receiver<Result<BoxConnection>>,
+    rx: mpsc::Receiver<Result<ShmConnection>>,
     task: JoinHandle<()>,
     /// Whatever must live as long as the listener (the socket file's guard on Unix).
     _keep: Box<dyn Send + Sync>,
@@ -464,6 +465,13 @@ impl Listener for QueuedListener {
     /// Only the error that ended the accept loop comes out here (then "stopped"): transient
     /// ones are logged and retried by the loop itself.
     async fn accept(&mut self) -> Result<BoxConnection> {
+        Ok(Box::new(self.accept_shm().await?))
+    }
+}
+
+impl QueuedListener {
+    /// [`Listener::accept`], returning the shm connection itself.
+    pub(super) async fn accept_shm(&mut self) -> Result<ShmConnection> {
         match self.rx.recv().await {
             Some(r) => r,
             None => Err(Error::new(

@@ -41,7 +41,7 @@
 
 use super::{
     conn::Peer,
-    conn::{connection, OsLink},
+    conn::{connection, OsLink, ShmConnection},
     mapped::{Mapped, Unmap},
     ring::{self, SharedRegion},
     setup::{
@@ -52,7 +52,7 @@ use super::{
 };
 use crate::common::faults::{is_fatal_accept, Backoff};
 use crate::common::unix::{bind_socket_file, credentials, peer_credentials, Probe};
-use ductwork_core::{BoxConnection, BoxListener, Endpoint, Error, ErrorKind, Result};
+use ductwork_core::{Endpoint, Error, ErrorKind, Result};
 use futures::task::AtomicWaker;
 use rustix::{
     event::{eventfd, EventfdFlags},
@@ -339,7 +339,7 @@ fn link(
 // ----------------------------------------------------------------------------------------
 // Listener.
 
-pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
+pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<QueuedListener> {
     let path = socket_path(ep)?;
     let (listener, guard) = bind_socket_file(
         ep,
@@ -357,9 +357,9 @@ pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
         cfg.max_memory,
         ring::segment_len(cfg.capacity),
     );
-    Ok(Box::new(QueuedListener::start(ep, Box::new(guard), |tx| {
+    Ok(QueuedListener::start(ep, Box::new(guard), |tx| {
         accept_loop(listener, ep2, cfg, limits, tx)
-    })))
+    }))
 }
 
 /// Accepts sockets and runs each set-up in its own task (see `spawn_setup`). Transient accept
@@ -399,7 +399,7 @@ async fn serve_handshake(
     ep: &Endpoint,
     cfg: Config,
     limits: &Arc<Limits>,
-) -> Result<BoxConnection> {
+) -> Result<ShmConnection> {
     let peer = peer_credentials(&stream);
     // The hello is read first, so that a refused client is reading when the refusal comes
     // (it would otherwise fail writing its hello to a closed socket and never hear why).
@@ -515,7 +515,7 @@ async fn send_with_fds(
 // Client.
 
 /// Connects and sets up; `mod.rs` bounds the whole of it by `connect_timeout`.
-pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection> {
+pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<ShmConnection> {
     let path = socket_path(ep)?;
     let mut stream = UnixStream::connect(&path)
         .await

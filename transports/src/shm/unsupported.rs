@@ -1,7 +1,7 @@
 //! `shm://` on other systems (no memfd/eventfd, not Windows): not supported yet.
 
-use super::Config;
-use ductwork_core::{BoxConnection, BoxListener, Endpoint, Error, ErrorKind, Result};
+use super::{Config, ListenerImpl, ShmConnection};
+use ductwork_core::{Endpoint, Error, ErrorKind, Result};
 
 fn unsupported(ep: &Endpoint) -> Error {
     Error::new(
@@ -11,10 +11,10 @@ fn unsupported(ep: &Endpoint) -> Error {
     )
 }
 
-pub(super) async fn bind(ep: &Endpoint, _cfg: Config) -> Result<BoxListener> {
+pub(super) async fn bind(ep: &Endpoint, _cfg: Config) -> Result<ListenerImpl> {
     Err(unsupported(ep))
 }
 
-pub(super) async fn connect(ep: &Endpoint, _cfg: Config) -> Result<BoxConnection> {
+pub(super) async fn connect(ep: &Endpoint, _cfg: Config) -> Result<ShmConnection> {
     Err(unsupported(ep))
 }

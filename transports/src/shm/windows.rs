@@ -34,7 +34,7 @@
 //! commit yet faults; the commit charge is bounded by `max_conns` and `max_memory` instead.
 
 use super::{
-    conn::{connection, OsLink, Peer},
+    conn::{connection, OsLink, Peer, ShmConnection},
     mapped::{Mapped, Unmap},
     ring,
     setup::{
@@ -45,7 +45,7 @@ use super::{
 };
 use crate::common::faults::{is_fatal_accept, Backoff};
 use crate::common::windows::{is_not_found, last_error, os_error, owned, pipe_exists, raw};
-use ductwork_core::{BoxConnection, BoxListener, Endpoint, Error, ErrorKind, Result};
+use ductwork_core::{Endpoint, Error, ErrorKind, Result};
 use futures::task::AtomicWaker;
 use std::{
     io,
@@ -342,7 +342,7 @@ fn create_instance(path: &str, first: bool) -> io::Result<NamedPipeServer> {
         .create(path)
 }
 
-pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
+pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<QueuedListener> {
     let path = pipe_path(ep);
     let in_use = || {
         Error::new(
@@ -365,9 +365,9 @@ pub(super) async fn bind(ep: &Endpoint, cfg: Config) -> Result<BoxListener> {
         cfg.max_memory,
         ring::segment_len(cfg.capacity),
     );
-    Ok(Box::new(QueuedListener::start(ep, Box::new(()), |tx| {
+    Ok(QueuedListener::start(ep, Box::new(()), |tx| {
         accept_loop(first, path, ep2, cfg, limits, tx)
-    })))
+    }))
 }
 
 /// Keeps one pipe instance waiting, and runs each connected client's set-up in its own task
@@ -421,7 +421,7 @@ async fn serve_handshake(
     ep: &Endpoint,
     cfg: Config,
     limits: &Arc<Limits>,
-) -> Result<BoxConnection> {
+) -> Result<ShmConnection> {
     let client_max_frame = read_hello(&mut pipe, ep, REPLY_LEN).await?;
     // Over a limit: refused before anything is made for the client.
     let slot = match limits.take() {
@@ -494,7 +494,7 @@ async fn serve_handshake(
 // Client.
 
 /// Connects and sets up; `mod.rs` bounds the whole of it by `connect_timeout`.
-pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<BoxConnection> {
+pub(super) async fn connect(ep: &Endpoint, cfg: Config) -> Result<ShmConnection> {
     let path = pipe_path(ep);
     let mut pipe = loop {
         match ClientOptions::new().pipe_mode(PipeMode::Byte).open(&path) {
