@@ -321,6 +321,7 @@ async fn a_reconnecting_client_finds_a_restarted_server() {
             initial: Duration::from_millis(20),
             max: Duration::from_millis(200),
             jitter: 0.5,
+            ..Backoff::default()
         }),
         ..ClientOptions::default()
     };
@@ -366,6 +367,126 @@ async fn a_reconnecting_client_finds_a_restarted_server() {
         ErrorKind::Closed
     );
     second.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// A reconnecting client whose server is gone for good gives up past its backoff's limit:
+/// its state says so (after each attempt was reported), a call that was waiting for the new
+/// connection gets the final error rather than its own deadline, and so does every later
+/// call; the error names the endpoint and the attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_client_gives_up_after_its_attempts() {
+    use ductwork::patterns::{Backoff, LinkState};
+    for ep in endpoints("giveup") {
+        let server = Server::bind(ep.as_str(), handler).await.unwrap().spawn();
+        let at = server.endpoint().clone();
+        let opts = ClientOptions {
+            reconnect: Some(Backoff {
+                initial: Duration::from_millis(20),
+                max: Duration::from_millis(100),
+                max_attempts: Some(3),
+                give_up_after: None,
+                ..Backoff::default()
+            }),
+            ..ClientOptions::default()
+        };
+        let client = Client::<Op, i64>::connect_with(&at, opts).await.unwrap();
+        let mut state = client.state();
+        assert_eq!(client.call(Op::Add(1, 1)).await.unwrap(), 2);
+        server.shutdown(Duration::from_secs(5)).await.unwrap();
+
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            state.wait_for(|s| matches!(s, LinkState::Reconnecting { .. })),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{at}: the idle client must notice the loss"))
+        .unwrap();
+        // Waits for the link, within a deadline far past the give-up.
+        let waiting = client.call_timeout(Op::Add(1, 2), Duration::from_secs(60));
+        let (waited, gave_up) = tokio::time::timeout(Duration::from_secs(30), async {
+            let gave_up = async {
+                let mut seen = Vec::new();
+                loop {
+                    let s = *state.borrow_and_update();
+                    seen.push(s);
+                    if !matches!(s, LinkState::Reconnecting { .. }) {
+                        return seen;
+                    }
+                    state.changed().await.unwrap();
+                }
+            };
+            tokio::join!(waiting, gave_up)
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{at}: the client never gave up"));
+        assert_eq!(
+            gave_up.last(),
+            Some(&LinkState::GaveUp { attempts: 3 }),
+            "{at}: {gave_up:?}"
+        );
+        let attempts: Vec<u32> = gave_up
+            .iter()
+            .filter_map(|s| match s {
+                LinkState::Reconnecting { attempt } => Some(*attempt),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            attempts.windows(2).all(|w| w[0] < w[1]) && attempts.iter().all(|&a| a <= 3),
+            "{at}: {gave_up:?}"
+        );
+        for e in [
+            waited.unwrap_err(),
+            client.call(Op::Add(2, 2)).await.unwrap_err(),
+        ] {
+            assert_eq!(e.kind(), ErrorKind::ConnectionLost, "{at}: {e}");
+            let text = e.to_string();
+            assert!(text.contains(&at.to_string()), "{at}: {text}");
+            assert!(
+                text.contains("gave up reconnecting after 3"),
+                "{at}: {text}"
+            );
+        }
+        client.close().await.unwrap();
+    }
+}
+
+/// A give-up deadline ends reconnecting too, however many attempts fit in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_client_gives_up_past_its_deadline() {
+    use ductwork::patterns::{Backoff, LinkState};
+    let server = Server::bind("tcp://127.0.0.1:0", handler)
+        .await
+        .unwrap()
+        .spawn();
+    let at = server.endpoint().clone();
+    let opts = ClientOptions {
+        reconnect: Some(Backoff {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(50),
+            give_up_after: Some(Duration::from_millis(300)),
+            ..Backoff::default()
+        }),
+        ..ClientOptions::default()
+    };
+    let client = Client::<Op, i64>::connect_with(&at, opts).await.unwrap();
+    let mut state = client.state();
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+    let s = tokio::time::timeout(
+        Duration::from_secs(30),
+        state.wait_for(|s| matches!(s, LinkState::GaveUp { .. })),
+    )
+    .await
+    .expect("the client must give up past its deadline")
+    .map(|s| *s)
+    .unwrap();
+    let LinkState::GaveUp { attempts } = s else {
+        unreachable!()
+    };
+    assert!(attempts >= 1, "{s:?}");
+    let e = client.call(Op::Add(1, 1)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ConnectionLost, "{e}");
+    assert!(e.to_string().contains("300ms"), "{e}");
 }
 
 /// The bytes docs/wire-format.md shows for the request/reply envelope.

@@ -45,6 +45,9 @@
 //!   fails at once with it; with it, the client connects again with exponential backoff and
 //!   jitter ([`Client::state`] shows each step), later calls wait for the new connection
 //!   within their deadline, and the calls that were in flight stay failed: nothing is retried.
+//!   Past the [`Backoff`]'s limits (by default 5 minutes of failed attempts) the client gives
+//!   up: its state becomes [`LinkState::GaveUp`] and every call fails with a
+//!   `ConnectionLost` error that names the endpoint and says so.
 //! - **Dead peers** on transports that cannot see one (udp): with [`Heartbeats`] (on there by
 //!   default) the client pings when idle and counts the server lost after
 //!   `interval * misses` of silence; the server drops a client silent that long.
@@ -75,7 +78,7 @@ use std::{
     pin::Pin,
     sync::{Arc, Mutex, Weak},
     task::{Context, Poll, Waker},
-    time::Duration,
+    time::{Duration, Instant},
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -131,9 +134,9 @@ pub struct ClientOptions {
     /// The deadline [`Client::call`] puts on each request; `None` waits as long as the
     /// connection lives. Default: 30 s.
     pub timeout: Option<Duration>,
-    /// Connect again after the connection is lost, waiting as this says between attempts;
-    /// `None` (the default) leaves a lost client lost. Calls in flight when the connection
-    /// is lost fail either way; nothing is retried.
+    /// Connect again after the connection is lost, waiting as this says between attempts
+    /// and giving up past its limits; `None` (the default) leaves a lost client lost. Calls
+    /// in flight when the connection is lost fail either way; nothing is retried.
     pub reconnect: Option<Backoff>,
     /// Heartbeats, to notice a dead server on transports that cannot. Default: `Auto`.
     pub heartbeats: Heartbeats,
@@ -255,7 +258,7 @@ where
         }
     }
 
-    /// The link's state now and as it changes (connected, reconnecting, lost).
+    /// The link's state now and as it changes (connected, reconnecting, lost, gave up).
     pub fn state(&self) -> watch::Receiver<LinkState> {
         self.shared.state.subscribe()
     }
@@ -355,6 +358,19 @@ where
         }
     }
 
+    /// Reconnecting gave up with `e` after `attempts` failed attempts: the client is down for
+    /// good (unless it was closed meanwhile), and waiting calls fail with `e`.
+    fn give_up(&self, attempts: u32, e: Error) {
+        let mut cur = lock(&self.current);
+        if !matches!(*cur, Current::Reconnecting) {
+            return;
+        }
+        tracing::warn!(endpoint = %self.endpoint, error = %e, "reconnecting gave up");
+        *cur = Current::Down(Failure::of(&e));
+        drop(cur);
+        self.state.send_replace(LinkState::GaveUp { attempts });
+    }
+
     /// `link` failed: reconnect if configured, else stay down. Only the first report of a
     /// link's failure acts; later ones (other callers, the heartbeat) find it replaced.
     fn lost(self: &Arc<Self>, link: &Arc<Link<Req, Resp>>, why: Failure) {
@@ -382,14 +398,25 @@ where
     }
 }
 
-/// Connects again with `backoff` until it works or every client handle is gone.
+/// Connects again with `backoff` until it works, the backoff's limits say to give up, the
+/// client is closed, or every client handle is gone.
 async fn reconnect<Req, Resp>(shared: Weak<Shared<Req, Resp>>, backoff: Backoff)
 where
     Req: Serialize + Send + 'static,
     Resp: DeserializeOwned + Send + 'static,
 {
-    for attempt in 1u32.. {
-        tokio::time::sleep(backoff.delay(attempt)).await;
+    let since = Instant::now();
+    let mut last = None;
+    let mut attempt = 1u32;
+    while let Some(wait) = backoff.next_wait(attempt, since) {
+        if attempt > 1 {
+            // The first attempt was announced with the loss.
+            match shared.upgrade() {
+                Some(s) => s.state.send_replace(LinkState::Reconnecting { attempt }),
+                None => return,
+            };
+        }
+        tokio::time::sleep(wait).await;
         let Some(s) = shared.upgrade() else { return };
         if !matches!(*lock(&s.current), Current::Reconnecting) {
             return; // closed meanwhile
@@ -402,11 +429,14 @@ where
             }
             Err(e) => {
                 tracing::debug!(endpoint = %s.endpoint, attempt, error = %e, "reconnect attempt failed");
-                s.state.send_replace(LinkState::Reconnecting {
-                    attempt: attempt + 1,
-                });
+                last = Some(e);
             }
         }
+        attempt = attempt.saturating_add(1);
+    }
+    if let Some(s) = shared.upgrade() {
+        let failed = attempt - 1;
+        s.give_up(failed, backoff.gave_up(&s.endpoint, failed, since, last));
     }
 }
 
