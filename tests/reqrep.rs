@@ -489,6 +489,83 @@ async fn a_reconnecting_client_gives_up_past_its_deadline() {
     assert!(e.to_string().contains("300ms"), "{e}");
 }
 
+/// A reply whose body does not decode as the client's type fails its own call at once, with a
+/// decode error (the envelope still names the call), rather than leaving it to its deadline;
+/// the connection stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_reply_fails_its_own_call_at_once() {
+    for ep in endpoints("badreply") {
+        // Strings where the client expects numbers: an empty one reads as 0 (its length, a
+        // zero byte, is the whole body), a longer one leaves bytes over.
+        let server = Server::bind(ep.as_str(), |op: Op| async move {
+            match op {
+                Op::Add(..) => String::new(),
+                _ => "not a number".to_string(),
+            }
+        })
+        .await
+        .unwrap()
+        .spawn();
+        let at = server.endpoint().clone();
+        let client = Client::<Op, i64>::connect(&at).await.unwrap();
+        let e = client
+            .call_timeout(Op::Slow(0, 1), Duration::from_secs(20))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Decode, "{at}: {e}");
+        assert_eq!(client.call(Op::Add(1, 2)).await.unwrap(), 0, "{at}");
+        client.close().await.unwrap();
+        server.shutdown(Duration::from_secs(5)).await.unwrap();
+    }
+}
+
+/// A request whose body does not decode as the server's type is answered at once as failed
+/// (the envelope still names it), rather than dropped for the caller to time out; the
+/// connection stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_request_is_answered_as_failed() {
+    for ep in endpoints("badreq") {
+        let server = Server::bind(ep.as_str(), handler).await.unwrap().spawn();
+        let at = server.endpoint().clone();
+        // `Op` has four variants: 200 is none of them; 0 with two zeros is `Add(0, 0)`.
+        let client = Client::<(u32, i64, i64), i64>::connect(&at).await.unwrap();
+        let e = client
+            .call_timeout((200, 0, 0), Duration::from_secs(20))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Remote, "{at}: {e}");
+        assert!(e.to_string().contains("decode"), "{at}: {e}");
+        assert_eq!(client.call((0, 20, 22)).await.unwrap(), 42, "{at}");
+        client.close().await.unwrap();
+        server.shutdown(Duration::from_secs(5)).await.unwrap();
+    }
+}
+
+/// A reply larger than the endpoint's frame limit is answered as failed, saying so, and the
+/// connection stays usable (it used to end the connection, failing every call on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_over_the_frame_limit_is_answered_as_failed() {
+    for ep in endpoints("bigreply") {
+        let sep = if ep.contains('?') { '&' } else { '?' };
+        let ep = format!("{ep}{sep}max_frame=1KiB");
+        let server = Server::bind(ep.as_str(), |n: u32| async move { vec![7u8; n as usize] })
+            .await
+            .unwrap()
+            .spawn();
+        let at = server.endpoint().clone();
+        let client = Client::<u32, Vec<u8>>::connect(&at).await.unwrap();
+        let e = client
+            .call_timeout(4096, Duration::from_secs(20))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Remote, "{at}: {e}");
+        assert!(e.to_string().contains("too large"), "{at}: {e}");
+        assert_eq!(client.call(10).await.unwrap(), vec![7u8; 10], "{at}");
+        client.close().await.unwrap();
+        server.shutdown(Duration::from_secs(5)).await.unwrap();
+    }
+}
+
 /// The bytes docs/wire-format.md shows for the request/reply envelope.
 #[test]
 fn the_envelope_bytes_match_the_wire_format_doc() {

@@ -61,11 +61,17 @@
 //!   [`ServerOptions::max_in_flight`] at once, then it stops reading, which pushes back on the
 //!   client); a handler that burns CPU should hand work to `tokio::task::spawn_blocking`. A
 //!   handler that panics is answered with `Failed`, and the server goes on.
+//! - **Bad frames.** A request whose body does not decode as the server's type, or whose
+//!   answer is over the endpoint's frame limit, is answered with `Failed` (its caller gets
+//!   [`ErrorKind::Remote`] saying why); a reply whose body does not decode fails its own call
+//!   with [`ErrorKind::Decode`]. Either way the connection stays usable. A frame whose
+//!   envelope does not decode names no caller: it is dropped with a `warn` event.
 
 use super::calls::{lock, ClientChannel, Failure, Link, Outgoing};
+use super::envelope::{self, Undecodable};
 use super::serve::{accept_until, Background};
 use super::{Backoff, Heartbeat, Heartbeats, LinkState};
-use crate::{BoxListener, Channel, Endpoint, Error, ErrorKind, Result};
+use crate::{BoxConnection, BoxListener, Endpoint, Error, ErrorKind, Result};
 use futures::{
     future::{poll_fn, FutureExt},
     stream::FuturesUnordered,
@@ -609,12 +615,7 @@ impl<H> Server<H> {
         } = self;
         let conn_stop = stop.clone();
         accept_until(listener, stop, move |conn| {
-            serve_connection(
-                Channel::new(conn),
-                handler.clone(),
-                &opts,
-                conn_stop.clone(),
-            )
+            serve_connection(conn, handler.clone(), &opts, conn_stop.clone())
         })
         .await;
     }
@@ -623,8 +624,10 @@ impl<H> Server<H> {
 /// Serves one connection: reads requests while fewer than `max_in_flight` are in flight,
 /// sends each reply as its handler finishes, and on `stop` or the client's close stops
 /// reading, answers what it has and closes.
+///
+/// Frames are read and written as envelopes (`envelope.rs`), not through a typed channel.
 fn serve_connection<Req, Resp, H, Fut>(
-    mut ch: Channel<Reply<Resp>, Request<Req>>,
+    mut conn: BoxConnection,
     handler: H,
     opts: &ServerOptions,
     stop: CancellationToken,
@@ -638,8 +641,9 @@ where
     let max = opts.max_in_flight.max(1);
     let silence = opts
         .heartbeats
-        .resolve(&ch.info().capabilities)
+        .resolve(&conn.info().capabilities)
         .map(|h| h.bound());
+    let endpoint = conn.info().endpoint.clone();
     async move {
         // The first handler in flight waits in `first`, later ones in `in_flight`: most
         // handlers finish when first polled, and the slot answers them with no allocation.
@@ -649,71 +653,99 @@ where
         // Built once, not per request: a timer only with heartbeats, one cancellation waiter.
         let mut silent = silence.map(|d| Box::pin(tokio::time::sleep(d)));
         let mut stopped = std::pin::pin!(stop.cancelled());
-        // The waker the stop future was last polled with: while it is this task's, the
-        // future keeps it registered and a look at the token (one atomic load) suffices,
-        // not a poll (which takes the token's lock).
-        let mut armed: Option<Waker> = None;
+        let (mut armed, mut turns): (Option<Waker>, u32) = (None, 0);
         while reading || first.is_some() || !in_flight.is_empty() {
             let busy = usize::from(first.is_some()) + in_flight.len();
             let mut wake = Wake {
                 read: reading && busy < max,
-                // Looked at before reading, so that a flood of requests cannot hold off a
-                // shutdown, and whenever there is nothing to read.
                 stop: reading.then_some(Stop {
                     token: &stop,
                     fut: stopped.as_mut(),
                     armed: &mut armed,
+                    turns: &mut turns,
                 }),
                 silent: silent.as_mut().map(|t| t.as_mut()),
             };
-            let event = poll_fn(|cx| wake.poll(cx, first.as_mut(), &mut in_flight, &mut ch)).await;
+            let event =
+                poll_fn(|cx| wake.poll(cx, first.as_mut(), &mut in_flight, &mut conn)).await;
+            if matches!(event, Event::Request(_) | Event::Undecodable(_)) {
+                if let (Some(t), Some(d)) = (silent.as_mut(), silence) {
+                    t.as_mut().reset(tokio::time::Instant::now() + d);
+                }
+            }
             match event {
-                // By value: a borrowed reply held across the await would need `Resp: Sync`.
-                Event::Answered(reply) => SinkExt::send(&mut ch, reply).await?,
+                Event::Answered(reply) => send_reply(&mut conn, &endpoint, reply).await?,
+                Event::Request(Request::Call { id, body }) => {
+                    let work = answer(id, handler(body));
+                    if first.is_some() {
+                        in_flight.push(work);
+                        continue;
+                    }
+                    first.set(Some(work));
+                    // Polled at once: a handler that is done on its first poll is answered
+                    // now, not a turn of the loop later.
+                    if let Some(reply) =
+                        poll_fn(|cx| Poll::Ready(poll_slot(cx, first.as_mut()))).await
+                    {
+                        send_reply(&mut conn, &endpoint, reply).await?;
+                    }
+                }
+                Event::Request(Request::Ping) => {
+                    send_reply::<Resp>(&mut conn, &endpoint, Reply::Pong).await?
+                }
+                // The envelope named the request: its caller learns why, at once.
+                Event::Undecodable(Undecodable {
+                    id: Some(id),
+                    error,
+                }) => {
+                    tracing::warn!(endpoint = %endpoint, id, error = %error, "undecodable request answered as failed");
+                    let reason =
+                        format!("the server cannot decode the request: {}", error.detail());
+                    send_reply::<Resp>(&mut conn, &endpoint, Reply::Failed { id, reason }).await?
+                }
+                // No id to answer: the caller times out. The connection stays usable.
+                Event::Undecodable(Undecodable { id: None, error }) => {
+                    tracing::warn!(endpoint = %endpoint, error = %error, "undecodable request dropped");
+                }
+                Event::Closed => reading = false,
+                Event::Failed(e) => return Err(e),
                 Event::Stop => reading = false,
                 Event::Silent => {
                     return Err(Error::new(
                         ErrorKind::ConnectionLost,
-                        &ch.info().endpoint,
+                        &endpoint,
                         format!(
                             "the client was silent past the heartbeat bound ({:?})",
                             silence.unwrap_or_default()
                         ),
                     ));
                 }
-                Event::Received(r) => {
-                    if let (Some(t), Some(d)) = (silent.as_mut(), silence) {
-                        t.as_mut().reset(tokio::time::Instant::now() + d);
-                    }
-                    match r {
-                        Some(Ok(Request::Call { id, body })) => {
-                            let work = answer(id, handler(body));
-                            if first.is_some() {
-                                in_flight.push(work);
-                                continue;
-                            }
-                            first.set(Some(work));
-                            // Polled at once: a handler that is done on its first poll is
-                            // answered now, not a turn of the loop later.
-                            if let Some(reply) =
-                                poll_fn(|cx| Poll::Ready(poll_slot(cx, first.as_mut()))).await
-                            {
-                                SinkExt::send(&mut ch, reply).await?;
-                            }
-                        }
-                        Some(Ok(Request::Ping)) => SinkExt::send(&mut ch, Reply::Pong).await?,
-                        None => reading = false,
-                        // No id to answer: the caller times out. The connection stays usable.
-                        Some(Err(e)) if e.kind() == ErrorKind::Decode => {
-                            tracing::warn!(endpoint = %ch.info().endpoint, error = %e, "undecodable request dropped");
-                        }
-                        Some(Err(e)) => return Err(e),
-                    }
-                }
             }
         }
-        ch.close().await
+        poll_fn(|cx| conn.poll_close_unpin(cx)).await
     }
+}
+
+/// Sends one reply and flushes it. A reply too large for the endpoint, or one that does not
+/// encode, is answered as `Failed` instead: the caller learns why, and the connection stays.
+async fn send_reply<Resp: Serialize>(
+    conn: &mut BoxConnection,
+    endpoint: &Endpoint,
+    reply: Reply<Resp>,
+) -> Result<()> {
+    poll_fn(|cx| conn.poll_ready_unpin(cx)).await?;
+    match envelope::start_send_reply(conn, endpoint, &reply) {
+        Ok(()) => {}
+        Err(e) if matches!(e.kind(), ErrorKind::FrameTooLarge | ErrorKind::Encode) => {
+            let Some(id) = reply.id() else { return Err(e) };
+            tracing::warn!(endpoint = %endpoint, id, error = %e, "reply not sent; answered as failed");
+            let reason = format!("the server could not send the reply: {e}");
+            poll_fn(|cx| conn.poll_ready_unpin(cx)).await?;
+            envelope::start_send_reply::<()>(conn, endpoint, &Reply::Failed { id, reason })?;
+        }
+        Err(e) => return Err(e),
+    }
+    poll_fn(|cx| conn.poll_flush_unpin(cx)).await
 }
 
 /// Polls the future in `slot`, if any; once it is done, empties the slot and returns its output.
@@ -743,9 +775,26 @@ struct Stop<'a, S> {
     fut: Pin<&'a mut S>,
     /// The waker `fut` was last polled with.
     armed: &'a mut Option<Waker>,
+    /// Turns since the token was last looked at before a read.
+    turns: &'a mut u32,
 }
 
+/// A connection that always has a request to read looks at the stop token before reading
+/// once in this many turns: often enough that a flood of requests cannot hold off a shutdown
+/// for long, rarely enough to cost nothing per request (a look takes the token's lock).
+const STOP_LOOK_EVERY: u32 = 32;
+
 impl<S: Future> Stop<'_, S> {
+    /// Whether the server is stopping, looked at once in [`STOP_LOOK_EVERY`] turns.
+    fn seen_now_and_then(&mut self) -> bool {
+        *self.turns += 1;
+        if *self.turns < STOP_LOOK_EVERY {
+            return false;
+        }
+        *self.turns = 0;
+        self.token.is_cancelled()
+    }
+
     /// Whether the server is stopping; makes sure this task is woken when it does.
     fn poll(&mut self, cx: &mut Context<'_>) -> bool {
         if self.token.is_cancelled() {
@@ -763,8 +812,14 @@ impl<S: Future> Stop<'_, S> {
 enum Event<Req, Resp> {
     /// A handler finished.
     Answered(Reply<Resp>),
-    /// The client sent a request, closed (`None`) or failed.
-    Received(Option<Result<Request<Req>>>),
+    /// The client sent a request.
+    Request(Request<Req>),
+    /// The client sent a frame that does not decode.
+    Undecodable(Undecodable),
+    /// The client closed.
+    Closed,
+    /// The connection failed.
+    Failed(Error),
     /// The server is stopping: read no more.
     Stop,
     /// The client was silent past the heartbeat bound.
@@ -774,18 +829,17 @@ enum Event<Req, Resp> {
 impl<S: Future> Wake<'_, S> {
     /// Polls, in order: finished handlers (a request that cannot have arrived yet must not
     /// keep a finished reply waiting: on shm, polling the receive first spins for nothing),
-    /// the stop flag, the connection, the stop signal, the heartbeat.
+    /// now and then the stop flag, the connection, the stop signal, the heartbeat.
     fn poll<Req, Resp, F>(
         &mut self,
         cx: &mut Context<'_>,
         mut first: Pin<&mut Option<F>>,
         in_flight: &mut FuturesUnordered<F>,
-        ch: &mut Channel<Reply<Resp>, Request<Req>>,
+        conn: &mut BoxConnection,
     ) -> Poll<Event<Req, Resp>>
     where
         F: Future<Output = Reply<Resp>>,
         Req: DeserializeOwned,
-        Resp: Serialize,
     {
         if let Some(reply) = poll_slot(cx, first.as_mut()) {
             return Poll::Ready(Event::Answered(reply));
@@ -795,14 +849,28 @@ impl<S: Future> Wake<'_, S> {
                 return Poll::Ready(Event::Answered(reply));
             }
         }
-        if self.stop.as_ref().is_some_and(|s| s.token.is_cancelled()) {
+        if self.stop.as_mut().is_some_and(|s| s.seen_now_and_then()) {
             return Poll::Ready(Event::Stop);
         }
         if self.read {
-            if let Poll::Ready(r) = ch.poll_next_unpin(cx) {
-                return Poll::Ready(Event::Received(r));
+            if let Poll::Ready(r) = conn.poll_next_unpin(cx) {
+                return Poll::Ready(match r {
+                    Some(Ok(frame)) => {
+                        match envelope::decode_request(&frame, &conn.info().endpoint) {
+                            Ok(req) => Event::Request(req),
+                            Err(u) => Event::Undecodable(u),
+                        }
+                    }
+                    // The contract's rule for Decode: the connection stays usable.
+                    Some(Err(e)) if e.kind() == ErrorKind::Decode => {
+                        Event::Undecodable(Undecodable { id: None, error: e })
+                    }
+                    Some(Err(e)) => Event::Failed(e),
+                    None => Event::Closed,
+                });
             }
         }
+        // Nothing to read (or no reading now): the stop signal, armed for a wake-up.
         if let Some(stop) = &mut self.stop {
             if stop.poll(cx) {
                 return Poll::Ready(Event::Stop);
