@@ -17,15 +17,15 @@ use serde::{de::DeserializeOwned, Serialize};
 use std::{fmt::Display, io::Write};
 
 /// `Request::Call`'s variant index.
-pub(crate) const CALL: u8 = 0;
+pub(crate) const CALL: u64 = 0;
 /// `Request::Ping`'s.
-pub(crate) const PING: u8 = 1;
+pub(crate) const PING: u64 = 1;
 /// `Reply::Ok`'s.
-pub(crate) const OK: u8 = 0;
+pub(crate) const OK: u64 = 0;
 /// `Reply::Failed`'s.
-pub(crate) const FAILED: u8 = 1;
+pub(crate) const FAILED: u64 = 1;
 /// `Reply::Pong`'s.
-pub(crate) const PONG: u8 = 2;
+pub(crate) const PONG: u64 = 2;
 
 /// A frame whose envelope or body does not decode; `id` when the envelope named one.
 #[derive(Debug)]
@@ -41,9 +41,10 @@ struct Header {
 }
 
 impl Header {
-    fn new(tag: u8, id: Option<u64>) -> Self {
+    fn new(tag: u64, id: Option<u64>) -> Self {
+        debug_assert!(tag < 0x80, "a one-byte variant index");
         let mut bytes = [0u8; 11];
-        bytes[0] = tag;
+        bytes[0] = tag as u8;
         let mut len = 1;
         if let Some(mut v) = id {
             // LEB128, as postcard writes an unsigned varint.
@@ -68,7 +69,7 @@ impl Header {
 pub(crate) fn start_send<B: Serialize + ?Sized>(
     conn: &mut BoxConnection,
     endpoint: &dyn Display,
-    tag: u8,
+    tag: u64,
     id: Option<u64>,
     body: Option<&B>,
 ) -> Result<()> {
@@ -108,20 +109,25 @@ pub(crate) fn start_send_reply<T: Serialize>(
     }
 }
 
-/// An unsigned varint at the start of `bytes` of at most `max` bytes (10 for a u64, 5 for a
-/// u32), as postcard reads one; and the rest.
-fn take_varint(bytes: &[u8], max: usize) -> Option<(u64, &[u8])> {
+/// An unsigned varint of at most `MAX` bytes (10 for a u64, 5 for a u32) at the start of
+/// `bytes`, as postcard reads one, and the rest; `None` if cut short or too large.
+#[inline]
+fn take_varint<const MAX: usize>(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    // The bits the last of `MAX` bytes may hold: 64 - 63 for a u64, 32 - 28 for a u32.
+    let last_bits = if MAX == 10 { 1 } else { 4 };
     let mut v = 0u64;
-    for (i, &b) in bytes.iter().enumerate().take(max) {
+    let n = bytes.len().min(MAX);
+    let mut i = 0;
+    while i < n {
+        let b = bytes[i];
         v |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            // The last byte of a full-length varint may only hold the bits that are left.
-            let bits = if max == 10 { 64 } else { 32 };
-            if i == max - 1 && u32::from(b) >> (bits - 7 * i as u32) != 0 {
+        if b < 0x80 {
+            if i == MAX - 1 && b >> last_bits != 0 {
                 return None;
             }
             return Some((v, &bytes[i + 1..]));
         }
+        i += 1;
     }
     None
 }
@@ -133,30 +139,23 @@ fn undecodable(endpoint: &dyn Display, id: Option<u64>, why: impl Into<String>) 
     }
 }
 
-/// The variant index and, for the variants that carry one, the id; then the body's bytes.
-fn take_header<'a>(
+/// The id after a variant index that carries one, and the body's bytes.
+#[inline]
+fn take_id<'a>(
+    rest: &'a [u8],
+    endpoint: &dyn Display,
+) -> std::result::Result<(u64, &'a [u8]), Undecodable> {
+    take_varint::<10>(rest).ok_or_else(|| undecodable(endpoint, None, "no envelope (a bad id)"))
+}
+
+/// The variant index, and the rest.
+#[inline]
+fn take_tag<'a>(
     frame: &'a [u8],
     endpoint: &dyn Display,
-    with_id: impl Fn(u64) -> bool,
-) -> std::result::Result<(u64, Option<u64>, &'a [u8]), Undecodable> {
-    let Some((tag, rest)) = take_varint(frame, 5) else {
-        return Err(undecodable(
-            endpoint,
-            None,
-            "no envelope (a bad variant index)",
-        ));
-    };
-    if !with_id(tag) {
-        return Ok((tag, None, rest));
-    }
-    match take_varint(rest, 10) {
-        Some((id, body)) => Ok((tag, Some(id), body)),
-        None => Err(undecodable(
-            endpoint,
-            None,
-            "no envelope (a bad request id)",
-        )),
-    }
+) -> std::result::Result<(u64, &'a [u8]), Undecodable> {
+    take_varint::<5>(frame)
+        .ok_or_else(|| undecodable(endpoint, None, "no envelope (a bad variant index)"))
 }
 
 /// The body of a frame that carries one: the whole rest, or an error that keeps the id.
@@ -176,19 +175,21 @@ pub(crate) fn decode_reply<T: DeserializeOwned>(
     frame: &[u8],
     endpoint: &dyn Display,
 ) -> std::result::Result<Reply<T>, Undecodable> {
-    let (tag, id, rest) = take_header(frame, endpoint, |t| t < u64::from(PONG))?;
-    match (tag, id) {
-        (t, Some(id)) if t == u64::from(OK) => Ok(Reply::Ok {
-            id,
-            body: body(rest, endpoint, id)?,
-        }),
-        (t, Some(id)) if t == u64::from(FAILED) => Ok(Reply::Failed {
-            id,
-            reason: body(rest, endpoint, id)?,
-        }),
-        (t, _) if t == u64::from(PONG) && rest.is_empty() => Ok(Reply::Pong),
-        (t, _) if t == u64::from(PONG) => Err(undecodable(endpoint, None, "bytes after a pong")),
-        (t, _) => Err(undecodable(endpoint, None, format!("no reply variant {t}"))),
+    let (tag, rest) = take_tag(frame, endpoint)?;
+    match tag {
+        OK => {
+            let (id, rest) = take_id(rest, endpoint)?;
+            let body = body(rest, endpoint, id)?;
+            Ok(Reply::Ok { id, body })
+        }
+        FAILED => {
+            let (id, rest) = take_id(rest, endpoint)?;
+            let reason = body(rest, endpoint, id)?;
+            Ok(Reply::Failed { id, reason })
+        }
+        PONG if rest.is_empty() => Ok(Reply::Pong),
+        PONG => Err(undecodable(endpoint, None, "bytes after a pong")),
+        t => Err(undecodable(endpoint, None, format!("no reply variant {t}"))),
     }
 }
 
@@ -197,15 +198,16 @@ pub(crate) fn decode_request<T: DeserializeOwned>(
     frame: &[u8],
     endpoint: &dyn Display,
 ) -> std::result::Result<Request<T>, Undecodable> {
-    let (tag, id, rest) = take_header(frame, endpoint, |t| t == u64::from(CALL))?;
-    match (tag, id) {
-        (_, Some(id)) => Ok(Request::Call {
-            id,
-            body: body(rest, endpoint, id)?,
-        }),
-        (t, _) if t == u64::from(PING) && rest.is_empty() => Ok(Request::Ping),
-        (t, _) if t == u64::from(PING) => Err(undecodable(endpoint, None, "bytes after a ping")),
-        (t, _) => Err(undecodable(
+    let (tag, rest) = take_tag(frame, endpoint)?;
+    match tag {
+        CALL => {
+            let (id, rest) = take_id(rest, endpoint)?;
+            let body = body(rest, endpoint, id)?;
+            Ok(Request::Call { id, body })
+        }
+        PING if rest.is_empty() => Ok(Request::Ping),
+        PING => Err(undecodable(endpoint, None, "bytes after a ping")),
+        t => Err(undecodable(
             endpoint,
             None,
             format!("no request variant {t}"),
@@ -226,7 +228,7 @@ mod tests {
         b: Vec<u8>,
     }
 
-    fn header_then(tag: u8, id: Option<u64>, body: &[u8]) -> Vec<u8> {
+    fn header_then(tag: u64, id: Option<u64>, body: &[u8]) -> Vec<u8> {
         let h = Header::new(tag, id);
         let mut v = h.bytes[..h.len].to_vec();
         v.extend_from_slice(body);
@@ -338,12 +340,15 @@ mod tests {
             u64::MAX,
         ] {
             let bytes = postcard::to_allocvec(&v).unwrap();
-            assert_eq!(take_varint(&bytes, 10), Some((v, &[][..])), "{v}");
+            assert_eq!(take_varint::<10>(&bytes), Some((v, &[][..])), "{v}");
         }
         let max32 = postcard::to_allocvec(&u32::MAX).unwrap();
-        assert_eq!(take_varint(&max32, 5), Some((u64::from(u32::MAX), &[][..])));
+        assert_eq!(
+            take_varint::<5>(&max32),
+            Some((u64::from(u32::MAX), &[][..]))
+        );
         // One past u32::MAX in five bytes: postcard refuses it as a u32, and so does this.
-        assert_eq!(take_varint(&[0xff, 0xff, 0xff, 0xff, 0x1f], 5), None);
+        assert_eq!(take_varint::<5>(&[0xff, 0xff, 0xff, 0xff, 0x1f]), None);
         assert!(postcard::from_bytes::<u32>(&[0xff, 0xff, 0xff, 0xff, 0x1f]).is_err());
     }
 }

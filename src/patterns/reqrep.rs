@@ -303,7 +303,15 @@ where
     Resp: DeserializeOwned + Send + 'static,
 {
     async fn call(self: &Arc<Self>, req: Req) -> Result<Resp> {
-        let link = self.link().await?;
+        // The link as it is now, without the waiting `link` only a reconnect needs.
+        let up = match &*lock(&self.current) {
+            Current::Up(link) => Some(link.clone()),
+            _ => None,
+        };
+        let link = match up {
+            Some(link) => link,
+            None => self.link().await?,
+        };
         let r = match link.op(Outgoing::Call(req)).await {
             Ok(Some(resp)) => Ok(resp),
             Ok(None) => Err(Error::new(
@@ -683,11 +691,16 @@ where
                     }
                     first.set(Some(work));
                     // Polled at once: a handler that is done on its first poll is answered
-                    // now, not a turn of the loop later.
-                    if let Some(reply) =
-                        poll_fn(|cx| Poll::Ready(poll_slot(cx, first.as_mut()))).await
-                    {
-                        send_reply(&mut conn, &endpoint, reply).await?;
+                    // now, not a turn of the loop later, in the same poll when it can be.
+                    let now = poll_fn(|cx| {
+                        Poll::Ready(answer_now(cx, first.as_mut(), &mut conn, &endpoint))
+                    })
+                    .await;
+                    match now {
+                        Now::Done | Now::Waiting => {}
+                        Now::Flush => poll_fn(|cx| conn.poll_flush_unpin(cx)).await?,
+                        Now::Send(reply) => send_reply(&mut conn, &endpoint, reply).await?,
+                        Now::Failed(e) => return Err(e),
                     }
                 }
                 Event::Request(Request::Ping) => {
@@ -746,6 +759,56 @@ async fn send_reply<Resp: Serialize>(
         Err(e) => return Err(e),
     }
     poll_fn(|cx| conn.poll_flush_unpin(cx)).await
+}
+
+/// How far [`answer_now`] got.
+enum Now<Resp> {
+    /// The handler is not done: its reply goes out when it is.
+    Waiting,
+    /// Answered, and flushed.
+    Done,
+    /// Answered; the flush is still to be done.
+    Flush,
+    /// The reply, for [`send_reply`] to send (the connection was not ready, or the reply
+    /// could not be queued as it is).
+    Send(Reply<Resp>),
+    /// The connection failed.
+    Failed(Error),
+}
+
+/// Polls the handler in `slot` and, if it is done, sends its reply within this one poll when
+/// the connection lets it: most requests are answered with no further await.
+fn answer_now<F, Resp>(
+    cx: &mut Context<'_>,
+    slot: Pin<&mut Option<F>>,
+    conn: &mut BoxConnection,
+    endpoint: &Endpoint,
+) -> Now<Resp>
+where
+    F: Future<Output = Reply<Resp>>,
+    Resp: Serialize,
+{
+    let Some(reply) = poll_slot(cx, slot) else {
+        return Now::Waiting;
+    };
+    match conn.poll_ready_unpin(cx) {
+        Poll::Ready(Ok(())) => {}
+        Poll::Ready(Err(e)) => return Now::Failed(e),
+        Poll::Pending => return Now::Send(reply),
+    }
+    match envelope::start_send_reply(conn, endpoint, &reply) {
+        Ok(()) => {}
+        // `send_reply` answers these as failed.
+        Err(e) if matches!(e.kind(), ErrorKind::FrameTooLarge | ErrorKind::Encode) => {
+            return Now::Send(reply)
+        }
+        Err(e) => return Now::Failed(e),
+    }
+    match conn.poll_flush_unpin(cx) {
+        Poll::Ready(Ok(())) => Now::Done,
+        Poll::Ready(Err(e)) => Now::Failed(e),
+        Poll::Pending => Now::Flush,
+    }
 }
 
 /// Polls the future in `slot`, if any; once it is done, empties the slot and returns its output.
