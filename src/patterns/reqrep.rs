@@ -706,19 +706,8 @@ where
                 Event::Request(Request::Ping) => {
                     send_reply::<Resp>(&mut conn, &endpoint, Reply::Pong).await?
                 }
-                // The envelope named the request: its caller learns why, at once.
-                Event::Undecodable(Undecodable {
-                    id: Some(id),
-                    error,
-                }) => {
-                    tracing::warn!(endpoint = %endpoint, id, error = %error, "undecodable request answered as failed");
-                    let reason =
-                        format!("the server cannot decode the request: {}", error.detail());
-                    send_reply::<Resp>(&mut conn, &endpoint, Reply::Failed { id, reason }).await?
-                }
-                // No id to answer: the caller times out. The connection stays usable.
-                Event::Undecodable(Undecodable { id: None, error }) => {
-                    tracing::warn!(endpoint = %endpoint, error = %error, "undecodable request dropped");
+                Event::Undecodable(u) => {
+                    answer_undecodable::<Resp>(&mut conn, &endpoint, u).await?
                 }
                 Event::Closed => reading = false,
                 Event::Failed(e) => return Err(e),
@@ -737,6 +726,23 @@ where
         }
         poll_fn(|cx| conn.poll_close_unpin(cx)).await
     }
+}
+
+/// A request that does not decode: answered as failed when its envelope names it (its caller
+/// learns why, at once), else dropped (the caller times out). The connection stays usable.
+async fn answer_undecodable<Resp: Serialize>(
+    conn: &mut BoxConnection,
+    endpoint: &Endpoint,
+    u: Undecodable,
+) -> Result<()> {
+    let Undecodable { id, error } = u;
+    let Some(id) = id else {
+        tracing::warn!(endpoint = %endpoint, error = %error, "undecodable request dropped");
+        return Ok(());
+    };
+    tracing::warn!(endpoint = %endpoint, id, error = %error, "undecodable request answered as failed");
+    let reason = format!("the server cannot decode the request: {}", error.detail());
+    send_reply::<Resp>(conn, endpoint, Reply::Failed { id, reason }).await
 }
 
 /// Sends one reply and flushes it. A reply too large for the endpoint, or one that does not
