@@ -284,6 +284,7 @@ async fn a_reconnecting_subscriber_resubscribes_to_a_restarted_publisher() {
             initial: Duration::from_millis(20),
             max: Duration::from_millis(200),
             jitter: 0.5,
+            ..Backoff::default()
         }),
         ..SubscriberOptions::default()
     };
@@ -311,6 +312,51 @@ async fn a_reconnecting_subscriber_resubscribes_to_a_restarted_publisher() {
     assert_eq!(got[0].1, 2);
     assert_eq!(sub.gaps(), 1);
     second.shutdown(WITHIN).await.unwrap();
+}
+
+/// A reconnecting subscriber whose publisher is gone for good gives up past its backoff's
+/// limit: `recv` fails with an error naming the endpoint (and keeps failing with it, rather
+/// than waiting or reconnecting again), and the state says it gave up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_subscriber_gives_up_after_its_attempts() {
+    use ductwork::patterns::{Backoff, LinkState, SubscriberOptions};
+    for ep in endpoints("giveup") {
+        let publisher = Publisher::<u64>::bind(ep.as_str()).await.unwrap();
+        let at = publisher.endpoint().clone();
+        let opts = SubscriberOptions {
+            reconnect: Some(Backoff {
+                initial: Duration::from_millis(20),
+                max: Duration::from_millis(100),
+                max_attempts: Some(2),
+                give_up_after: None,
+                ..Backoff::default()
+            }),
+            ..SubscriberOptions::default()
+        };
+        let mut sub = Subscriber::<u64>::connect_with(&at, &[""], opts)
+            .await
+            .unwrap();
+        let state = sub.state();
+        publisher.shutdown(WITHIN).await.unwrap();
+        let e = tokio::time::timeout(WITHIN, sub.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{at}: the subscriber never gave up"))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ConnectionLost, "{at}: {e}");
+        let text = e.to_string();
+        assert!(text.contains(&at.to_string()), "{at}: {text}");
+        assert!(
+            text.contains("gave up reconnecting after 2"),
+            "{at}: {text}"
+        );
+        assert_eq!(*state.borrow(), LinkState::GaveUp { attempts: 2 }, "{at}");
+        let again = tokio::time::timeout(WITHIN, sub.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{at}: a recv after giving up must not wait"))
+            .unwrap_err();
+        assert_eq!(again.to_string(), text, "{at}");
+        assert_eq!(*state.borrow(), LinkState::GaveUp { attempts: 2 }, "{at}");
+    }
 }
 
 /// Over udp (best-effort, no native peer-loss signal) the pattern still works on loopback,

@@ -321,6 +321,7 @@ async fn a_reconnecting_client_finds_a_restarted_server() {
             initial: Duration::from_millis(20),
             max: Duration::from_millis(200),
             jitter: 0.5,
+            ..Backoff::default()
         }),
         ..ClientOptions::default()
     };
@@ -366,6 +367,203 @@ async fn a_reconnecting_client_finds_a_restarted_server() {
         ErrorKind::Closed
     );
     second.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// A reconnecting client whose server is gone for good gives up past its backoff's limit:
+/// its state says so (after each attempt was reported), a call that was waiting for the new
+/// connection gets the final error rather than its own deadline, and so does every later
+/// call; the error names the endpoint and the attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_client_gives_up_after_its_attempts() {
+    use ductwork::patterns::{Backoff, LinkState};
+    for ep in endpoints("giveup") {
+        let server = Server::bind(ep.as_str(), handler).await.unwrap().spawn();
+        let at = server.endpoint().clone();
+        let opts = ClientOptions {
+            reconnect: Some(Backoff {
+                initial: Duration::from_millis(20),
+                max: Duration::from_millis(100),
+                max_attempts: Some(3),
+                give_up_after: None,
+                ..Backoff::default()
+            }),
+            ..ClientOptions::default()
+        };
+        let client = Client::<Op, i64>::connect_with(&at, opts).await.unwrap();
+        let mut state = client.state();
+        assert_eq!(client.call(Op::Add(1, 1)).await.unwrap(), 2);
+        server.shutdown(Duration::from_secs(5)).await.unwrap();
+
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            state.wait_for(|s| matches!(s, LinkState::Reconnecting { .. })),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{at}: the idle client must notice the loss"))
+        .unwrap();
+        // Waits for the link, within a deadline far past the give-up.
+        let waiting = client.call_timeout(Op::Add(1, 2), Duration::from_secs(60));
+        let (waited, gave_up) = tokio::time::timeout(Duration::from_secs(30), async {
+            let gave_up = async {
+                let mut seen = Vec::new();
+                loop {
+                    let s = *state.borrow_and_update();
+                    seen.push(s);
+                    if !matches!(s, LinkState::Reconnecting { .. }) {
+                        return seen;
+                    }
+                    state.changed().await.unwrap();
+                }
+            };
+            tokio::join!(waiting, gave_up)
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{at}: the client never gave up"));
+        assert_eq!(
+            gave_up.last(),
+            Some(&LinkState::GaveUp { attempts: 3 }),
+            "{at}: {gave_up:?}"
+        );
+        let attempts: Vec<u32> = gave_up
+            .iter()
+            .filter_map(|s| match s {
+                LinkState::Reconnecting { attempt } => Some(*attempt),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            attempts.windows(2).all(|w| w[0] < w[1]) && attempts.iter().all(|&a| a <= 3),
+            "{at}: {gave_up:?}"
+        );
+        for e in [
+            waited.unwrap_err(),
+            client.call(Op::Add(2, 2)).await.unwrap_err(),
+        ] {
+            assert_eq!(e.kind(), ErrorKind::ConnectionLost, "{at}: {e}");
+            let text = e.to_string();
+            assert!(text.contains(&at.to_string()), "{at}: {text}");
+            assert!(
+                text.contains("gave up reconnecting after 3"),
+                "{at}: {text}"
+            );
+        }
+        client.close().await.unwrap();
+    }
+}
+
+/// A give-up deadline ends reconnecting too, however many attempts fit in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_client_gives_up_past_its_deadline() {
+    use ductwork::patterns::{Backoff, LinkState};
+    let server = Server::bind("tcp://127.0.0.1:0", handler)
+        .await
+        .unwrap()
+        .spawn();
+    let at = server.endpoint().clone();
+    let opts = ClientOptions {
+        reconnect: Some(Backoff {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(50),
+            give_up_after: Some(Duration::from_millis(300)),
+            ..Backoff::default()
+        }),
+        ..ClientOptions::default()
+    };
+    let client = Client::<Op, i64>::connect_with(&at, opts).await.unwrap();
+    let mut state = client.state();
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+    let s = tokio::time::timeout(
+        Duration::from_secs(30),
+        state.wait_for(|s| matches!(s, LinkState::GaveUp { .. })),
+    )
+    .await
+    .expect("the client must give up past its deadline")
+    .map(|s| *s)
+    .unwrap();
+    let LinkState::GaveUp { attempts } = s else {
+        unreachable!()
+    };
+    assert!(attempts >= 1, "{s:?}");
+    let e = client.call(Op::Add(1, 1)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ConnectionLost, "{e}");
+    assert!(e.to_string().contains("300ms"), "{e}");
+}
+
+/// A reply whose body does not decode as the client's type fails its own call at once, with a
+/// decode error (the envelope still names the call), rather than leaving it to its deadline;
+/// the connection stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_reply_fails_its_own_call_at_once() {
+    for ep in endpoints("badreply") {
+        // Strings where the client expects numbers: an empty one reads as 0 (its length, a
+        // zero byte, is the whole body), a longer one leaves bytes over.
+        let server = Server::bind(ep.as_str(), |op: Op| async move {
+            match op {
+                Op::Add(..) => String::new(),
+                _ => "not a number".to_string(),
+            }
+        })
+        .await
+        .unwrap()
+        .spawn();
+        let at = server.endpoint().clone();
+        let client = Client::<Op, i64>::connect(&at).await.unwrap();
+        let e = client
+            .call_timeout(Op::Slow(0, 1), Duration::from_secs(20))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Decode, "{at}: {e}");
+        assert_eq!(client.call(Op::Add(1, 2)).await.unwrap(), 0, "{at}");
+        client.close().await.unwrap();
+        server.shutdown(Duration::from_secs(5)).await.unwrap();
+    }
+}
+
+/// A request whose body does not decode as the server's type is answered at once as failed
+/// (the envelope still names it), rather than dropped for the caller to time out; the
+/// connection stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_request_is_answered_as_failed() {
+    for ep in endpoints("badreq") {
+        let server = Server::bind(ep.as_str(), handler).await.unwrap().spawn();
+        let at = server.endpoint().clone();
+        // `Op` has four variants: 200 is none of them; 0 with two zeros is `Add(0, 0)`.
+        let client = Client::<(u32, i64, i64), i64>::connect(&at).await.unwrap();
+        let e = client
+            .call_timeout((200, 0, 0), Duration::from_secs(20))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Remote, "{at}: {e}");
+        assert!(e.to_string().contains("decode"), "{at}: {e}");
+        assert_eq!(client.call((0, 20, 22)).await.unwrap(), 42, "{at}");
+        client.close().await.unwrap();
+        server.shutdown(Duration::from_secs(5)).await.unwrap();
+    }
+}
+
+/// A reply larger than the endpoint's frame limit is answered as failed, saying so, and the
+/// connection stays usable (it used to end the connection, failing every call on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_over_the_frame_limit_is_answered_as_failed() {
+    for ep in endpoints("bigreply") {
+        let sep = if ep.contains('?') { '&' } else { '?' };
+        let ep = format!("{ep}{sep}max_frame=1KiB");
+        let server = Server::bind(ep.as_str(), |n: u32| async move { vec![7u8; n as usize] })
+            .await
+            .unwrap()
+            .spawn();
+        let at = server.endpoint().clone();
+        let client = Client::<u32, Vec<u8>>::connect(&at).await.unwrap();
+        let e = client
+            .call_timeout(4096, Duration::from_secs(20))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Remote, "{at}: {e}");
+        assert!(e.to_string().contains("too large"), "{at}: {e}");
+        assert_eq!(client.call(10).await.unwrap(), vec![7u8; 10], "{at}");
+        client.close().await.unwrap();
+        server.shutdown(Duration::from_secs(5)).await.unwrap();
+    }
 }
 
 /// The bytes docs/wire-format.md shows for the request/reply envelope.

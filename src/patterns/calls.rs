@@ -15,13 +15,15 @@
 //! connection while idle; a call takes the reading side from it and, done, wakes it to take
 //! it back (the one wake-up per call a client with reconnect or heartbeats pays).
 
+use super::envelope::{self, Undecodable};
 use super::reqrep::{Reply, Request};
-use crate::{Channel, Error, ErrorKind, Result};
+use crate::{BoxConnection, Channel, Error, ErrorKind, Result};
 use futures::{Sink, Stream};
 use serde::{de::DeserializeOwned, Serialize};
 use std::{
     collections::VecDeque,
     future::Future,
+    marker::PhantomData,
     pin::Pin,
     sync::{Mutex, MutexGuard},
     task::{Context, Poll, Waker},
@@ -82,7 +84,9 @@ struct Entry<Resp> {
 }
 
 struct Inner<Req, Resp> {
-    ch: ClientChannel<Req, Resp>,
+    /// The connection, its frames read and written as envelopes (`envelope.rs`), not through
+    /// the typed channel it came in.
+    conn: BoxConnection,
     next_id: u64,
     /// The operation whose request is in the connection's sending side, until flushed.
     sender: Option<u64>,
@@ -98,6 +102,7 @@ struct Inner<Req, Resp> {
     heard: Option<Instant>,
     /// The watcher's waker, if a watcher runs.
     watcher: Option<Waker>,
+    _req: PhantomData<fn(Req)>,
 }
 
 /// What an operation sends.
@@ -116,10 +121,11 @@ where
     Resp: DeserializeOwned,
 {
     pub(crate) fn new(ch: ClientChannel<Req, Resp>, heartbeats: bool) -> Self {
+        let conn = ch.into_inner();
         Link {
-            endpoint: ch.info().endpoint.to_string(),
+            endpoint: conn.info().endpoint.to_string(),
             inner: Mutex::new(Inner {
-                ch,
+                conn,
                 next_id: 0,
                 sender: None,
                 send_queue: VecDeque::new(),
@@ -128,6 +134,7 @@ where
                 broken: None,
                 heard: heartbeats.then(Instant::now),
                 watcher: None,
+                _req: PhantomData,
             }),
         }
     }
@@ -298,23 +305,19 @@ where
         own: Option<u64>,
     ) -> Poll<Result<Resp>> {
         loop {
-            let frame = match Pin::new(&mut self.ch).poll_next(cx) {
+            let frame = match Pin::new(&mut self.conn).poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(frame) => frame,
             };
             if let Some(heard) = &mut self.heard {
                 *heard = Instant::now();
             }
-            match frame {
-                Some(Ok(Reply::Pong)) => {}
-                Some(Ok(reply)) if own.is_some() && reply.id() == own => {
-                    return Poll::Ready(outcome(endpoint, reply))
-                }
-                Some(Ok(reply)) => self.hand_over(endpoint, reply),
-                // A reply that does not decode names no caller; whoever sent it times out.
-                // The connection stays usable (the contract's rule for Decode).
+            let frame = match frame {
+                Some(Ok(frame)) => frame,
+                // The contract's rule for Decode: the connection stays usable.
                 Some(Err(e)) if e.kind() == ErrorKind::Decode => {
                     tracing::warn!(endpoint = %endpoint, error = %e, "undecodable reply dropped");
+                    continue;
                 }
                 Some(Err(e)) => return Poll::Ready(Err(self.fail_all(endpoint, e))),
                 None => {
@@ -325,15 +328,40 @@ where
                     );
                     return Poll::Ready(Err(self.fail_all(endpoint, e)));
                 }
+            };
+            match envelope::decode_reply::<Resp>(&frame, &endpoint) {
+                Ok(Reply::Pong) => {}
+                Ok(reply) if own.is_some() && reply.id() == own => {
+                    return Poll::Ready(outcome(endpoint, reply))
+                }
+                Ok(reply) => self.hand_over(endpoint, reply),
+                // A body that does not decode fails its own call; the connection stays usable.
+                Err(Undecodable {
+                    id: Some(id),
+                    error,
+                }) if Some(id) == own => return Poll::Ready(Err(error)),
+                Err(Undecodable {
+                    id: Some(id),
+                    error,
+                }) => self.deliver(endpoint, id, Err(error)),
+                // An envelope that does not decode names no caller: whoever sent it times out.
+                Err(Undecodable { id: None, error }) => {
+                    tracing::warn!(endpoint = %endpoint, error = %error, "undecodable reply dropped");
+                }
             }
         }
     }
 
     fn hand_over(&mut self, endpoint: &str, reply: Reply<Resp>) {
         let Some(id) = reply.id() else { return };
+        self.deliver(endpoint, id, outcome(endpoint, reply));
+    }
+
+    /// Gives call `id` its outcome, if it still waits for one.
+    fn deliver(&mut self, endpoint: &str, id: u64, outcome: Result<Resp>) {
         match self.entry(id) {
             Some(e) if e.reply.is_none() => {
-                e.reply = Some(outcome(endpoint, reply));
+                e.reply = Some(outcome);
                 if let Some(w) = e.waker.take() {
                     w.wake();
                 }
@@ -345,27 +373,42 @@ where
     /// Drives the sending side for `what`: ready, queue, flush (or close).
     fn send(
         &mut self,
+        endpoint: &str,
         cx: &mut Context<'_>,
         id: u64,
         what: &mut Option<Outgoing<Req>>,
     ) -> Poll<Result<()>> {
-        let ch = Pin::new(&mut self.ch);
+        let mut conn = Pin::new(&mut self.conn);
         if let Some(Outgoing::Close) = what {
-            return Sink::<Request<Req>>::poll_close(ch, cx);
+            return conn.poll_close(cx);
         }
-        let mut ch = ch;
-        if what.is_some() {
-            match ch.as_mut().poll_ready(cx) {
+        if let Some(out) = what {
+            match conn.as_mut().poll_ready(cx) {
                 Poll::Ready(Ok(())) => {}
                 other => return other,
             }
-            let req = match what.take() {
-                Some(Outgoing::Call(body)) => Request::Call { id, body },
-                _ => Request::Ping,
+            let sent = match out {
+                Outgoing::Call(body) => envelope::start_send(
+                    &mut self.conn,
+                    &endpoint,
+                    envelope::CALL,
+                    Some(id),
+                    Some(&*body),
+                ),
+                _ => envelope::start_send::<()>(
+                    &mut self.conn,
+                    &endpoint,
+                    envelope::PING,
+                    None,
+                    None,
+                ),
             };
-            ch.as_mut().start_send(req)?;
+            // Dropped once queued (or refused): the request is in the connection now.
+            *what = None;
+            sent?;
+            conn = Pin::new(&mut self.conn);
         }
-        ch.poll_flush(cx)
+        conn.poll_flush(cx)
     }
 
     /// Marks the link broken and fails every waiting operation with `e`; returns `e`.
@@ -499,7 +542,7 @@ where
                 }
                 return Poll::Pending;
             }
-            if let Poll::Ready(r) = inner.send(cx, id, &mut self.what) {
+            if let Poll::Ready(r) = inner.send(endpoint, cx, id, &mut self.what) {
                 inner.release_sender();
                 self.sent = true;
                 match r {

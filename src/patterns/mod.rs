@@ -1,5 +1,6 @@
-//! Messaging patterns for services, built on [`Channel`](crate::Channel) alone, so they work the
-//! same over every transport (and every transport added later).
+//! Messaging patterns for services, built on the [`Channel`](crate::Channel) and
+//! [`Connection`](crate::Connection) contract alone, so they work the same over every transport
+//! (and every transport added later).
 //!
 //! - [`reqrep`]: request/reply. A [`Client`] that many tasks share over one connection (each
 //!   request carries an id, a reply goes to its caller only, a deadline fails one request, a
@@ -8,14 +9,16 @@
 //!   [`Subscriber`] whose topic prefixes match, with a per-endpoint policy for slow
 //!   subscribers and bounded memory.
 //!
-//! The patterns know nothing of backends: they see frames through the typed channel and the
-//! endpoint's [`Capabilities`](crate::Capabilities), as the layer diagram in the design notes
-//! draws it. One exception: over `nats://` (with the `nats` feature) they map natively onto
+//! The patterns know nothing of backends: they see frames through the typed channel (or,
+//! for request/reply, through the connection's frames with the envelope written by hand
+//! around a postcard body: `envelope.rs`) and the endpoint's
+//! [`Capabilities`](crate::Capabilities), as the layer diagram in the design notes draws it. One exception: over `nats://` (with the `nats` feature) they map natively onto
 //! NATS (requests with inboxes, subjects, queue groups), so that NATS clients in any language
 //! are peers; the public constructors dispatch on the scheme, and the mapping, with its
 //! delivery semantics (at most once), is in `src/patterns/nats/mod.rs`.
 
 mod calls;
+mod envelope;
 mod liveness;
 pub mod nats;
 pub mod pubsub;

@@ -36,6 +36,7 @@
 //! On the wire a subscriber sends [`SubscriberMsg`] and receives [`Publication`] frames,
 //! postcard-encoded like every ductwork message.
 
+use super::calls::Failure;
 use super::serve::{accept_until, Background};
 use super::{Backoff, Heartbeat, Heartbeats, LinkState};
 use crate::{BoxConnection, Channel, Direction, Endpoint, Error, ErrorKind, Result};
@@ -519,8 +520,10 @@ pub struct Message<T> {
 #[derive(Debug, Clone, Default)]
 pub struct SubscriberOptions {
     /// Connect and subscribe again after the connection is lost (or the publisher closed
-    /// it), waiting as this says between attempts. Messages published in the gap are lost;
-    /// [`Subscriber::gaps`] counts the gaps. `None` (the default): a lost subscriber ends.
+    /// it), waiting as this says between attempts and giving up past its limits (then
+    /// `recv` fails, naming the endpoint, and the state is [`LinkState::GaveUp`]). Messages
+    /// published in the gap are lost; [`Subscriber::gaps`] counts the gaps. `None` (the
+    /// default): a lost subscriber ends.
     pub reconnect: Option<Backoff>,
     /// Heartbeats to the publisher, and losing it after its silence past the bound. Default:
     /// `Auto` (on where the transport cannot see a dead peer).
@@ -540,6 +543,10 @@ pub struct Subscriber<T> {
     gaps: u64,
     /// A message that arrived before the acknowledgement (best-effort transports only).
     early: Option<Message<T>>,
+    /// A reconnect under way (kept here, so that a cancelled `recv` does not restart it).
+    retry: Option<Retry>,
+    /// Set once resubscribing gave up: every later `recv` fails with it.
+    gave_up: Option<Failure>,
     state: watch::Sender<LinkState>,
 }
 
@@ -550,6 +557,25 @@ impl<T> std::fmt::Debug for Subscriber<T> {
             .field("topics", &self.topics)
             .field("missed", &self.missed)
             .finish_non_exhaustive()
+    }
+}
+
+/// A subscriber's reconnect under way: since when, the attempt due next (from 1), and the
+/// last attempt's error.
+#[derive(Debug)]
+struct Retry {
+    since: std::time::Instant,
+    attempt: u32,
+    last: Option<Error>,
+}
+
+impl Retry {
+    fn new() -> Self {
+        Retry {
+            since: std::time::Instant::now(),
+            attempt: 1,
+            last: None,
+        }
     }
 }
 
@@ -597,6 +623,8 @@ impl<T: DeserializeOwned> Subscriber<T> {
             missed,
             gaps: 0,
             early,
+            retry: None,
+            gave_up: None,
             state: watch::Sender::new(LinkState::Connected),
         })
     }
@@ -606,6 +634,9 @@ impl<T: DeserializeOwned> Subscriber<T> {
     pub async fn recv(&mut self) -> Result<Option<Message<T>>> {
         if let Some(m) = self.early.take() {
             return Ok(Some(m));
+        }
+        if let Some(f) = &self.gave_up {
+            return Err(f.error(&self.endpoint));
         }
         loop {
             let lost = match self.next().await {
@@ -628,7 +659,7 @@ impl<T: DeserializeOwned> Subscriber<T> {
             };
             let why = lost.map_or_else(|| "the publisher closed".to_string(), |e| e.to_string());
             tracing::warn!(endpoint = %self.endpoint, why, "subscription lost; reconnecting");
-            self.reconnect(&backoff).await;
+            self.reconnect(&backoff).await?;
             if let Some(m) = self.early.take() {
                 return Ok(Some(m));
             }
@@ -666,26 +697,50 @@ impl<T: DeserializeOwned> Subscriber<T> {
         }
     }
 
-    /// Connects and subscribes again, with `backoff`, until it works.
-    async fn reconnect(&mut self, backoff: &Backoff) {
-        for attempt in 1u32.. {
+    /// Connects and subscribes again, with `backoff`, until it works or the backoff's limits
+    /// say to give up (then the state says so, and the error is kept for every later `recv`).
+    /// A `recv` cancelled meanwhile leaves the count and the clock in `retry`, for the next
+    /// `recv` to go on with.
+    async fn reconnect(&mut self, backoff: &Backoff) -> Result<()> {
+        let since = self.retry.get_or_insert_with(Retry::new).since;
+        loop {
+            let attempt = self.retry.as_ref().map_or(1, |r| r.attempt);
+            let Some(wait) = backoff.next_wait(attempt, since) else {
+                break;
+            };
             self.state.send_replace(LinkState::Reconnecting { attempt });
-            tokio::time::sleep(backoff.delay(attempt)).await;
+            tokio::time::sleep(wait).await;
             match establish(&self.endpoint, &self.topics).await {
                 Ok((ch, early, missed)) => {
                     tracing::info!(endpoint = %self.endpoint, attempt, "resubscribed");
-                    (self.ch, self.early) = (ch, early);
+                    (self.ch, self.early, self.retry) = (ch, early, None);
                     self.missed += missed;
                     self.gaps += 1;
                     (self.sent, self.heard) = (Instant::now(), Instant::now());
                     self.state.send_replace(LinkState::Connected);
-                    return;
+                    return Ok(());
                 }
                 Err(e) => {
-                    tracing::debug!(endpoint = %self.endpoint, attempt, error = %e, "resubscribe failed")
+                    tracing::debug!(endpoint = %self.endpoint, attempt, error = %e, "resubscribe failed");
+                    let attempt = attempt.saturating_add(1);
+                    self.retry = Some(Retry {
+                        since,
+                        attempt,
+                        last: Some(e),
+                    });
                 }
             }
         }
+        let (failed, last) = self
+            .retry
+            .take()
+            .map_or((0, None), |r| (r.attempt - 1, r.last));
+        let e = backoff.gave_up(&self.endpoint, failed, since, last);
+        tracing::warn!(endpoint = %self.endpoint, error = %e, "resubscribing gave up");
+        self.gave_up = Some(Failure::of(&e));
+        self.state
+            .send_replace(LinkState::GaveUp { attempts: failed });
+        Err(e)
     }
 
     /// Messages the publisher dropped for this subscriber because its queue was full.

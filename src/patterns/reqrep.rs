@@ -45,6 +45,9 @@
 //!   fails at once with it; with it, the client connects again with exponential backoff and
 //!   jitter ([`Client::state`] shows each step), later calls wait for the new connection
 //!   within their deadline, and the calls that were in flight stay failed: nothing is retried.
+//!   Past the [`Backoff`]'s limits (by default 5 minutes of failed attempts) the client gives
+//!   up: its state becomes [`LinkState::GaveUp`] and every call fails with a
+//!   `ConnectionLost` error that names the endpoint and says so.
 //! - **Dead peers** on transports that cannot see one (udp): with [`Heartbeats`] (on there by
 //!   default) the client pings when idle and counts the server lost after
 //!   `interval * misses` of silence; the server drops a client silent that long.
@@ -58,11 +61,17 @@
 //!   [`ServerOptions::max_in_flight`] at once, then it stops reading, which pushes back on the
 //!   client); a handler that burns CPU should hand work to `tokio::task::spawn_blocking`. A
 //!   handler that panics is answered with `Failed`, and the server goes on.
+//! - **Bad frames.** A request whose body does not decode as the server's type, or whose
+//!   answer is over the endpoint's frame limit, is answered with `Failed` (its caller gets
+//!   [`ErrorKind::Remote`] saying why); a reply whose body does not decode fails its own call
+//!   with [`ErrorKind::Decode`]. Either way the connection stays usable. A frame whose
+//!   envelope does not decode names no caller: it is dropped with a `warn` event.
 
 use super::calls::{lock, ClientChannel, Failure, Link, Outgoing};
+use super::envelope::{self, Undecodable};
 use super::serve::{accept_until, Background};
 use super::{Backoff, Heartbeat, Heartbeats, LinkState};
-use crate::{BoxListener, Channel, Endpoint, Error, ErrorKind, Result};
+use crate::{BoxConnection, BoxListener, Endpoint, Error, ErrorKind, Result};
 use futures::{
     future::{poll_fn, FutureExt},
     stream::FuturesUnordered,
@@ -75,7 +84,7 @@ use std::{
     pin::Pin,
     sync::{Arc, Mutex, Weak},
     task::{Context, Poll, Waker},
-    time::Duration,
+    time::{Duration, Instant},
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -131,9 +140,9 @@ pub struct ClientOptions {
     /// The deadline [`Client::call`] puts on each request; `None` waits as long as the
     /// connection lives. Default: 30 s.
     pub timeout: Option<Duration>,
-    /// Connect again after the connection is lost, waiting as this says between attempts;
-    /// `None` (the default) leaves a lost client lost. Calls in flight when the connection
-    /// is lost fail either way; nothing is retried.
+    /// Connect again after the connection is lost, waiting as this says between attempts
+    /// and giving up past its limits; `None` (the default) leaves a lost client lost. Calls
+    /// in flight when the connection is lost fail either way; nothing is retried.
     pub reconnect: Option<Backoff>,
     /// Heartbeats, to notice a dead server on transports that cannot. Default: `Auto`.
     pub heartbeats: Heartbeats,
@@ -255,7 +264,7 @@ where
         }
     }
 
-    /// The link's state now and as it changes (connected, reconnecting, lost).
+    /// The link's state now and as it changes (connected, reconnecting, lost, gave up).
     pub fn state(&self) -> watch::Receiver<LinkState> {
         self.shared.state.subscribe()
     }
@@ -294,7 +303,15 @@ where
     Resp: DeserializeOwned + Send + 'static,
 {
     async fn call(self: &Arc<Self>, req: Req) -> Result<Resp> {
-        let link = self.link().await?;
+        // The link as it is now, without the waiting `link` only a reconnect needs.
+        let up = match &*lock(&self.current) {
+            Current::Up(link) => Some(link.clone()),
+            _ => None,
+        };
+        let link = match up {
+            Some(link) => link,
+            None => self.link().await?,
+        };
         let r = match link.op(Outgoing::Call(req)).await {
             Ok(Some(resp)) => Ok(resp),
             Ok(None) => Err(Error::new(
@@ -355,6 +372,19 @@ where
         }
     }
 
+    /// Reconnecting gave up with `e` after `attempts` failed attempts: the client is down for
+    /// good (unless it was closed meanwhile), and waiting calls fail with `e`.
+    fn give_up(&self, attempts: u32, e: Error) {
+        let mut cur = lock(&self.current);
+        if !matches!(*cur, Current::Reconnecting) {
+            return;
+        }
+        tracing::warn!(endpoint = %self.endpoint, error = %e, "reconnecting gave up");
+        *cur = Current::Down(Failure::of(&e));
+        drop(cur);
+        self.state.send_replace(LinkState::GaveUp { attempts });
+    }
+
     /// `link` failed: reconnect if configured, else stay down. Only the first report of a
     /// link's failure acts; later ones (other callers, the heartbeat) find it replaced.
     fn lost(self: &Arc<Self>, link: &Arc<Link<Req, Resp>>, why: Failure) {
@@ -382,14 +412,25 @@ where
     }
 }
 
-/// Connects again with `backoff` until it works or every client handle is gone.
+/// Connects again with `backoff` until it works, the backoff's limits say to give up, the
+/// client is closed, or every client handle is gone.
 async fn reconnect<Req, Resp>(shared: Weak<Shared<Req, Resp>>, backoff: Backoff)
 where
     Req: Serialize + Send + 'static,
     Resp: DeserializeOwned + Send + 'static,
 {
-    for attempt in 1u32.. {
-        tokio::time::sleep(backoff.delay(attempt)).await;
+    let since = Instant::now();
+    let mut last = None;
+    let mut attempt = 1u32;
+    while let Some(wait) = backoff.next_wait(attempt, since) {
+        if attempt > 1 {
+            // The first attempt was announced with the loss.
+            match shared.upgrade() {
+                Some(s) => s.state.send_replace(LinkState::Reconnecting { attempt }),
+                None => return,
+            };
+        }
+        tokio::time::sleep(wait).await;
         let Some(s) = shared.upgrade() else { return };
         if !matches!(*lock(&s.current), Current::Reconnecting) {
             return; // closed meanwhile
@@ -402,11 +443,14 @@ where
             }
             Err(e) => {
                 tracing::debug!(endpoint = %s.endpoint, attempt, error = %e, "reconnect attempt failed");
-                s.state.send_replace(LinkState::Reconnecting {
-                    attempt: attempt + 1,
-                });
+                last = Some(e);
             }
         }
+        attempt = attempt.saturating_add(1);
+    }
+    if let Some(s) = shared.upgrade() {
+        let failed = attempt - 1;
+        s.give_up(failed, backoff.gave_up(&s.endpoint, failed, since, last));
     }
 }
 
@@ -579,12 +623,7 @@ impl<H> Server<H> {
         } = self;
         let conn_stop = stop.clone();
         accept_until(listener, stop, move |conn| {
-            serve_connection(
-                Channel::new(conn),
-                handler.clone(),
-                &opts,
-                conn_stop.clone(),
-            )
+            serve_connection(conn, handler.clone(), &opts, conn_stop.clone())
         })
         .await;
     }
@@ -593,8 +632,10 @@ impl<H> Server<H> {
 /// Serves one connection: reads requests while fewer than `max_in_flight` are in flight,
 /// sends each reply as its handler finishes, and on `stop` or the client's close stops
 /// reading, answers what it has and closes.
+///
+/// Frames are read and written as envelopes (`envelope.rs`), not through a typed channel.
 fn serve_connection<Req, Resp, H, Fut>(
-    mut ch: Channel<Reply<Resp>, Request<Req>>,
+    mut conn: BoxConnection,
     handler: H,
     opts: &ServerOptions,
     stop: CancellationToken,
@@ -608,8 +649,9 @@ where
     let max = opts.max_in_flight.max(1);
     let silence = opts
         .heartbeats
-        .resolve(&ch.info().capabilities)
+        .resolve(&conn.info().capabilities)
         .map(|h| h.bound());
+    let endpoint = conn.info().endpoint.clone();
     async move {
         // The first handler in flight waits in `first`, later ones in `in_flight`: most
         // handlers finish when first polled, and the slot answers them with no allocation.
@@ -619,70 +661,159 @@ where
         // Built once, not per request: a timer only with heartbeats, one cancellation waiter.
         let mut silent = silence.map(|d| Box::pin(tokio::time::sleep(d)));
         let mut stopped = std::pin::pin!(stop.cancelled());
-        // The waker the stop future was last polled with: while it is this task's, the
-        // future keeps it registered and a look at the token (one atomic load) suffices,
-        // not a poll (which takes the token's lock).
-        let mut armed: Option<Waker> = None;
+        let (mut armed, mut turns): (Option<Waker>, u32) = (None, 0);
         while reading || first.is_some() || !in_flight.is_empty() {
             let busy = usize::from(first.is_some()) + in_flight.len();
             let mut wake = Wake {
                 read: reading && busy < max,
-                // Looked at before reading, so that a flood of requests cannot hold off a
-                // shutdown, and whenever there is nothing to read.
                 stop: reading.then_some(Stop {
                     token: &stop,
                     fut: stopped.as_mut(),
                     armed: &mut armed,
+                    turns: &mut turns,
                 }),
                 silent: silent.as_mut().map(|t| t.as_mut()),
             };
-            let event = poll_fn(|cx| wake.poll(cx, first.as_mut(), &mut in_flight, &mut ch)).await;
+            let event =
+                poll_fn(|cx| wake.poll(cx, first.as_mut(), &mut in_flight, &mut conn)).await;
+            if matches!(event, Event::Request(_) | Event::Undecodable(_)) {
+                if let (Some(t), Some(d)) = (silent.as_mut(), silence) {
+                    t.as_mut().reset(tokio::time::Instant::now() + d);
+                }
+            }
             match event {
-                // By value: a borrowed reply held across the await would need `Resp: Sync`.
-                Event::Answered(reply) => SinkExt::send(&mut ch, reply).await?,
+                Event::Answered(reply) => send_reply(&mut conn, &endpoint, reply).await?,
+                Event::Request(Request::Call { id, body }) => {
+                    let work = answer(id, handler(body));
+                    if first.is_some() {
+                        in_flight.push(work);
+                        continue;
+                    }
+                    first.set(Some(work));
+                    // Polled at once: a handler that is done on its first poll is answered
+                    // now, not a turn of the loop later, in the same poll when it can be.
+                    let now = poll_fn(|cx| {
+                        Poll::Ready(answer_now(cx, first.as_mut(), &mut conn, &endpoint))
+                    })
+                    .await;
+                    match now {
+                        Now::Done | Now::Waiting => {}
+                        Now::Flush => poll_fn(|cx| conn.poll_flush_unpin(cx)).await?,
+                        Now::Send(reply) => send_reply(&mut conn, &endpoint, reply).await?,
+                        Now::Failed(e) => return Err(e),
+                    }
+                }
+                Event::Request(Request::Ping) => {
+                    send_reply::<Resp>(&mut conn, &endpoint, Reply::Pong).await?
+                }
+                Event::Undecodable(u) => {
+                    answer_undecodable::<Resp>(&mut conn, &endpoint, u).await?
+                }
+                Event::Closed => reading = false,
+                Event::Failed(e) => return Err(e),
                 Event::Stop => reading = false,
                 Event::Silent => {
                     return Err(Error::new(
                         ErrorKind::ConnectionLost,
-                        &ch.info().endpoint,
+                        &endpoint,
                         format!(
                             "the client was silent past the heartbeat bound ({:?})",
                             silence.unwrap_or_default()
                         ),
                     ));
                 }
-                Event::Received(r) => {
-                    if let (Some(t), Some(d)) = (silent.as_mut(), silence) {
-                        t.as_mut().reset(tokio::time::Instant::now() + d);
-                    }
-                    match r {
-                        Some(Ok(Request::Call { id, body })) => {
-                            let work = answer(id, handler(body));
-                            if first.is_some() {
-                                in_flight.push(work);
-                                continue;
-                            }
-                            first.set(Some(work));
-                            // Polled at once: a handler that is done on its first poll is
-                            // answered now, not a turn of the loop later.
-                            if let Some(reply) =
-                                poll_fn(|cx| Poll::Ready(poll_slot(cx, first.as_mut()))).await
-                            {
-                                SinkExt::send(&mut ch, reply).await?;
-                            }
-                        }
-                        Some(Ok(Request::Ping)) => SinkExt::send(&mut ch, Reply::Pong).await?,
-                        None => reading = false,
-                        // No id to answer: the caller times out. The connection stays usable.
-                        Some(Err(e)) if e.kind() == ErrorKind::Decode => {
-                            tracing::warn!(endpoint = %ch.info().endpoint, error = %e, "undecodable request dropped");
-                        }
-                        Some(Err(e)) => return Err(e),
-                    }
-                }
             }
         }
-        ch.close().await
+        poll_fn(|cx| conn.poll_close_unpin(cx)).await
+    }
+}
+
+/// A request that does not decode: answered as failed when its envelope names it (its caller
+/// learns why, at once), else dropped (the caller times out). The connection stays usable.
+async fn answer_undecodable<Resp: Serialize>(
+    conn: &mut BoxConnection,
+    endpoint: &Endpoint,
+    u: Undecodable,
+) -> Result<()> {
+    let Undecodable { id, error } = u;
+    let Some(id) = id else {
+        tracing::warn!(endpoint = %endpoint, error = %error, "undecodable request dropped");
+        return Ok(());
+    };
+    tracing::warn!(endpoint = %endpoint, id, error = %error, "undecodable request answered as failed");
+    let reason = format!("the server cannot decode the request: {}", error.detail());
+    send_reply::<Resp>(conn, endpoint, Reply::Failed { id, reason }).await
+}
+
+/// Sends one reply and flushes it. A reply too large for the endpoint, or one that does not
+/// encode, is answered as `Failed` instead: the caller learns why, and the connection stays.
+async fn send_reply<Resp: Serialize>(
+    conn: &mut BoxConnection,
+    endpoint: &Endpoint,
+    reply: Reply<Resp>,
+) -> Result<()> {
+    poll_fn(|cx| conn.poll_ready_unpin(cx)).await?;
+    match envelope::start_send_reply(conn, endpoint, &reply) {
+        Ok(()) => {}
+        Err(e) if matches!(e.kind(), ErrorKind::FrameTooLarge | ErrorKind::Encode) => {
+            let Some(id) = reply.id() else { return Err(e) };
+            tracing::warn!(endpoint = %endpoint, id, error = %e, "reply not sent; answered as failed");
+            let reason = format!("the server could not send the reply: {e}");
+            poll_fn(|cx| conn.poll_ready_unpin(cx)).await?;
+            envelope::start_send_reply::<()>(conn, endpoint, &Reply::Failed { id, reason })?;
+        }
+        Err(e) => return Err(e),
+    }
+    poll_fn(|cx| conn.poll_flush_unpin(cx)).await
+}
+
+/// How far [`answer_now`] got.
+enum Now<Resp> {
+    /// The handler is not done: its reply goes out when it is.
+    Waiting,
+    /// Answered, and flushed.
+    Done,
+    /// Answered; the flush is still to be done.
+    Flush,
+    /// The reply, for [`send_reply`] to send (the connection was not ready, or the reply
+    /// could not be queued as it is).
+    Send(Reply<Resp>),
+    /// The connection failed.
+    Failed(Error),
+}
+
+/// Polls the handler in `slot` and, if it is done, sends its reply within this one poll when
+/// the connection lets it: most requests are answered with no further await.
+fn answer_now<F, Resp>(
+    cx: &mut Context<'_>,
+    slot: Pin<&mut Option<F>>,
+    conn: &mut BoxConnection,
+    endpoint: &Endpoint,
+) -> Now<Resp>
+where
+    F: Future<Output = Reply<Resp>>,
+    Resp: Serialize,
+{
+    let Some(reply) = poll_slot(cx, slot) else {
+        return Now::Waiting;
+    };
+    match conn.poll_ready_unpin(cx) {
+        Poll::Ready(Ok(())) => {}
+        Poll::Ready(Err(e)) => return Now::Failed(e),
+        Poll::Pending => return Now::Send(reply),
+    }
+    match envelope::start_send_reply(conn, endpoint, &reply) {
+        Ok(()) => {}
+        // `send_reply` answers these as failed.
+        Err(e) if matches!(e.kind(), ErrorKind::FrameTooLarge | ErrorKind::Encode) => {
+            return Now::Send(reply)
+        }
+        Err(e) => return Now::Failed(e),
+    }
+    match conn.poll_flush_unpin(cx) {
+        Poll::Ready(Ok(())) => Now::Done,
+        Poll::Ready(Err(e)) => Now::Failed(e),
+        Poll::Pending => Now::Flush,
     }
 }
 
@@ -713,9 +844,26 @@ struct Stop<'a, S> {
     fut: Pin<&'a mut S>,
     /// The waker `fut` was last polled with.
     armed: &'a mut Option<Waker>,
+    /// Turns since the token was last looked at before a read.
+    turns: &'a mut u32,
 }
 
+/// A connection that always has a request to read looks at the stop token before reading
+/// once in this many turns: often enough that a flood of requests cannot hold off a shutdown
+/// for long, rarely enough to cost nothing per request (a look takes the token's lock).
+const STOP_LOOK_EVERY: u32 = 32;
+
 impl<S: Future> Stop<'_, S> {
+    /// Whether the server is stopping, looked at once in [`STOP_LOOK_EVERY`] turns.
+    fn seen_now_and_then(&mut self) -> bool {
+        *self.turns += 1;
+        if *self.turns < STOP_LOOK_EVERY {
+            return false;
+        }
+        *self.turns = 0;
+        self.token.is_cancelled()
+    }
+
     /// Whether the server is stopping; makes sure this task is woken when it does.
     fn poll(&mut self, cx: &mut Context<'_>) -> bool {
         if self.token.is_cancelled() {
@@ -733,8 +881,14 @@ impl<S: Future> Stop<'_, S> {
 enum Event<Req, Resp> {
     /// A handler finished.
     Answered(Reply<Resp>),
-    /// The client sent a request, closed (`None`) or failed.
-    Received(Option<Result<Request<Req>>>),
+    /// The client sent a request.
+    Request(Request<Req>),
+    /// The client sent a frame that does not decode.
+    Undecodable(Undecodable),
+    /// The client closed.
+    Closed,
+    /// The connection failed.
+    Failed(Error),
     /// The server is stopping: read no more.
     Stop,
     /// The client was silent past the heartbeat bound.
@@ -744,18 +898,17 @@ enum Event<Req, Resp> {
 impl<S: Future> Wake<'_, S> {
     /// Polls, in order: finished handlers (a request that cannot have arrived yet must not
     /// keep a finished reply waiting: on shm, polling the receive first spins for nothing),
-    /// the stop flag, the connection, the stop signal, the heartbeat.
+    /// now and then the stop flag, the connection, the stop signal, the heartbeat.
     fn poll<Req, Resp, F>(
         &mut self,
         cx: &mut Context<'_>,
         mut first: Pin<&mut Option<F>>,
         in_flight: &mut FuturesUnordered<F>,
-        ch: &mut Channel<Reply<Resp>, Request<Req>>,
+        conn: &mut BoxConnection,
     ) -> Poll<Event<Req, Resp>>
     where
         F: Future<Output = Reply<Resp>>,
         Req: DeserializeOwned,
-        Resp: Serialize,
     {
         if let Some(reply) = poll_slot(cx, first.as_mut()) {
             return Poll::Ready(Event::Answered(reply));
@@ -765,14 +918,28 @@ impl<S: Future> Wake<'_, S> {
                 return Poll::Ready(Event::Answered(reply));
             }
         }
-        if self.stop.as_ref().is_some_and(|s| s.token.is_cancelled()) {
+        if self.stop.as_mut().is_some_and(|s| s.seen_now_and_then()) {
             return Poll::Ready(Event::Stop);
         }
         if self.read {
-            if let Poll::Ready(r) = ch.poll_next_unpin(cx) {
-                return Poll::Ready(Event::Received(r));
+            if let Poll::Ready(r) = conn.poll_next_unpin(cx) {
+                return Poll::Ready(match r {
+                    Some(Ok(frame)) => {
+                        match envelope::decode_request(&frame, &conn.info().endpoint) {
+                            Ok(req) => Event::Request(req),
+                            Err(u) => Event::Undecodable(u),
+                        }
+                    }
+                    // The contract's rule for Decode: the connection stays usable.
+                    Some(Err(e)) if e.kind() == ErrorKind::Decode => {
+                        Event::Undecodable(Undecodable { id: None, error: e })
+                    }
+                    Some(Err(e)) => Event::Failed(e),
+                    None => Event::Closed,
+                });
             }
         }
+        // Nothing to read (or no reading now): the stop signal, armed for a wake-up.
         if let Some(stop) = &mut self.stop {
             if stop.poll(cx) {
                 return Poll::Ready(Event::Stop);

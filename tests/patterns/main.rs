@@ -20,7 +20,7 @@ mod support;
 
 use ductwork::patterns::{
     Backoff, Client, ClientOptions, Heartbeat, Heartbeats, LinkState, Publisher, Server,
-    ServerOptions, Subscriber,
+    ServerOptions, Subscriber, SubscriberOptions,
 };
 use ductwork::{Capabilities, Direction, Endpoint, ErrorKind, Transport};
 use libtest_mimic::{Arguments, Trial};
@@ -125,6 +125,17 @@ const CASES: &[Case] = &[
             })
         },
         run: reconnect_after_kill,
+    },
+    Case {
+        name: "reconnect_gives_up",
+        applies: |c| {
+            duplex(c).and(if c.peer_loss {
+                Ok(())
+            } else {
+                Err("no peer-loss signal: a loss is found by heartbeats, then as here".into())
+            })
+        },
+        run: reconnect_gives_up,
     },
     Case {
         name: "heartbeat_finds_a_dead_server",
@@ -397,6 +408,7 @@ fn reconnect_after_kill(t: Arc<dyn Transport>) -> Result<(), String> {
             initial: Duration::from_millis(50),
             max: Duration::from_millis(200),
             jitter: 0.5,
+            ..Backoff::default()
         };
         let opts = ClientOptions {
             reconnect: Some(backoff),
@@ -436,7 +448,9 @@ fn reconnect_after_kill(t: Arc<dyn Transport>) -> Result<(), String> {
                 match *state.borrow_and_update() {
                     LinkState::Connected => return Ok(()),
                     LinkState::Reconnecting { attempt } => last = last.max(attempt),
-                    LinkState::Lost => return Err("lost".to_string()),
+                    s @ (LinkState::Lost | LinkState::GaveUp { .. }) => {
+                        return Err(format!("{s:?}"))
+                    }
                 }
                 state.changed().await.map_err(|e| e.to_string())?;
             }
@@ -454,6 +468,83 @@ fn reconnect_after_kill(t: Arc<dyn Transport>) -> Result<(), String> {
         }
         client.close().await.map_err(|e| e.to_string())?;
         second.finish().await
+    })
+}
+
+/// A killed server (and publisher) that never comes back: the reconnecting client and
+/// subscriber give up after their backoff's attempts, say so in their state, and fail with an
+/// error naming the endpoint.
+fn reconnect_gives_up(t: Arc<dyn Transport>) -> Result<(), String> {
+    let backoff = Backoff {
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(100),
+        max_attempts: Some(3),
+        give_up_after: None,
+        ..Backoff::default()
+    };
+    let check = |e: ductwork::Error, at: &str| {
+        let text = e.to_string();
+        match e.kind() {
+            ErrorKind::ConnectionLost
+                if text.contains(at) && text.contains("gave up reconnecting after 3") =>
+            {
+                Ok(())
+            }
+            _ => Err(format!("after giving up: {text}")),
+        }
+    };
+    support::runtime().block_on(async {
+        let mut server = Child::spawn("server", &[t.local_endpoint(&unique("gu"))])?;
+        let at = server.ready().await?;
+        let opts = ClientOptions {
+            reconnect: Some(backoff.clone()),
+            ..ClientOptions::default()
+        };
+        let client = Client::<Op, u64>::connect_with(at.as_str(), opts)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut state = client.state();
+        client.call(Op::Echo(1)).await.map_err(|e| e.to_string())?;
+        server.kill().await?;
+        let gave_up = *must(
+            "client gave up",
+            state.wait_for(|s| matches!(s, LinkState::GaveUp { .. } | LinkState::Lost)),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        if gave_up != (LinkState::GaveUp { attempts: 3 }) {
+            return Err(format!("client state {gave_up:?}"));
+        }
+        check(
+            client
+                .call(Op::Echo(2))
+                .await
+                .err()
+                .ok_or("a call worked")?,
+            &at,
+        )?;
+
+        let mut publisher = Child::spawn(
+            "publisher",
+            &[t.local_endpoint(&unique("gu")), "0".into(), "go".into()],
+        )?;
+        let at = publisher.ready().await?;
+        let opts = SubscriberOptions {
+            reconnect: Some(backoff.clone()),
+            ..SubscriberOptions::default()
+        };
+        let mut sub = Subscriber::<u64>::connect_with(at.as_str(), &[""], opts)
+            .await
+            .map_err(|e| e.to_string())?;
+        publisher.kill().await?;
+        match must("subscriber gave up", sub.recv()).await {
+            Err(e) => check(e, &at)?,
+            Ok(m) => return Err(format!("after the kill: {m:?}")),
+        }
+        match *sub.state().borrow() {
+            LinkState::GaveUp { attempts: 3 } => Ok(()),
+            s => Err(format!("subscriber state {s:?}")),
+        }
     })
 }
 
