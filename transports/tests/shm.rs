@@ -24,7 +24,7 @@
 //!   stays readable after its sender died.
 //!
 //! Child processes are this test binary run again through `support::child` (see `roles`).
-#![cfg(target_os = "linux")]
+#![cfg(all(target_os = "linux", feature = "shm"))]
 
 mod support;
 
