@@ -111,8 +111,11 @@ impl Endpoint {
             address: address.to_string(),
             options,
         };
-        ep.max_frame()?;
-        ep.connect_timeout()?;
+        // Their errors name the endpoint as written, as every error above does (the parsed
+        // one has whitespace dropped, so it may read differently).
+        let as_written = |e: Error| Error::new(e.kind(), s, e.detail().to_string());
+        ep.max_frame().map_err(as_written)?;
+        ep.connect_timeout().map_err(as_written)?;
         Ok(ep)
     }
 
@@ -488,6 +491,16 @@ mod tests {
         );
         // Which schemes exist is not the endpoint's business (the transports' table says).
         assert_eq!(Endpoint::parse("FTP://x").unwrap().scheme(), "ftp");
+        // A bad option value is named with the endpoint as written, whitespace and all (the
+        // fuzzer's find: the parsed endpoint, whitespace and empty pairs dropped, read
+        // differently).
+        for s in [
+            "tcp://a? max_frame = x",
+            "tcp://a?&&max_frame=1MiB&&connect_timeout=x",
+        ] {
+            let e = Endpoint::parse(s).unwrap_err();
+            assert!(e.to_string().starts_with(s), "{s:?}: {e}");
+        }
     }
 
     /// Item: a newcomer's `tcp://127.0.0.1` says "missing port" (the transports used to pass
