@@ -41,6 +41,10 @@ pub use ductwork_core::{
     Connection, ConnectionInfo, Delivery, Direction, Endpoint, Error, ErrorKind, Listener,
     PeerCredentials, Reach, Result, Stats, Transport,
 };
+/// `shm://`'s own API beyond the common contract: the zero-copy path
+/// ([`Shm::connect_zero_copy`](shm::Shm::connect_zero_copy), loans and in-place receives).
+#[cfg(feature = "shm")]
+pub use ductwork_transports::shm;
 pub use ductwork_transports::{bind, capabilities, connect, transport_for, transports};
 
 use serde::{de::DeserializeOwned, Serialize};
