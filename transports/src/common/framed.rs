@@ -886,7 +886,7 @@ mod tests {
 
     /// A connected pair of framed TCP connections with small socket buffers (so that a
     /// sender that batches meets a full socket within a few hundred KiB) and `max_frame`.
-    async fn small_buffer_pair(
+    pub(super) async fn small_buffer_pair(
         max_frame: usize,
     ) -> (
         FramedConnection<tokio::net::TcpStream>,
@@ -1216,35 +1216,8 @@ mod in_place_tests {
         Bytes::from(v)
     }
 
-    /// A connected TCP pair with small socket buffers (see the batching tests).
-    async fn pair(
-        max_frame: usize,
-    ) -> (
-        FramedConnection<tokio::net::TcpStream>,
-        FramedConnection<tokio::net::TcpStream>,
-    ) {
-        let sock = tokio::net::TcpSocket::new_v4().unwrap();
-        sock.set_recv_buffer_size(16 * 1024).unwrap();
-        sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let l = sock.listen(4).unwrap();
-        let addr = l.local_addr().unwrap();
-        let client = tokio::net::TcpSocket::new_v4().unwrap();
-        client.set_send_buffer_size(16 * 1024).unwrap();
-        let (a, b) = tokio::join!(client.connect(addr), l.accept());
-        let ep = Endpoint::parse(&format!("tcp://{addr}?max_frame={max_frame}")).unwrap();
-        let info = ConnectionInfo {
-            capabilities: crate::socket::stream_caps(&ep, ductwork_core::Reach::Network).unwrap(),
-            endpoint: ep,
-            peer: None,
-        };
-        let (mut a, mut b) = (
-            FramedConnection::new(a.unwrap(), info.clone()),
-            FramedConnection::new(b.unwrap().0, info),
-        );
-        a.send_hello_now();
-        b.send_hello_now();
-        (a, b)
-    }
+    // A connected TCP pair with small socket buffers (see the batching tests).
+    use super::tests::small_buffer_pair as pair;
 
     /// Every frame up to the clean end, each lent by `poll_recv_with` and copied out.
     async fn lend_all<S: ByteStream>(b: &mut FramedConnection<S>) -> Vec<Bytes> {
