@@ -162,7 +162,7 @@ where
         let mut out = None;
         let endpoint = &self.endpoint;
         let got = self.conn.poll_recv_with(cx, &mut |bytes| {
-            out = Some(ductwork_codec::decode(bytes).map_err(|e| Error::codec(endpoint, e)));
+            out = Some(FrameRef { bytes, endpoint }.decode());
         });
         Poll::Ready(match ready!(got) {
             None => Ok(None),
