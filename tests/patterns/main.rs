@@ -117,24 +117,12 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "reconnect_after_kill",
-        applies: |c| {
-            duplex(c).and(if c.peer_loss {
-                Ok(())
-            } else {
-                Err("no peer-loss signal: see heartbeat_finds_a_dead_server".into())
-            })
-        },
+        applies: |c| duplex_seeing_loss(c, "see heartbeat_finds_a_dead_server"),
         run: reconnect_after_kill,
     },
     Case {
         name: "reconnect_gives_up",
-        applies: |c| {
-            duplex(c).and(if c.peer_loss {
-                Ok(())
-            } else {
-                Err("no peer-loss signal: a loss is found by heartbeats, then as here".into())
-            })
-        },
+        applies: |c| duplex_seeing_loss(c, "a loss is found by heartbeats, then as here"),
         run: reconnect_gives_up,
     },
     Case {
@@ -189,6 +177,15 @@ fn duplex(c: &Capabilities) -> Result<(), String> {
     match c.direction {
         Direction::Duplex => Ok(()),
         Direction::OneWay => Err("one-way transport: no replies, no subscriptions".into()),
+    }
+}
+
+/// Duplex, and the transport reports a dead peer (else `why` says what covers the case).
+fn duplex_seeing_loss(c: &Capabilities, why: &str) -> Result<(), String> {
+    duplex(c)?;
+    match c.peer_loss {
+        true => Ok(()),
+        false => Err(format!("no peer-loss signal: {why}")),
     }
 }
 
