@@ -117,6 +117,10 @@ pub struct ShmConnection {
     tx_parked: bool,
     /// The stream has ended (None or an error was returned).
     rx_done: bool,
+    /// The receiving side saw the peer process go. The OS layer's `peer_gone` flag is set
+    /// by a watcher that may not have run yet, and a send after a `recv` that reported the
+    /// loss must not look like it went through.
+    rx_saw_gone: bool,
     /// We closed our sending side.
     tx_closed: bool,
     /// The sending side failed for good.
@@ -187,6 +191,7 @@ impl ShmConnection {
             rx_parked: false,
             tx_parked: false,
             rx_done: false,
+            rx_saw_gone: false,
             tx_closed: false,
             tx_broken: None,
             _slot: None,
@@ -387,7 +392,7 @@ impl ShmConnection {
     /// atomic load while the peer lives, so every send can afford it: without it a sender
     /// would learn of the death only once the ring is full.
     fn check_peer(&mut self) -> Result<()> {
-        if !self.os.peer_gone() {
+        if !self.rx_saw_gone && !self.os.peer_gone() {
             return Ok(());
         }
         let err = if self.tx.peer_closed() {
@@ -572,6 +577,7 @@ impl ShmConnection {
                 // closed before dying), then report the loss.
                 this.rx.cancel_park();
                 this.rx_parked = false;
+                this.rx_saw_gone = true;
                 if let Some(item) = attempt(this) {
                     return Poll::Ready(item);
                 }
