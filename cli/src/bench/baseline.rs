@@ -157,10 +157,12 @@ impl Baseline {
             "unix" => &[Unix],
             // On Unix, pipe:// and mailslot:// are Unix domain sockets.
             "pipe" | "mailslot" if cfg!(unix) => &[Unix],
-            // A parked receiver is woken by the OS, like the eventfd ping-pong; a spinning one
-            // polls memory, like the cache-line ping-pong. Throughput compares with the copies.
+            // A parked receiver is woken by the OS, like the eventfd ping-pong. A spinning one
+            // polls memory: iceoryx2 (a busy-polling shared-memory library, what a user would
+            // pick instead) where the build has it, at every size; else the cache-line
+            // ping-pong. Throughput compares with the copies (in the JSON).
             "shm" if parked => &[Eventfd, Cacheline, ShmCopy, Memcpy, Iceoryx2],
-            "shm" => &[Cacheline, Eventfd, Unix, ShmCopy, Memcpy, Iceoryx2],
+            "shm" => &[Iceoryx2, Cacheline, Eventfd, Unix, ShmCopy, Memcpy],
             _ => &[],
         };
         list.iter().copied().filter(|b| b.in_build()).collect()
@@ -209,5 +211,26 @@ fn iceoryx2(size: usize, cpu: Option<usize>, t: Timing) -> Result<super::types::
     {
         let _ = (size, cpu, t);
         Err("peer-iceoryx2 needs Linux and the cargo feature `peer-iceoryx2`".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A spinning shm row is compared with iceoryx2 first where the build has it (the
+    /// comparison its users make), else with the cache-line ping-pong; a parked one with
+    /// the eventfd ping-pong.
+    #[test]
+    fn spinning_shm_is_compared_with_iceoryx2_when_built_in() {
+        let spinning = Baseline::for_transport("shm", false);
+        let first = if cfg!(all(feature = "peer-iceoryx2", target_os = "linux")) {
+            Iceoryx2
+        } else {
+            Cacheline
+        };
+        assert_eq!(spinning.first(), Some(&first), "{spinning:?}");
+        assert_eq!(Baseline::for_transport("shm", true).first(), Some(&Eventfd));
+        assert_eq!(Baseline::for_transport("unix", false), vec![Unix]);
     }
 }

@@ -24,7 +24,8 @@
 //! - **Variants**: `--transports` takes endpoint options after the scheme (`shm?spin=0`,
 //!   `shm?capacity=8MiB`); each becomes its own row. The default run measures shm twice:
 //!   spinning (`shm`) and always parked (`shm?spin=0`).
-//!   Each transport row names its nearest baseline and the ratios: `p50` = latency / raw
+//!   Each transport row names its nearest baseline (the spinning `shm` row: `peer-iceoryx2`
+//!   when built in) and the ratios: `p50` = latency / raw
 //!   latency (lower is better), `throughput` = bytes/s / raw bytes/s (higher is better).
 //! - **Patterns** (`--patterns`, see [`patterns`]): `unix+reqrep` and `shm+reqrep` (request/reply
 //!   round trips through `ductwork::patterns`) and `unix+pubsub×100` (messages/s delivered to 100
