@@ -180,10 +180,24 @@ pub(crate) fn framed(
     not(any(all(unix, feature = "socket"), all(windows, feature = "pipe"))),
     allow(dead_code)
 )]
-pub(crate) fn refuse(stream: &impl ByteStream, code: u16, reason: &str) {
+pub(crate) fn refuse(stream: &impl ByteStream, endpoint: &Endpoint, code: u16, reason: &str) {
     let mut buf = BytesMut::new();
     ductwork_codec::encode_refusal(&mut buf, code, reason);
-    let _ = stream.try_write_now(&buf);
+    // The listener logged the refusal; say so too when the client will not learn why.
+    match stream.try_write_now(&buf) {
+        Ok(n) if n == buf.len() => {}
+        Ok(n) => tracing::warn!(
+            endpoint = %endpoint,
+            written = n,
+            len = buf.len(),
+            "the refusal did not fit in the connection's buffer; the refused client sees only the close"
+        ),
+        Err(e) => tracing::warn!(
+            endpoint = %endpoint,
+            error = %e,
+            "the refusal could not be written; the refused client sees only the close"
+        ),
+    }
 }
 
 impl<S: ByteStream> FramedConnection<S> {

@@ -204,7 +204,20 @@ impl PipeListener {
         }
         let conn = self.arrived.as_ref().expect("set above");
         // Cancel-safe: a dropped wait leaves the instance in `arrived`.
-        let _ = tokio::time::timeout(WRITABLE_WAIT, conn.writable()).await;
+        match tokio::time::timeout(WRITABLE_WAIT, conn.writable()).await {
+            Ok(Ok(())) => {}
+            // Handed out anyway: the connection may still work; its hello or a refusal may not.
+            Ok(Err(e)) => tracing::warn!(
+                endpoint = %self.endpoint,
+                error = %e,
+                "waiting for a connected pipe instance to become writable failed"
+            ),
+            Err(_) => tracing::warn!(
+                endpoint = %self.endpoint,
+                "a connected pipe instance did not become writable within {WRITABLE_WAIT:?}; \
+                 its client may see a refusal as a closed pipe, or wait for the hello"
+            ),
+        }
         Ok(self.arrived.take())
     }
 }
@@ -232,7 +245,7 @@ impl Listener for PipeListener {
                     "refused a client: {} ({reason})",
                     creds.as_ref().map_or_else(|e| e.to_string(), |c| c.to_string()),
                 );
-                refuse(&conn, REFUSED_IDENTITY, &reason);
+                refuse(&conn, &self.endpoint, REFUSED_IDENTITY, &reason);
                 continue;
             }
             let peer = match creds {

@@ -103,7 +103,7 @@ impl StreamSource for Checked {
                 Some(c) => format!("your uid {} is not in its allow_uids", c.uid),
                 None => "the kernel did not say who you are, and it has allow_uids".into(),
             };
-            refuse(&stream, REFUSED_IDENTITY, &reason);
+            refuse(&stream, &self.endpoint, REFUSED_IDENTITY, &reason);
         }
     }
 }
