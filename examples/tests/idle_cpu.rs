@@ -5,7 +5,9 @@
 
 #![cfg(target_os = "linux")]
 
-use std::{process::Command, time::Duration};
+mod support;
+
+use std::time::Duration;
 
 /// The example's `both` line: the share of one core both processes used, in percent.
 fn both_percent(stdout: &str) -> Option<f64> {
@@ -16,29 +18,11 @@ fn both_percent(stdout: &str) -> Option<f64> {
 
 #[test]
 fn an_idle_connected_shm_pair_uses_under_one_percent_of_a_core() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shm-idle-cpu"))
-        .arg("2")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the example");
     // Bounded: the example waits at most 10 s for its peer, then 2 s idle.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while child.try_wait().expect("poll the example").is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the example did not finish within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().expect("example output");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}: {stdout}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = support::run_example(
+        env!("CARGO_BIN_EXE_shm-idle-cpu"),
+        &["2"],
+        Duration::from_secs(60),
     );
     let pct = both_percent(&stdout).unwrap_or_else(|| panic!("no `both` line in: {stdout}"));
     assert!(pct < 1.0, "an idle pair used {pct}% of a core:\n{stdout}");
