@@ -84,7 +84,13 @@ impl ErrorKind {
 /// A ductwork error: a kind, the endpoint it concerns, a human detail and an optional cause.
 ///
 /// Displayed as `ENDPOINT: KIND: DETAIL` (the cause follows as `: CAUSE`).
-pub struct Error {
+///
+/// One pointer wide: the fields live behind a box, so that every `Result` the send and
+/// receive paths pass up through the wrapper layers stays small (errors are the rare case;
+/// their allocation is paid only when one happens).
+pub struct Error(Box<Inner>);
+
+struct Inner {
     kind: ErrorKind,
     endpoint: String,
     detail: String,
@@ -94,17 +100,17 @@ pub struct Error {
 impl Error {
     /// A new error of `kind` on `endpoint`, with a human-readable `detail`.
     pub fn new(kind: ErrorKind, endpoint: impl fmt::Display, detail: impl Into<String>) -> Self {
-        Error {
+        Error(Box::new(Inner {
             kind,
             endpoint: endpoint.to_string(),
             detail: detail.into(),
             source: None,
-        }
+        }))
     }
 
     /// Attaches an underlying cause.
     pub fn with_source(mut self, source: impl StdError + Send + Sync + 'static) -> Self {
-        self.source = Some(Box::new(source));
+        self.0.source = Some(Box::new(source));
         self
     }
 
@@ -149,27 +155,28 @@ impl Error {
 
     /// The category, for matching.
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        self.0.kind
     }
 
     /// The endpoint this error concerns, as the user wrote it (or as it was bound).
     pub fn endpoint(&self) -> &str {
-        &self.endpoint
+        &self.0.endpoint
     }
 
     /// The human-readable detail.
     pub fn detail(&self) -> &str {
-        &self.detail
+        &self.0.detail
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.endpoint, self.kind.describe())?;
-        if !self.detail.is_empty() {
-            write!(f, ": {}", self.detail)?;
+        let e = &self.0;
+        write!(f, "{}: {}", e.endpoint, e.kind.describe())?;
+        if !e.detail.is_empty() {
+            write!(f, ": {}", e.detail)?;
         }
-        if let Some(s) = &self.source {
+        if let Some(s) = &e.source {
             write!(f, ": {s}")?;
         }
         Ok(())
@@ -183,11 +190,12 @@ impl fmt::Debug for Error {
         if !f.alternate() {
             return fmt::Display::fmt(self, f);
         }
+        let e = &self.0;
         f.debug_struct("Error")
-            .field("kind", &self.kind)
-            .field("endpoint", &self.endpoint)
-            .field("detail", &self.detail)
-            .field("source", &self.source)
+            .field("kind", &e.kind)
+            .field("endpoint", &e.endpoint)
+            .field("detail", &e.detail)
+            .field("source", &e.source)
             .finish()
     }
 }
@@ -216,7 +224,8 @@ fn kind_of(kind: io::ErrorKind) -> ErrorKind {
 
 impl StdError for Error {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source
+        self.0
+            .source
             .as_ref()
             .map(|s| s.as_ref() as &(dyn StdError + 'static))
     }
@@ -232,7 +241,7 @@ impl From<std::convert::Infallible> for Error {
 
 impl From<Error> for io::Error {
     fn from(e: Error) -> io::Error {
-        let kind = match e.kind {
+        let kind = match e.0.kind {
             ErrorKind::AddrInUse => io::ErrorKind::AddrInUse,
             ErrorKind::NotFound => io::ErrorKind::NotFound,
             ErrorKind::Bind => io::ErrorKind::AddrNotAvailable,
@@ -253,6 +262,18 @@ impl From<Error> for io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The send and receive paths return `Result<()>` and `Result<usize>` through several
+    /// layers: the error is one pointer, so those stay one and two words.
+    #[test]
+    fn results_stay_small() {
+        assert_eq!(std::mem::size_of::<Error>(), std::mem::size_of::<usize>());
+        assert_eq!(
+            std::mem::size_of::<Result<(), Error>>(),
+            std::mem::size_of::<usize>()
+        );
+        assert!(std::mem::size_of::<Result<usize, Error>>() <= 2 * std::mem::size_of::<usize>());
+    }
 
     #[test]
     fn display_names_endpoint_kind_detail_and_cause() {
