@@ -1397,16 +1397,23 @@ mod tests {
         assert_eq!(c.try_pop(), Ok(Pop::Empty));
     }
 
-    #[test]
-    fn wrap_around_many_sizes_keeps_order_and_content() {
-        let (mut p, mut c, _r) = pair(4096);
-        let mut rng = Rng(0x1234_5678);
+    /// Pushes random messages of up to `max_len` bytes and pops (one turn in `pop_every`)
+    /// for 20,000 turns, then drains: every message arrives whole and in order. Returns how
+    /// many pushes started a new lap early (a skip record before them).
+    fn random_push_pop(cap: usize, seed: u64, pop_every: u64, max_len: u64) -> u32 {
+        let (mut p, mut c, _r) = pair(cap);
+        let mut rng = Rng(seed);
         let mut sent = std::collections::VecDeque::new();
+        let mut skips = 0;
         for round in 0..20_000u32 {
-            if rng.next() % 3 != 0 {
-                let len = (rng.next() % 700) as usize;
+            if rng.next() % pop_every != 0 {
+                let len = (rng.next() % max_len) as usize;
                 let msg: Vec<u8> = (0..len).map(|i| (i as u32 ^ round) as u8).collect();
+                let before = p.write;
                 if p.try_push(&msg).unwrap() {
+                    if p.write - before != record_len(len) {
+                        skips += 1;
+                    }
                     sent.push_back(msg);
                 }
             } else {
@@ -1421,6 +1428,12 @@ mod tests {
             assert_eq!(Some(m), sent.pop_front());
         }
         assert!(sent.is_empty());
+        skips
+    }
+
+    #[test]
+    fn wrap_around_many_sizes_keeps_order_and_content() {
+        random_push_pop(4096, 0x1234_5678, 3, 700);
     }
 
     #[test]
@@ -1533,33 +1546,7 @@ mod tests {
 
     #[test]
     fn random_sizes_with_skips_keep_order_and_content() {
-        let (mut p, mut c, _r) = pair(1 << 14);
-        let mut rng = Rng(0xfeed_beef);
-        let mut sent = std::collections::VecDeque::new();
-        let mut skips = 0;
-        for round in 0..20_000u32 {
-            if rng.next() % 2 != 0 {
-                let len = (rng.next() % 3000) as usize;
-                let msg: Vec<u8> = (0..len).map(|i| (i as u32 ^ round) as u8).collect();
-                let before = p.write;
-                if p.try_push(&msg).unwrap() {
-                    if p.write - before != record_len(len) {
-                        skips += 1;
-                    }
-                    sent.push_back(msg);
-                }
-            } else {
-                match c.try_pop().unwrap() {
-                    Pop::Message(m) => assert_eq!(Some(m), sent.pop_front()),
-                    Pop::Empty => assert!(sent.is_empty()),
-                    Pop::Closed | Pop::Abandoned => unreachable!(),
-                }
-            }
-        }
-        while let Pop::Message(m) = c.try_pop().unwrap() {
-            assert_eq!(Some(m), sent.pop_front());
-        }
-        assert!(sent.is_empty());
+        let skips = random_push_pop(1 << 14, 0xfeed_beef, 2, 3000);
         assert!(skips > 20, "skips happened: {skips}");
     }
 
