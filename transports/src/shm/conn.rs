@@ -220,20 +220,20 @@ impl ShmConnection {
     }
 
     fn wake_consumer(&mut self) -> Result<()> {
-        if self.tx.consumer_needs_wake() {
-            self.os
-                .ring_data()
-                .map_err(|e| Error::io(&self.info.endpoint, "ring the peer's doorbell", e))?;
-        }
-        Ok(())
+        wake_parked_consumer(&mut self.tx, &*self.os, &self.info.endpoint)
+    }
+
+    /// Gives a received message's room back to the sender (and wakes it if it waits).
+    fn release(&mut self, at: Peeked) {
+        self.rx.release(at);
+        self.wake_producer();
     }
 
     /// One receive attempt without waiting: a copied-out frame.
     fn pop(&mut self) -> Option<Option<Result<Bytes>>> {
         self.next_with(|this, at| {
             let frame = copy_out(this.rx.record(&at), &mut this.rx_pool);
-            this.rx.release(at);
-            this.wake_producer();
+            this.release(at);
             frame
         })
     }
@@ -730,13 +730,7 @@ impl Loan<'_> {
 
     /// Sends the message: publishes it in the ring and wakes the receiver if it sleeps.
     pub fn commit(self) -> Result<()> {
-        let producer = self.slot.publish();
-        if producer.consumer_needs_wake() {
-            self.os
-                .ring_data()
-                .map_err(|e| Error::io(self.endpoint, "ring the peer's doorbell", e))?;
-        }
-        Ok(())
+        wake_parked_consumer(self.slot.publish(), self.os, self.endpoint)
     }
 }
 
@@ -823,11 +817,7 @@ impl InPlace<'_> {
             return Ok(false);
         };
         conn.rx.record(at).copy_to_slot(&mut slot);
-        if slot.publish().consumer_needs_wake() {
-            conn.os
-                .ring_data()
-                .map_err(|e| Error::io(&conn.info.endpoint, "ring the peer's doorbell", e))?;
-        }
+        wake_parked_consumer(slot.publish(), &*conn.os, &conn.info.endpoint)?;
         Ok(true)
     }
 }
@@ -835,10 +825,18 @@ impl InPlace<'_> {
 impl Drop for InPlace<'_> {
     fn drop(&mut self) {
         if let Some(at) = self.at.take() {
-            self.conn.rx.release(at);
-            self.conn.wake_producer();
+            self.conn.release(at);
         }
     }
+}
+
+/// After publishing through `tx`: rings the consumer's doorbell if it announced parking.
+fn wake_parked_consumer(tx: &mut Producer, os: &dyn OsLink, endpoint: &Endpoint) -> Result<()> {
+    if tx.consumer_needs_wake() {
+        os.ring_data()
+            .map_err(|e| Error::io(endpoint, "ring the peer's doorbell", e))?;
+    }
+    Ok(())
 }
 
 /// The error a ring problem means for the connection at `endpoint`.
