@@ -408,15 +408,23 @@ impl Decoder for FrameCodec {
     type Error = CodecError;
 
     /// A whole data frame at the front of `src` is split off here, inline (this runs once per
-    /// received frame); everything else (markers, a partial frame, errors) in `decode_rest`.
+    /// received frame); everything else (markers, a partial frame, errors) in
+    /// [`decode_control`](FrameCodec::decode_control).
     #[inline]
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
         if let Some(len) = self.whole_frame(src) {
+            // Split off by hand rather than through the inner codec: that one reserves room
+            // for the next header right after the split, while the frame still shares the
+            // buffer, which forces a fresh buffer (and, for large frames, a large allocation
+            // and copy) per frame. Reserving only on the next call, once the consumer has
+            // dropped the frame, lets the buffer be reused. The header is dropped from the
+            // split-off frame, not from `src`: advancing a buffer that owns its allocation
+            // costs more.
             let mut frame = src.split_to(HEADER_LEN + len);
             frame.advance(HEADER_LEN);
             return Ok(Some(Frame::Data(frame)));
         }
-        self.decode_rest(src)
+        Ok(self.decode_control(src)?.then_some(Frame::Close))
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
@@ -439,13 +447,16 @@ impl Decoder for FrameCodec {
 }
 
 impl FrameCodec {
-    /// [`Decoder::decode`] for all but a whole data frame: the close marker, a hello out of
-    /// place, a length over the limit, a frame not complete yet.
+    /// What [`Decoder::decode`] does when [`whole_frame`](Self::whole_frame) found no whole
+    /// data frame at the front of `src`: `Ok(true)` once the close marker was read (and
+    /// taken), `Ok(false)` while a frame is not complete yet (room is made for it), an error
+    /// for a hello out of place, a length over the limit, or bytes after the close marker.
+    /// A reader that takes data frames in place calls this for everything else.
     #[inline(never)]
-    fn decode_rest(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+    pub fn decode_control(&mut self, src: &mut BytesMut) -> Result<bool, CodecError> {
         if self.closed_by_peer {
             if src.is_empty() {
-                return Ok(None);
+                return Ok(false);
             }
             return Err(CodecError::Protocol(format!(
                 "{} bytes arrived after the close marker",
@@ -453,7 +464,7 @@ impl FrameCodec {
             )));
         }
         if src.len() < HEADER_LEN {
-            return Ok(None);
+            return Ok(false);
         }
         let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]);
         if len == CLOSE_MARKER {
@@ -465,7 +476,7 @@ impl FrameCodec {
                     src.len()
                 )));
             }
-            return Ok(Some(Frame::Close));
+            return Ok(true);
         }
         if len == HELLO_MARKER {
             // A hello is only valid as the first bytes of a stream, where the reader takes
@@ -477,22 +488,11 @@ impl FrameCodec {
         // Check before anything reserves `len` bytes.
         let len = len as usize;
         check_len(len, self.max_frame)?;
-        if src.len() < HEADER_LEN + len {
-            // Wait for the whole frame; the header stays in `src` until then, so this codec
-            // keeps no state between calls. Room grows with what arrived, never by the claim
-            // alone (see `grow_for`).
-            grow_for(src, HEADER_LEN + len);
-            return Ok(None);
-        }
-        // Split the frame off by hand rather than through the inner codec: that one reserves
-        // room for the next header right after the split, while the frame still shares the
-        // buffer, which forces a fresh buffer (and, for large frames, a large allocation and
-        // copy) per frame. Reserving only on the next call, once the consumer has dropped the
-        // frame, lets the buffer be reused. The header is dropped from the split-off frame,
-        // not from `src`: advancing a buffer that owns its allocation costs more.
-        let mut frame = src.split_to(HEADER_LEN + len);
-        frame.advance(HEADER_LEN);
-        Ok(Some(Frame::Data(frame)))
+        // Not complete yet (a whole frame is `whole_frame`'s): wait for the rest; the header
+        // stays in `src` until then, so this codec keeps no state between calls. Room grows
+        // with what arrived, never by the claim alone (see `grow_for`).
+        grow_for(src, HEADER_LEN + len);
+        Ok(false)
     }
 }
 

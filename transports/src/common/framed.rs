@@ -19,8 +19,8 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ductwork_codec::{
-    check_len, encode_hello, parse_hello, parse_refusal, CodecError, Frame, FrameCodec, Hello,
-    Refusal, CLOSE_MARKER, HEADER_LEN, HELLO_LEN, REFUSED_IDENTITY,
+    check_len, encode_hello, parse_hello, parse_refusal, CodecError, FrameCodec, Hello, Refusal,
+    CLOSE_MARKER, HEADER_LEN, HELLO_LEN, REFUSED_IDENTITY,
 };
 use ductwork_core::{
     BoxConnection, Capabilities, Connection, ConnectionInfo, Endpoint, Error, ErrorKind,
@@ -584,23 +584,18 @@ impl<S: ByteStream> FramedConnection<S> {
             }
             // Frames only after the hello is settled: a partial hello is no frame header.
             let decoded = match this.peer {
-                PeerLimit::Unknown => Ok(None),
+                PeerLimit::Unknown => Ok(false),
                 // The common case: a whole data frame, taken where it lies.
                 _ => match this.codec.whole_frame(&this.read_buf) {
                     Some(len) => return Poll::Ready(Some(Ok(take(&mut this.read_buf, len)))),
-                    None => this.codec.decode(&mut this.read_buf),
+                    None => this.codec.decode_control(&mut this.read_buf),
                 },
             };
             match decoded {
                 // Not a whole frame yet (the codec made room for more of it), or the close
                 // marker was read and the end of stream must follow.
-                Ok(None) => {}
-                // `whole_frame` takes every data frame; the codec agrees with it.
-                Ok(Some(Frame::Data(b))) => {
-                    let (mut framed, len) = with_header(&b);
-                    return Poll::Ready(Some(Ok(take(&mut framed, len))));
-                }
-                Ok(Some(Frame::Close)) => {
+                Ok(false) => {}
+                Ok(true) => {
                     this.peer_closed = true;
                     if !S::HALF_CLOSE {
                         this.read_done = true;
@@ -661,14 +656,6 @@ impl<S: ByteStream> FramedConnection<S> {
             }
         }
     }
-}
-
-/// `payload` behind its header again, and its length: what `poll_frame`'s `take` expects.
-fn with_header(payload: &[u8]) -> (BytesMut, usize) {
-    let mut framed = BytesMut::with_capacity(HEADER_LEN + payload.len());
-    framed.put_u32(payload.len() as u32);
-    framed.extend_from_slice(payload);
-    (framed, payload.len())
 }
 
 impl<S: ByteStream> Sink<Bytes> for FramedConnection<S> {
